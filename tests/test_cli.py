@@ -1,0 +1,36 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from calm.cli import main, parser
+
+
+def test_every_subcommand_has_help(capsys):
+    sub = parser()._subparsers._group_actions[0].choices
+    for name, p in sub.items():
+        text = p.format_help()
+        assert name in text and len(p.description or "") > 10
+        for act in p._actions:
+            if act.dest not in ("help",):
+                assert act.help, f"{name} {act.dest} has no help"
+
+
+def test_demo_writes_summary(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--languages", "en", "zh", "fr"]) == 0
+    t = pd.read_csv(tmp_path / "data_summary.csv")
+    assert set(t.lang) == {"en", "zh", "fr"} and (tmp_path / "data_summary.md").exists() and (tmp_path / "manifest.json").exists()
+
+
+def test_bad_file_exits_2_with_location(tmp_path, capsys):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"qid": "q", "lang": "en", "question": "?", "options": [{"label": "A", "text": "a"}]}\n')
+    assert main(["validate", str(p)]) == 2
+    assert "x.jsonl:0: options: fewer than two options" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "calm"
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout and "drift" in r.stdout
