@@ -1,0 +1,87 @@
+import json
+
+import pandas as pd
+import pytest
+
+from calm.data import DataError
+from calm.pairs import (IdentityTranslator, build_pairs, filter_by_gold, from_trl, read_llamafactory, read_pairs,
+                        sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft, write_training_sets)
+
+
+class Upper:
+    "A fake translator that visibly changes text, to check which side gets translated."
+    name, translates = "upper", True
+    def __init__(self): self.calls = []
+    def translate(self, texts, source, target):
+        self.calls.append((source, target, len(texts)))
+        return [f"[{target}] " + t.upper() for t in texts]
+
+
+def records():
+    rows = [("q1", "en", 0, "en A", "A"), ("q1", "en", 1, "en B", "B"), ("q1", "de", 0, "de C", "C"),
+            ("q1", "de", 1, "de A", "A"), ("q1", "ja", 0, "ja B", "B"), ("q1", "ja", 1, "ja ?", None),
+            ("q2", "en", 0, "en2 A", "A"), ("q2", "de", 0, "de2 B", "B"), ("q2", "ja", 0, "ja2 C", "C")]
+    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "text", "letter"])
+
+
+def test_pairs_prefer_same_language_then_source_order_and_translate():
+    votes = pd.DataFrame({"qid": ["q1", "q2"], "winner": ["A", None], "tie": [False, True]})
+    tr = Upper()
+    p = build_pairs(records(), votes, lambda q, l: f"{q}/{l}", tr, source_order=["de", "en"])
+    assert p[["lang", "rejected_letter", "chosen_source_lang", "translated"]].values.tolist() == [
+        ["de", "C", "de", False], ["en", "B", "en", False], ["ja", "B", "de", True]]
+    assert p.loc[2, "chosen"] == "[ja] DE A" and p.loc[2, "translator"] == "upper"
+    assert tr.calls == [("de", "ja", 1)]                       # batched per language pair
+    assert (p.chosen_letter == "A").all() and "q2" not in set(p.qid)   # dropped tie gives no pairs
+
+
+def test_identity_translation_is_marked_untranslated():
+    votes = pd.DataFrame({"qid": ["q1"], "winner": ["A"], "tie": [False]})
+    p = build_pairs(records(), votes, lambda q, l: "", IdentityTranslator(), source_order=["en"])
+    ja = p[p.lang == "ja"].iloc[0]
+    assert ja.chosen == "en A" and not ja.translated and ja.translator == "identity"
+
+
+def test_gold_filter_and_sft_sets():
+    votes = pd.DataFrame({"qid": ["q1", "q2"], "winner": ["A", "B"], "tie": [False, False]})
+    p = build_pairs(records(), votes, lambda q, l: "", gold={"q1": "A", "q2": "C"})
+    assert set(filter_by_gold(p).qid) == {"q1"}
+    with pytest.raises(DataError, match="no gold letters"):
+        filter_by_gold(build_pairs(records(), votes, lambda q, l: ""))
+    sv = sft_from_votes(records(), votes, lambda q, l: "", languages=["en", "de", "ja"])
+    assert len(sv) == 6 and set(sv[sv.qid == "q2"].letter) == {"B"}
+    g = sft_from_gold(records(), {"q1": "B", "q2": "C"}, lambda q, l: "")
+    assert g[["qid", "lang"]].values.tolist() == [["q1", "en"], ["q1", "ja"], ["q2", "ja"]]
+
+
+def test_all_formats_round_trip(tmp_path):
+    votes = pd.DataFrame({"qid": ["q1", "q2"], "winner": ["A", "B"], "tie": [False, False]})
+    p = build_pairs(records(), votes, lambda q, l: f"Q {q} in {l}")
+    sv = sft_from_votes(records(), votes, lambda q, l: f"Q {q} in {l}")
+    paths = write_training_sets(tmp_path, p, sv)
+    base = p[["prompt", "chosen", "rejected"]].values.tolist()
+    assert read_pairs(paths["pairs"])[["prompt", "chosen", "rejected"]].values.tolist() == base
+    trl = [json.loads(l) for l in paths["trl_preference"].read_text(encoding="utf-8").splitlines()]
+    assert from_trl(trl).values.tolist() == base
+    assert from_trl(to_trl_preference(p, conversational=True)).values.tolist() == base
+    assert from_trl(to_trl_sft(sv, conversational=True)).values.tolist() == sv[["prompt", "completion"]].values.tolist()
+    lf = tmp_path / "llamafactory"
+    assert read_llamafactory(lf, "calm_dpo").values.tolist() == base
+    assert read_llamafactory(lf, "calm_sft").values.tolist() == sv[["prompt", "completion"]].values.tolist()
+    info = json.loads((lf / "dataset_info.json").read_text())
+    assert info["calm_dpo"]["ranking"] is True and "ranking" not in info["calm_sft"]
+
+
+def test_trl_dataset_loads_with_datasets(tmp_path):
+    import datasets
+    votes = pd.DataFrame({"qid": ["q1"], "winner": ["A"], "tie": [False]})
+    paths = write_training_sets(tmp_path, build_pairs(records(), votes, lambda q, l: "p"))
+    ds = datasets.load_dataset("json", data_files=str(paths["trl_preference"]), split="train")
+    assert ds.column_names == ["prompt", "chosen", "rejected"] and len(ds) == 3
+
+
+def test_bad_inputs():
+    with pytest.raises(DataError, match="lack columns \\['letter'\\]"):
+        build_pairs(records().drop(columns="letter"), pd.DataFrame({"qid": [], "winner": []}), lambda q, l: "")
+    with pytest.raises(DataError, match=":1: rejected: missing field"):
+        from_trl([{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p", "chosen": "c"}], file="f.jsonl")
