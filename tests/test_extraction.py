@@ -1,0 +1,224 @@
+"Tests of calm.extraction: one per rule on real release snippets, ambiguity, errors, properties, and the whole release."
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from calm import extraction
+from calm.data import DataError, MCItem
+from calm.extraction import (ANSWER_LABELS, Extraction, Labels, extract_answer, extract_records, extraction_summary,
+                             find_labels, read_release_samples)
+
+EN_ROW0 = [("A", "town"), ("B", "michigan"), ("C", "hospital"), ("D", "schools"), ("E", "office building")]
+ALL_LABELS = [(lang, l) for lang, t in ANSWER_LABELS.items() for l in t.answer]
+
+
+# --- one test per rule, each on a snippet copied from the release (xcsqa/samples, Llama-3) ---
+
+def test_rule_label_own_language():
+    # x_csqa_en row 0, sample 0
+    text = ("Explanation:\nThe question is asking about the source or origin of the patients with traumatic mouth "
+            "injuries seen at a dental office.\n\nAnswer: D. schools")
+    assert extract_answer(text, "en", EN_ROW0) == Extraction("D", "parsed", "label")
+    # x_csqa_cn row 0, sample 1; x_csqa_ja row 0, sample 1; x_csqa_de row 6, sample 1
+    assert extract_answer("解释: 牙科诊所是医疗机构，为口腔外伤患者提供治疗服务。\n\n答案:A", "cn").letter == "A"
+    assert extract_answer("説明:A. 町\n\n答え:A", "ja") == Extraction("A", "parsed", "label")
+    assert extract_answer("…ein Fahrzeug führt, nachdem er alkoholisiert ist.\n\nAntwort:<E>", "de").letter == "E"
+
+
+def test_rule_label_decorations_from_release():
+    assert extract_answer("…专心倾听教授的讲述。\n\n答案:<B> 谛听", "zh").letter == "B"
+    assert extract_answer("…以便可以正常工作。\n\n答案:E橱", "zh", [("A", "空间"), ("E", "橱")]).letter == "E"
+    assert extract_answer("…quando un seme d'albero germoglia.\n\nRisposta: C (diramazione)", "it").letter == "C"
+    assert extract_answer("…aus dem Bett aufstehen will (Option C).\n\nAntwort:\nC", "de").letter == "C"
+    assert extract_answer("Antwort: <D. Konzertsaal>", "de").letter == "D"
+
+
+@pytest.mark.parametrize("text", ["**Answer:** C", "**Answer: C**", "Answer: **C**", "Answer: (C)", "Answer: [C]",
+                                  "Answer: Option C", "答案：C", "Réponse : C", "ANSWER: C", "Correct answer: C"])
+def test_rule_label_markdown_and_colons(text):
+    assert extract_answer(text, "en").letter == "C"
+
+
+def test_rule_foreign_label_last_label_wins():
+    # x_csqa_ja row 887, sample 2: the model corrects itself with 正しい答案 (a Chinese label)
+    text = ("説明:Marmots are rodents that live in mountainous regions, typically at high elevations.\n\n"
+            "答え:B. ジャングル (X) (Marmots do not live in jungles.)\n\n正しい答案:C. 森 ( Mountains/Marumono is the correct answer.)")
+    assert extract_answer(text, "ja") == Extraction("C", "parsed", "foreign_label")
+    # x_csqa_de row 73, sample 2: an English translation follows the German answer
+    de = "Antwort: A. Krug\n\n(Translation)\n\nExplanation:\n\nThe question describes …\n\nAnswer: A. Box"
+    assert extract_answer(de, "de") == Extraction("A", "parsed", "foreign_label")
+
+
+def test_rule_final_line():
+    # x_csqa_de row 26, sample 0 without its "Antwort:" label (with it, the label rule decides)
+    text = "…wenn das Baby nicht aus dem Bett aufstehen will (Option C).\n\nC"
+    assert extract_answer(text, "de") == Extraction("C", "parsed", "final_line")
+    assert extract_answer("Explanation: …\n\n**(B)**", "en").letter == "B"
+    assert extract_answer("Explanation: …\n\nD. schools", "en", EN_ROW0).rule == "final_line"
+    assert extract_answer("Explanation: …\n\nD. hospital is best", "en", EN_ROW0).rule == "no_label"
+
+
+def test_rule_explanation_head():
+    # x_csqa_ja: no answer label, the answer is written in the explanation slot
+    opts = [("A", "仕事を見る"), ("B", "涙で一杯になる"), ("C", "光を見る"), ("D", "乾ききる"), ("E", "グラス・オーバー")]
+    text = "説明:B. 涙で一杯になる\n\n鼻を殴られたら、激しいショックを受けるため涙が出てしまうと考えられます。"
+    assert extract_answer(text, "ja", opts) == Extraction("B", "parsed", "explanation_head")
+    # a letter inside the reasoning is not an answer
+    text = "説明:Bumwolle, also known as paper snow, is made by using B. シュレッダー (a device that cuts paper)."
+    assert extract_answer(text, "ja", [("A", "大都市"), ("B", "シュレッダー")]) == Extraction(None, "missing", "no_label")
+
+
+def test_rule_option_text():
+    # x_csqa_de row 603, sample 0
+    opts = [("A", "australien"), ("B", "Wildnisgebiet"), ("C", "Fallstudie"), ("D", "offene Ebene"), ("E", "Elfenbeinküste")]
+    text = "…in Kalifornien.\n\nAntwort:<Australien>\n\nDie beste Antwort ist A. Australien, da die Gazelle …"
+    assert extract_answer(text, "de", opts) == Extraction("A", "option_text", "option_text")
+    assert extract_answer("Antwort: E-Mail senden", "de", [("A", "Post"), ("B", "E-Mail senden")]).letter == "B"
+    assert extract_answer("Answer: the white house", "en", [("A", "house"), ("B", "white house")]).letter == "B"
+    assert extract_answer("Answer: downtown", "en", EN_ROW0).rule == "no_letter"
+
+
+def test_option_text_only_first_clause():
+    # x_csqa_fr: the model declines to choose and mentions option A on the way
+    opts = [("A", "faire des bébés"), ("B", "bonheur"), ("C", "grossesse non désirée"), ("D", "orgasme"), ("E", "les aides")]
+    text = ("Réponse: Aucune des options ne correspond à la question, car il n'y a pas de lien entre les relations "
+            "sexuelles d'une personne homosexuelle et la reproduction. Il est donc improbable que l'option A (faire des bébés) soit correcte.")
+    assert extract_answer(text, "fr", opts) == Extraction(None, "missing", "no_letter")
+
+
+def test_missing_refusal_and_none_of_the_above():
+    refusal = ("I cannot answer this question as it may promote or glorify illegal activities. "
+               "Is there anything else I can help you with?")
+    assert extract_answer(refusal, "en") == Extraction(None, "missing", "no_label")
+    none = "Explanation: A weasel is a type of mammal …\n\nAnswer: None of the above (A-E)"
+    assert extract_answer(none, "en", EN_ROW0) == Extraction(None, "missing", "no_letter")
+    assert extract_answer("Risposta: Nessuna delle opzioni (A-E)", "it").rule == "no_letter"
+    assert extract_answer("", "en") == Extraction(None, "missing", "empty")
+    assert extract_answer(None, "en").rule == "empty"
+
+
+# --- ambiguity ---
+
+@pytest.mark.parametrize("text,lang", [
+    ("…ne sont pas des options pour acquérir du beurre.\n\nRéponse: A et D", "fr"),
+    ("…可能需要到工具房或五金店去购买或租赁一台。\n\n答案:A 或 E", "zh"),
+    ("…可能性が高いため。\n\n答え: A. ショッピングセンター or B. 商業地区", "ja"),
+    ("Risposta: C e E", "it"),
+    ("答え: A, C", "ja"),
+    ("答案:B D", "zh"),
+    ("答え:A. 花畑 D. フォーマルガーデン", "ja"),
+    ("Réponse: D. magasin de musique (ou C. groupe de rock si vous voulez voir des musiciens jouant du tambour !)", "fr"),
+    ("Answer: B. Scotland (or E. Online) - You may find high-quality tweed fabrics …", "en"),
+    ("Answer: A or B", "en"),
+])
+def test_ambiguous_letters_are_missing(text, lang):
+    assert extract_answer(text, lang) == Extraction(None, "missing", "ambiguous")
+
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Risposta: D. dado (la risposta corretta è \"D\", poiché …)", "it", "D"),                       # same letter again
+    ("Réponse: B. complexe industriel (C'est peu probable de trouver un immeuble …)", "fr", "B"),     # C'est
+    ("Answer: E. Grassy Field (Note: While grassy fields are featured, … option A, Tennessee)", "en", "E"),  # after Note:
+    ("Answer: A. memorial site (A lot of people visit)", "en", "A"),
+])
+def test_not_ambiguous(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter
+
+
+def test_option_text_ambiguous():
+    assert extract_answer("Answer: town or schools", "en", EN_ROW0) == Extraction(None, "missing", "option_text_ambiguous")
+
+
+# --- letters and languages ---
+
+def test_only_valid_letters_count():
+    assert extract_answer("Answer: F", "en", EN_ROW0).rule == "no_letter"
+    assert extract_answer("Answer: F", "en").letter == "F"
+    assert extract_answer("Answer: K", "en").letter is None
+    assert extract_answer("Answer: Because it is C", "en").rule == "no_letter"
+    assert extract_answer("答案:BC", "zh").rule == "no_letter"
+
+
+def test_unknown_language_is_data_error():
+    with pytest.raises(DataError, match="no answer labels for language 'xx'"):
+        extract_answer("Answer: A", "xx")
+
+
+def test_adding_a_language_is_one_entry(monkeypatch):
+    monkeypatch.setitem(ANSWER_LABELS, "eo", Labels(("Respondo",), ("Klarigo",)))
+    assert extract_answer("Klarigo: …\n\nRespondo: C", "eo") == Extraction("C", "parsed", "label")
+    assert extract_answer("Klarigo: B. domo\n\nmore", "eo", [("A", "urbo"), ("B", "domo")]).rule == "explanation_head"
+
+
+def test_find_labels_needs_colon_and_whole_word():
+    assert [l.word for l in find_labels("Die Antwort C. Krankenhaus ist die richtige Wahl.\nAntwort: C")] == ["Antwort"]
+    assert find_labels("Answers: B") == []
+    assert [l.word for l in find_labels("正确答案：C")] == ["答案"]
+
+
+# --- records ---
+
+def test_extract_records():
+    item = MCItem("q1", "en", "Where?", tuple(EN_ROW0), "D")
+    recs = [{"qid": "q1", "lang": "en", "sample": 0, "text": "Answer: D. schools"},
+            {"qid": "q1", "lang": "en", "sample": 1, "text": "Answer: maybe"}]
+    out = extract_records(recs, {("q1", "en"): item})
+    assert [(r["letter"], r["how"], r["rule"]) for r in out] == [("D", "parsed", "label"), (None, "missing", "no_letter")]
+    assert "letter" not in recs[0]
+    assert extraction_summary(out, {("q1", "en"): item})["sample0_accuracy_%"].tolist() == [100.0]
+    with pytest.raises(DataError) as e:
+        extract_records([recs[0], {"qid": "q2", "lang": "en", "text": "Answer: A"}], {("q1", "en"): item})
+    assert (e.value.row, e.value.field) == (1, "qid")
+    with pytest.raises(DataError) as e:
+        extract_records([{"qid": "q1", "lang": "en"}], {("q1", "en"): item})
+    assert (e.value.row, e.value.field) == (0, "text")
+
+
+# --- properties ---
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(), st.sampled_from(sorted(ANSWER_LABELS)), st.booleans())
+def test_never_raises_on_any_text(text, lang, with_options):
+    e = extract_answer(text, lang, EN_ROW0 if with_options else None)
+    assert e.how in {"parsed", "option_text", "missing"}
+    assert (e.letter is None) == (e.how == "missing")
+    assert e.letter is None or e.letter in ("ABCDE" if with_options else "ABCDEFGHIJ")
+
+
+noise = st.text(st.characters(codec="utf-8"), max_size=60)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(noise, st.sampled_from([l for _, l in ALL_LABELS] + [":", "：", "**", "\n", " ", "A", "B", "(C)", "<D>", " or "])),
+                max_size=12), st.sampled_from(sorted(ANSWER_LABELS)))
+def test_never_raises_on_labels_and_noise(parts, lang):
+    e = extract_answer("".join(parts), lang, EN_ROW0)
+    assert e.how in {"parsed", "option_text", "missing"} and (e.letter is None or e.letter in "ABCDE")
+
+
+@settings(max_examples=300, deadline=None)
+@given(noise, st.sampled_from(ALL_LABELS), st.sampled_from("ABCDE"), st.sampled_from([":", "：", " :", ":**", "**:"]))
+def test_own_label_at_the_end_decides(prefix, lang_label, letter, colon):
+    lang, label = lang_label
+    e = extract_answer(f"{prefix}\n\n{label}{colon} {letter}", lang, EN_ROW0)
+    assert e == Extraction(letter, "parsed", "label")
+
+
+# --- the whole release ---
+
+MEASURED_PARSED = {"en": 99.44, "zh": 99.41, "fr": 99.63, "de": 99.30, "it": 99.11, "ja": 97.92}
+MEASURED_SAMPLE0_ACCURACY = {"en": 73.1, "zh": 51.9, "fr": 60.7, "de": 57.4, "it": 59.7, "ja": 48.3}
+
+
+@pytest.mark.slow
+def test_whole_release(release):
+    records, items = read_release_samples(release)
+    assert len(records) == 16182
+    t0 = time.perf_counter()
+    out = extract_records(records, items)
+    assert time.perf_counter() - t0 < 5
+    summary = extraction_summary(out, items).set_index("lang")
+    for lang, measured in MEASURED_PARSED.items():
+        assert summary.loc[lang, "parsed_%"] >= measured - 0.5, (lang, summary.loc[lang, "parsed_%"])
+        assert abs(summary.loc[lang, "sample0_accuracy_%"] - MEASURED_SAMPLE0_ACCURACY[lang]) <= 1.0, lang
