@@ -1,0 +1,173 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from calm.cli import main
+from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profile, plan, reproduce
+
+
+def _profile(tmp_path, name="p", **changes):
+    "A copy of configs/demo.yaml with `changes` applied (dotted keys; None deletes); returns its path."
+    raw = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        d = raw
+        for k in parents: d = d[k]
+        if value is None: d.pop(last)
+        else: d[last] = value
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return f
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"colour": "blue"}, "colour", "unknown key"),
+    ({"sampling.topp": 0.9}, "sampling.topp", "unknown key"),
+    ({"sampling.m": None}, "sampling.m", "missing"),
+    ({"sampling.m": 0}, "sampling.m", "> 0"),
+    ({"sampling.top_p": 1.5}, "sampling.top_p", "(0, 1]"),
+    ({"sampling.temperature": "hot"}, "sampling.temperature", "must be float"),
+    ({"sampling.tie": "coin"}, "sampling.tie", "drop, order or random"),
+    ({"backend": "tgi"}, "backend", "transformers or vllm"),
+    ({"release_dir": "no/such/folder"}, "release_dir", "folder not found"),
+    ({"models": ["./no-such-model"]}, "models[0]", "local model not found"),
+    ({"models": ["not a model"]}, "models[0]", "neither an embedded model"),
+    ({"datasets.demo.languages": ["en", "xx"]}, "datasets.demo.languages[1]", "unknown language"),
+    ({"datasets.demo.languages": ["en"]}, "datasets.demo.languages", "at least two"),
+    ({"datasets.demo.train_questions": 41}, "datasets.demo.train_questions", "40 train questions"),
+    ({"datasets.demo.source": "web"}, "datasets.demo.source", "must be one of"),
+    ({"training.learning_rat": 1e-5}, "training.learning_rat", "TrainConfig field"),
+    ({"systems": ["base", "RLHF"]}, "systems[1]", "unknown system"),
+    ({"notebooks": ["table1", "table3"]}, "notebooks[1]", "no experiment notebook yet"),
+    ({"estimate.tokens_per_s": -1}, "estimate.tokens_per_s", "> 0"),
+])
+def test_profile_errors_name_file_and_key(tmp_path, changes, key, words):
+    f = _profile(tmp_path, **changes)
+    with pytest.raises(ProfileError) as e:
+        load_profile(f)
+    assert e.value.key == key and str(f) in str(e.value) and words in str(e.value)
+
+
+def test_bad_profile_exits_2_from_the_cli(tmp_path, capsys):
+    f = _profile(tmp_path, **{"sampling.m": -3})
+    assert main(["reproduce", "--profile", str(f), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "sampling.m" in err
+    assert main(["reproduce", "--profile", "nope", "--dry-run"]) == 2
+    assert "no profile 'nope'" in capsys.readouterr().err
+
+
+def test_demo_dry_run_prints_the_plan(release, capsys):
+    assert main(["reproduce", "--profile", "demo", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # demo.yaml: 16 train questions x 3 languages x m=3 samples; 5 systems x 20 test questions x 3 languages x 1 answer;
+    # 96 tokens per completion at 25 tokens/s
+    gens = 16 * 3 * 3 + 5 * 20 * 3
+    assert f"total: {gens} generations, {gens * 96} generated tokens, {gens * 96 / 25 / 3600:.3g} CPU-hours" in text
+    assert "not implemented: table3" in text and "ok: notebook table1" in text
+    assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 0     # needs no release
+
+
+def test_paper_dry_run_validates_and_plans(release, capsys):
+    assert main(["reproduce", "--profile", "paper", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    # per model: X-CSQA 899 x 6 x 3 samples + 5 systems x 1000 x 6; MedQA 1000 x 3 x 3 + 5 x 1000 x 3; two models
+    gens = 2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3))
+    assert gens == 140364
+    assert f"total: {gens} generations, {gens * 256} generated tokens, {gens * 256 / 2500 / 3600:.3g} GPU-hours" in text
+    assert "needs network: model meta-llama/Meta-Llama-3-8B-Instruct" in text and "mistralai/Mistral-7B-Instruct-v0.2" in text
+    assert "ok: dataset xcsqa train: 6 release files, 899 questions each" in text
+    p = load_profile("paper")
+    assert p.backend == "vllm" and p.sampling["m"] == 3 and p.sampling["top_p"] == 0.9 and p.sampling["max_new_tokens"] == 512
+    assert [d.languages for d in p.datasets] == [["en", "zh", "fr", "de", "it", "ja"], ["en", "zh", "fr"]]
+
+
+def test_plan_counts_follow_the_profile(tmp_path):
+    f = _profile(tmp_path, **{"sampling.m": 5, "datasets.demo.train_questions": 7, "systems": ["base", "CALM"]})
+    t = plan(f)
+    assert t.stage.tolist()[:3] == ["sample", "evaluate:base", "evaluate:CALM"]
+    assert t.generations.tolist() == [7 * 3 * 5, 20 * 3, 20 * 3, 7 * 3 * 5 + 2 * 20 * 3]
+
+
+def test_paper_profile_does_not_pretend_to_run(release, tmp_path):
+    with pytest.raises(ValueError, match="only demo profiles run here"):
+        reproduce("paper", out=tmp_path)
+
+
+def test_only_rejects_unknown_and_unimplemented(tmp_path):
+    with pytest.raises(ValueError, match="no experiment notebook yet"):
+        reproduce("demo", only="table9", dry_run=True)
+    with pytest.raises(ValueError, match="not a notebook of profile demo"):
+        reproduce("demo", only="table1,tabel2", dry_run=True)
+
+
+def _notebook(path, code):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('profile = run_dir = out = release_dir = None'), nbformat.v4.new_code_cell(code),
+                nbformat.v4.new_code_cell('print("after")')]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.slow
+def test_failing_notebook_stops_with_nonzero_exit_and_keeps_the_partial_notebook(tmp_path, capsys):
+    nbs = tmp_path / "nbs"; nbs.mkdir()
+    _notebook(nbs / "release.ipynb", 'print("before the failure")\nraise RuntimeError("boom from the notebook")')
+    f = _profile(tmp_path, notebooks=["release"])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["reproduce", "--profile", str(f), "--out", str(out), "--notebooks", str(nbs)])
+    assert e.value.code == 1
+    assert "boom from the notebook" in capsys.readouterr().err
+    executed = json.loads((out / "release" / "release.ipynb").read_text())
+    texts = [o.get("text", "") for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert any("before the failure" in "".join(t) for t in texts)
+    assert not any("after" == "".join(t).strip() for t in texts)            # stopped at the failing cell
+    assert "FAILED" in (out / "README.md").read_text()
+    with pytest.raises(NotebookFailed):
+        reproduce(f, out=tmp_path / "out2", notebooks_dir=nbs)
+
+
+@pytest.mark.slow
+def test_reduced_demo_reproduce_writes_every_artifact(release, tmp_path):
+    f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 2,
+                                      "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 16,
+                                      "evaluation.max_new_tokens": 16, "training.max_steps": 1})
+    out = tmp_path / "reports"
+    assert main(["reproduce", "--profile", str(f), "--out", str(out)]) == 0
+    check_reduced_outputs(out)
+
+
+def check_reduced_outputs(out):
+    "What a reduced demo reproduction must have written into `out`."
+    for name, files in {"table1": ["table1.csv", "table1.md", "table1.tex", "table1.png", "table1.pdf"],
+                        "table2": ["table2.csv", "table2.md", "table2.tex", "table2.png", "table2.pdf"],
+                        "table7_8": ["table7.csv", "table7.tex", "table8.csv", "table8.md", "table7.png", "table7.pdf"],
+                        "fig3": ["fig3.png", "fig3.pdf", "fig3_release.png", "fig3_data.csv", "fig3_data.tex"],
+                        "release": ["table1_base.csv", "fig3.png", "positives.csv"]}.items():
+        for x in files: assert (out / name / x).is_file(), f"{name}/{x} missing"
+        assert (out / name / f"{name}.ipynb").is_file()
+    t1 = pd.read_csv(out / "table1" / "table1.csv")
+    assert t1.system.tolist()[0] == "base" and {"en", "fr", "ACC_avg"} <= set(t1.columns)
+    assert t1[["en", "fr"]].stack().between(0, 100).all()
+    # the table is the run's own results, recomputed from the stores
+    demo = pd.read_csv(out / "_run" / "results.csv")
+    pd.testing.assert_series_equal(t1.set_index("system").sort_index().en.round(1), demo.set_index("system").sort_index().en.round(1))
+    t2 = pd.read_csv(out / "table2" / "table2.csv")
+    assert "base" in t2.system.tolist() and set(t2.labels) <= {"none", "gold", "self (vote)"}
+    untrained = {"SFT_gold", "CALM_gold"} - set(t2.system)                  # a variant with no rows is named in the notes
+    if untrained: assert all(s in (out / "table2" / "table2_notes.md").read_text() for s in untrained)
+    t7 = pd.read_csv(out / "table7_8" / "table7.csv")
+    assert t7.source.str.startswith("release").any() and t7.share.between(0, 100).all()
+    index = (out / "README.md").read_text()
+    for link in ("table1/table1.md", "table2/table2.csv", "table7_8/table8.tex", "fig3/fig3.pdf", "release/fig3.png", "manifest.json"):
+        assert link in index
+    assert ".ipynb)" not in index and "pairs.jsonl)" not in index          # links only to what is committed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["profile"] == "demo" and manifest["config"]["datasets"][0]["train_questions"] == 2
+    assert manifest["inputs"]["failed"] == {} and "run_demo" in manifest["inputs"]
