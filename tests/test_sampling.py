@@ -209,3 +209,25 @@ def test_vllm_serves_a_lora_adapter_unmerged(items, vllm_model, tmp_path):
     b = VLLMBackend(vllm_model, lora=tmp_path / "adapter", lora_rank=8, gpu_memory_utilization=0.3, max_model_len=2048)
     recs = sample(items[:3], ["en"], m=2, max_new_tokens=16, backend=b, progress=False)
     assert len(recs) == 2 and all(r["completion_tokens"] > 0 for r in recs)
+
+
+def test_next_tokens_draws_exactly_from_the_nucleus():
+    import torch
+    from calm.sampling import next_tokens
+    probs = torch.tensor([0.05, 0.4, 0.02, 0.25, 0.2, 0.08])       # nucleus at top_p 0.8: tokens 1, 3, 4 (0.4+0.25 < 0.8 <= 0.85)
+    logits = probs.log().repeat(30000, 1)
+    c = torch.bincount(next_tokens(logits, 1.0, 0.8, torch.Generator().manual_seed(3)), minlength=6).tolist()
+    assert c[0] == c[2] == c[5] == 0
+    for tok, p in ((1, 0.4), (3, 0.25), (4, 0.2)):
+        assert abs(c[tok] / 30000 - p / 0.85) < 0.015, (tok, c)
+    hot = torch.bincount(next_tokens(logits * 2, 2.0, 1.0, torch.Generator().manual_seed(3)), minlength=6)
+    assert hot.min() > 0                                            # top_p 1: every token can come
+    assert next_tokens(logits[:4], 0, 0.5).tolist() == [1, 1, 1, 1]
+
+
+def test_shared_prefixes_groups_prompts():
+    from calm.sampling import shared_prefixes
+    en = [[7] * 30 + [1, 2, 3], [7] * 30 + [1, 9], [7] * 30 + [4]]
+    zh = [[8] * 40 + [5], [8] * 40 + [6, 6]]
+    assert shared_prefixes(en + zh + [[9] * 50]) == [30, 30, 30, 40, 40, 0]
+    assert shared_prefixes([[1, 2]]) == [0]
