@@ -85,3 +85,11 @@ def test_bad_inputs():
         build_pairs(records().drop(columns="letter"), pd.DataFrame({"qid": [], "winner": []}), lambda q, l: "")
     with pytest.raises(DataError, match=":1: rejected: missing field"):
         from_trl([{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p", "chosen": "c"}], file="f.jsonl")
+
+
+def test_empty_pair_file_reads_back_with_columns(tmp_path):
+    votes = pd.DataFrame({"qid": ["q1"], "winner": ["A"], "tie": [False]})
+    empty = build_pairs(records(), votes, lambda q, l: "").iloc[:0]
+    back = read_pairs(write_training_sets(tmp_path, empty)["pairs"])
+    assert len(back) == 0 and {"gold", "chosen_letter", "lang"} <= set(back.columns)
+    assert len(filter_by_gold(back)) == 0
