@@ -77,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--m", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=18, help="prompts per batch (rows = batch_size x m)")
-    ap.add_argument("--naive-prompts", type=int, default=6, help="prompts the naive loop runs (x m samples each)")
+    ap.add_argument("--naive-prompts", type=int, default=3, help="prompts the naive loop runs (x m samples each)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "sampling.json"))
