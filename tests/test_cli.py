@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from calm.cli import main, parser
 
@@ -34,3 +35,16 @@ def test_console_script_runs():
     exe = Path(sys.executable).parent / "calm"
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout and "drift" in r.stdout
+
+
+def test_train_reports_a_missing_run_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+@pytest.mark.slow
+def test_evaluate_writes_results(tmp_path):
+    assert main(["evaluate", "--items", "demo:test", "--languages", "en", "fr", "--limit", "2", "--greedy",
+                 "--max-new-tokens", "8", "--out", str(tmp_path)]) == 0
+    t = pd.read_csv(tmp_path / "results.csv")
+    assert t.system.tolist() == ["base"] and {"en", "fr", "ACC_avg", "Consistency_2", "AC3_2"} <= set(t.columns)
+    assert (tmp_path / "metrics.md").exists() and len(pd.read_json(tmp_path / "samples" / "samples.jsonl", lines=True)) == 4
