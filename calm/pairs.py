@@ -15,8 +15,9 @@ from .data import DataError
 
 # %% auto #0
 __all__ = ['PAIR_COLUMNS', 'Translator', 'IdentityTranslator', 'build_pairs', 'filter_by_gold', 'sft_from_votes', 'sft_from_gold',
-           'to_trl_preference', 'to_trl_sft', 'from_trl', 'write_llamafactory', 'to_llamafactory_preference',
-           'to_llamafactory_sft', 'read_llamafactory', 'write_training_sets', 'read_pairs']
+           'read_jsonl', 'to_trl_preference', 'to_trl_sft', 'from_trl', 'write_llamafactory',
+           'to_llamafactory_preference', 'to_llamafactory_sft', 'read_llamafactory', 'write_training_sets',
+           'read_pairs']
 
 # %% ../nbs/50_pairs.ipynb #3b5d5ffe
 class Translator(Protocol):
@@ -111,7 +112,8 @@ def _write_jsonl(rows: Iterable[dict], path) -> Path:
         for r in rows: f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return path
 
-def _read_jsonl(path) -> list[dict]:
+def read_jsonl(path) -> list[dict]:
+    "Rows of a JSONL file (blank lines skipped); `DataError` names the row that is not valid JSON."
     path, out = Path(path), []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
@@ -206,7 +208,7 @@ def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None =
 
 def read_pairs(path) -> pd.DataFrame:
     "A pairs JSONL written by `write_training_sets`, checked for the pair columns."
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if not rows: return pd.DataFrame(columns=PAIR_COLUMNS)      # no pairs: keep the columns so filters still work
     df = pd.DataFrame(rows)
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in df.columns]

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .data import DataError
-from .pairs import filter_by_gold, from_trl, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft
+from .pairs import filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft
 from .reports import package_versions
 
 # %% auto #0
@@ -117,22 +117,13 @@ class TrainConfig:
         return cls(**d)
 
 # %% ../nbs/60_training.ipynb #dbb6c516
-def _read_jsonl_rows(path: Path) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise DataError(f"not valid JSON ({e.msg})", path, i) from None
-    return out
-
 def training_frame(data, method: str) -> pd.DataFrame:
     "`data` (frame, rows, or JSONL path) as a frame with the columns `method` needs, plain strings; `DataError` otherwise."
     file = None
     if isinstance(data, (str, Path)):
         file = Path(data)
         if not file.is_file(): raise DataError("training data file not found", file=file)
-        data = _read_jsonl_rows(file)
+        data = read_jsonl(file)
     if isinstance(data, list):
         conv = any(isinstance(r.get(k), list) for r in data[:1] for k in ("prompt", "chosen", "completion")) or any("messages" in r for r in data[:1])
         data = from_trl(data, file) if conv else pd.DataFrame(data)
