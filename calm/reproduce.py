@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,9 +18,12 @@ from .data import LANGUAGES, normalize_lang
 from .reports import write_manifest
 
 # %% auto #0
-__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NOT_IMPLEMENTED', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'ProfileError', 'Dataset',
-           'Profile', 'find_profile', 'load_profile', 'plan', 'check_profile', 'notebook_path', 'NotebookFailed',
-           'execute_notebook', 'demo_state', 'gold_systems', 'format_plan', 'write_index', 'reproduce']
+__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'RUN_NOTEBOOKS', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'MEDQA_TRAIN_HUB',
+           'INDEX_TITLE', 'ProfileError', 'Dataset', 'Profile', 'find_profile', 'load_profile', 'plan', 'medqa_items',
+           'profile_items', 'run_slug', 'profile_backend', 'run_rag_index', 'run_sample', 'run_vote', 'run_pairs',
+           'run_train', 'run_evaluate', 'run_results', 'Stage', 'profile_stages', 'check_profile', 'notebook_path',
+           'NotebookFailed', 'execute_notebook', 'demo_state', 'gold_systems', 'run_adapters', 'evaluate_systems',
+           'curriculum_adapters', 'format_plan', 'write_index', 'reproduce']
 
 # %% ../nbs/87_reproduce.ipynb #e99c8af4
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" if "__file__" in globals() else Path("../configs").resolve()
@@ -27,17 +31,20 @@ CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" if "__file__" in g
 
 NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Consistency, AC3",
              "table2": "Table 2: SFT and DPO trained with ground truth",
+             "table3": "Table 3: cross-dataset generalization",
              "table7_8": "Tables 7 and 8: share of positives per language and language mix of the pairs",
+             "table9": "Table 9: full MedQA results (native and translated groups, averages, deltas)",
+             "table10": "Table 10: language curriculum, with languages absent from training",
              "fig3": "Figure 3: monolingual accuracy vs multilingual majority vote",
+             "rag": "retrieval-augmented prompts (Self-RAG rows of Tables 1 and 9)",
              "release": "the label-free core on the paper's released samples"}
 "Experiment notebooks (`nbs/experiments/{name}.ipynb`) `calm reproduce` can run."
 
-NOT_IMPLEMENTED = {"table3": "Table 3: cross-dataset generalization", "table9": "Table 9: full MedQA results",
-                   "table10": "Table 10: language curriculum"}
-"Results of the paper with no experiment notebook yet; the plan lists them."
+NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
+"Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
-NEEDS_RELEASE = {"release", "fig3", "table7_8"}
-"Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run)."
+RUN_NOTEBOOKS = ("release",)
+"Notebooks a profile of release or hub data may list: the others read a demo run (`calm.demo.run_demo`'s layout)."
 
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2)."
@@ -77,6 +84,8 @@ class Profile:
     systems: list
     estimate: dict
     notebooks: list
+    parameters: dict = field(default_factory=dict)   # {notebook: {parameter: value}}: passed to that notebook by papermill
+    rag: dict = field(default_factory=dict)          # retrieval-augmented runs (release/hub profiles): datasets, corpus, embedder, generator, k, scope, style
 
     def demo_config(self):
         "The `calm.demo.DemoConfig` of a demo profile (one model, one `demo` dataset)."
@@ -99,7 +108,8 @@ _SECTIONS = {
     "estimate": {"mean_completion_tokens": int, "tokens_per_s": float, "device": str, "throughput_source": str},
 }
 _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "sampling", "training", "evaluation",
-        "systems", "estimate", "notebooks"}
+        "systems", "estimate", "notebooks", "parameters", "rag"}
+_RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 _DATASET = {"source": str, "languages": list, "train_questions": int, "test_questions": int}
 
 def _typed(file, key, value, kind):
@@ -209,13 +219,31 @@ def load_profile(profile) -> Profile:
     notebooks = raw.get("notebooks", list(NOTEBOOKS))
     if not isinstance(notebooks, list): raise ProfileError(file, "notebooks", "must be a list")
     for i, n in enumerate(notebooks):
-        if n in NOT_IMPLEMENTED: raise ProfileError(file, f"notebooks[{i}]", f"{n} ({NOT_IMPLEMENTED[n]}) has no experiment notebook yet")
         if n not in NOTEBOOKS: raise ProfileError(file, f"notebooks[{i}]", f"unknown notebook {n!r} (known: {', '.join(NOTEBOOKS)})")
+    params = raw.get("parameters") or {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ProfileError(file, "parameters", "must map notebook names to mappings of parameter values")
+    for n in params:
+        if n not in notebooks: raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
+    rag = raw.get("rag") or {}
+    if rag:
+        if not isinstance(rag, dict): raise ProfileError(file, "rag", "must be a mapping")
+        for k in rag:
+            if k not in _RAG: raise ProfileError(file, f"rag.{k}", f"unknown key (known: {', '.join(_RAG)})")
+        for k, kind in _RAG.items():
+            if k not in rag: raise ProfileError(file, f"rag.{k}", "missing")
+            _typed(file, f"rag.{k}", rag[k], kind)
+        for j, dn in enumerate(rag["datasets"]):
+            if dn not in dsets: raise ProfileError(file, f"rag.datasets[{j}]", f"not a dataset of this profile ({', '.join(dsets)})")
+        _positive(file, "rag.k", rag["k"])
+        if rag["style"] not in ("plain", "selfrag", "auto"): raise ProfileError(file, "rag.style", f"must be plain, selfrag or auto, got {rag['style']!r}")
+        rag = {**rag, "corpus": str(_path(file, rag["corpus"]))}
     p = Profile(name, file, str(raw.get("description", "")), backend, rd, list(models), datasets, sampling, dict(training),
-                evaluation, list(systems), estimate, list(notebooks))
-    if backend == "transformers" and not p.is_demo:
-        raise ProfileError(file, "datasets", "the transformers backend runs only the bundled demo set here (one dataset with source: demo)")
+                evaluation, list(systems), estimate, list(notebooks), {k: dict(v) for k, v in params.items()}, dict(rag))
     if p.is_demo and len(models) != 1: raise ProfileError(file, "models", "a demo profile has exactly one model")
+    if not p.is_demo:
+        for n in notebooks:
+            if n not in RUN_NOTEBOOKS: raise ProfileError(file, "notebooks", f"{n} reads a demo run; profiles of release or hub data run {', '.join(RUN_NOTEBOOKS)}")
     return p
 
 # %% ../nbs/87_reproduce.ipynb #fe6158ee
@@ -232,6 +260,14 @@ def plan(profile) -> pd.DataFrame:
             for s in p.systems:
                 rows.append({"model": model, "dataset": d.name, "stage": f"evaluate:{s}", "questions": d.test_questions, "languages": L,
                              "m": p.evaluation["m"], "generations": d.test_questions * L * p.evaluation["m"]})
+    for d in p.datasets:                              # the Self-RAG rows: the generator samples, is aligned, and answers with passages
+        if d.name not in p.rag.get("datasets", []): continue
+        L, g = len(d.languages), p.rag["generator"]
+        rows.append({"model": g, "dataset": d.name, "stage": "rag:sample", "questions": d.train_questions, "languages": L,
+                     "m": p.sampling["m"], "generations": d.train_questions * L * p.sampling["m"]})
+        for s in ("base", "CALM"):
+            rows.append({"model": g, "dataset": d.name, "stage": f"rag:evaluate:{s}", "questions": d.test_questions,
+                         "languages": L, "m": p.evaluation["m"], "generations": d.test_questions * L * p.evaluation["m"]})
     df = pd.DataFrame(rows)
     df.loc[len(df)] = {"model": "total", "dataset": "", "stage": "", "questions": None, "languages": None, "m": None,
                        "generations": int(df.generations.sum())}
@@ -239,6 +275,219 @@ def plan(profile) -> pd.DataFrame:
     df["tokens"] = df.generations * tok
     df[f"{p.estimate['device']}_hours"] = df.tokens / tps / 3600
     return df
+
+# %% ../nbs/87_reproduce.ipynb #58da4d9d
+MEDQA_GROUPS = {"en": "test_sft_en_q_1000", "cn": "test_sft_cn_q_1000"}
+"The release's MedQA test groups: USMLE (English native) and MCMLE (Chinese native), each with its translations."
+
+MEDQA_TRAIN_HUB = "GBaker/MedQA-USMLE-4-options"
+"Where a `release:medqa` dataset takes its (English) train questions; they are translated into the other languages."
+
+def medqa_items(release=None, group: str = "en", n: int | None = None, languages=None) -> tuple[list, list]:
+    "The first `n` questions of a release MedQA group present in every language; `(items, languages)`, native language first."
+    from calm.loaders import load_release_medqa, release_dir
+    if group not in MEDQA_GROUPS: raise ValueError(f"MedQA group must be one of {', '.join(MEDQA_GROUPS)}, not {group!r}")
+    g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group])
+    langs = [l for l in dict.fromkeys(it.lang for it in g.items) if not languages or l in languages]
+    by_q = {}
+    for it in g.items:
+        if it.lang in langs: by_q.setdefault(it.qid, {})[it.lang] = it
+    qids = [q for q, d in by_q.items() if len(d) == len(langs)][:n]
+    return [by_q[q][l] for q in qids for l in langs], langs
+
+def _first_questions(items, n: int) -> list:
+    keep = set(list(dict.fromkeys(it.qid for it in items))[:n])
+    return [it for it in items if it.qid in keep]
+
+def profile_items(dataset: dict, split: str, release=None, translator=None) -> list:
+    "The `split` (train or test) items of a profile dataset (`asdict(Dataset)`): its first questions, in its languages."
+    d = Dataset(**dataset) if isinstance(dataset, dict) else dataset
+    n = d.train_questions if split == "train" else d.test_questions
+    if d.source == "demo":
+        from calm.demo import demo_split
+        return demo_split(split, n, d.languages)
+    if d.source == "release:xcsqa":
+        from calm.loaders import load_release_xcsqa, release_dir
+        return _first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
+    if split == "test": return medqa_items(release, "en", n, d.languages)[0]
+    from calm.loaders import load_hub                       # MedQA train questions: the hub's English set, translated
+    from calm.translation import translate_items
+    english = load_hub(MEDQA_TRAIN_HUB, split="train", lang="en")[:n]
+    return translate_items(english, d.languages, translator, source_lang="en")
+
+def run_slug(model: str) -> str:
+    "A folder name for a model id (`meta-llama/Meta-Llama-3-8B-Instruct` -> `meta-llama--Meta-Llama-3-8B-Instruct`)."
+    return re.sub(r"[^\w.-]+", "-", model.replace("/", "--")).strip("-")
+
+def profile_backend(kind: str, model: str, adapter=None):
+    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU), with `adapter` if given."
+    from calm.sampling import TransformersBackend, VLLMBackend
+    if kind == "vllm": return VLLMBackend(model, lora=adapter) if adapter else VLLMBackend(model)
+    if adapter is None: return TransformersBackend.from_name(model)
+    from calm.training import load_adapter
+    m, tok = load_adapter(model, adapter)
+    return TransformersBackend(m, tok, name=f"{model}+{Path(adapter).name}")
+
+def _builder(model: str, languages, rag: dict | None = None):
+    "The prompt builder of a stage: by the model's tokenizer (chat or few-shot), with retrieved passages when `rag` is given."
+    from transformers import AutoTokenizer
+    from calm.models import resolve_model
+    from calm.prompts import PromptBuilder
+    base = PromptBuilder.auto(AutoTokenizer.from_pretrained(resolve_model(model)), languages=languages)
+    if not rag: return base
+    from calm.retrieval import Embedder, RetrievalPromptBuilder, VectorIndex
+    index = VectorIndex.open(rag["index"], embedder=Embedder(rag["embedder"]))
+    return RetrievalPromptBuilder(index, k=rag["k"], style=rag["style"], scope=rag["scope"], base=base, model_id=model)
+
+def run_rag_index(corpus, index, embedder=None) -> Path:
+    "Stage `rag:index`: the vector index of a folder of textbooks (reopened when unchanged, rebuilt when the corpus or model changed)."
+    from calm.retrieval import Embedder, build_index
+    build_index(corpus, index, embedder=Embedder(embedder))
+    return Path(index)
+
+def _run_state(out: Path, languages) -> dict:
+    from calm.data import read_items
+    from calm.extraction import extract_records
+    from calm.store import read_samples
+    items = read_items(out / "train_items.jsonl")
+    by_key = {(it.qid, it.lang): it for it in items}
+    recs = pd.DataFrame(extract_records(read_samples(out / "samples").to_dict("records"), by_key))
+    return {"items": items, "by_key": by_key, "records": recs, "gold": {it.qid: it.gold for it in items}}
+
+def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None) -> Path:
+    "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`; the items to `out/train_items.jsonl`."
+    from calm.data import write_items
+    from calm.store import run_sampling
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    translator = None
+    if dataset["source"] == "release:medqa":
+        from calm.translation import make_translator
+        translator = make_translator("llm", cache_dir=out / "translations", model_name=model)
+    items = profile_items(dataset, "train", release, translator)
+    write_items(items, out / "train_items.jsonl")
+    b = profile_backend(backend, model)
+    run_sampling(out / "samples", items, dataset["languages"], sampling["m"], b, temperature=sampling["temperature"],
+                 top_p=sampling["top_p"], max_new_tokens=sampling["max_new_tokens"], seed=sampling["seed"],
+                 batch_size=sampling["batch_size"], prompt_builder=_builder(model, dataset["languages"], rag), model_id=model, progress=False)
+    return out / "samples"
+
+def run_vote(out, languages, tie: str) -> Path:
+    "Stage `vote`: the majority vote over all languages and samples, to `out/votes.csv`."
+    from calm.voting import vote_table
+    st = _run_state(Path(out), languages)
+    vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(Path(out) / "votes.csv", index=False)
+    return Path(out) / "votes.csv"
+
+def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
+    "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
+    from calm.pairs import build_pairs, sft_from_votes, write_training_sets
+    out = Path(out); st = _run_state(out, languages)
+    votes = pd.read_csv(out / "votes.csv", dtype={"qid": str})
+    builder = _builder(model, languages, rag)
+    prompt_of = lambda q, l: builder(st["by_key"][(q, l)])
+    pairs = build_pairs(st["records"], votes, prompt_of, source_order=languages, gold=st["gold"])
+    write_training_sets(out / "data", pairs, sft_from_votes(st["records"], votes, prompt_of, languages, source_order=languages))
+    return out / "data"
+
+def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None) -> Path | None:
+    "Stage `train:<system>`: SFT, CALM (DPO) or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
+    from calm.pairs import read_pairs
+    from calm.training import TrainConfig, train, variant_data
+    out = Path(out); st = _run_state(out, languages)
+    builder = _builder(model, languages, rag)
+    method, data = variant_data(system.lower(), pairs=read_pairs(out / "data" / "calm_pairs.jsonl"), records=st["records"],
+                                votes=pd.read_csv(out / "votes.csv", dtype={"qid": str}), gold=st["gold"],
+                                prompt_of=lambda q, l: builder(st["by_key"][(q, l)]))
+    if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
+    return train(TrainConfig(**{**training, "method": method, "model": model}), data, out / "adapters" / system).out_dir
+
+def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, evaluation: dict, seed: int = 0,
+                 batch_size: int = 8, release=None, rag: dict | None = None) -> Path | None:
+    "Stage `evaluate:<system>`: answer the test questions with the base model or the system's adapter, into `out/eval/<system>`."
+    from calm.evaluation import evaluate_model
+    out = Path(out); adapter = None if system == "base" else out / "adapters" / system
+    if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
+    items, langs = profile_items(dataset, "test", release), dataset["languages"]
+    b = profile_backend(backend, model, adapter)
+    evaluate_model(out / "eval" / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
+                   seed=seed, batch_size=batch_size, prompt_builder=_builder(model, langs, rag), model_id=model, progress=False)
+    return out / "eval" / system
+
+def run_results(out, dataset: dict, systems, release=None) -> Path:
+    "Stage `results`: Table 1 for the systems evaluated, to `out/results.{csv,md}`."
+    from calm.evaluation import results_table
+    from calm.extraction import extract_records
+    from calm.reports import write_table
+    from calm.store import read_samples
+    out = Path(out); items = profile_items(dataset, "test", release)
+    by_key = {(it.qid, it.lang): it for it in items}
+    recs = {s: pd.DataFrame(extract_records(read_samples(out / "eval" / s).to_dict("records"), by_key)) for s in systems if (out / "eval" / s).is_dir()}
+    return write_table(results_table(recs, items, dataset["languages"]).round(2), out / "results", ("csv", "md"))[0]
+
+@dataclass
+class Stage:
+    "One step of a profile run: `fn(**kwargs)`, for `model` and `dataset`; `needs` names what it requires (GPU, network)."
+    model: str
+    dataset: str
+    name: str
+    fn: object
+    kwargs: dict
+    needs: tuple = ()
+
+    def check(self) -> str:
+        "Bind the arguments to the function (and build the training config): a line for the plan, or `ProfileError`."
+        import inspect
+        try: inspect.signature(self.fn).bind(**self.kwargs)
+        except TypeError as e: raise ProfileError("(stages)", f"{self.model}/{self.dataset}/{self.name}", f"{self.fn.__name__}: {e}") from None
+        if self.name.startswith("train:"):
+            from calm.training import TrainConfig
+            TrainConfig(**{**self.kwargs["training"], "method": "dpo", "model": self.model})
+        needs = f" (needs {', '.join(self.needs)})" if self.needs else ""
+        return f"wired: {self.model} / {self.dataset} / {self.name} -> calm.reproduce.{self.fn.__name__}{needs}"
+
+    def run(self):
+        "Run the stage."
+        return self.fn(**self.kwargs)
+
+def profile_stages(p: Profile, out, release=None) -> list[Stage]:
+    "Every stage of a release or hub profile, in order, writing under `out/<model>/<dataset>/`."
+    stages, gpu = [], ("GPU (vLLM)",) if p.backend == "vllm" else ()
+    for model in p.models:
+        net = () if Path(model).exists() or "/" not in model else ("network (model from the hub)",)
+        for d in p.datasets:
+            o, ds, L = str(Path(out) / run_slug(model) / d.name), asdict(d), list(d.languages)
+            rel = str(release) if release else None
+            hub = ("network (MedQA train questions from the hub, translated)",) if d.source == "release:medqa" else ()
+            S = lambda name, fn, needs=(), **kw: stages.append(Stage(model, d.name, name, fn, {"out": o, **kw}, needs))
+            S("sample", run_sample, gpu + net + hub, model=model, backend=p.backend, dataset=ds, sampling=dict(p.sampling), release=rel)
+            S("vote", run_vote, languages=L, tie=p.sampling["tie"])
+            S("pairs", run_pairs, net, model=model, languages=L)
+            for s in p.systems:
+                if s != "base": S(f"train:{s}", run_train, ("GPU",) + net, model=model, system=s, training=dict(p.training), languages=L)
+            for s in p.systems:
+                S(f"evaluate:{s}", run_evaluate, gpu + net, model=model, backend=p.backend, system=s, dataset=ds, evaluation=dict(p.evaluation),
+                  seed=p.sampling["seed"], batch_size=p.sampling["batch_size"], release=rel)
+            S("results", run_results, dataset=ds, systems=list(p.systems), release=rel)
+    for d in p.datasets:                                # Self-RAG rows: the generator answers with retrieved passages, then CALM on its own samples
+        if d.name not in p.rag.get("datasets", []): continue
+        r, g = p.rag, p.rag["generator"]
+        o, ds, rel = str(Path(out) / "rag" / run_slug(g) / d.name), asdict(d), str(release) if release else None
+        idx = str(Path(out) / "rag" / "index")
+        net = ("network (hub models)",)
+        stages.append(Stage(g, d.name, "rag:index", run_rag_index, {"corpus": r["corpus"], "index": idx, "embedder": r["embedder"]}, net))
+        rag_kw = {"index": idx, "embedder": r["embedder"], "k": r["k"], "scope": r["scope"], "style": r["style"]}
+        stages.append(Stage(g, d.name, "rag:sample", run_sample, {"out": o, "model": g, "backend": p.backend, "dataset": ds,
+                                                                   "sampling": dict(p.sampling), "release": rel, "rag": rag_kw}, gpu + net))
+        stages.append(Stage(g, d.name, "rag:vote", run_vote, {"out": o, "languages": list(d.languages), "tie": p.sampling["tie"]}))
+        stages.append(Stage(g, d.name, "rag:pairs", run_pairs, {"out": o, "model": g, "languages": list(d.languages), "rag": rag_kw}, net))
+        stages.append(Stage(g, d.name, "rag:train:CALM", run_train, {"out": o, "model": g, "system": "CALM", "training": dict(p.training),
+                                                                      "languages": list(d.languages), "rag": rag_kw}, ("GPU",) + net))
+        for s in ("base", "CALM"):
+            stages.append(Stage(g, d.name, f"rag:evaluate:{s}", run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s, "dataset": ds,
+                                "evaluation": dict(p.evaluation), "seed": p.sampling["seed"], "batch_size": p.sampling["batch_size"],
+                                "release": rel, "rag": rag_kw}, gpu + net))
+        stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}))
+    return stages
 
 # %% ../nbs/87_reproduce.ipynb #df96b0f3
 def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
@@ -284,11 +533,26 @@ def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
             if not groups: raise ProfileError(p.file, f"datasets.{d.name}", f"no MedQA groups under {root / 'medqa' / 'test'}")
             lines.append(f"ok: dataset {d.name} test: release groups {', '.join(g.name for g in groups)}")
             lines.append(f"needs network: dataset {d.name} train questions (the release has no MedQA train samples)")
+    if p.rag:
+        r = p.rag
+        lines.append(f"ok: rag corpus {r['corpus']}" if Path(r["corpus"]).is_dir() else
+                     f"needs data: rag corpus {r['corpus']} (the MedQA distribution's textbooks/ folder: one .txt per book and language)")
+        for what, m in (("embedder", r["embedder"]), ("generator", r["generator"])):
+            lines.append(f"ok: rag {what} {m} is a local path" if Path(m).exists() else f"needs network: rag {what} {m} from the Hugging Face hub")
+        from calm.retrieval import is_selfrag_model
+        style = r["style"] if r["style"] != "auto" else ("selfrag" if is_selfrag_model(r["generator"]) else "plain")
+        lines.append(f"ok: rag prompts in the {style} format, top-{r['k']} passages, scope {r['scope']}, for {', '.join(r['datasets'])}")
+    for n in names:
+        path = notebook_path(n, notebooks_dir)
+        extra = p.parameters.get(n, {})
+        if extra:
+            import papermill as pm
+            declared = pm.inspect_notebook(str(path))
+            for k in extra:
+                if k not in declared: raise ProfileError(p.file, f"parameters.{n}.{k}", f"not a parameter of {path.name} (its parameters: {', '.join(declared)})")
+        lines.append(f"ok: notebook {n}: {path}" + (f" with {extra}" if extra else ""))
     if not p.is_demo:
-        lines.append("needs GPU: the sample, train and evaluate stages of this profile (vLLM, Table 5 training); "
-                     "`calm reproduce` runs them only for demo profiles so far")
-    for n in names: lines.append(f"ok: notebook {n}: {notebook_path(n, notebooks_dir)}")
-    for n, what in NOT_IMPLEMENTED.items(): lines.append(f"not implemented: {n} ({what}) has no experiment notebook yet")
+        for st in profile_stages(p, Path("reports") / p.name, root): lines.append(st.check())
     return lines
 
 def notebook_path(name: str, notebooks_dir=None) -> Path:
@@ -357,34 +621,86 @@ def gold_systems(run_dir, config, systems=("SFT_gold", "CALM_gold")) -> tuple[li
         adapters[s] = train(tc, data, run_dir / "adapters" / s).out_dir
     return stage_evaluate(config, run_dir, adapters, builder)
 
+# %% ../nbs/87_reproduce.ipynb #493cc9a3
+def run_adapters(run_dir, systems=SYSTEMS[1:]) -> dict:
+    "`{system: adapter folder}` for the `systems` a run trained (`run_dir/adapters/<system>/adapter_config.json`), in `systems` order."
+    d = Path(run_dir) / "adapters"
+    return {s: d / s for s in systems if (d / s / "adapter_config.json").is_file()}
+
+def evaluate_systems(run_dir, config, items, languages, tag: str, adapters=None) -> dict:
+    "Answer `items` in `languages` with the base model and each adapter into `run_dir/eval_<tag>/<system>` (resumable); `{system: records}`."
+    from calm.evaluation import evaluate_model
+    from calm.models import load_model
+    from calm.prompts import PromptBuilder
+    from calm.sampling import TransformersBackend
+    from calm.training import load_adapter
+    adapters = run_adapters(run_dir, ("SFT", "CALM")) if adapters is None else adapters
+    out = {}
+    for name, ad in {"base": None, **adapters}.items():
+        model, tok = load_model(config.model, device="cpu") if ad is None else load_adapter(config.model, ad, device="cpu")
+        backend = TransformersBackend(model, tok, name=config.model if ad is None else f"{config.model}+{name}")
+        out[name] = evaluate_model(Path(run_dir) / f"eval_{tag}" / name, items, languages, backend, greedy=config.eval_greedy,
+                                   max_new_tokens=config.eval_max_new_tokens, seed=config.seed, batch_size=config.eval_batch_size,
+                                   prompt_builder=PromptBuilder.auto(tok, languages=languages), model_id=backend.model_id, progress=False)
+    return out
+
+def curriculum_adapters(run_dir, config) -> tuple[dict, list]:
+    "Train CALM through a curriculum of the run's languages (one more per stage, languages without pairs skipped) in `run_dir/curriculum`."
+    from calm.training import TrainConfig, stage_name, train_curriculum
+    pairs = demo_state(run_dir, config)["pairs"]
+    langs = [l for l in config.languages if (pairs.lang == l).any()]
+    if not langs: return {}, []
+    stages = [langs[:i] for i in range(1, len(langs) + 1)]
+    tc = TrainConfig(method="dpo", model=config.model, max_steps=config.train_steps, seed=config.seed, disable_tqdm=True,
+                     max_length=512, eval_strategy="no", val_ratio=0.0)
+    runs = train_curriculum(tc, pairs, Path(run_dir) / "curriculum", stages=stages)
+    return {stage_name(i, s): r.out_dir for i, (s, r) in enumerate(zip(stages, runs))}, stages
+
 # %% ../nbs/87_reproduce.ipynb #91c431f4
 def _select(p: Profile, only) -> list[str]:
     if not only: return list(p.notebooks)
     names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
     for n in names:
-        if n in NOT_IMPLEMENTED: raise ValueError(f"{n} ({NOT_IMPLEMENTED[n]}) has no experiment notebook yet")
         if n not in p.notebooks: raise ValueError(f"{n!r} is not a notebook of profile {p.name} (its notebooks: {', '.join(p.notebooks)})")
     return names
 
 def format_plan(p: Profile, table: pd.DataFrame) -> str:
-    "The plan as text: the table, its assumptions and the not-yet-implemented results."
+    "The plan as text: the table and its assumptions."
     hours = [c for c in table.columns if c.endswith("_hours")][0]
+    extra = [n for n in p.notebooks if n in ("table3", "table9", "table10", "rag")] if p.is_demo else []
     total = table.iloc[-1]
     return "\n".join([f"plan for profile {p.name}: {p.description}", table.to_string(index=False, float_format=lambda x: f"{x:.3g}"), "",
                       f"total: {int(total.generations)} generations, {int(total.tokens)} generated tokens, {total[hours]:.3g} {hours.replace('_', '-')} "
                       f"(assumes {p.estimate['mean_completion_tokens']} tokens per completion and {p.estimate['tokens_per_s']:g} tokens/s on one "
-                      f"{p.estimate['device']}: {p.estimate['throughput_source']}; training time not included)"])
+                      f"{p.estimate['device']}: {p.estimate['throughput_source']}; training time not included)"]
+                     + ([f"not counted: the evaluations the notebooks {', '.join(extra)} run themselves (sizes in their parameters)"] if extra else []))
+
+INDEX_TITLE = "# Reproduction: profile `{name}`"
+"The first line of the index `reproduce` writes; a `README.md` without it in a demo profile's folder is the main job's report."
+
+def _committed(f: Path, out: Path) -> bool:
+    "Whether `f` is one of the files a reader needs (tables, figures, index), not a store, an adapter or an executed notebook."
+    parts = f.relative_to(out).parts
+    bulky = {"_run", "samples", "adapters", "data", "curriculum", "index", "translations"}
+    return not (bulky & set(parts) or any(x == "eval" or x.startswith("eval_") for x in parts) or f.suffix in (".ipynb", ".jsonl")
+                or f.name == "votes.csv")
 
 def write_index(out: Path, p: Profile, done: list, failed: dict | None = None, timings: dict | None = None) -> Path:
     "Write `out/README.md`, linking every artifact each notebook wrote and the manifest."
     arg = p.name if p.file.resolve().parent == CONFIGS_DIR.resolve() else p.file
-    lines = [f"# Reproduction: profile `{p.name}`", "", p.description, "", f"Profile: `{p.file.name}`; regenerate with `calm reproduce --profile {arg}`. "
-             "The executed notebooks (`<name>/<name>.ipynb`), bulky data (`*.jsonl`) and the raw run (`_run/`) stay out of version control.", ""]
+    lines = [INDEX_TITLE.format(name=p.name), "", p.description, "", f"Profile: `{p.file.name}`; regenerate with `calm reproduce --profile {arg}`. "
+             "The executed notebooks (`<name>/<name>.ipynb`), bulky data (`*.jsonl`, sample and answer stores, adapters) and the raw run "
+             "(`_run/`) stay out of version control.", ""]
+    main = [f for f in sorted(out.iterdir()) if f.is_file() and _committed(f, out) and f.name not in ("README.md", "manifest.json")
+            ] if p.is_demo and (out / "main_job.md").is_file() else []
+    if main:                                           # a demo profile shares its folder with the main job (`calm demo`)
+        lines += ["## The main job (`calm demo`)", "", "Sampling, vote, pairs, training and evaluation of base, SFT and CALM; every table below reads these stores.", ""]
+        lines += [f"- [{f.name}]({f.name})" for f in main] + [""]
     for name in done + list(failed or {}):
         status = f"FAILED: {failed[name]}" if failed and name in failed else f"{(timings or {}).get(name, 0):.0f}s"
         lines += [f"## {NOTEBOOKS.get(name, name)}", "", f"`{name}` ({status})", ""]
         for f in sorted((out / name).rglob("*")):
-            if f.is_file() and f.suffix not in (".ipynb", ".jsonl"): lines.append(f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})")
+            if f.is_file() and _committed(f, out): lines.append(f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})")
         lines.append(f"- executed notebook: `{name}/{name}.ipynb` (regenerated, not committed)")
         md = sorted((out / name).glob("*.md"))
         for m in md[:3]: lines += ["", f"### {m.stem}", "", m.read_text(encoding="utf-8").strip()]
@@ -402,23 +718,37 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
     table = plan(p)
     print("\n".join(checks)); print(); print(format_plan(p, table))
     if dry_run: return {"profile": p, "plan": table, "checks": checks, "notebooks": names}
-    if not p.is_demo:
-        raise ValueError(f"profile {p.name}: only demo profiles run here; the paper's stages (vLLM sampling, Table 5 training) are not wired "
-                         "into `calm reproduce` yet: use --dry-run, and `calm sample --vllm` and calm.training on a GPU machine")
+    if p.backend == "vllm":
+        import importlib.util, torch
+        if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+            raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]'); "
+                             "none here: use --dry-run to check it and see the plan")
     out = Path(out or Path("reports") / p.name).resolve(); out.mkdir(parents=True, exist_ok=True)
-    run_dir, timings = out / "_run", {}
+    run_dir, timings = (out if p.is_demo else out / "_run"), {}     # a demo profile shares its stores with `calm demo`
     rd = next((l.split("release folder ", 1)[1] for l in checks if l.startswith("ok: release folder ")), None)
     inputs = {}
-    if set(names) - {"release"}:
+    if p.is_demo and set(names) - {"release"}:
         from calm.demo import run_demo
         t = time.time(); res = run_demo(run_dir, config=p.demo_config())
         timings["run_demo"] = round(time.time() - t, 1); inputs["run_demo"] = {"out": str(run_dir), "timings_s": res["timings"]}
+    readme = out / "README.md"
+    if p.is_demo and readme.is_file() and not readme.read_text(encoding="utf-8").startswith(INDEX_TITLE.format(name=p.name)):
+        readme.replace(out / "main_job.md")                 # the main job's report; README.md becomes the index
+    elif not p.is_demo:
+        for st in profile_stages(p, run_dir, rd):
+            key, t = f"{run_slug(st.model)}/{st.dataset}/{st.name}", time.time()
+            st.run(); timings[key] = round(time.time() - t, 1)
+            print(f"reproduce: {key} done in {timings[key]:.0f}s", flush=True)
+        inputs["stages"] = {"out": str(run_dir)}
+        (out / "results").mkdir(exist_ok=True)                  # each model and dataset's Table 1, beside the index
+        for f in sorted(run_dir.rglob("results.*")):
+            shutil.copy(f, out / "results" / ("__".join(f.relative_to(run_dir).parts[:-1]) + f.suffix))
     params = {"profile": str(p.file.resolve()), "run_dir": str(run_dir), "release_dir": rd}
-    done, failed = [], {}
+    done, failed = ([] if p.is_demo else ["results"]), {}
     try:
         for n in names:
             t = time.time()
-            try: execute_notebook(n, out, params, notebooks_dir)
+            try: execute_notebook(n, out, {**params, **p.parameters.get(n, {})}, notebooks_dir)
             except NotebookFailed as e:
                 failed[n] = str(e); raise
             finally: timings[n] = round(time.time() - t, 1)
@@ -428,5 +758,5 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
         write_manifest(out / "manifest.json", {"job": "reproduce", "profile": p.name, "file": str(p.file), "notebooks": names,
                                                **{k: v for k, v in asdict(p).items() if k not in ("file",)}},
                        {**inputs, "release_dir": rd, "timings_s": timings, "failed": failed},
-                       [str(f) for f in sorted(out.rglob("*")) if f.is_file() and "_run" not in f.parts])
+                       [str(f) for f in sorted(out.rglob("*")) if f.is_file() and _committed(f, out)])
     return {"profile": p, "plan": table, "out": out, "notebooks": done, "timings": timings}

@@ -117,6 +117,7 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], m: int, temperatur
     if not todo: return []
     backend = make_backend(backend)
     builder = prompt_builder or default_prompt_builder(backend, langs, prompt_mode)
+    if callable(getattr(builder, "prefetch", None)): builder.prefetch([by_key[k] for k in keys])   # e.g. retrieval: queries embedded in batches
     prompts = {k: builder(by_key[k]) for k in keys}
     stops = {l: list(getattr(builder, "stop_strings", lambda l: [])(l)) for l in langs}
     out, n_tokens, t0 = [], 0, time.perf_counter()

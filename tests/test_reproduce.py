@@ -7,6 +7,7 @@ import yaml
 
 from calm.cli import main
 from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profile, plan, reproduce
+from calm.data import read_items
 
 
 def _profile(tmp_path, name="p", **changes):
@@ -41,7 +42,7 @@ def _profile(tmp_path, name="p", **changes):
     ({"datasets.demo.source": "web"}, "datasets.demo.source", "must be one of"),
     ({"training.learning_rat": 1e-5}, "training.learning_rat", "TrainConfig field"),
     ({"systems": ["base", "RLHF"]}, "systems[1]", "unknown system"),
-    ({"notebooks": ["table1", "table3"]}, "notebooks[1]", "no experiment notebook yet"),
+    ({"notebooks": ["table1", "table4"]}, "notebooks[1]", "unknown notebook"),
     ({"estimate.tokens_per_s": -1}, "estimate.tokens_per_s", "> 0"),
 ])
 def test_profile_errors_name_file_and_key(tmp_path, changes, key, words):
@@ -67,7 +68,7 @@ def test_demo_dry_run_prints_the_plan(release, capsys):
     # 96 tokens per completion at 25 tokens/s
     gens = 16 * 3 * 3 + 5 * 20 * 3
     assert f"total: {gens} generations, {gens * 96} generated tokens, {gens * 96 / 25 / 3600:.3g} CPU-hours" in text
-    assert "not implemented: table3" in text and "ok: notebook table1" in text
+    assert "ok: notebook table1" in text and "table9.ipynb with {'questions': 8}" in text and "not implemented" not in text
     assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 0     # needs no release
 
 
@@ -75,11 +76,16 @@ def test_paper_dry_run_validates_and_plans(release, capsys):
     assert main(["reproduce", "--profile", "paper", "--dry-run"]) == 0
     text = capsys.readouterr().out
     # per model: X-CSQA 899 x 6 x 3 samples + 5 systems x 1000 x 6; MedQA 1000 x 3 x 3 + 5 x 1000 x 3; two models
-    gens = 2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3))
-    assert gens == 140364
+    # and the Self-RAG rows on MedQA: the generator samples 1000 x 3 x 3, then base and CALM answer 1000 x 3 each
+    gens = 2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3)) + 1000 * 3 * 3 + 2 * 1000 * 3
+    assert gens == 155364
     assert f"total: {gens} generations, {gens * 256} generated tokens, {gens * 256 / 2500 / 3600:.3g} GPU-hours" in text
     assert "needs network: model meta-llama/Meta-Llama-3-8B-Instruct" in text and "mistralai/Mistral-7B-Instruct-v0.2" in text
     assert "ok: dataset xcsqa train: 6 release files, 899 questions each" in text
+    wired = [l for l in text.splitlines() if l.startswith("wired: ")]
+    assert len(wired) == 2 * 2 * 13 + 8                                  # per model and dataset: sample, vote, pairs, 4 train, 5 evaluate, results
+    assert "wired: selfrag/selfrag_llama2_7b / medqa / rag:sample -> calm.reproduce.run_sample (needs GPU (vLLM)" in text
+    assert "needs data: rag corpus" in text and "ok: rag prompts in the selfrag format" in text
     p = load_profile("paper")
     assert p.backend == "vllm" and p.sampling["m"] == 3 and p.sampling["top_p"] == 0.9 and p.sampling["max_new_tokens"] == 512
     assert [d.languages for d in p.datasets] == [["en", "zh", "fr", "de", "it", "ja"], ["en", "zh", "fr"]]
@@ -93,13 +99,13 @@ def test_plan_counts_follow_the_profile(tmp_path):
 
 
 def test_paper_profile_does_not_pretend_to_run(release, tmp_path):
-    with pytest.raises(ValueError, match="only demo profiles run here"):
+    with pytest.raises(ValueError, match="needs a CUDA GPU and vllm"):
         reproduce("paper", out=tmp_path)
 
 
-def test_only_rejects_unknown_and_unimplemented(tmp_path):
-    with pytest.raises(ValueError, match="no experiment notebook yet"):
-        reproduce("demo", only="table9", dry_run=True)
+def test_only_rejects_unknown_notebooks(tmp_path):
+    with pytest.raises(ValueError, match="not a notebook of profile demo"):
+        reproduce("demo", only="table4", dry_run=True)
     with pytest.raises(ValueError, match="not a notebook of profile demo"):
         reproduce("demo", only="table1,tabel2", dry_run=True)
 
@@ -118,7 +124,7 @@ def _notebook(path, code):
 def test_failing_notebook_stops_with_nonzero_exit_and_keeps_the_partial_notebook(tmp_path, capsys):
     nbs = tmp_path / "nbs"; nbs.mkdir()
     _notebook(nbs / "release.ipynb", 'print("before the failure")\nraise RuntimeError("boom from the notebook")')
-    f = _profile(tmp_path, notebooks=["release"])
+    f = _profile(tmp_path, notebooks=["release"], parameters=None)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "--profile", str(f), "--out", str(out), "--notebooks", str(nbs)])
@@ -137,7 +143,8 @@ def test_failing_notebook_stops_with_nonzero_exit_and_keeps_the_partial_notebook
 def test_reduced_demo_reproduce_writes_every_artifact(release, tmp_path):
     f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 2,
                                       "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 16,
-                                      "evaluation.max_new_tokens": 16, "training.max_steps": 1})
+                                      "evaluation.max_new_tokens": 16, "training.max_steps": 1,
+                                      "parameters": {"table3": {"questions": 1}, "table9": {"questions": 1}, "table10": {"questions": 1}}})
     out = tmp_path / "reports"
     assert main(["reproduce", "--profile", str(f), "--out", str(out)]) == 0
     check_reduced_outputs(out)
@@ -149,14 +156,18 @@ def check_reduced_outputs(out):
                         "table2": ["table2.csv", "table2.md", "table2.tex", "table2.png", "table2.pdf"],
                         "table7_8": ["table7.csv", "table7.tex", "table8.csv", "table8.md", "table7.png", "table7.pdf"],
                         "fig3": ["fig3.png", "fig3.pdf", "fig3_release.png", "fig3_data.csv", "fig3_data.tex"],
-                        "release": ["table1_base.csv", "fig3.png", "positives.csv"]}.items():
+                        "release": ["table1_base.csv", "fig3.png", "positives.csv"],
+                        "table3": ["table3.csv", "table3.md", "table3.tex", "table3.png", "table3.pdf"],
+                        "table9": ["table9.csv", "table9.md", "table9.tex", "table9_average.csv", "table9.png", "table9.pdf"],
+                        "table10": ["table10.csv", "table10.md", "table10.tex", "table10.png", "table10.pdf"],
+                        "rag": ["retrieved.csv", "prompts.md", "rag_accuracy.csv", "rag_accuracy.md", "rag_accuracy.png"]}.items():
         for x in files: assert (out / name / x).is_file(), f"{name}/{x} missing"
         assert (out / name / f"{name}.ipynb").is_file()
     t1 = pd.read_csv(out / "table1" / "table1.csv")
     assert t1.system.tolist()[0] == "base" and {"en", "fr", "ACC_avg"} <= set(t1.columns)
     assert t1[["en", "fr"]].stack().between(0, 100).all()
     # the table is the run's own results, recomputed from the stores
-    demo = pd.read_csv(out / "_run" / "results.csv")
+    demo = pd.read_csv(out / "results.csv")
     pd.testing.assert_series_equal(t1.set_index("system").sort_index().en.round(1), demo.set_index("system").sort_index().en.round(1))
     t2 = pd.read_csv(out / "table2" / "table2.csv")
     assert "base" in t2.system.tolist() and set(t2.labels) <= {"none", "gold", "self (vote)"}
@@ -164,10 +175,57 @@ def check_reduced_outputs(out):
     if untrained: assert all(s in (out / "table2" / "table2_notes.md").read_text() for s in untrained)
     t7 = pd.read_csv(out / "table7_8" / "table7.csv")
     assert t7.source.str.startswith("release").any() and t7.share.between(0, 100).all()
+    t9 = pd.read_csv(out / "table9" / "table9.csv")
+    assert set(t9.group) == {"en", "cn"} and t9[t9.system == "base"].delta_ACC_avg.eq(0).all()
+    assert dict(zip(t9.group, t9.native)) == {"en": "en", "cn": "zh"}
+    t3 = pd.read_csv(out / "table3" / "table3.csv")
+    assert set(t3.tested_on) == {"demo (in-domain)", "MedQA-en (cross-dataset)"}
+    in_domain = t3[t3.tested_on == "demo (in-domain)"].set_index("system").ACC_avg      # the run's own answers, as in Table 1
+    pd.testing.assert_series_equal(in_domain.sort_index(), t1.set_index("system").ACC_avg.sort_index(), check_names=False)
+    t10 = pd.read_csv(out / "table10" / "table10.csv")
+    assert t10.system.iloc[0] == "base" and {"en", "fr", "de", "it", "ja", "zh", "unseen_avg"} <= set(t10.columns)
+    rag = pd.read_csv(out / "rag" / "rag_accuracy.csv")
+    assert set(rag.retrieval) == {"none", "top-3"} and rag.questions.eq(8).all()
     index = (out / "README.md").read_text()
     for link in ("table1/table1.md", "table2/table2.csv", "table7_8/table8.tex", "fig3/fig3.pdf", "release/fig3.png", "manifest.json"):
         assert link in index
     assert ".ipynb)" not in index and "pairs.jsonl)" not in index          # links only to what is committed
+    assert "rag/index/" not in index and "eval_medqa_en" not in index
+    assert index.startswith("# Reproduction: profile `demo`") and "[main_job.md](main_job.md)" in index   # the run shares the folder
+    assert (out / "main_job.md").read_text().startswith("# ")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["profile"] == "demo" and manifest["config"]["datasets"][0]["train_questions"] == 2
     assert manifest["inputs"]["failed"] == {} and "run_demo" in manifest["inputs"]
+
+
+@pytest.mark.slow
+def test_release_profile_runs_every_stage_on_cpu(release, tmp_path):
+    "The stages of a non-demo profile (the paper's wiring) run end to end with the transformers backend on a tiny X-CSQA slice."
+    f = _profile(tmp_path, "xtiny", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
+                                                          "test_questions": 2}},
+                                       "systems": ["base", "SFT", "CALM"], "sampling.m": 2, "sampling.max_new_tokens": 12,
+                                       "evaluation.max_new_tokens": 12, "training.max_steps": 1, "notebooks": [], "parameters": None})
+    out = tmp_path / "r"
+    assert main(["reproduce", "--profile", str(f), "--dry-run"]) == 0
+    assert main(["reproduce", "--profile", str(f), "--out", str(out)]) == 0
+    run = out / "_run" / "smollm2-135m" / "x"
+    assert (run / "votes.csv").is_file() and (run / "data" / "calm_pairs.jsonl").is_file()
+    assert len(read_items(run / "train_items.jsonl")) == 4                   # 2 questions x 2 languages
+    assert (run / "eval" / "base").is_dir() and (run / "adapters" / "SFT" / "adapter_config.json").is_file()
+    res = pd.read_csv(out / "results" / "smollm2-135m__x.csv")
+    assert res.system.iloc[0] == "base" and {"en", "fr", "ACC_avg"} <= set(res.columns)
+    assert "results/smollm2-135m__x.md" in (out / "README.md").read_text()
+    assert "stages" in json.loads((out / "manifest.json").read_text())["inputs"]
+
+
+def test_notebook_parameters_and_notebooks_are_checked(tmp_path):
+    f = _profile(tmp_path, **{"parameters": {"table10": {"questoins": 3}}})
+    with pytest.raises(ProfileError, match=r"parameters\.table10\.questoins: not a parameter of table10.ipynb"):
+        reproduce(f, only="table10", dry_run=True)
+    f = _profile(tmp_path, "x", **{"parameters": {"table4": {}}})
+    with pytest.raises(ProfileError, match="parameters.table4: not one of this profile's notebooks"):
+        load_profile(f)
+    f = _profile(tmp_path, "y", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
+                                                       "test_questions": 2}}, "parameters": None})
+    with pytest.raises(ProfileError, match="reads a demo run"):
+        load_profile(f)
