@@ -16,8 +16,8 @@ from .data import DEMO_LANGUAGES, by_question, demo_items, demo_path, fingerprin
 from .reports import write_manifest, write_table
 
 # %% auto #0
-__all__ = ['STAGES', 'DemoConfig', 'demo_split', 'stage_sample', 'stage_vote', 'stage_pairs', 'stage_train', 'stage_evaluate',
-           'figure_results', 'stage_report', 'run_demo']
+__all__ = ['STAGES', 'DemoConfig', 'demo_split', 'stage_sample', 'stage_vote', 'stage_pairs', 'stage_train', 'evaluate_systems',
+           'stage_evaluate', 'figure_results', 'stage_report', 'run_demo']
 
 # %% ../nbs/85_demo.ipynb #27205963
 @dataclass
@@ -104,22 +104,28 @@ def stage_train(cfg: DemoConfig, out: Path, pairs: pd.DataFrame, sft: pd.DataFra
         runs[name] = train(tc, data, out / "adapters" / name).out_dir
     return runs
 
-def stage_evaluate(cfg: DemoConfig, out: Path, adapters: dict, builder) -> dict:
-    "Answer the test questions with base, SFT and CALM into `out/eval/<system>`; returns `{system: records}`."
+def evaluate_systems(model: str, out, items, languages, adapters: dict, store: str = "eval", builder=None, greedy: bool = True,
+                     max_new_tokens: int = 96, seed: int = 0, batch_size: int = 30) -> dict:
+    "Answer `items` with the base `model` and each adapter into `out/<store>/<system>` (resumable stores); `{system: records}`."
     from calm.evaluation import evaluate_model
     from calm.models import load_model
+    from calm.prompts import PromptBuilder
     from calm.sampling import TransformersBackend
     from calm.training import load_adapter
-    items = demo_split("test", cfg.test_questions, cfg.languages)
     systems = {}
-    for name in ["base"] + list(adapters):
-        if name == "base": model, tok = load_model(cfg.model, device="cpu")
-        else: model, tok = load_adapter(cfg.model, adapters[name], device="cpu")
-        backend = TransformersBackend(model, tok, name=f"{cfg.model}+{name}" if name != "base" else cfg.model)
-        systems[name] = evaluate_model(out / "eval" / name, items, cfg.languages, backend, greedy=cfg.eval_greedy,
-                                       max_new_tokens=cfg.eval_max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
-                                       prompt_builder=builder, model_id=backend.model_id, progress=False)
-    return items, systems
+    for name, adapter in {"base": None, **adapters}.items():
+        m, tok = load_model(model, device="cpu") if adapter is None else load_adapter(model, adapter, device="cpu")
+        backend = TransformersBackend(m, tok, name=model if adapter is None else f"{model}+{name}")
+        systems[name] = evaluate_model(Path(out) / store / name, items, languages, backend, greedy=greedy, max_new_tokens=max_new_tokens,
+                                       seed=seed, batch_size=batch_size, prompt_builder=builder or PromptBuilder.auto(tok, languages=languages),
+                                       model_id=backend.model_id, progress=False)
+    return systems
+
+def stage_evaluate(cfg: DemoConfig, out: Path, adapters: dict, builder) -> dict:
+    "Answer the test questions with base, SFT and CALM into `out/eval/<system>`; returns `(items, {system: records})`."
+    items = demo_split("test", cfg.test_questions, cfg.languages)
+    return items, evaluate_systems(cfg.model, out, items, cfg.languages, adapters, "eval", builder, cfg.eval_greedy,
+                                   cfg.eval_max_new_tokens, cfg.seed, cfg.eval_batch_size)
 
 # %% ../nbs/85_demo.ipynb #95700595
 def figure_results(table: pd.DataFrame, languages, path_stem):

@@ -19,11 +19,13 @@ from .reports import write_manifest
 
 # %% auto #0
 __all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'RUN_NOTEBOOKS', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'MEDQA_TRAIN_HUB',
-           'INDEX_TITLE', 'ProfileError', 'Dataset', 'Profile', 'find_profile', 'load_profile', 'plan', 'medqa_items',
-           'profile_items', 'run_slug', 'profile_backend', 'run_rag_index', 'run_sample', 'run_vote', 'run_pairs',
-           'run_train', 'run_evaluate', 'run_results', 'Stage', 'profile_stages', 'check_profile', 'notebook_path',
-           'NotebookFailed', 'execute_notebook', 'demo_state', 'gold_systems', 'run_adapters', 'evaluate_systems',
-           'curriculum_adapters', 'format_plan', 'write_index', 'reproduce']
+           'INDEX_TITLE', 'ProfileError', 'Dataset', 'Profile', 'find_profile', 'load_profile', 'notebook_parameter',
+           'plan', 'medqa_items', 'profile_items', 'run_slug', 'profile_backend', 'run_rag_index', 'run_sample',
+           'run_vote', 'run_pairs', 'run_train', 'test_set', 'run_evaluate', 'curriculum_plan', 'run_curriculum',
+           'run_results', 'Stage', 'profile_stages', 'check_profile', 'notebook_path', 'NotebookFailed',
+           'execute_notebook', 'RunView', 'run_views', 'demo_state', 'gold_systems', 'run_adapters',
+           'evaluate_run_systems', 'curriculum_adapters', 'Answers', 'table9_answers', 'table3_answers',
+           'table10_answers', 'format_plan', 'write_index', 'reproduce']
 
 # %% ../nbs/87_reproduce.ipynb #e99c8af4
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" if "__file__" in globals() else Path("../configs").resolve()
@@ -43,8 +45,8 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 "Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
-RUN_NOTEBOOKS = ("release",)
-"Notebooks a profile of release or hub data may list: the others read a demo run (`calm.demo.run_demo`'s layout)."
+RUN_NOTEBOOKS = ("table1", "table2", "table3", "table7_8", "table9", "table10", "fig3", "release")
+"Notebooks a profile of release or hub data may list (they read its stages' runs through `run_views`); `rag` works on a demo run."
 
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2)."
@@ -247,6 +249,28 @@ def load_profile(profile) -> Profile:
     return p
 
 # %% ../nbs/87_reproduce.ipynb #fe6158ee
+def notebook_parameter(p: "Profile", name: str, key: str):
+    "The value notebook `name` runs with for parameter `key`: the profile's, else the default in the notebook's parameters cell."
+    if key in p.parameters.get(name, {}): return p.parameters[name][key]
+    import ast
+    import papermill as pm
+    return ast.literal_eval(pm.inspect_notebook(str(notebook_path(name)))[key]["default"])
+
+def _demo_notebook_rows(p: "Profile", model: str, d) -> list[dict]:
+    "Plan rows of the answers the demo notebooks ask for themselves: MedQA for Tables 3 and 9, the curriculum, RAG."
+    rows, m = [], p.evaluation["m"]
+    row = lambda stage, q, L, n: {"model": model, "dataset": d.name, "stage": stage, "questions": q, "languages": L, "m": m, "generations": n * q * L * m}
+    med = {n: notebook_parameter(p, n, "questions") for n in ("table3", "table9") if n in p.notebooks}
+    if med:                                            # base, SFT, CALM on the USMLE group (shared by both) and, for table9, MCMLE
+        q = max(med.values())
+        rows.append(row("table3+9:medqa-en", q, 3, 3))
+        if "table9" in med: rows.append(row("table9:medqa-cn", med["table9"], 3, 3))
+    if "table10" in p.notebooks:                       # base and one adapter per curriculum stage, in all six demo languages
+        rows.append(row("table10:curriculum", notebook_parameter(p, "table10", "questions"), 6, 1 + len(d.languages)))
+    if "rag" in p.notebooks:                           # base and CALM, with and without passages, on the bundled questions (one language each)
+        rows.append(row("rag:evaluate", 8, 1, 4))
+    return rows
+
 def plan(profile) -> pd.DataFrame:
     "Planned generations, generated tokens and device-hours per model, dataset and stage, with a `total` row."
     p = profile if isinstance(profile, Profile) else load_profile(profile)
@@ -260,6 +284,17 @@ def plan(profile) -> pd.DataFrame:
             for s in p.systems:
                 rows.append({"model": model, "dataset": d.name, "stage": f"evaluate:{s}", "questions": d.test_questions, "languages": L,
                              "m": p.evaluation["m"], "generations": d.test_questions * L * p.evaluation["m"]})
+            if p.is_demo:
+                rows += _demo_notebook_rows(p, model, d); continue
+            extra = [("medqa-cn", d.test_questions, L)] if d.source == "release:medqa" else []          # Table 9's second group
+            extra += [(o.name, o.test_questions, len(o.languages)) for o in p.datasets if o.name != d.name]   # Table 3
+            for name, q, n in extra:
+                rows.append({"model": model, "dataset": d.name, "stage": f"evaluate:*@{name}", "questions": q, "languages": n,
+                             "m": p.evaluation["m"], "generations": len(p.systems) * q * n * p.evaluation["m"]})
+            if d is p.datasets[0] and L > 1:                                                         # Table 10
+                k = len(curriculum_plan(d.languages))
+                rows.append({"model": model, "dataset": d.name, "stage": "evaluate:curriculum", "questions": d.test_questions, "languages": L,
+                             "m": p.evaluation["m"], "generations": k * d.test_questions * L * p.evaluation["m"]})
     for d in p.datasets:                              # the Self-RAG rows: the generator samples, is aligned, and answers with passages
         if d.name not in p.rag.get("datasets", []): continue
         L, g = len(d.languages), p.rag["generator"]
@@ -347,12 +382,8 @@ def run_rag_index(corpus, index, embedder=None) -> Path:
 
 def _run_state(out: Path, languages) -> dict:
     from calm.data import read_items
-    from calm.extraction import extract_records
-    from calm.store import read_samples
-    items = read_items(out / "train_items.jsonl")
-    by_key = {(it.qid, it.lang): it for it in items}
-    recs = pd.DataFrame(extract_records(read_samples(out / "samples").to_dict("records"), by_key))
-    return {"items": items, "by_key": by_key, "records": recs, "gold": {it.qid: it.gold for it in items}}
+    st = RunView("", "", Path(out), list(languages), read_items(Path(out) / "train_items.jsonl"), []).state()
+    return {**st, "by_key": {(it.qid, it.lang): it for it in st["items"]}}
 
 def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None) -> Path:
     "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`; the items to `out/train_items.jsonl`."
@@ -401,17 +432,37 @@ def run_train(out, model: str, system: str, training: dict, languages, rag: dict
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     return train(TrainConfig(**{**training, "method": method, "model": model}), data, out / "adapters" / system).out_dir
 
+def test_set(dataset: dict, release=None, group: str | None = None) -> tuple[list, list]:
+    "`(items, languages)` a stage answers: the dataset's test questions, or a MedQA release `group` (`cn`: MCMLE) in its languages."
+    if group is None: return profile_items(dataset, "test", release), list(dataset["languages"])
+    return medqa_items(release, group, dataset["test_questions"], dataset["languages"])
+
 def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, evaluation: dict, seed: int = 0,
-                 batch_size: int = 8, release=None, rag: dict | None = None) -> Path | None:
-    "Stage `evaluate:<system>`: answer the test questions with the base model or the system's adapter, into `out/eval/<system>`."
+                 batch_size: int = 8, release=None, rag: dict | None = None, group: str | None = None, store: str = "eval") -> Path | None:
+    "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
     from calm.evaluation import evaluate_model
     out = Path(out); adapter = None if system == "base" else out / "adapters" / system
     if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
-    items, langs = profile_items(dataset, "test", release), dataset["languages"]
+    items, langs = test_set(dataset, release, group)
     b = profile_backend(backend, model, adapter)
-    evaluate_model(out / "eval" / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
+    evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
                    seed=seed, batch_size=batch_size, prompt_builder=_builder(model, langs, rag), model_id=model, progress=False)
-    return out / "eval" / system
+    return out / store / system
+
+def curriculum_plan(languages, n: int = 3) -> list[list[str]]:
+    "The curriculum of a run (Table 10): its first `n` languages, one more per stage; the others stay absent from training."
+    return [list(languages[:i]) for i in range(1, min(n, len(languages)) + 1)]
+
+def run_curriculum(out, model: str, training: dict, languages) -> list:
+    "Stage `train:curriculum`: CALM through `curriculum_plan(languages)` on the run's pairs, each stage saved to `out/adapters/<stage>`."
+    from calm.pairs import read_pairs
+    from calm.training import TrainConfig, train_curriculum
+    pairs = read_pairs(Path(out) / "data" / "calm_pairs.jsonl")
+    plan_ = curriculum_plan(languages)
+    if any(not pairs.lang.isin(langs).any() or not (pairs.lang == langs[-1]).any() for langs in plan_):
+        print(f"{out}: no pairs in some language of the curriculum {plan_}: not trained"); return []
+    runs = train_curriculum(TrainConfig(**{**training, "method": "dpo", "model": model}), pairs, Path(out) / "adapters", stages=plan_)
+    return [r.out_dir for r in runs]
 
 def run_results(out, dataset: dict, systems, release=None) -> Path:
     "Stage `results`: Table 1 for the systems evaluated, to `out/results.{csv,md}`."
@@ -451,6 +502,7 @@ class Stage:
 
 def profile_stages(p: Profile, out, release=None) -> list[Stage]:
     "Every stage of a release or hub profile, in order, writing under `out/<model>/<dataset>/`."
+    from calm.training import stage_name
     stages, gpu = [], ("GPU (vLLM)",) if p.backend == "vllm" else ()
     for model in p.models:
         net = () if Path(model).exists() or "/" not in model else ("network (model from the hub)",)
@@ -468,6 +520,18 @@ def profile_stages(p: Profile, out, release=None) -> list[Stage]:
                 S(f"evaluate:{s}", run_evaluate, gpu + net, model=model, backend=p.backend, system=s, dataset=ds, evaluation=dict(p.evaluation),
                   seed=p.sampling["seed"], batch_size=p.sampling["batch_size"], release=rel)
             S("results", run_results, dataset=ds, systems=list(p.systems), release=rel)
+            ev = dict(backend=p.backend, evaluation=dict(p.evaluation), seed=p.sampling["seed"], batch_size=p.sampling["batch_size"], release=rel)
+            if d.source == "release:medqa":           # Table 9: the MCMLE group too (the dataset's own test set is the USMLE group)
+                for s in p.systems: S(f"evaluate:{s}@medqa-cn", run_evaluate, gpu + net, model=model, system=s, dataset=ds, group="cn", store="eval_medqa-cn", **ev)
+            for other in p.datasets:                   # Table 3: each trained system on the other datasets' test questions
+                if other.name == d.name: continue
+                for s in p.systems:
+                    S(f"evaluate:{s}@{other.name}", run_evaluate, gpu + net, model=model, system=s, dataset=asdict(other), store=f"eval_{other.name}", **ev)
+            if d is p.datasets[0] and len(L) > 1:      # Table 10: a curriculum on the first dataset, answered in all its languages
+                S("train:curriculum", run_curriculum, ("GPU",) + net, model=model, training=dict(p.training), languages=L)
+                for i, langs in enumerate(curriculum_plan(L)):
+                    S(f"evaluate:curriculum:{stage_name(i, langs)}", run_evaluate, gpu + net, model=model, system=stage_name(i, langs), dataset=ds,
+                      store="eval_curriculum", **ev)
     for d in p.datasets:                                # Self-RAG rows: the generator answers with retrieved passages, then CALM on its own samples
         if d.name not in p.rag.get("datasets", []): continue
         r, g = p.rag, p.rag["generator"]
@@ -585,21 +649,63 @@ def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None) -> Pa
     return dest
 
 # %% ../nbs/87_reproduce.ipynb #48c38100
+@dataclass
+class RunView:
+    "One model x dataset run on disk (`samples/`, `votes.csv`, `data/calm_pairs.jsonl`, `eval/<system>/`) with its items."
+    model: str
+    dataset: str
+    folder: Path
+    languages: list
+    train_items: list
+    test_items: list
+    spec: dict = field(default_factory=dict)         # the profile's dataset (`asdict(Dataset)`)
+
+    @property
+    def label(self) -> str:
+        "`model / dataset`, for table rows and figure titles."
+        return f"{self.model} / {self.dataset}"
+
+    def state(self) -> dict:
+        "Train items, extracted sample records, votes, pairs and gold letters."
+        from calm.extraction import extract_records
+        from calm.pairs import PAIR_COLUMNS, read_pairs
+        from calm.store import read_samples
+        by_key = {(it.qid, it.lang): it for it in self.train_items}
+        samples = read_samples(self.folder / "samples")
+        samples = samples[[(q, l) in by_key for q, l in zip(samples.qid, samples.lang)]]
+        recs = pd.DataFrame(extract_records(samples.to_dict("records"), by_key))
+        vf = self.folder / "votes.csv"
+        votes = pd.read_csv(vf, dtype={"qid": str}) if vf.is_file() else None      # None before the vote stage
+        pf = self.folder / "data" / "calm_pairs.jsonl"
+        pairs = read_pairs(pf) if pf.is_file() else pd.DataFrame(columns=PAIR_COLUMNS)                # none before the pairs stage
+        return {"items": self.train_items, "records": recs, "votes": votes, "pairs": pairs, "gold": {it.qid: it.gold for it in self.train_items}}
+
+    def systems(self, names=SYSTEMS, store: str = "eval", items=None) -> dict:
+        "`{system: answer records}` in `folder/<store>/` (default: the test questions), for the systems of `names` that were evaluated."
+        from calm.extraction import extract_records
+        from calm.store import read_samples
+        by_key = {(it.qid, it.lang): it for it in (self.test_items if items is None else items)}
+        return {s: pd.DataFrame(extract_records(read_samples(self.folder / store / s).to_dict("records"), by_key))
+                for s in names if (self.folder / store / s).is_dir()}
+
+def run_views(profile, run_dir, release=None) -> list[RunView]:
+    "The runs of a profile: one for a demo profile (`run_demo`'s folder), one per model and dataset for the stages' layout."
+    from calm.data import read_items
+    from calm.demo import demo_split
+    p = profile if isinstance(profile, Profile) else load_profile(profile)
+    if p.is_demo:
+        c = p.demo_config()
+        return [RunView(c.model, p.datasets[0].name, Path(run_dir), list(c.languages), demo_split("train", c.train_questions, c.languages),
+                        demo_split("test", c.test_questions, c.languages), asdict(p.datasets[0]))]
+    return [RunView(m, d.name, Path(run_dir) / run_slug(m) / d.name, list(d.languages),
+                    read_items(Path(run_dir) / run_slug(m) / d.name / "train_items.jsonl"), profile_items(asdict(d), "test", release), asdict(d))
+            for m in p.models for d in p.datasets]
+
 def demo_state(run_dir, config) -> dict:
     "Train items, extracted sample records, votes and pairs of a `run_demo` output folder."
     from calm.demo import demo_split
-    from calm.extraction import extract_records
-    from calm.pairs import read_pairs
-    from calm.store import read_samples
-    run_dir = Path(run_dir)
     items = demo_split("train", config.train_questions, config.languages)
-    by_key = {(it.qid, it.lang): it for it in items}
-    samples = read_samples(run_dir / "samples")
-    samples = samples[[(q, l) in by_key for q, l in zip(samples.qid, samples.lang)]]
-    recs = pd.DataFrame(extract_records(samples.to_dict("records"), by_key))
-    votes = pd.read_csv(run_dir / "votes.csv", dtype={"qid": str})
-    pairs = read_pairs(run_dir / "data" / "calm_pairs.jsonl")
-    return {"items": items, "records": recs, "votes": votes, "pairs": pairs, "gold": {it.qid: it.gold for it in items}}
+    return RunView(config.model, "demo", Path(run_dir), list(config.languages), items, []).state()
 
 def gold_systems(run_dir, config, systems=("SFT_gold", "CALM_gold")) -> tuple[list, dict]:
     "Train the Table 2 variants on ground truth in `run_dir/adapters`, and evaluate every trained system; returns `(test_items, {system: records})`."
@@ -627,22 +733,12 @@ def run_adapters(run_dir, systems=SYSTEMS[1:]) -> dict:
     d = Path(run_dir) / "adapters"
     return {s: d / s for s in systems if (d / s / "adapter_config.json").is_file()}
 
-def evaluate_systems(run_dir, config, items, languages, tag: str, adapters=None) -> dict:
-    "Answer `items` in `languages` with the base model and each adapter into `run_dir/eval_<tag>/<system>` (resumable); `{system: records}`."
-    from calm.evaluation import evaluate_model
-    from calm.models import load_model
-    from calm.prompts import PromptBuilder
-    from calm.sampling import TransformersBackend
-    from calm.training import load_adapter
+def evaluate_run_systems(run_dir, config, items, languages, tag: str, adapters=None) -> dict:
+    "Answer `items` in `languages` with the base model and each adapter (default: the run's SFT and CALM) into `run_dir/eval_<tag>/<system>`."
+    from calm.demo import evaluate_systems
     adapters = run_adapters(run_dir, ("SFT", "CALM")) if adapters is None else adapters
-    out = {}
-    for name, ad in {"base": None, **adapters}.items():
-        model, tok = load_model(config.model, device="cpu") if ad is None else load_adapter(config.model, ad, device="cpu")
-        backend = TransformersBackend(model, tok, name=config.model if ad is None else f"{config.model}+{name}")
-        out[name] = evaluate_model(Path(run_dir) / f"eval_{tag}" / name, items, languages, backend, greedy=config.eval_greedy,
-                                   max_new_tokens=config.eval_max_new_tokens, seed=config.seed, batch_size=config.eval_batch_size,
-                                   prompt_builder=PromptBuilder.auto(tok, languages=languages), model_id=backend.model_id, progress=False)
-    return out
+    return evaluate_systems(config.model, run_dir, items, languages, adapters, f"eval_{tag}", None, config.eval_greedy,
+                            config.eval_max_new_tokens, config.seed, config.eval_batch_size)
 
 def curriculum_adapters(run_dir, config) -> tuple[dict, list]:
     "Train CALM through a curriculum of the run's languages (one more per stage, languages without pairs skipped) in `run_dir/curriculum`."
@@ -656,6 +752,75 @@ def curriculum_adapters(run_dir, config) -> tuple[dict, list]:
     runs = train_curriculum(tc, pairs, Path(run_dir) / "curriculum", stages=stages)
     return {stage_name(i, s): r.out_dir for i, (s, r) in enumerate(zip(stages, runs))}, stages
 
+# %% ../nbs/87_reproduce.ipynb #9e18aec9
+@dataclass
+class Answers:
+    "The answers of several systems to one test set: `systems` maps a system name to its answer records."
+    label: str
+    items: list
+    languages: list
+    systems: dict
+    info: dict = field(default_factory=dict)
+
+def table9_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
+    "Table 9: base, SFT and CALM on both MedQA release groups (USMLE `en`, MCMLE `cn`), per run."
+    p = profile if isinstance(profile, Profile) else load_profile(profile)
+    out = []
+    if p.is_demo:
+        cfg = p.demo_config()
+        for g in MEDQA_GROUPS:
+            items, langs = medqa_items(release, g, questions)
+            out.append(Answers(f"{cfg.model} / demo", items, langs, evaluate_run_systems(run_dir, cfg, items, langs, tag=f"medqa_{g}"),
+                               {"group": g, "model": cfg.model, "trained_on": "demo"}))
+        return out
+    for v in run_views(p, run_dir, release):
+        if v.spec["source"] != "release:medqa": continue
+        for g, store in (("en", "eval"), ("cn", "eval_medqa-cn")):
+            items, langs = test_set(v.spec, release, None if g == "en" else g)
+            out.append(Answers(v.label, items, langs, v.systems(("base", "SFT", "CALM"), store, items),
+                               {"group": g, "model": v.model, "trained_on": v.dataset}))
+    return out
+
+def table3_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
+    "Table 3: each run's systems on its own test set and on the other datasets' (for a demo run: the MedQA USMLE group)."
+    p = profile if isinstance(profile, Profile) else load_profile(profile)
+    views, out = run_views(p, run_dir, release), []
+    if p.is_demo:
+        v, cfg = views[0], p.demo_config()
+        out.append(Answers("demo (in-domain)", v.test_items, v.languages, v.systems(("base", "SFT", "CALM")), {"model": v.model, "trained_on": "demo"}))
+        items, langs = medqa_items(release, "en", questions)
+        out.append(Answers("MedQA-en (cross-dataset)", items, langs, evaluate_run_systems(run_dir, cfg, items, langs, tag="medqa_en"),
+                           {"model": v.model, "trained_on": "demo"}))
+        return out
+    for v in views:
+        out.append(Answers(f"{v.dataset} (in-domain)", v.test_items, v.languages, v.systems(("base", "SFT", "CALM")), {"model": v.model, "trained_on": v.dataset}))
+        for o in p.datasets:
+            if o.name == v.dataset: continue
+            items = profile_items(asdict(o), "test", release)
+            out.append(Answers(f"{o.name} (cross-dataset)", items, list(o.languages), v.systems(("base", "SFT", "CALM"), f"eval_{o.name}", items),
+                               {"model": v.model, "trained_on": v.dataset}))
+    return out
+
+def table10_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
+    "Table 10: base and every curriculum stage, answered in all the languages of the test set; `info['trained']` maps each to its languages."
+    from calm.data import DEMO_LANGUAGES
+    from calm.training import stage_name
+    p = profile if isinstance(profile, Profile) else load_profile(profile)
+    if p.is_demo:
+        from calm.demo import demo_split
+        cfg = p.demo_config()
+        adapters, stages = curriculum_adapters(run_dir, cfg)
+        items = demo_split("test", questions or cfg.test_questions, DEMO_LANGUAGES)
+        systems = evaluate_run_systems(run_dir, cfg, items, DEMO_LANGUAGES, tag="curriculum", adapters=adapters)
+        return [Answers(f"{cfg.model} / demo", items, list(DEMO_LANGUAGES), systems, {"trained": {"base": [], **dict(zip(adapters, stages))}})]
+    out = []
+    for v in run_views(p, run_dir, release):
+        if v.dataset != p.datasets[0].name: continue
+        stages = {stage_name(i, langs): langs for i, langs in enumerate(curriculum_plan(v.languages))}
+        systems = {**v.systems(("base",)), **v.systems(tuple(stages), "eval_curriculum")}
+        out.append(Answers(v.label, v.test_items, v.languages, systems, {"trained": {"base": [], **stages}}))
+    return out
+
 # %% ../nbs/87_reproduce.ipynb #91c431f4
 def _select(p: Profile, only) -> list[str]:
     if not only: return list(p.notebooks)
@@ -667,13 +832,11 @@ def _select(p: Profile, only) -> list[str]:
 def format_plan(p: Profile, table: pd.DataFrame) -> str:
     "The plan as text: the table and its assumptions."
     hours = [c for c in table.columns if c.endswith("_hours")][0]
-    extra = [n for n in p.notebooks if n in ("table3", "table9", "table10", "rag")] if p.is_demo else []
     total = table.iloc[-1]
     return "\n".join([f"plan for profile {p.name}: {p.description}", table.to_string(index=False, float_format=lambda x: f"{x:.3g}"), "",
                       f"total: {int(total.generations)} generations, {int(total.tokens)} generated tokens, {total[hours]:.3g} {hours.replace('_', '-')} "
                       f"(assumes {p.estimate['mean_completion_tokens']} tokens per completion and {p.estimate['tokens_per_s']:g} tokens/s on one "
-                      f"{p.estimate['device']}: {p.estimate['throughput_source']}; training time not included)"]
-                     + ([f"not counted: the evaluations the notebooks {', '.join(extra)} run themselves (sizes in their parameters)"] if extra else []))
+                      f"{p.estimate['device']}: {p.estimate['throughput_source']}; training time not included)"])
 
 INDEX_TITLE = "# Reproduction: profile `{name}`"
 "The first line of the index `reproduce` writes; a `README.md` without it in a demo profile's folder is the main job's report."

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from calm.cli import main
-from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profile, plan, reproduce
+from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profile, plan, profile_stages, reproduce
 from calm.data import read_items
 
 
@@ -65,8 +65,8 @@ def test_demo_dry_run_prints_the_plan(release, capsys):
     assert main(["reproduce", "--profile", "demo", "--dry-run"]) == 0
     text = capsys.readouterr().out
     # demo.yaml: 16 train questions x 3 languages x m=3 samples; 5 systems x 20 test questions x 3 languages x 1 answer;
-    # 96 tokens per completion at 25 tokens/s
-    gens = 16 * 3 * 3 + 5 * 20 * 3
+    # the notebooks' own: MedQA 2 groups x 8 x 3 x 3 systems, curriculum 10 x 6 x 4, RAG 8 x 4; 96 tokens per completion at 25 tokens/s
+    gens = 16 * 3 * 3 + 5 * 20 * 3 + 2 * 8 * 3 * 3 + 10 * 6 * 4 + 8 * 4
     assert f"total: {gens} generations, {gens * 96} generated tokens, {gens * 96 / 25 / 3600:.3g} CPU-hours" in text
     assert "ok: notebook table1" in text and "table9.ipynb with {'questions': 8}" in text and "not implemented" not in text
     assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 0     # needs no release
@@ -76,14 +76,19 @@ def test_paper_dry_run_validates_and_plans(release, capsys):
     assert main(["reproduce", "--profile", "paper", "--dry-run"]) == 0
     text = capsys.readouterr().out
     # per model: X-CSQA 899 x 6 x 3 samples + 5 systems x 1000 x 6; MedQA 1000 x 3 x 3 + 5 x 1000 x 3; two models
-    # and the Self-RAG rows on MedQA: the generator samples 1000 x 3 x 3, then base and CALM answer 1000 x 3 each
-    gens = 2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3)) + 1000 * 3 * 3 + 2 * 1000 * 3
-    assert gens == 155364
+    # plus, per model, Table 3 (5 systems on the other dataset: 1000 x 3 and 1000 x 6), Table 9's MCMLE group (5 x 1000 x 3) and
+    # Table 10's curriculum (3 stages x 1000 x 6); and the Self-RAG rows on MedQA: the generator samples 1000 x 3 x 3, then
+    # base and CALM answer 1000 x 3 each
+    gens = (2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3) + 5 * 1000 * 3 + 5 * 1000 * 6 + 5 * 1000 * 3 + 3 * 1000 * 6)
+            + 1000 * 3 * 3 + 2 * 1000 * 3)
+    assert gens == 311364
     assert f"total: {gens} generations, {gens * 256} generated tokens, {gens * 256 / 2500 / 3600:.3g} GPU-hours" in text
     assert "needs network: model meta-llama/Meta-Llama-3-8B-Instruct" in text and "mistralai/Mistral-7B-Instruct-v0.2" in text
     assert "ok: dataset xcsqa train: 6 release files, 899 questions each" in text
     wired = [l for l in text.splitlines() if l.startswith("wired: ")]
-    assert len(wired) == 2 * 2 * 13 + 8                                  # per model and dataset: sample, vote, pairs, 4 train, 5 evaluate, results
+    # per model and dataset: sample, vote, pairs, 4 train, 5 evaluate, results; per model 15 more evaluations (Tables 3 and 9)
+    # and the curriculum (1 train, 3 evaluate); 8 Self-RAG stages
+    assert len(wired) == 2 * 2 * 13 + 2 * (15 + 4) + 8
     assert "wired: selfrag/selfrag_llama2_7b / medqa / rag:sample -> calm.reproduce.run_sample (needs GPU (vLLM)" in text
     assert "needs data: rag corpus" in text and "ok: rag prompts in the selfrag format" in text
     p = load_profile("paper")
@@ -92,7 +97,8 @@ def test_paper_dry_run_validates_and_plans(release, capsys):
 
 
 def test_plan_counts_follow_the_profile(tmp_path):
-    f = _profile(tmp_path, **{"sampling.m": 5, "datasets.demo.train_questions": 7, "systems": ["base", "CALM"]})
+    f = _profile(tmp_path, **{"sampling.m": 5, "datasets.demo.train_questions": 7, "systems": ["base", "CALM"], "notebooks": ["table1"],
+                              "parameters": None})
     t = plan(f)
     assert t.stage.tolist()[:3] == ["sample", "evaluate:base", "evaluate:CALM"]
     assert t.generations.tolist() == [7 * 3 * 5, 20 * 3, 20 * 3, 7 * 3 * 5 + 2 * 20 * 3]
@@ -202,9 +208,11 @@ def check_reduced_outputs(out):
 def test_release_profile_runs_every_stage_on_cpu(release, tmp_path):
     "The stages of a non-demo profile (the paper's wiring) run end to end with the transformers backend on a tiny X-CSQA slice."
     f = _profile(tmp_path, "xtiny", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
-                                                          "test_questions": 2}},
-                                       "systems": ["base", "SFT", "CALM"], "sampling.m": 2, "sampling.max_new_tokens": 12,
-                                       "evaluation.max_new_tokens": 12, "training.max_steps": 1, "notebooks": [], "parameters": None})
+                                                          "test_questions": 2},
+                                                    "d": {"source": "demo", "languages": ["en", "fr"], "train_questions": 2, "test_questions": 2}},
+                                       "systems": ["base", "SFT", "CALM", "SFT_gold"], "sampling.m": 2, "sampling.max_new_tokens": 12,
+                                       "evaluation.max_new_tokens": 12, "training.max_steps": 1, "parameters": None,
+                                       "notebooks": ["table1", "table2", "table3", "table7_8", "table9", "table10", "fig3"]})
     out = tmp_path / "r"
     assert main(["reproduce", "--profile", str(f), "--dry-run"]) == 0
     assert main(["reproduce", "--profile", str(f), "--out", str(out)]) == 0
@@ -216,6 +224,21 @@ def test_release_profile_runs_every_stage_on_cpu(release, tmp_path):
     assert res.system.iloc[0] == "base" and {"en", "fr", "ACC_avg"} <= set(res.columns)
     assert "results/smollm2-135m__x.md" in (out / "README.md").read_text()
     assert "stages" in json.loads((out / "manifest.json").read_text())["inputs"]
+    t1 = pd.read_csv(out / "table1" / "table1.csv")                      # the notebooks read the stages' run
+    assert (t1.model.unique().tolist(), t1.dataset.unique().tolist(), t1.system.iloc[0]) == (["smollm2-135m"], ["x", "d"], "base")
+    pd.testing.assert_series_equal(t1[t1.dataset == "x"].ACC_avg.reset_index(drop=True), res.ACC_avg)
+    t2 = set(pd.read_csv(out / "table2" / "table2.csv").system)
+    assert {"base", "SFT"} <= t2
+    if "SFT_gold" not in t2: assert "SFT_gold" in (out / "table2" / "table2_notes.md").read_text()   # no gold-correct sample at this size
+    assert (out / "table7_8" / "table8.csv").is_file() and (out / "fig3" / "fig3.png").is_file()
+    t3 = pd.read_csv(out / "table3" / "table3.csv")                      # each run on its own and on the other dataset's test set
+    assert set(zip(t3.tested_on, t3.system)) >= {("x (in-domain)", "base"), ("d (cross-dataset)", "base"), ("d (in-domain)", "base"),
+                                                  ("x (cross-dataset)", "base")}
+    assert "no MedQA dataset" in (out / "table9" / "table9_notes.md").read_text()
+    t10 = pd.read_csv(out / "table10" / "table10.csv")
+    assert t10.run.unique().tolist() == ["smollm2-135m / x"] and t10.system.iloc[0] == "base"
+    assert [s.name for s in profile_stages(load_profile(f), out / "_run") if "curriculum" in s.name] == \
+        ["train:curriculum", "evaluate:curriculum:00-en", "evaluate:curriculum:01-en-fr"]
 
 
 def test_notebook_parameters_and_notebooks_are_checked(tmp_path):
@@ -229,3 +252,33 @@ def test_notebook_parameters_and_notebooks_are_checked(tmp_path):
                                                        "test_questions": 2}}, "parameters": None})
     with pytest.raises(ProfileError, match="reads a demo run"):
         load_profile(f)
+
+
+def test_medqa_train_questions_come_from_the_hub_and_are_translated(release, monkeypatch):
+    "The paper profile's MedQA train path: English questions from the hub (stubbed: no network here), translated per language."
+    import calm.loaders
+    from dataclasses import asdict
+    from calm.reproduce import MEDQA_TRAIN_HUB, Dataset, medqa_items, profile_items
+    english, _ = medqa_items(release, "en", 3, ["en"])
+    asked = []
+    def hub(name, config=None, split="test", lang=None, **kw):
+        asked.append((name, split, lang)); return english
+    monkeypatch.setattr(calm.loaders, "load_hub", hub)
+    class Tagger:
+        name, translates = "tagger", True
+        def translate(self, texts, source, target): return [f"[{source}->{target}] {t}" for t in texts]
+    d = asdict(Dataset("medqa", "release:medqa", ["en", "zh", "fr"], 2, 2))
+    items = profile_items(d, "train", release, Tagger())
+    assert asked == [(MEDQA_TRAIN_HUB, "train", "en")]
+    assert [(it.qid, it.lang) for it in items][:3] == [(english[0].qid, l) for l in ("en", "zh", "fr")] and len(items) == 6
+    zh = items[1]
+    assert zh.question.startswith("[en->zh] ") and zh.gold == english[0].gold and zh.options[0][1].startswith("[en->zh] ")
+    test, langs = medqa_items(release, "en", 2, ["en", "zh", "fr"])
+    assert profile_items(d, "test", release) == test and langs == ["en", "zh", "fr"]
+
+
+def test_demo_plan_counts_what_the_notebooks_answer(tmp_path):
+    f = _profile(tmp_path, **{"parameters": {"table9": {"questions": 5}, "table10": {"questions": 2}}, "notebooks": ["table9", "table10"]})
+    t = plan(f).set_index("stage").generations
+    assert (t["table3+9:medqa-en"], t["table9:medqa-cn"], t["table10:curriculum"]) == (5 * 3 * 3, 5 * 3 * 3, 2 * 6 * 4)
+    assert "rag:evaluate" not in t
