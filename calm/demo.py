@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -185,6 +186,7 @@ STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
 def run_demo(out="reports/demo", languages=None, config: DemoConfig | None = None, until: str = "report") -> dict:
     "Run the main job into `out` up to stage `until`; returns `{name: path}` and the stage timings under `timings`."
     if until not in STAGES: raise ValueError(f"until must be one of {STAGES}, not {until!r}")
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
     cfg = config or DemoConfig(**({"languages": list(languages)} if languages else {}))
     out, timings, paths = Path(out), {}, {}
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import time
@@ -886,6 +887,7 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
         if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
             raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]'); "
                              "none here: use --dry-run to check it and see the plan")
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
     out = Path(out or Path("reports") / p.name).resolve(); out.mkdir(parents=True, exist_ok=True)
     run_dir, timings = (out if p.is_demo else out / "_run"), {}     # a demo profile shares its stores with `calm demo`
     rd = next((l.split("release folder ", 1)[1] for l in checks if l.startswith("ok: release folder ")), None)
