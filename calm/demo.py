@@ -18,7 +18,7 @@ from .reports import write_manifest, write_table
 
 # %% auto #0
 __all__ = ['STAGES', 'DemoConfig', 'demo_split', 'stage_sample', 'stage_vote', 'stage_pairs', 'stage_train', 'evaluate_systems',
-           'stage_evaluate', 'figure_results', 'stage_report', 'run_demo']
+           'stage_evaluate', 'figure_results', 'indexed', 'stage_report', 'run_demo']
 
 # %% ../nbs/85_demo.ipynb #27205963
 @dataclass
@@ -142,6 +142,11 @@ def figure_results(table: pd.DataFrame, languages, path_stem):
     for ext in ("png", "pdf"): fig.savefig(Path(path_stem).with_suffix(f".{ext}"), dpi=150)
     plt.close(fig)
 
+def indexed(out) -> bool:
+    "Whether `calm reproduce` made `out/README.md` its index: the main job then writes `main_job.md` and `main_job_manifest.json`."
+    readme = Path(out) / "README.md"
+    return readme.is_file() and readme.read_text(encoding="utf-8").startswith("# Reproduction: profile")
+
 def stage_report(cfg: DemoConfig, out: Path, test_items, systems: dict, pairs, votes, timings: dict) -> dict:
     "Write results, comparison, figure and README for the demo; returns `{name: path}`."
     from calm.evaluation import compare_systems, results_table
@@ -176,7 +181,8 @@ def stage_report(cfg: DemoConfig, out: Path, test_items, systems: dict, pairs, v
               "- `votes.csv`, `data/` (pairs, SFT rows; TRL and LLaMA-Factory formats)", "- `adapters/<system>/` with `train_log.csv` and `train_curves.png`",
               "- `results.{csv,md,tex}`, `results.png/.pdf`, `comparison.{csv,md}`", "- `manifest.json`", "",
               "## Stage times (s)", "", pd.DataFrame([timings]).round(1).to_markdown(index=False), ""]
-    (out / "README.md").write_text("\n".join(lines), encoding="utf-8"); paths["readme"] = out / "README.md"
+    readme = out / ("main_job.md" if indexed(out) else "README.md")
+    readme.write_text("\n".join(lines), encoding="utf-8"); paths["readme"] = readme
     return paths
 
 # %% ../nbs/85_demo.ipynb #63226e02
@@ -212,7 +218,7 @@ def run_demo(out="reports/demo", languages=None, config: DemoConfig | None = Non
     if stop >= 5: test_items, systems = timed("evaluate", stage_evaluate, cfg, out, adapters, builder)
     if stop >= 6: paths.update(timed("report", stage_report, cfg, out, test_items, systems, pairs, votes, dict(timings)))
     timings["total"] = round(sum(v for k, v in timings.items()), 2)
-    paths["manifest"] = write_manifest(out / "manifest.json", {"job": "demo", "until": until, **asdict(cfg)},
+    paths["manifest"] = write_manifest(out / ("main_job_manifest.json" if indexed(out) else "manifest.json"), {"job": "demo", "until": until, **asdict(cfg)},
                                        {f"demo_{s}": {"path": str(demo_path(s)), "fingerprint": fingerprint(its), "items": len(its)}
                                         for s, its in splits.items()} | {"timings_s": timings}, list(paths.values()))
     return {**paths, "timings": timings}
