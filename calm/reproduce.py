@@ -355,10 +355,14 @@ def run_slug(model: str) -> str:
     "A folder name for a model id (`meta-llama/Meta-Llama-3-8B-Instruct` -> `meta-llama--Meta-Llama-3-8B-Instruct`)."
     return re.sub(r"[^\w.-]+", "-", model.replace("/", "--")).strip("-")
 
+_VLLM_ENGINES: dict = {}
+
 def profile_backend(kind: str, model: str, adapter=None):
     "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU), with `adapter` if given."
     from calm.sampling import TransformersBackend, VLLMBackend
-    if kind == "vllm": return VLLMBackend(model, lora=adapter) if adapter else VLLMBackend(model)
+    if kind == "vllm":                               # one engine per model for every stage, each adapter served through it
+        if model not in _VLLM_ENGINES: _VLLM_ENGINES[model] = VLLMBackend(model, enable_lora=True)
+        return _VLLM_ENGINES[model].with_lora(adapter)
     if adapter is None: return TransformersBackend.from_name(model)
     from calm.training import load_adapter
     m, tok = load_adapter(model, adapter)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .data import DataError, MCItem, normalize_lang
@@ -16,8 +17,8 @@ from .prompts import PROMPTS, PromptBuilder, check_prompt_item, prompt_spec
 # %% auto #0
 __all__ = ['plan_batches', 'batch_seed', 'check_sampling_args', 'prompt_keys', 'EchoBackend', 'default_prompt_builder',
            'make_backend', 'sample', 'encode_prompts', 'shared_prefixes', 'prefill', 'next_tokens',
-           'TransformersBackend', 'require_vllm', 'request_seed', 'split_evenly', 'vllm_result', 'VLLMBackend',
-           'force_answers']
+           'TransformersBackend', 'require_vllm', 'request_seed', 'split_evenly', 'vllm_result', 'lora_id',
+           'VLLMBackend', 'force_answers']
 
 # %% ../nbs/20_sampling.ipynb #8c1dcc1a
 def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
@@ -336,6 +337,13 @@ def vllm_result(output) -> list[dict]:
     return [{"text": c.text, "prompt_tokens": pt, "completion_tokens": len(c.token_ids),
              "finish_reason": "length" if c.finish_reason == "length" else "stop"} for c in output.outputs]
 
+_LORA_IDS: dict = {}
+
+def lora_id(path) -> int:
+    "A distinct integer per adapter folder (vLLM caches adapters by this id: two adapters must never share one)."
+    key = str(Path(path).resolve())
+    return _LORA_IDS.setdefault(key, len(_LORA_IDS) + 1)
+
 def _vllm_engine(model_id, tensor_parallel_size, lora, lora_rank, seed, engine_kwargs):
     from vllm import LLM
     kw = dict(model=str(model_id), tensor_parallel_size=tensor_parallel_size, seed=seed, **engine_kwargs)
@@ -346,7 +354,7 @@ def _vllm_generate(llm, token_ids, params, lora):
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
     sps = [SamplingParams(**p) for p in params]
-    req = LoRARequest("calm-adapter", 1, str(lora)) if lora else None
+    req = LoRARequest(f"calm-{lora_id(lora)}", lora_id(lora), str(lora)) if lora else None
     outs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], sps, use_tqdm=False, lora_request=req)
     return [vllm_result(o) for o in outs]
 
@@ -370,7 +378,7 @@ class VLLMBackend:
     kind = "vllm"
 
     def __init__(self, model_id, tensor_parallel_size: int = 1, data_parallel_size: int = 1, lora=None,
-                 lora_rank: int = 64, seed: int = 0, trust_remote_code: bool = False, **engine_kwargs):
+                 lora_rank: int = 64, seed: int = 0, trust_remote_code: bool = False, enable_lora: bool = False, **engine_kwargs):
         require_vllm()
         import torch
         from transformers import AutoTokenizer
@@ -383,7 +391,8 @@ class VLLMBackend:
             raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {self.lora}")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_id, trust_remote_code=trust_remote_code)
         engine_kwargs.setdefault("trust_remote_code", trust_remote_code)
-        args = (self.model_id, tensor_parallel_size, self.lora, lora_rank, seed, engine_kwargs)
+        self.lora_enabled = bool(self.lora or enable_lora)
+        args = (self.model_id, tensor_parallel_size, self.lora_enabled, lora_rank, seed, engine_kwargs)
         self.data_parallel_size, self._workers, self._llm = data_parallel_size, [], None
         if data_parallel_size == 1:
             self._llm = _vllm_engine(*args)
@@ -416,6 +425,14 @@ class VLLMBackend:
             if status != "ok": raise RuntimeError(f"data-parallel rank {r}: {res}")
             out += res
         return out
+
+    def with_lora(self, lora=None) -> "VLLMBackend":
+        "The same engine(s) answering through adapter `lora` (None: the base model); the engine must have been made with `enable_lora=True`."
+        import copy
+        if lora and not self.lora_enabled: raise ValueError("this engine was started without LoRA: make it with enable_lora=True")
+        if lora and not (Path(lora) / "adapter_config.json").exists(): raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {lora}")
+        other = copy.copy(self); other.lora = str(lora) if lora else None
+        return other
 
     def close(self):
         "Stop the data-parallel worker processes."
