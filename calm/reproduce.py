@@ -19,12 +19,12 @@ from .data import LANGUAGES, normalize_lang
 from .reports import write_manifest
 
 # %% auto #0
-__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'RUN_NOTEBOOKS', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'MEDQA_TRAIN_HUB',
-           'INDEX_TITLE', 'ProfileError', 'Dataset', 'Profile', 'find_profile', 'load_profile', 'notebook_parameter',
-           'plan', 'medqa_items', 'profile_items', 'run_slug', 'profile_backend', 'run_rag_index', 'run_sample',
-           'run_vote', 'run_pairs', 'run_train', 'test_set', 'run_evaluate', 'curriculum_plan', 'run_curriculum',
-           'run_results', 'Stage', 'profile_stages', 'check_profile', 'notebook_path', 'NotebookFailed',
-           'execute_notebook', 'RunView', 'run_views', 'demo_state', 'gold_systems', 'run_adapters',
+__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'RUN_NOTEBOOKS', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'XCSQA_HUB',
+           'MEDQA_TRAIN_HUB', 'INDEX_TITLE', 'ProfileError', 'Dataset', 'Profile', 'find_profile', 'load_profile',
+           'notebook_parameter', 'plan', 'medqa_items', 'profile_items', 'run_slug', 'profile_backend', 'run_rag_index',
+           'run_sample', 'run_vote', 'run_pairs', 'run_train', 'test_set', 'run_evaluate', 'curriculum_plan',
+           'run_curriculum', 'run_results', 'Stage', 'profile_stages', 'check_profile', 'notebook_path',
+           'NotebookFailed', 'execute_notebook', 'RunView', 'run_views', 'demo_state', 'gold_systems', 'run_adapters',
            'evaluate_run_systems', 'curriculum_adapters', 'Answers', 'table9_answers', 'table3_answers',
            'table10_answers', 'format_plan', 'write_index', 'reproduce']
 
@@ -316,6 +316,9 @@ def plan(profile) -> pd.DataFrame:
 MEDQA_GROUPS = {"en": "test_sft_en_q_1000", "cn": "test_sft_cn_q_1000"}
 "The release's MedQA test groups: USMLE (English native) and MCMLE (Chinese native), each with its translations."
 
+XCSQA_HUB = "INK-USC/xcsr"
+"Where a `release:xcsqa` dataset takes its test questions (X-CSQA dev, configs `X-CSQA-<lang>`) when it asks for more than the release holds."
+
 MEDQA_TRAIN_HUB = "GBaker/MedQA-USMLE-4-options"
 "Where a `release:medqa` dataset takes its (English) train questions; they are translated into the other languages."
 
@@ -343,8 +346,12 @@ def profile_items(dataset: dict, split: str, release=None, translator=None) -> l
         from calm.demo import demo_split
         return demo_split(split, n, d.languages)
     if d.source == "release:xcsqa":
-        from calm.loaders import load_release_xcsqa, release_dir
-        return _first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
+        from calm.loaders import load_hub, load_release_xcsqa, release_dir
+        items = _first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
+        if split == "test" and len({it.qid for it in items}) < n:   # the release holds 100 of X-CSQA's 1000 dev questions: take them all from the hub
+            print(f"{d.name}: the release has {len({it.qid for it in items})} test questions, {n} asked: X-CSQA dev from the hub ({XCSQA_HUB})")
+            items = _first_questions([it for l in d.languages for it in load_hub(XCSQA_HUB, f"X-CSQA-{l}", split="validation")], n)
+        return items
     if split == "test": return medqa_items(release, "en", n, d.languages)[0]
     from calm.loaders import load_hub                       # MedQA train questions: the hub's English set, translated
     from calm.translation import translate_items

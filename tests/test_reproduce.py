@@ -282,3 +282,22 @@ def test_demo_plan_counts_what_the_notebooks_answer(tmp_path):
     t = plan(f).set_index("stage").generations
     assert (t["table3+9:medqa-en"], t["table9:medqa-cn"], t["table10:curriculum"]) == (5 * 3 * 3, 5 * 3 * 3, 2 * 6 * 4)
     assert "rag:evaluate" not in t
+
+
+def test_xcsqa_test_questions_beyond_the_release_come_from_the_hub(release, monkeypatch):
+    "The paper asks 1000 X-CSQA test questions; the release holds 100 per language, so all come from the hub's X-CSQA dev (stubbed here)."
+    import calm.loaders
+    from dataclasses import asdict
+    from calm.data import MCItem
+    from calm.reproduce import XCSQA_HUB, Dataset, profile_items
+    asked = []
+    def hub(name, config=None, split="test", lang=None, **kw):
+        asked.append((name, config, split)); l = config.split("-")[-1]
+        return [MCItem(f"dev-{i}", l, f"q{i}", [("A", "a"), ("B", "b")], "A", "hub") for i in range(300)]
+    monkeypatch.setattr(calm.loaders, "load_hub", hub)
+    d = Dataset("xcsqa", "release:xcsqa", ["en", "fr"], 2, 150)
+    items = profile_items(asdict(d), "test", release)
+    assert asked == [(XCSQA_HUB, "X-CSQA-en", "validation"), (XCSQA_HUB, "X-CSQA-fr", "validation")]
+    assert len(items) == 300 and {it.qid for it in items} == {f"dev-{i}" for i in range(150)}
+    d = Dataset("xcsqa", "release:xcsqa", ["en", "fr"], 2, 50)                     # within the release: no hub
+    assert len({it.qid for it in profile_items(asdict(d), "test", release)}) == 50 and len(asked) == 2
