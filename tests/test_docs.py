@@ -146,7 +146,7 @@ def test_browser_check_in_headless_chromium(site, tmp_path):
     if find_chromium() is None: pytest.skip("chromium is not installed (Debian: apt-get install -y chromium): the browser check cannot run")
     out, _ = site
     r = subprocess.run([sys.executable, str(CHECK), "--docs", str(out), "--shots", str(tmp_path), "--require"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK:" in r.stdout and "pipeline order" in r.stdout
     from PIL import Image

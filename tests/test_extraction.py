@@ -215,9 +215,8 @@ MEASURED_SAMPLE0_ACCURACY = {"en": 73.1, "zh": 51.9, "fr": 60.7, "de": 57.4, "it
 def test_whole_release(release):
     records, items = read_release_samples(release)
     assert len(records) == 16182
-    t0 = time.perf_counter()
-    out = extract_records(records, items)
-    assert time.perf_counter() - t0 < 5
+    out = extract_records(records, items)   # its speed is measured in benchmarks/extraction.py
+    assert len(out) == len(records)
     summary = extraction_summary(out, items).set_index("lang")
     for lang, measured in MEASURED_PARSED.items():
         assert summary.loc[lang, "parsed_%"] >= measured - 0.5, (lang, summary.loc[lang, "parsed_%"])

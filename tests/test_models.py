@@ -60,7 +60,7 @@ def test_build_once_is_safe_when_processes_race(tmp_path):
     final, log = tmp_path / "cache" / "m", tmp_path / "builds.log"
     procs = [subprocess.Popen([sys.executable, "-c", RACER, str(final), str(log)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
              for _ in range(3)]
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    outs = [p.communicate(timeout=1800)[0].strip() for p in procs]   # generous: only a hang should fail
     assert all(p.returncode == 0 for p in procs)
     assert outs == [str(final)] * 3
     assert len(log.read_text().split()) == 1                       # built exactly once
@@ -71,11 +71,12 @@ def test_build_once_is_safe_when_processes_race(tmp_path):
 def test_killed_build_leaves_nothing_half_written(tmp_path):
     final, log = tmp_path / "cache" / "m", tmp_path / "builds.log"
     p = subprocess.Popen([sys.executable, "-c", RACER, str(final), str(log)], cwd=ROOT)
-    deadline = time.time() + 60
+    deadline = time.time() + 600
     while not log.exists() and time.time() < deadline: time.sleep(0.02)
+    assert log.exists(), "the racing build never started within 600 s"
     p.kill(); p.wait()
     assert not final.exists()                                      # only a temporary folder may be left
-    out = subprocess.run([sys.executable, "-c", RACER, str(final), str(log)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", RACER, str(final), str(log)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr
     assert (final / "part2").exists() and [x for x in final.parent.iterdir() if ".tmp-" in x.name] == []
 
@@ -102,8 +103,11 @@ def test_conversion_round_trip_gives_identical_logits(monkeypatch, tmp_path):
     assert info == conversion_info(DEFAULT_MODEL)
     assert not list(d.glob("*.gguf")) and (d / "model.safetensors").exists()
 
-    t = time.time(); model, tok = load_model(DEFAULT_MODEL, device="cpu"); load_s = time.time() - t
-    assert load_s < 15, load_s
+    files = {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir()}
+    assert cached_model_dir(DEFAULT_MODEL) == d
+    model, tok = load_model(DEFAULT_MODEL, device="cpu")
+    assert {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir()} == files   # cache reused, nothing converted again
+    assert Path(model.name_or_path) == d
     assert tok.padding_side == "left" and tok.pad_token is not None and not model.training
     gguf = embedded_gguf(DEFAULT_MODEL)
     ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

@@ -383,7 +383,7 @@ def test_two_processes_on_cpu_write_one_adapter(tiny_dir, tmp_path):
     run = _write_run(tmp_path, tiny_dir)
     torchrun = Path(sys.executable).with_name("torchrun")
     r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "calm.train", "--config", str(run)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+                       capture_output=True, text=True, cwd=ROOT, timeout=1800, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert r.returncode == 0, r.stderr[-3000:]
     info = read_run_info(tmp_path / "out")
     assert (info["result"]["global_step"], info["result"]["world_size"]) == (2, 2)
@@ -394,7 +394,7 @@ def test_two_processes_on_cpu_write_one_adapter(tiny_dir, tmp_path):
 def _accelerate(config, run, n):
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate" / config),
                            "--num_processes", str(n), "-m", "calm.train", "--config", str(run)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+                          capture_output=True, text=True, cwd=ROOT, timeout=1800)
 
 
 @pytest.mark.gpu

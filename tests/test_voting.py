@@ -229,10 +229,14 @@ def test_pair_share_by_language():
 
 
 @pytest.mark.slow
-def test_large_vote_is_fast():
-    import time
+def test_large_vote_agrees_with_counting_each_question():
+    # speed is measured in benchmarks/metrics.py (large_s); here: the vectorised vote on a large array is right
     codes = np.random.default_rng(0).integers(-1, 5, size=(200_000, 16, 8), dtype=np.int8)
-    t0 = time.perf_counter()
     r = majority_vote(codes, tie="order")
-    assert time.perf_counter() - t0 < 10  # about 0.1 s on two cores; generous for slow CI
     assert (r.winner >= 0).all()
+    for q in np.random.default_rng(1).choice(len(codes), 300, replace=False):
+        c = Counter(int(x) for x in codes[q].ravel() if x >= 0)
+        top = max(c.values())
+        assert r.votes[q] == top and r.tie[q] == (sum(v == top for v in c.values()) > 1)
+        first = next(int(x) for x in codes[q].ravel() if x >= 0 and c[int(x)] == top)   # order: first top answer, language by language
+        assert r.winner[q] == first, q
