@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,9 @@ from typing import Iterable
 import pandas as pd
 
 # %% auto #0
-__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang', 'MCItem', 'check_item',
-           'write_items', 'read_items', 'by_question', 'check_parallel', 'summarize', 'fingerprint', 'demo_path',
-           'demo_items']
+__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang', 'MCItem',
+           'normalize_letter', 'check_item', 'write_items', 'read_items', 'by_question', 'check_parallel', 'summarize',
+           'fingerprint', 'demo_path', 'demo_items']
 
 # %% ../nbs/00_data.ipynb #227caec1
 LANGUAGES = {
@@ -75,38 +76,59 @@ class MCItem:
                 "options": [{"label": l, "text": t} for l, t in self.options],
                 "gold": self.gold, "source": self.source}
 
+# %% ../nbs/00_data.ipynb #3d5e8a41
+OPTION_LETTERS = "ABCDEFGHIJ"
+"The option letters that extraction reads and voting counts, in order."
+
+def normalize_letter(label, file=None, row=None, field="label") -> str:
+    "The option letter for `label` (case and full-width forms folded); `DataError` unless it is one of A-J."
+    s = unicodedata.normalize("NFKC", label).strip().upper() if isinstance(label, str) else None
+    if not s or len(s) != 1 or s not in OPTION_LETTERS:
+        raise DataError(f"{label!r} is not an option letter ({OPTION_LETTERS[0]}-{OPTION_LETTERS[-1]}: what extraction reads and voting counts)",
+                        file, row, field)
+    return s
+
 # %% ../nbs/00_data.ipynb #d28b64ed
+def _text(v, err, field) -> str:
+    "`v` stripped, if it is non-empty text that UTF-8 can store."
+    if not isinstance(v, str) or not v.strip(): raise err("empty text", field)
+    try: v.encode("utf-8")
+    except UnicodeEncodeError: raise err("text is not valid Unicode (a lone surrogate such as \\ud800)", field) from None
+    return v.strip()
+
 def check_item(d: dict, file=None, row=None) -> MCItem:
     "Validate the JSONL record `d` and return it as an `MCItem`; `DataError` names what is wrong."
     def err(msg, field=None): return DataError(msg, file, row, field)
     if not isinstance(d, dict): raise err(f"expected a JSON object, got {type(d).__name__}")
     for f in ("qid", "lang", "question", "options"):
         if f not in d: raise err("missing field", f)
+    if isinstance(d["qid"], bool) or not isinstance(d["qid"], (str, int)):
+        raise err(f"expected a string or an integer, got {type(d['qid']).__name__} {d['qid']!r}", "qid")
     qid = str(d["qid"]).strip()
     if not qid: raise err("empty question id", "qid")
+    if not isinstance(d["lang"], str): raise err(f"expected a language code, got {type(d['lang']).__name__}", "lang")
     lang = normalize_lang(d["lang"], file, row)
-    q = d["question"]
-    if not isinstance(q, str) or not q.strip(): raise err("empty text", "question")
+    q = _text(d["question"], err, "question")
     opts = d["options"]
     if isinstance(opts, dict): opts = [{"label": k, "text": v} for k, v in opts.items()]
     if not isinstance(opts, list): raise err("expected a list of {label, text}", "options")
     if len(opts) < 2: raise err(f"fewer than two options ({len(opts)})", "options")
+    if len(opts) > len(OPTION_LETTERS): raise err(f"{len(opts)} options; at most {len(OPTION_LETTERS)} (A-J) can be read and voted on", "options")
     pairs = []
     for k, o in enumerate(opts):
         if isinstance(o, dict): l, t = o.get("label"), o.get("text")
         elif isinstance(o, (list, tuple)) and len(o) == 2: l, t = o
         else: raise err("expected {label, text}", f"options[{k}]")
-        l = str(l or "").strip().upper()
-        if not l: raise err("empty label", f"options[{k}].label")
-        if not isinstance(t, str) or not t.strip(): raise err("empty text", f"options[{k}].text")
-        pairs.append((l, t.strip()))
+        if l is None or (isinstance(l, str) and not l.strip()): raise err("empty label", f"options[{k}].label")
+        pairs.append((normalize_letter(l, file, row, f"options[{k}].label"), _text(t, err, f"options[{k}].text")))
     dup = [l for l, n in Counter(l for l, _ in pairs).items() if n > 1]
     if dup: raise err(f"duplicate letters {dup}", "options")
     gold = d.get("gold")
-    gold = None if gold in (None, "") else str(gold).strip().upper()
-    if gold is not None and gold not in [l for l, _ in pairs]:
-        raise err(f"gold {gold!r} is not among the options {[l for l, _ in pairs]}", "gold")
-    return MCItem(qid, lang, q.strip(), tuple(pairs), gold, str(d.get("source") or ""))
+    if gold in (None, ""): gold = None
+    else:
+        gold = unicodedata.normalize("NFKC", str(gold)).strip().upper()
+        if gold not in [l for l, _ in pairs]: raise err(f"gold {gold!r} is not among the options {[l for l, _ in pairs]}", "gold")
+    return MCItem(qid, lang, q, tuple(pairs), gold, str(d.get("source") or ""))
 
 # %% ../nbs/00_data.ipynb #4ce4d122
 def write_items(items: Iterable[MCItem], path) -> Path:
@@ -128,13 +150,20 @@ def read_items(path) -> list[MCItem]:
     "Read and validate a JSONL file of items; one `DataError` lists every bad row."
     path = Path(path)
     if not path.exists(): raise DataError("file not found", file=path)
-    items, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for row, line in enumerate(f):
+    if path.is_dir(): raise DataError("is a folder; expected a JSONL file of items", file=path)
+    items, problems, first_row = [], [], {}
+    with open(path, "rb") as f:
+        for row, raw in enumerate(f):
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(DataError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start})", path, row)); continue
             if not line.strip(): continue
-            try: items.append(check_item(json.loads(line), path, row))
-            except json.JSONDecodeError as e: problems.append(DataError(f"not valid JSON ({e.msg})", path, row))
-            except DataError as e: problems.append(e)
+            try: it = check_item(json.loads(line), path, row)
+            except json.JSONDecodeError as e: problems.append(DataError(f"not valid JSON ({e.msg})", path, row)); continue
+            except DataError as e: problems.append(e); continue
+            key = (it.qid, it.lang)
+            if key in first_row: problems.append(DataError(f"duplicate item: question {it.qid!r} in {it.lang!r} is also row {first_row[key]}", path, row, "qid"))
+            else: first_row[key] = row; items.append(it)
     _raise_all(problems, str(path))
     if not items: raise DataError("no items", file=path)
     return items

@@ -1,0 +1,63 @@
+"""Bad item files: each is refused by `calm validate` with exit status 2 and a message naming file, row and field.
+
+One case per defect class seen by adversarial users (issue: nothing silently wrong); before these checks the
+first six passed validation and every answer then became "missing" downstream, silently."""
+import json
+
+import pytest
+
+from calm.cli import main
+
+OK = {"qid": "q1", "lang": "en", "question": "Where do you keep milk cold?", "gold": "B",
+      "options": [{"label": "A", "text": "oven"}, {"label": "B", "text": "fridge"}]}
+
+
+def line(**change) -> str:
+    return json.dumps({**OK, **change}, ensure_ascii=False) + "\n"
+
+
+CASES = {  # name: (file content, what the message must contain)
+    "numeric labels": (line(options=[{"label": "1", "text": "a"}, {"label": "2", "text": "b"}], gold=None),
+                       ":0: options[0].label: '1' is not an option letter"),
+    "two-letter label": (line(options=[{"label": "A", "text": "a"}, {"label": "AA", "text": "b"}], gold=None),
+                         ":0: options[1].label: 'AA' is not an option letter"),
+    "eleven options": (line(options=[{"label": l, "text": l} for l in "ABCDEFGHIJK"]), ":0: options: 11 options; at most 10"),
+    "qid is a list": (line(qid=[1, 2]), ":0: qid: expected a string or an integer, got list"),
+    "qid is NaN": (line().replace('"q1"', "NaN"), ":0: qid: expected a string or an integer, got float"),
+    "duplicate qid and lang": (line() + line(), ":1: qid: duplicate item: question 'q1' in 'en' is also row 0"),
+    "lone surrogate": (line().replace("milk", "milk \\ud800"), ":0: question: text is not valid Unicode"),
+    "language is a list": (line(lang=["en"]), ":0: lang: expected a language code"),
+    "gold not an option": (line(gold="E"), ":0: gold: gold 'E' is not among the options"),
+    "one option": (line(options=[{"label": "A", "text": "a"}], gold=None), ":0: options: fewer than two options"),
+    "not JSON": (line() + "{oops\n", ":1: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_item_file_exits_2_naming_file_row_field(name, tmp_path, capsys):
+    text, want = CASES[name]
+    p = tmp_path / "items.jsonl"
+    p.write_text(text, encoding="utf-8")
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}{want}" in err, err
+    assert "Traceback" not in err
+
+
+def test_not_utf8_names_the_row(tmp_path, capsys):
+    p = tmp_path / "items.jsonl"
+    p.write_bytes(line().encode() + line(qid="q2", question="Où est le café ?").encode("latin-1"))
+    assert main(["validate", str(p)]) == 2
+    assert f"{p}:1: not UTF-8 (byte 0xf9" in capsys.readouterr().err
+
+
+def test_folder_given_for_a_file(tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; expected a JSONL file" in capsys.readouterr().err
+
+
+def test_fullwidth_and_lowercase_letters_are_read_as_letters(tmp_path, capsys):
+    p = tmp_path / "items.jsonl"
+    p.write_text(line(options=[{"label": "ａ", "text": "oven"}, {"label": "b", "text": "fridge"}], gold="Ｂ"), encoding="utf-8")
+    assert main(["validate", str(p)]) == 0
+    assert "1 items OK" in capsys.readouterr().out
