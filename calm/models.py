@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'EmbeddedModel', 'ModelNotInstalled', 'package_dir',
-           'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir', 'build_once', 'convert_gguf',
-           'cached_model_dir', 'conversion_info', 'default_device', 'resolve_model', 'load_model']
+__all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'EmbeddedModel', 'ModelNotInstalled', 'ModelNotFound',
+           'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir', 'build_once',
+           'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'resolve_model', 'load_model']
 
 # %% ../nbs/15_models.ipynb #4ad60b60
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ DEFAULT_MODEL = "smollm2-135m"
 
 class ModelNotInstalled(ImportError):
     "An embedded model whose package is not installed; the message names the install command."
+
+class ModelNotFound(ValueError):
+    "A model name that is no embedded model, local folder or `.gguf` file, and that the hub (or its cache) does not have."
 
 # %% ../nbs/15_models.ipynb #301c4dc3
 def package_dir(module: str) -> Path | None:
@@ -200,7 +203,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise OSError(f"cannot load model {name_or_path!r}: {e}\n(embedded models: {', '.join(EMBEDDED_MODELS)}; "
+        raise ModelNotFound(f"cannot load model {name_or_path!r}: {e}\n(embedded models: {', '.join(EMBEDDED_MODELS)}; "
                       "otherwise give a local folder, a .gguf file, or a Hugging Face id with the hub reachable)") from None
     tok.padding_side = "left"
     if tok.pad_token is None: tok.pad_token = tok.eos_token

@@ -10,14 +10,15 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .data import DataError, MCItem, fingerprint, normalize_lang
 from .extraction import ANSWER_LABELS
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item', 'format_question', 'format_worked_example',
-           'has_chat_template', 'PromptBuilder', 'prompt_template_hash', 'load_release_prompts']
+           'has_chat_template', 'PromptBuilder', 'prompt_template_hash', 'model_context', 'check_context',
+           'load_release_prompts']
 
 # %% ../nbs/10_prompts.ipynb #469852f6
 @dataclass(frozen=True)
@@ -226,6 +227,28 @@ def prompt_template_hash(prompts) -> str:
     elif isinstance(prompts, Mapping): data = {l: s.to_dict() for l, s in prompts.items()}
     else: raise TypeError(f"expected a PromptBuilder, PromptSpec or mapping of them, got {type(prompts).__name__}")
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+# %% ../nbs/10_prompts.ipynb #b3f19d64
+def model_context(model=None, tokenizer=None) -> int | None:
+    "Context length in tokens of `model` (config `max_position_embeddings`) or else `tokenizer` (`model_max_length`); None if unknown."
+    n = getattr(getattr(model, "config", model), "max_position_embeddings", None)
+    if not n: n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if n and n < 10**7 else None   # tokenizers without a limit report ~1e30
+
+def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], tokenizer, max_new_tokens: int,
+                  context: int | None, skip: bool = False, file=None) -> list[MCItem]:
+    "The `items` whose prompt plus `max_new_tokens` fits in `context` tokens; `DataError` naming every one that does not, unless `skip`."
+    items = list(items)
+    if context is None or not items: return items
+    texts = [prompt_of(it) for it in items]
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    too_long = [(it, n) for it, n in zip(items, lengths) if n + max_new_tokens > context]
+    if too_long and not skip:
+        lines = [f"question {it.qid!r} in {it.lang!r}: prompt of {n:,} tokens + {max_new_tokens:,} new > context of {context:,}" for it, n in too_long[:20]]
+        more = f"\n  ... and {len(too_long) - 20} more" if len(too_long) > 20 else ""
+        raise DataError(f"{len(too_long)} prompt(s) do not fit the model (use skip to leave them out):\n  " + "\n  ".join(lines) + more, file, None, "question")
+    dropped = {id(it) for it, _ in too_long}
+    return [it for it in items if id(it) not in dropped]
 
 # %% ../nbs/10_prompts.ipynb #a55d1b27
 def load_release_prompts(root=None, lang: str = "en", split: str = "train") -> PromptSpec:

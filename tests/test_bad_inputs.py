@@ -61,3 +61,26 @@ def test_fullwidth_and_lowercase_letters_are_read_as_letters(tmp_path, capsys):
     p.write_text(line(options=[{"label": "ａ", "text": "oven"}, {"label": "b", "text": "fridge"}], gold="Ｂ"), encoding="utf-8")
     assert main(["validate", str(p)]) == 0
     assert "1 items OK" in capsys.readouterr().out
+
+
+def test_unknown_model_offline_is_a_one_line_error(monkeypatch):
+    from calm.models import ModelNotFound, load_model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="cannot load model 'no-such-org/no-such-model'"):
+        load_model("no-such-org/no-such-model", device="cpu")
+    assert issubclass(ModelNotFound, ValueError)   # the CLI's data-error path: exit 2, one line, no traceback
+
+
+def test_prompt_longer_than_the_context_names_question_language_and_tokens():
+    from calm.data import DataError, demo_items
+    from calm.models import load_model
+    from calm.prompts import PromptBuilder, check_context, model_context
+    model, tok = load_model("smollm2-135m", device="cpu")
+    context = model_context(model, tok)
+    assert context == model.config.max_position_embeddings
+    item = next(it for it in demo_items("test") if it.lang == "en")
+    huge = type(item)(item.qid, item.lang, item.question + " really" * context, item.options, item.gold)
+    build = PromptBuilder.auto(tok)
+    with pytest.raises(DataError, match=rf"question '{item.qid}' in 'en': prompt of [\d,]+ tokens \+ 512 new > context of {context:,}"):
+        check_context([item, huge], build, tok, 512, context)
+    assert check_context([item, huge], build, tok, 512, context, skip=True) == [item]
