@@ -189,7 +189,7 @@ def dpo_counts(pairs: pd.DataFrame, languages, dpo_dir=None) -> tuple[pd.DataFra
         f = Path(dpo_dir) / f"DPO_{RELEASE_CODES.get(l, l)}.json"
         if f.exists(): found[l] = len(read_release_rows(f))
         else: missing.append(f.name)
-    t["release_dpo_pairs"] = [found.get(l) for l in languages]
+    t["release_dpo_pairs"] = pd.array([found.get(l) for l in languages], dtype="Int64")
     note = f"release DPO files read from {dpo_dir}" + (f"; absent: {', '.join(missing)}" if missing else "")
     return t, note
 
