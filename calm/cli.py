@@ -95,10 +95,11 @@ def _release(a):
     if a.notebook:
         run_notebook("release", a.out, {"release_dir": str(a.release_dir) if a.release_dir else None, "model": a.model,
                                         "languages": a.languages, "tie": a.tie, "protocol": a.protocol,
-                                        "dpo_dir": str(a.dpo_dir) if a.dpo_dir else None})
+                                        "dpo_dir": str(a.dpo_dir) if a.dpo_dir else None, "strict_samples": a.strict_samples})
     else:
         from calm.release import run_release
-        run_release(a.release_dir, a.out, a.model, a.languages, tie=a.tie, protocol=a.protocol, dpo_dir=a.dpo_dir)
+        run_release(a.release_dir, a.out, a.model, a.languages, tie=a.tie, protocol=a.protocol, dpo_dir=a.dpo_dir,
+                    strict_samples=(0,) if a.strict_samples == "first" else None)
 
 def _docs(a):
     from calm.docs import build_docs
@@ -206,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tie", choices=["drop", "order", "random", "release"], default=None, help="tie policy of the vote (default: release under --protocol paper, else drop)")
     s.add_argument("--protocol", choices=["paper", "strict"], default="strict", help="paper: the release's parser and the paper's Table 1 computation; strict: ours (default: strict); the report has both")
     s.add_argument("--dpo-dir", type=Path, default=None, help="a folder with the release's DPO_{lang}.json files, counted beside our pairs")
+    s.add_argument("--strict-samples", choices=["first", "all"], default="first", help="the strict row scores sample 0, or every sample (mean over samples) (default: first)")
     s.add_argument("--notebook", action="store_true", help="run nbs/experiments/release.ipynb with papermill and keep the executed notebook in --out")
     s.set_defaults(func=_release)
 
