@@ -151,6 +151,10 @@ _NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['�
                        r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)|(?:正解|正しい答え)ではない)""")
 _NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrect|faux|fausse|falsch|sbagliat[ao]|错误?|錯誤?|不正确|間違い|不正解)\s*[)）]|✗|❌""")
 _ANY_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END)
+_CLAUSE_SPLIT = re.compile(r"[,;()（）。，；]|[.．](?=\s)")
+_NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
+_RIVAL_DENIED = re.compile(r"\s*(?:(?i:not|rather\s+than|instead\s+of|pas|nicht|non)\b|而?不是)")  # "B, not A"
+_PRONOUN = re.compile(r"[ \t]+(?!(?:is|or|and)\b)[a-z]{2,}")  # "Answer: I would choose C": "I" is no option
 
 
 def _negated(segment: str) -> bool:
@@ -209,7 +213,7 @@ def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: boo
     m = _LETTER.match(text, pos)
     if not m: return None, "none"
     letter = (m.group(1) or m.group(2)).upper()
-    if letter not in valid: return None, "none"
+    if letter not in valid or (m.group(1) == "I" and _PRONOUN.match(text, m.end())): return None, "none"  # "I would choose C"
     end = _CLOSE.match(text, m.end()).end()
     tail = _skip_own(unicodedata.normalize("NFKC", text[end:_line_end(text, end)]), letter, opts)
     if clause:
@@ -220,7 +224,9 @@ def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: boo
                 and not _negated(_skip_own(tail[_CLOSE.match(tail, o.end()).end():], o.group(1), opts))}
         if len(kept) == 1: return kept.pop(), "corrected"
         return None, ("ambiguous" if kept else "negated")
-    others = [x for x in _OTHER_LETTER.findall(tail) if x in valid and x != letter]
+    clauses = _CLAUSE_SPLIT.split(tail)  # the first is the chosen letter's; a later one that negates ("not A", "A and B are wrong") names no rival
+    others = [x for i, cl in enumerate(clauses) if (i == 0 and not _RIVAL_DENIED.match(cl)) or (i > 0 and not _NEGATION_WORD.search(cl))
+              for x in _OTHER_LETTER.findall(cl) if x in valid and x != letter]
     return letter, ("ambiguous" if others else "ok")
 
 # %% ../nbs/30_extraction.ipynb #161944b3
@@ -236,8 +242,9 @@ _SENTENCE = re.compile(
     r"(?:\s+(?:quindi|dunque|probabilmente))?"
     r"|(?<![^\W\d_])(?:la\s+)?(?:respuesta|opción)\s+(?:correcta\s+)?es|(?<![^\W\d_])(?:a\s+)?(?:resposta|opção)\s+(?:correta\s+)?é"
     r"|(?<![^\W\d_])(?:answer|réponse|antwort|risposta|respuesta|resposta)\s*[-–—=]"
+    r"|(?<![^\W\d_])(?:I\s+(?:would\s+|will\s+|'d\s+|'ll\s+)?(?:choose|pick|select|go\s+with)|my\s+(?:final\s+)?(?:answer|choice)\s+is)"
     r")[ \t]*[:：]?"
-    r"|(?:正确|正確|最佳|最终|最終)?(?:的)?(?:答案|选项|選項|答)(?:应该|應該|应|應|可能)?(?:是|为|為|選)[:：]?"
+    r"|(?:正确|正確|最佳|最终|最終)?(?:的)?(?:答案|选项|選項|答)(?:应该|應該|应|應|可能)?(?:是|为|為|選|选)[:：]?|(?:应该|應該|应|應)选择?"
     r"|(?:正しい|最も適切な)?(?:答え|正解|選択肢|回答|解答)(?:は|が)[:：]?|(?:答案|答え|回答)\s*[-–—=]")
 _REVERSED = re.compile(  # "D. sewing - This is the correct answer", "E. Bathroom is the correct answer"
     _LETTER_START + r"(?:\(([A-J])\)|([A-J])[.．)](?=[ \t])|(?i:option|choice)\s+([A-J])" + _LETTER_END + r"|([A-J])(?=\s+(?:is|est|ist|è)\s))"
@@ -246,6 +253,7 @@ _REVERSED = re.compile(  # "D. sewing - This is the correct answer", "E. Bathroo
     r"|est\s+la\s+(?:bonne|meilleure)\s+(?:réponse|option)|ist\s+die\s+(?:richtige|korrekte|beste)\s+(?:antwort|option)"
     r"|è\s+la\s+(?:risposta|opzione)\s+(?:corretta|giusta|migliore))(?![^\W\d_])")
 _TAGGED = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?\(?([A-Ja-j])\)?\s*[}.:]|<answer>\s*\(?([A-Ja-j])\b")
+_NONE_OF = re.compile(r"""[\s*_`"'“”«(]*(?:(?i:none\s+of|no\s+(?:correct\s+|right\s+)?(?:answer|option)|neither|aucune|aucun\b|keine|nessuna|nessuno|ninguna)|没有|都不|以上皆非|以上都不|該当なし|どれも)""")
 _QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q)\s*\d*\s*[:：.]")
 _OPTION_LINE = re.compile(r"(?m)^[ \t*]*[(（]?([A-J])[.．)）:：][ \t]+\S")
 
@@ -269,6 +277,7 @@ def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
     out += [(m.start(), m.start(), "tag") for m in _TAGGED.finditer(text)]
     for m in _SENTENCE.finditer(text):
         if _LETTER.match(text, m.end()): out.append((m.start(), m.end(), "sentence"))
+        elif _NONE_OF.match(text, m.end()): out.append((m.start(), m.end(), "none"))   # "the correct answer is: none of the above"
     on_label_line = lambda i: any(l.end <= i and "\n" not in text[l.end:i].lstrip() for l in labels)
     out += [(m.start(), m.start(), "reversed") for m in _REVERSED.finditer(text) if not on_label_line(m.start())]
     return sorted(out)
@@ -300,6 +309,7 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
             m = _TAGGED.match(text, at); letter = (m.group(1) or m.group(2)).upper()
             if letter in valid: return Extraction(letter, "parsed", "tag")
             continue
+        if kind == "none": return Extraction(None, "missing", "no_letter")
         if kind == "reversed":
             m = _REVERSED.match(text, at); letter = next(g for g in m.groups() if g)
             if letter in valid: return Extraction(letter, "parsed", "sentence")
