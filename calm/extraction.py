@@ -31,11 +31,11 @@ class Labels:
 ANSWER_LABELS = {
     "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
     "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
-    "fr": Labels(("Réponse", "Reponse"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
+    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
     "de": Labels(("Antwort", "Lösung"), ("Erklärung", "Erläuterung", "Begründung", "Hinweis", "Anmerkung")),
-    "it": Labels(("Risposta",), ("Spiegazione", "Motivazione", "Nota")),
+    "it": Labels(("Risposta", "Risposta finale", "Risposta corretta"), ("Spiegazione", "Motivazione", "Nota")),
     "ja": Labels(("答え", "回答", "解答", "正解", "正しい選択肢"), ("説明", "解説", "理由", "注意", "注")),
-    "es": Labels(("Respuesta",), ("Explicación", "Nota")),
+    "es": Labels(("Respuesta", "Respuesta final", "Respuesta correcta"), ("Explicación", "Nota")),
     "nl": Labels(("Antwoord",), ("Uitleg", "Verklaring")),
     "pl": Labels(("Odpowiedź",), ("Wyjaśnienie",)),
     "pt": Labels(("Resposta",), ("Explicação",)),
@@ -135,7 +135,7 @@ class Extraction:
 
 # %% ../nbs/30_extraction.ipynb #43b80347
 _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
-_LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*)?"
+_LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*[(\[（]?\s*)?"
                      r"(?:([A-J])" + _LETTER_END + r"|([a-j])(?=[ \t]*(?:[)）\]】>》:：]|[.．](?![a-z])|$|\n)))")
 _CLOSE = re.compile(r"""[ \t*_`"'“”‘’«»」』】\])）>》.．:：,，、。]*""")
 _OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + r"(?!\s+[a-z]{2})")  # not "A lot of"
@@ -243,18 +243,19 @@ _SENTENCE = re.compile(
     r"|(?<![^\W\d_])(?:la\s+)?(?:respuesta|opción)\s+(?:correcta\s+)?es|(?<![^\W\d_])(?:a\s+)?(?:resposta|opção)\s+(?:correta\s+)?é"
     r"|(?<![^\W\d_])(?:answer|réponse|antwort|risposta|respuesta|resposta)\s*[-–—=]"
     r"|(?<![^\W\d_])(?:I\s+(?:would\s+|will\s+|'d\s+|'ll\s+)?(?:choose|pick|select|go\s+with)|my\s+(?:final\s+)?(?:answer|choice)\s+is)"
-    r")[ \t]*[:：]?"
+    r"|(?<![^\W\d_])(?:actually|wait|correction|on\s+second\s+thought|i\s+mean)[,:]?(?:\s+no[,.!]?)?\s+(?:it['’]s|it\s+is|it\s+should\s+be)"
+    r")[ \t]*[:：]?(?:[ \t]*(?:la|le|el|die|l['’]option|l['’]opzione|la\s+opzione|la\s+opción)(?=[ \t]))?"
     r"|(?:正确|正確|最佳|最终|最終)?(?:的)?(?:答案|选项|選項|答)(?:应该|應該|应|應|可能)?(?:是|为|為|選|选)[:：]?|(?:应该|應該|应|應)选择?"
     r"|(?:正しい|最も適切な)?(?:答え|正解|選択肢|回答|解答)(?:は|が)[:：]?|(?:答案|答え|回答)\s*[-–—=]")
 _REVERSED = re.compile(  # "D. sewing - This is the correct answer", "E. Bathroom is the correct answer"
     _LETTER_START + r"(?:\(([A-J])\)|([A-J])[.．)](?=[ \t])|(?i:option|choice)\s+([A-J])" + _LETTER_END + r"|([A-J])(?=\s+(?:is|est|ist|è)\s))"
     r"(?:(?![A-J](?![^\W\d_]))[^\n.。!?]){0,60}?(?:[-–—,:][ \t]*)?(?i:(?:this|which|that|it)\s+)?"
-    r"(?i:(?:is|are)\s+(?:the\s+|a\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|suitable))\s+(?:answer|option|choice)"
+    r"(?i:(?:is|are)\s+(?:the\s+|a\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|suitable))\s+(?:answer|option|choice)|is\s+the\s+answer(?=\s*(?:[.!。;]|$))"
     r"|est\s+la\s+(?:bonne|meilleure)\s+(?:réponse|option)|ist\s+die\s+(?:richtige|korrekte|beste)\s+(?:antwort|option)"
     r"|è\s+la\s+(?:risposta|opzione)\s+(?:corretta|giusta|migliore))(?![^\W\d_])")
 _TAGGED = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?\(?([A-Ja-j])\)?\s*[}.:]|<answer>\s*\(?([A-Ja-j])\b")
 _NONE_OF = re.compile(r"""[\s*_`"'“”«(]*(?:(?i:none\s+of|no\s+(?:correct\s+|right\s+)?(?:answer|option)|neither|aucune|aucun\b|keine|nessuna|nessuno|ninguna)|没有|都不|以上皆非|以上都不|該当なし|どれも)""")
-_QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q)\s*\d*\s*[:：.]")
+_QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q|human|user|instruction)\s*\d*\s*[:：.]")
 _OPTION_LINE = re.compile(r"(?m)^[ \t*]*[(（]?([A-J])[.．)）:：][ \t]+\S")
 
 

@@ -252,6 +252,12 @@ def test_whole_release(release):
     ("Explanation: … sewing.\nC. art store - This option is not related.\nD. sewing - This is the correct answer.", "en", "D"),
     ("Explanation: … Therefore, E. Bathroom is the correct answer as bathrooms often have door mats.", "en", "E"),
     ("Answer: C. classroom\n\nQuestion: Where do you keep milk?\nA. fridge\nB. oven\n\nAnswer: A", "en", "C"),
+    ("Answer: C. classroom\n\nHuman: And where is milk kept?\nAnswer: A", "en", "C"),
+    ("Réponse finale : C", "fr", "C"), ("La risposta è la C.", "it", "C"), ("Answer: Option (C)", "en", "C"),
+    ("Answer: A. Actually, no, it's C.", "en", "C"), ("The correct answer is B, not A.", "en", "B"),
+    ("Answer: C (A and B are wrong)", "en", "C"), ("答案是B，而不是A", "zh", "B"), ("Hence, B is the answer.", "en", "B"),
+    ("However, for the sake of choosing an option, I will choose:\n\nB. grogginess\nExplanation: …", "en", "B"),  # Mistral, real
+    ("Antwort: D. Ablageschrank (Inkorrekt)\nDer richtige Antwort ist C. Supermarkt oder eine Einkaufsstasche, nicht D. Ablageschrank.", "de", "C"),
 ])
 def test_careful_reader_reads(text, lang, letter):
     assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
@@ -268,6 +274,9 @@ def test_careful_reader_reads(text, lang, letter):
     ("Answer: A is wrong.", "en"), ("答案:A. 朋友家 (错误)", "zh"),
     ("Answer: a dog would do it", "en"), ("Answer: e.g. a shop", "en"),
     ("Explanation: A lot of people think so, but I am not sure.", "en"),
+    ("Answer: A or B, not C", "en"), ("Answer: I would rather not say", "en"),
+    ("Answer: A. memorial site (This is not the correct answer)\n\nThe correct answer is none of the above.", "en"),  # Llama, real
+    ("A. run quickly (This is the answer for when you ride it.)\nSo, there is no correct answer.", "en"),
 ])
 def test_careful_reader_declines(text, lang):
     assert extract_answer(text, lang).letter is None, extract_answer(text, lang)
