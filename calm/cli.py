@@ -199,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("release", help="reproduce the label-free core on the paper's released samples",
                        description="Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, "
-                                   "consistency.csv, positives.csv, pairs.jsonl and fig3.png/.pdf into --out.")
+                                   "consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation "
+                                   "and ours side by side, parse rates, pairs against the release's DPO files) into --out.")
     s.add_argument("--release-dir", type=Path, default=None, help="the release's data folder (default: $CALM_RELEASE_DIR or ../shared/calm-release)")
     s.add_argument("--model", choices=["llama", "mistral"], default="llama", help="whose samples to read (default: llama)")
     s.add_argument("--out", type=Path, default=Path("reports/release"), help="output folder (default: reports/release)")
