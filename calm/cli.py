@@ -52,6 +52,11 @@ def _evaluate(a):
     name = a.name or ("base" if not a.adapter else Path(a.adapter).name)
     write_table(results_table({name: recs}, items, langs).round(2), out / "results", ("csv", "md", "tex"))
     write_table(score(recs, items, langs).reset_index().round(4), out / "metrics")
+    if a.protocol == "paper":  # the release's parser, first parsed sample, ACC_avg over en/zh/fr, pairwise Consis
+        import pandas as pd
+        from calm.release import paper_row
+        row = paper_row(recs, {it.qid: it.gold for it in items}, langs)
+        write_table(pd.DataFrame([{"metric": k, "value": v} for k, v in row.items()]).round(4), out / "metrics_paper")
     print((out / "results.md").read_text(encoding="utf-8"))
 
 def _validate(a):
@@ -89,10 +94,12 @@ def run_notebook(name: str, out, parameters: dict) -> Path:
 def _release(a):
     if a.notebook:
         run_notebook("release", a.out, {"release_dir": str(a.release_dir) if a.release_dir else None, "model": a.model,
-                                        "languages": a.languages, "tie": a.tie})
+                                        "languages": a.languages, "tie": a.tie, "protocol": a.protocol,
+                                        "dpo_dir": str(a.dpo_dir) if a.dpo_dir else None, "strict_samples": a.strict_samples})
     else:
         from calm.release import run_release
-        run_release(a.release_dir, a.out, a.model, a.languages, tie=a.tie)
+        run_release(a.release_dir, a.out, a.model, a.languages, tie=a.tie, protocol=a.protocol, dpo_dir=a.dpo_dir,
+                    strict_samples=(0,) if a.strict_samples == "first" else None)
 
 def _docs(a):
     from calm.docs import build_docs
@@ -175,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     s.add_argument("--out", type=Path, default=Path("reports/evaluate"), help="output folder (default: reports/evaluate)")
+    s.add_argument("--protocol", choices=["paper", "strict"], default="strict", help="paper: also write metrics_paper (the release's parser and Table 1 computation) (default: strict)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("validate", help="check JSONL item files", description="Validate item files in calm's JSONL format; every bad row is reported with file, row and field.")
@@ -191,12 +199,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("release", help="reproduce the label-free core on the paper's released samples",
                        description="Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, "
-                                   "consistency.csv, positives.csv, pairs.jsonl and fig3.png/.pdf into --out.")
+                                   "consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation "
+                                   "and ours side by side, parse rates, pairs against the release's DPO files) into --out.")
     s.add_argument("--release-dir", type=Path, default=None, help="the release's data folder (default: $CALM_RELEASE_DIR or ../shared/calm-release)")
     s.add_argument("--model", choices=["llama", "mistral"], default="llama", help="whose samples to read (default: llama)")
     s.add_argument("--out", type=Path, default=Path("reports/release"), help="output folder (default: reports/release)")
     s.add_argument("--languages", default=["en", "zh", "fr", "de", "it", "ja"], **langs)
-    s.add_argument("--tie", choices=["drop", "order", "random"], default="drop", help="tie policy of the vote (default: drop)")
+    s.add_argument("--tie", choices=["drop", "order", "random", "release"], default=None, help="tie policy of the vote (default: release under --protocol paper, else drop)")
+    s.add_argument("--protocol", choices=["paper", "strict"], default="strict", help="paper: the release's parser and the paper's Table 1 computation; strict: ours (default: strict); the report has both")
+    s.add_argument("--dpo-dir", type=Path, default=None, help="a folder with the release's DPO_{lang}.json files, counted beside our pairs")
+    s.add_argument("--strict-samples", choices=["first", "all"], default="first", help="the strict row scores sample 0, or every sample (mean over samples) (default: first)")
     s.add_argument("--notebook", action="store_true", help="run nbs/experiments/release.ipynb with papermill and keep the executed notebook in --out")
     s.set_defaults(func=_release)
 

@@ -17,8 +17,8 @@ from .data import DEMO_LANGUAGES, LANGUAGE_ALIASES, DataError, MCItem
 from .loaders import read_release_file, read_release_rows, release_dir, xcsqa_file
 
 # %% auto #0
-__all__ = ['ANSWER_LABELS', 'Labels', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'extract_records',
-           'read_release_samples', 'extraction_summary']
+__all__ = ['ANSWER_LABELS', 'RELEASE_SPLITS', 'Labels', 'label_language', 'find_labels', 'Extraction', 'extract_answer',
+           'release_letter', 'release_reading', 'extract_records', 'read_release_samples', 'extraction_summary']
 
 # %% ../nbs/30_extraction.ipynb #2c701a39
 @dataclass(frozen=True)
@@ -31,11 +31,11 @@ class Labels:
 ANSWER_LABELS = {
     "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
     "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
-    "fr": Labels(("Réponse", "Reponse"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
+    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
     "de": Labels(("Antwort", "Lösung"), ("Erklärung", "Erläuterung", "Begründung", "Hinweis", "Anmerkung")),
-    "it": Labels(("Risposta",), ("Spiegazione", "Motivazione", "Nota")),
+    "it": Labels(("Risposta", "Risposta finale", "Risposta corretta"), ("Spiegazione", "Motivazione", "Nota")),
     "ja": Labels(("答え", "回答", "解答", "正解", "正しい選択肢"), ("説明", "解説", "理由", "注意", "注")),
-    "es": Labels(("Respuesta",), ("Explicación", "Nota")),
+    "es": Labels(("Respuesta", "Respuesta final", "Respuesta correcta"), ("Explicación", "Nota")),
     "nl": Labels(("Antwoord",), ("Uitleg", "Verklaring")),
     "pl": Labels(("Odpowiedź",), ("Wyjaśnienie",)),
     "pt": Labels(("Resposta",), ("Explicação",)),
@@ -135,12 +135,32 @@ class Extraction:
 
 # %% ../nbs/30_extraction.ipynb #43b80347
 _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
-_LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*)?([A-J])" + _LETTER_END)
+_LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*[(\[（]?\s*)?"
+                     r"(?:([A-J])" + _LETTER_END + r"|([a-j])(?=[ \t]*(?:[)）\]】>》:：]|[.．](?![a-z])|$|\n)))")
 _CLOSE = re.compile(r"""[ \t*_`"'“”‘’«»」』】\])）>》.．:：,，、。]*""")
 _OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + r"(?!\s+[a-z]{2})")  # not "A lot of"
 _CLAUSE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]")
 _STRIP = " \t\r\n.。,，:：;；!！?？\"'“”‘’«»()（）<>《》[]【】「」『』*_`"
 _WORDY_CHAR = re.compile(_WORDY)
+_FULL_WIDTH = str.maketrans({**{chr(0xFF21 + i): chr(0x41 + i) for i in range(26)},
+                             **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)}})
+_NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['’]t)\s+(?:(?:the\s+)?(?:correct|right|best)|the\s+answer|true|valid)"""
+                       r"""|isn['’]t\s+(?:correct|right|the)|(?:is\s+)?(?:incorrect|wrong)\b"""
+                       r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)|est\s+(?:incorrecte?|fausse?)"""
+                       r"""|ist\s+(?:nicht\s+(?:richtig|korrekt|die\s+(?:richtige\s+)?antwort)|falsch)|non\s+è\s+(?:corrett|giust|la\s+risposta)"""
+                       r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)|(?:正解|正しい答え)ではない)""")
+_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrect|faux|fausse|falsch|sbagliat[ao]|错误?|錯誤?|不正确|間違い|不正解)\s*[)）]|✗|❌""")
+_ANY_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END)
+_CLAUSE_SPLIT = re.compile(r"[,;()（）。，；]|[.．](?=\s)")
+_NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
+_RIVAL_DENIED = re.compile(r"\s*(?:(?i:not|rather\s+than|instead\s+of|pas|nicht|non)\b|而?不是)")  # "B, not A"
+_PRONOUN = re.compile(r"[ \t]+(?!(?:is|or|and)\b)[a-z]{2,}")  # "Answer: I would choose C": "I" is no option
+
+
+def _negated(segment: str) -> bool:
+    "Whether an option is marked wrong: a negation right after it, or a mark such as `(X)`, `(错误)` before the next letter."
+    nxt = _ANY_LETTER.search(segment)
+    return bool(_NEGATION.match(segment) or _NEG_MARK.search(segment[:nxt.start() if nxt else len(segment)]))
 
 
 def _norm(s: str) -> str:
@@ -177,42 +197,142 @@ def _prepared(options: tuple | None) -> tuple[frozenset, dict]:
     return frozenset(opts), {l: t for l, t in opts.items() if t}
 
 
-def _letter_after(text: str, pos: int, valid: frozenset, opts: dict) -> tuple[str | None, bool]:
-    "The valid letter right after `pos` (or None), and whether the rest of its line names another letter."
-    m = _LETTER.match(text, pos)
-    if not m or m.group(1) not in valid: return None, False
-    letter = m.group(1)
-    end = _CLOSE.match(text, m.end()).end()
-    tail = unicodedata.normalize("NFKC", text[end:_line_end(text, end)])
+def _skip_own(tail: str, letter: str, opts: dict) -> str:
+    "`tail` without the chosen option's own text at its start (it may hold a capital: `E. E-Mail senden`)."
     own = opts.get(letter)
-    if own:  # skip the chosen option's own text, which may hold a capital ("E. E-Mail senden")
+    if own:
         bare = tail.lstrip(_STRIP)
-        if bare[:len(own)].lower() == own: tail = bare[len(own):]
-    return letter, any(x in valid and x != letter for x in _OTHER_LETTER.findall(tail))
+        if bare[:len(own)].lower() == own: return bare[len(own):]
+    return tail
+
+
+_CLAUSE_OR_REASON = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]|,\s*(?i:because|since|as|car|parce|weil|da|denn|perché|poiché)\b|因为|因為")
+
+def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: bool = False) -> tuple[str | None, str]:
+    "The valid letter right after `pos` and its reading: `ok`, `ambiguous` (its line, or clause, names another), `negated`, `corrected`, `none`."
+    m = _LETTER.match(text, pos)
+    if not m: return None, "none"
+    letter = (m.group(1) or m.group(2)).upper()
+    if letter not in valid or (m.group(1) == "I" and _PRONOUN.match(text, m.end())): return None, "none"  # "I would choose C"
+    end = _CLOSE.match(text, m.end()).end()
+    tail = _skip_own(unicodedata.normalize("NFKC", text[end:_line_end(text, end)]), letter, opts)
+    if clause:
+        cut = _CLAUSE_OR_REASON.search(tail)
+        if cut: tail = tail[:cut.start()]
+    if _negated(tail):  # "A is not correct, B is": the one other letter that is not marked wrong too
+        kept = {o.group(1) for o in _ANY_LETTER.finditer(tail) if o.group(1) in valid and o.group(1) != letter
+                and not _negated(_skip_own(tail[_CLOSE.match(tail, o.end()).end():], o.group(1), opts))}
+        if len(kept) == 1: return kept.pop(), "corrected"
+        return None, ("ambiguous" if kept else "negated")
+    clauses = _CLAUSE_SPLIT.split(tail)  # the first is the chosen letter's; a later one that negates ("not A", "A and B are wrong") names no rival
+    others = [x for i, cl in enumerate(clauses) if (i == 0 and not _RIVAL_DENIED.match(cl)) or (i > 0 and not _NEGATION_WORD.search(cl))
+              for x in _OTHER_LETTER.findall(cl) if x in valid and x != letter]
+    return letter, ("ambiguous" if others else "ok")
+
+# %% ../nbs/30_extraction.ipynb #161944b3
+_SENTENCE = re.compile(  # the lookahead lists every alternative's first character: 5x faster on the release
+    r"(?=[tTcCrRbBfFmMaAoOlLvVdDkKzZiIwW正最的答选選應应回解])(?:"
+    r"(?i:(?<![^\W\d_])(?:the\s+)?(?:(?:correct|right|best|final|most\s+(?:likely|appropriate|suitable|plausible|correct))\s+)?"
+    r"(?:answer|option|choice)\s+(?:here\s+)?(?:is|would\s+be|should\s+be|will\s+be|must\s+be)"
+    r"(?:\s+(?:therefore|thus|then|probably|likely|clearly|definitely))?"
+    r"|(?<![^\W\d_])(?:la\s+)?(?:(?:bonne|meilleure|vraie)\s+)?(?:réponse|option)\s+(?:(?:correcte|juste|exacte)\s+)?(?:est|serait)"
+    r"(?:\s+(?:donc|alors|probablement))?"
+    r"|(?<![^\W\d_])(?:die\s+)?(?:(?:richtige|korrekte|beste|zutreffende)\s+)?(?:antwort|option|lösung)\s+(?:ist|lautet|wäre)"
+    r"(?:\s+(?:daher|also|deshalb|somit|wahrscheinlich))?"
+    r"|(?<![^\W\d_])(?:la\s+)?(?:risposta|opzione)\s+(?:(?:corretta|giusta|esatta|migliore)\s+)?(?:è|sarebbe)"
+    r"(?:\s+(?:quindi|dunque|probabilmente))?"
+    r"|(?<![^\W\d_])(?:la\s+)?(?:respuesta|opción)\s+(?:correcta\s+)?es|(?<![^\W\d_])(?:a\s+)?(?:resposta|opção)\s+(?:correta\s+)?é"
+    r"|(?<![^\W\d_])(?:answer|réponse|antwort|risposta|respuesta|resposta)\s*[-–—=]"
+    r"|(?<![^\W\d_])(?:I\s+(?:would\s+|will\s+|'d\s+|'ll\s+)?(?:choose|pick|select|go\s+with)|my\s+(?:final\s+)?(?:answer|choice)\s+is)"
+    r"|(?<![^\W\d_])(?:actually|wait|correction|on\s+second\s+thought|i\s+mean)[,:]?(?:\s+no[,.!]?)?\s+(?:it['’]s|it\s+is|it\s+should\s+be)"
+    r")[ \t]*[:：]?(?:[ \t]*(?:la|le|el|die|l['’]option|l['’]opzione|la\s+opzione|la\s+opción)(?=[ \t]))?"
+    r"|(?:正确|正確|最佳|最终|最終)?(?:的)?(?:答案|选项|選項|答)(?:应该|應該|应|應|可能)?(?:是|为|為|選|选)[:：]?|(?:应该|應該|应|應)选择?"
+    r"|(?:正しい|最も適切な)?(?:答え|正解|選択肢|回答|解答)(?:は|が)[:：]?|(?:答案|答え|回答)\s*[-–—=])")
+_REVERSED = re.compile(  # "D. sewing - This is the correct answer", "E. Bathroom is the correct answer"
+    _LETTER_START + r"(?:\(([A-J])\)|([A-J])[.．)](?=[ \t])|(?i:option|choice)\s+([A-J])" + _LETTER_END + r"|([A-J])(?=\s+(?:is|est|ist|è)\s))"
+    r"(?:(?![A-J](?![^\W\d_]))[^\n.。!?]){0,60}?(?:[-–—,:][ \t]*)?(?i:(?:this|which|that|it)\s+)?"
+    r"(?i:(?:is|are)\s+(?:the\s+|a\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|suitable))\s+(?:answer|option|choice)|is\s+the\s+answer(?=\s*(?:[.!。;]|$))"
+    r"|est\s+la\s+(?:bonne|meilleure)\s+(?:réponse|option)|ist\s+die\s+(?:richtige|korrekte|beste)\s+(?:antwort|option)"
+    r"|è\s+la\s+(?:risposta|opzione)\s+(?:corretta|giusta|migliore))(?![^\W\d_])")
+_TAGGED = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?\(?([A-Ja-j])\)?\s*[}.:]|<answer>\s*\(?([A-Ja-j])\b")
+_NONE_OF = re.compile(r"""[\s*_`"'“”«(]*(?:(?i:none\s+of|no\s+(?:correct\s+|right\s+)?(?:answer|option)|neither|aucune|aucun\b|keine|nessuna|nessuno|ninguna)|没有|都不|以上皆非|以上都不|該当なし|どれも)""")
+_QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q|human|user|instruction)\s*\d*\s*[:：.]")
+_OPTION_LINE = re.compile(r"(?m)^[ \t*]*[(（]?([A-J])[.．)）:：][ \t]+\S")
+
+
+def _cut_continuation(text: str) -> str:
+    "`text` up to a few-shot continuation: a line that starts a new question after an answer has been given."
+    for m in _QUESTION_LINE.finditer(text):
+        if m.start() > 0 and (find_labels(text, "answer", 0, m.start()) or _SENTENCE.search(text, 0, m.start())):
+            return text[:m.start()]
+    return text
+
+
+def _lists_options(text: str) -> bool:
+    "Whether `text` re-lists the options: three or more option lines with different letters."
+    return len(set(_OPTION_LINE.findall(text))) >= 3
+
+
+def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
+    "Every place that states the answer, `(position, letter start, kind)` in text order: labels, tags, sentences."
+    out = [(l.start, l.end, "label") for l in labels]
+    out += [(m.start(), m.start(), "tag") for m in _TAGGED.finditer(text)]
+    for m in _SENTENCE.finditer(text):
+        if _LETTER.match(text, m.end()): out.append((m.start(), m.end(), "sentence"))
+        elif _NONE_OF.match(text, m.end()): out.append((m.start(), m.end(), "none"))   # "the correct answer is: none of the above"
+    on_label_line = lambda i: any(l.end <= i and "\n" not in text[l.end:i].lstrip() for l in labels)
+    out += [(m.start(), m.start(), "reversed") for m in _REVERSED.finditer(text) if not on_label_line(m.start())]
+    return sorted(out)
 
 # %% ../nbs/30_extraction.ipynb #a47a8ffa
+def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -> str | None:
+    "The letter of a line that is a lone letter, possibly with exactly its option text (any short text when `loose`)."
+    line = line.rstrip(" \t*_")
+    m = _LETTER.match(line)
+    if not m or (m.group(1) or m.group(2)).upper() not in valid: return None
+    letter, rest = (m.group(1) or m.group(2)).upper(), line[_CLOSE.match(line, m.end()).end():]
+    if not rest.strip() or (letter in opts and _norm(rest) == opts[letter]): return letter
+    return letter if loose and m.group(1) and len(rest) <= 60 and not _CLAUSE_END.search(rest) else None
+
+
 def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | None = None) -> Extraction:
-    "The answer letter of completion `text` in language `lang`, by the first rule that decides."
+    "The answer letter of completion `text` in language `lang`: the last place that states it decides."
     lang = label_language(lang)
     text = text if isinstance(text, str) else "" if text is None else str(text)
     if not text.strip(): return Extraction(None, "missing", "empty")
+    text = _cut_continuation(text.translate(_FULL_WIDTH))
     valid, opts = _prepared(tuple((l, t) for l, t in options) if options else None)
     language_of = _patterns().language_of
-    # 1. the last answer label followed by a valid letter
     labels = find_labels(text)
-    for lab in reversed(labels):
-        letter, ambiguous = _letter_after(text, lab.end, valid, opts)
-        if letter is None: continue
-        if ambiguous: return Extraction(None, "missing", "ambiguous")
-        own = lang in language_of.get(" ".join(lab.word.casefold().split()), ())
-        return Extraction(letter, "parsed", "label" if own else "foreign_label")
-    # 2. a last line that is a lone letter, possibly with that option's text
-    last = next((l for l in reversed(text.splitlines()) if l.strip()), "").rstrip(" \t*_")
-    m = _LETTER.match(last)
-    if m and m.group(1) in valid:
-        rest = last[_CLOSE.match(last, m.end()).end():]
-        if not rest.strip() or (m.group(1) in opts and _norm(rest) == opts[m.group(1)]):
-            return Extraction(m.group(1), "parsed", "final_line")
+    by_start = {l.start: l for l in labels}
+    # 1. the last statement of the answer: a label, \boxed{}/<answer>, or a concluding sentence
+    for pos, at, kind in reversed(_statements(text, labels)):
+        if kind == "tag":
+            m = _TAGGED.match(text, at); letter = (m.group(1) or m.group(2)).upper()
+            if letter in valid: return Extraction(letter, "parsed", "tag")
+            continue
+        if kind == "none": return Extraction(None, "missing", "no_letter")
+        if kind == "reversed":
+            m = _REVERSED.match(text, at); letter = next(g for g in m.groups() if g)
+            if letter in valid: return Extraction(letter, "parsed", "sentence")
+            continue
+        letter, reading = _letter_after(text, at, valid, opts, clause=kind == "sentence")
+        if reading in ("ambiguous", "negated"): return Extraction(None, "missing", reading)
+        if letter is not None:
+            if reading == "corrected": return Extraction(letter, "parsed", "correction")
+            if kind == "sentence": return Extraction(letter, "parsed", "sentence")
+            own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
+            return Extraction(letter, "parsed", "label" if own else "foreign_label")
+        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter)
+            return _option_text(text, at, opts)
+    # 2. no statement: an answer-first line, or a last line that is a lone letter (not when the options are re-listed)
+    if not _lists_options(text):
+        lines = [l for l in text.splitlines() if l.strip()]
+        expl = find_labels(text, "explanation")
+        first = _line_answer(lines[0], valid, opts, loose=bool(expl) and expl[0].start >= len(text.split("\n", 1)[0]))
+        if first: return Extraction(first, "parsed", "first_line")
+        last = _line_answer(lines[-1], valid, opts)
+        if last: return Extraction(last, "parsed", "final_line")
     # 3. no answer label, but the explanation opens with a letter and exactly its option text
     if not labels and opts:
         expl = find_labels(text, "explanation")
@@ -221,9 +341,12 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
             end = _CLOSE.match(text, m.end()).end()
             if _norm(text[end:_line_end(text, end)]) == opts[m.group(1)]:
                 return Extraction(m.group(1), "parsed", "explanation_head")
-    # 4. the text of exactly one option in the first clause after the last answer label
-    if labels and opts:
-        start = labels[-1].end
+    return Extraction(None, "missing", "no_letter" if labels else "no_label")
+
+
+def _option_text(text: str, start: int, opts: dict) -> Extraction:
+    "The option whose text is in the first clause after an answer label at `start`, if exactly one is."
+    if opts:
         while start < len(text) and text[start].isspace(): start += 1
         line = text[start:_line_end(text, start)]
         cut = _CLAUSE_END.search(line, 1)
@@ -232,7 +355,40 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
         hits = [l for l in hits if not any(k != l and opts[l] in opts[k] for k in hits)]
         if len(hits) == 1: return Extraction(hits[0], "option_text", "option_text")
         if len(hits) > 1: return Extraction(None, "missing", "option_text_ambiguous")
-    return Extraction(None, "missing", "no_letter" if labels else "no_label")
+    return Extraction(None, "missing", "no_letter")
+
+# %% ../nbs/30_extraction.ipynb #31d725da
+RELEASE_SPLITS = {"en": ("Answer:",), "zh": ("答案:", "答案："), "fr": ("Réponse:", "Réponse :"), "de": ("Antwort:",),
+                  "it": ("Risposta:",), "ja": ("答え:", "答え：")}
+"The labels the release's `get_ans` splits on, in its order, per language (its `cn` is our `zh`)."
+
+def release_letter(text, lang: str) -> str | None:
+    "The release script's reading of a completion (`get_ans`): quirks included; None where it appends nothing."
+    lang = label_language(lang)
+    if lang not in RELEASE_SPLITS: raise DataError(f"the release's parser knows only {sorted(RELEASE_SPLITS)}, not {lang!r}", field="lang")
+    ans = text if isinstance(text, str) else "" if text is None else str(text)
+    for label in RELEASE_SPLITS[lang]: ans = ans.split(label)[-1].strip()
+    if not ans: return None
+    if len(ans) == 1: return ans
+    if ans[1] in "ABCDE": return ans[1]
+    return ans[0] if ans[0] in "ABCDE" else None
+
+# %% ../nbs/30_extraction.ipynb #ab2e40c0
+def release_reading(text, lang: str) -> str | None:
+    "What the release's reading of `text` is: `letter`, or a guess: `word_initial` (`Explanation` -> E), `several_options` (`B or D`), `marked_wrong` (`A (错误)`), `not_a_letter`; None where it reads nothing."
+    got = release_letter(text, lang)
+    if got is None: return None
+    if got not in "ABCDE": return "not_a_letter"
+    ans = text if isinstance(text, str) else str(text)
+    for label in RELEASE_SPLITS[label_language(lang)]: ans = ans.split(label)[-1].strip()
+    at = 1 if len(ans) > 1 and ans[1] == got else 0
+    if at == 1 and re.match(_WORDY, ans[0]) and not re.match(r"[(\[<（【「*]", ans[0]): return "word_initial"   # "BE..." -> E
+    if at == 0 and len(ans) > 1 and re.match(_WORDY, ans[1]): return "word_initial"               # "Explanation" -> E
+    line = ans.split("\n", 1)[0]
+    tail = line[at + 1:]
+    if _negated(tail): return "marked_wrong"
+    if any(x != got and x in "ABCDE" for x in _OTHER_LETTER.findall(tail)): return "several_options"
+    return "letter"
 
 # %% ../nbs/30_extraction.ipynb #c682c0af
 def extract_records(records: Iterable[dict], items_by_key: Mapping | None = None, file=None) -> list[dict]:

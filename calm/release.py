@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 
 from .data import DEMO_LANGUAGES, DataError, normalize_lang
-from .extraction import extract_records, read_release_samples
-from .loaders import release_dir
+from .extraction import extract_answer, extract_records, read_release_samples, release_letter, release_reading
+from .loaders import RELEASE_CODES, read_release_rows, release_dir
 from .metrics import ac3, accuracy, consistency_at
 from .pairs import build_pairs
 from .reports import write_manifest, write_table
-from .voting import answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
+from .voting import LETTERS, answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
 
 # %% auto #0
-__all__ = ['RELEASE_MODELS', 'release_samples', 'gold_of', 'base_accuracy', 'vote_accuracy', 'first_sample_consistency',
-           'figure3', 'run_release']
+__all__ = ['RELEASE_MODELS', 'PROTOCOLS', 'PAPER_ACC_LANGUAGES', 'PAPER_COLUMNS', 'PROTOCOL_DIFFERENCES', 'release_samples',
+           'gold_of', 'base_accuracy', 'vote_accuracy', 'first_sample_consistency', 'figure3', 'paper_letters',
+           'paper_answers', 'paper_row', 'strict_row', 'protocol_table', 'parse_rates', 'dpo_counts', 'run_release']
 
 # %% ../nbs/81_release.ipynb #38ead935
 RELEASE_MODELS = ("llama", "mistral")
@@ -87,24 +88,149 @@ def figure3(base: pd.DataFrame, votes: pd.DataFrame, path_stem=None, title: str 
         for ext in ("png", "pdf"): fig.savefig(path_stem.with_suffix(f".{ext}"), dpi=150)
     return fig
 
+# %% ../nbs/81_release.ipynb #ccf46cc6
+PROTOCOLS = ("paper", "strict")
+"`paper`: the release's computation of Table 1, quirks included; `strict`: ours."
+
+PAPER_ACC_LANGUAGES = ("en", "zh", "fr")
+"The languages the paper's ACC_avg averages (the training languages), not all six."
+
+PAPER_COLUMNS = ("en", "zh", "fr", "it", "de", "ja")
+"The order of the language columns in the paper's Table 1."
+
+def paper_letters(records: pd.DataFrame) -> pd.DataFrame:
+    "`records` with `letter` read by the release's parser (`release_letter`), quirks included."
+    return records.assign(letter=[release_letter(t, l) for t, l in zip(records["text"], records["lang"])])
+
+def paper_answers(records: pd.DataFrame, languages) -> pd.DataFrame:
+    "Per question (rows) and language (columns): the release's answer, the first sample whose letter parses (None if none)."
+    r = records[records["letter"].notna()].sort_values(["qid", "lang", "sample"])
+    first = r.drop_duplicates(["qid", "lang"]).pivot(index="qid", columns="lang", values="letter")
+    qids = pd.unique(records["qid"])
+    return first.reindex(index=qids, columns=list(languages)).astype(object).where(lambda d: d.notna(), None)
+
+def paper_row(records: pd.DataFrame, gold: dict, languages) -> dict:
+    "Table 1 as the paper computed it (fractions): accuracy per language, ACC_avg over en/zh/fr, pairwise Consis, AC3 (of the rounded percentages)."
+    ans = paper_answers(paper_letters(records), languages)
+    g = ans.index.map(gold)
+    acc = {l: float((ans[l] == g).mean()) for l in languages}
+    avg_langs = [l for l in PAPER_ACC_LANGUAGES if l in languages] or list(languages)
+    full = ans[ans.notna().all(axis=1)].to_numpy()
+    L = len(languages)
+    agree = [sum(a == b for i, a in enumerate(row) for b in row[i + 1:]) / (L * (L - 1) / 2) for row in full]
+    consis = float(np.mean(agree)) if len(agree) else float("nan")
+    mean_all = float(np.mean(list(acc.values())))
+    # the paper's AC3 is the harmonic mean of its reported percentages (two decimals): 58.24 for Llama, where the
+    # unrounded fractions give 58.235 -> 58.23; both are kept
+    reported = float(np.mean([round(100 * a, 2) for a in acc.values()])), round(100 * consis, 2)
+    return {**{f"acc_{l}": acc[l] for l in languages}, "ACC_avg": float(np.mean([acc[l] for l in avg_langs])),
+            "Consis": consis, "AC3": float(ac3(*reported)) / 100, "AC3_unrounded": float(ac3(mean_all, consis)),
+            "questions_in_Consis": len(full), "questions": len(ans)}
+
+def strict_row(records: pd.DataFrame, gold: dict, languages, samples=(0,)) -> dict:
+    "Table 1 our way (fractions): `extract_answer` letters, `samples` (default sample 0; unparsed is wrong), ACC_avg over all languages, Consistency_s and AC3_s."
+    qids, codes = answer_array(records, languages, samples=list(samples) if samples is not None else None)
+    g = encode_letters([gold[q] for q in qids])
+    pred = codes.reshape(len(qids), len(languages), -1)
+    per_sample = [accuracy(pred[:, :, k], g) for k in range(pred.shape[2])]
+    acc = np.mean(per_sample, axis=0)
+    row = {**{f"acc_{l}": float(a) for l, a in zip(languages, acc)}, "ACC_avg": float(acc.mean())}
+    for s in range(2, len(languages) + 1):
+        c = float(np.mean([consistency_at(pred[:, :, k], s) for k in range(pred.shape[2])]))
+        row[f"Consistency_{s}"], row[f"AC3_{s}"] = c, float(ac3(acc.mean(), c))
+    return {**row, "questions": len(qids)}
+
+# %% ../nbs/81_release.ipynb #ae29bd3d
+PROTOCOL_DIFFERENCES = [
+    ("parser", "the release's get_ans: text after the last `Answer:`-style label, its 2nd character if A-E else its 1st "
+               "(reads `Explanation` as E, `Aucune` as A, `B or D` as B)", "extract_answer: the last statement of the answer "
+               "(label, concluding sentence, \\boxed{}, <answer>), no letter from a word, none from a line naming two options"),
+    ("answer of a language", "the first of the 3 samples whose letter parses", "sample 0 (unparsed is wrong), or every sample as configured"),
+    ("ACC_avg", "mean over en, zh, fr (the training languages)", "mean over all languages"),
+    ("consistency", "pairwise: agreeing pairs / 15, only over questions where all six languages parsed",
+                    "Consistency_s over all s-language subsets and all questions; an unparsed answer agrees with nothing"),
+    ("AC3", "harmonic mean of the six-language mean accuracy and the pairwise Consis, both as reported (percent, two decimals)", "AC3_s: harmonic mean of ACC_avg and Consistency_s"),
+    ("ties (vote, pairs)", "release: first answer in the release's language order zh, en, fr, it, de, ja", "drop by default (order, random, release available)"),
+]
+"One line per difference between the two protocols: (what, paper, strict)."
+
+def protocol_table(paper: dict, strict: dict, languages, s: int = 2) -> pd.DataFrame:
+    "Both protocols' Table 1 rows side by side, in percent, each row saying where a difference comes from."
+    rows = [(f"acc_{l}", paper[f"acc_{l}"], strict[f"acc_{l}"], "parser; answer of a language") for l in languages]
+    rows += [("ACC_avg", paper["ACC_avg"], strict["ACC_avg"], "ACC_avg languages; parser; answer of a language"),
+             (f"Consis (paper) / Consistency_{s}", paper["Consis"], strict[f"Consistency_{s}"], "consistency definition; parser"),
+             (f"AC3 (paper) / AC3_{s}", paper["AC3"], strict[f"AC3_{s}"], "AC3 definition; consistency; ACC_avg")]
+    t = pd.DataFrame(rows, columns=["metric", "paper", "strict", "difference comes from"])
+    t[["paper", "strict"]] = 100 * t[["paper", "strict"]]
+    return t
+
+def parse_rates(records: pd.DataFrame, languages) -> pd.DataFrame:
+    "Per language: completions, % read by the release's parser, % of those a careful reader would also take (`release_reading` is `letter`), % read by ours, and disagreements."
+    kind = pd.Series([release_reading(t, l) for t, l in zip(records["text"], records["lang"])], index=records.index)
+    rel = pd.Series([release_letter(t, l) for t, l in zip(records["text"], records["lang"])], index=records.index)
+    rows = []
+    for l in languages:
+        m = (records["lang"] == l).to_numpy()
+        r, o = rel[m].notna(), records["letter"][m].notna()
+        rows.append({"lang": l, "completions": int(m.sum()), "release_parsed_%": 100 * float(r.mean()),
+                     "release_sound_%": 100 * float((kind[m] == "letter").mean()), "strict_parsed_%": 100 * float(o.mean()),
+                     "release_only": int((r & ~o).sum()), "strict_only": int((o & ~r).sum()),
+                     "both_differ": int((r & o & (rel[m] != records["letter"][m])).sum()),
+                     **{f"release_{k}": int((kind[m] == k).sum()) for k in ("word_initial", "several_options", "marked_wrong", "not_a_letter")}})
+    return pd.DataFrame(rows)
+
+def dpo_counts(pairs: pd.DataFrame, languages, dpo_dir=None) -> tuple[pd.DataFrame, str]:
+    "Our pairs per language beside the release's own DPO files' sizes (`DPO_{code}.json` in `dpo_dir`), and a note saying what was read."
+    ours = pair_share_by_language(pairs, languages).set_index("lang")["pairs"]
+    t = pd.DataFrame({"lang": list(languages), "our_pairs": [int(ours.get(l, 0)) for l in languages]})
+    if dpo_dir is None: return t, "the release's DPO files were not given (--dpo-dir); only our counts"
+    found, missing = {}, []
+    for l in languages:
+        f = Path(dpo_dir) / f"DPO_{RELEASE_CODES.get(l, l)}.json"
+        if f.exists(): found[l] = len(read_release_rows(f))
+        else: missing.append(f.name)
+    t["release_dpo_pairs"] = pd.array([found.get(l) for l in languages], dtype="Int64")
+    note = f"release DPO files read from {dpo_dir}" + (f"; absent: {', '.join(missing)}" if missing else "")
+    return t, note
+
 # %% ../nbs/81_release.ipynb #4181742a
+def _row_line(protocol: str, row: dict, languages, s: int = 2) -> str:
+    "One printed line of a protocol's Table 1 row, in percent (languages in the paper's column order)."
+    cols = [l for l in PAPER_COLUMNS if l in languages] + [l for l in languages if l not in PAPER_COLUMNS]
+    accs = " / ".join(f"{100 * row[f'acc_{l}']:.2f}" for l in cols)
+    if protocol == "paper":
+        return (f"protocol paper: acc ({' '.join(cols)}) {accs}; ACC_avg ({'+'.join(l for l in PAPER_ACC_LANGUAGES if l in languages)}) "
+                f"{100 * row['ACC_avg']:.2f}; Consis {100 * row['Consis']:.2f} ({row['questions_in_Consis']} questions); AC3 {100 * row['AC3']:.2f} "
+                f"(of the rounded percentages, as the paper; unrounded {100 * row['AC3_unrounded']:.3f})")
+    return (f"protocol strict: acc ({' '.join(cols)}) {accs}; ACC_avg {100 * row['ACC_avg']:.2f}; "
+            f"Consistency_{s} {100 * row[f'Consistency_{s}']:.2f}; AC3_{s} {100 * row[f'AC3_{s}']:.2f}")
+
 def run_release(root=None, out="reports/release", model: str = "llama", languages=DEMO_LANGUAGES,
-                vote_sets: dict | None = None, tie: str = "drop") -> dict:
-    "Reproduce the label-free core on the release's samples into `out`; returns `{name: path}`."
+                vote_sets: dict | None = None, tie: str | None = None, protocol: str = "strict", dpo_dir=None,
+                strict_samples=(0,)) -> dict:
+    "Reproduce the label-free core on the release's samples into `out`, both protocols side by side; returns `{name: path}`."
+    if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    tie = tie or ("release" if protocol == "paper" else "drop")
     t0, out = time.time(), Path(out)
     languages = [normalize_lang(l) for l in languages]
     vote_sets = vote_sets or {"en+zh+fr": [l for l in ("en", "zh", "fr") if l in languages], "+".join(languages): languages}
-    items, recs = release_samples(root, model, languages)
+    items, strict_recs = release_samples(root, model, languages)
     gold = gold_of(items)
+    recs = paper_letters(strict_recs) if protocol == "paper" else strict_recs   # what the vote, pairs and figure read
+    rows = {"paper": paper_row(strict_recs, gold, languages), "strict": strict_row(strict_recs, gold, languages, strict_samples)}
     base = base_accuracy(recs, gold, languages)
     votes = vote_accuracy(recs, gold, vote_sets, tie)
-    cons = first_sample_consistency(recs, gold, languages)
+    cons = first_sample_consistency(strict_recs, gold, languages)
     v_all = vote_table(recs, languages, tie=tie, lang_order=languages)
     pos = winning_share_by_language(recs, v_all, languages)
     prompts = {(q, l): p for q, l, p in zip(recs.qid, recs.lang, recs.prompt)}
-    pairs = build_pairs(recs, v_all, lambda q, l: prompts[(q, l)], source_order=languages, gold=gold)
+    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(LETTERS)), None))  # the release's "." is no letter
+    pairs = build_pairs(letters_only, v_all, lambda q, l: prompts[(q, l)], source_order=languages, gold=gold)
+    both = protocol_table(rows["paper"], rows["strict"], languages)
+    rates = parse_rates(strict_recs, languages)
+    dpo, dpo_note = dpo_counts(pairs, languages, dpo_dir)
     paths = {}
-    for name, df in (("table1_base", base), ("vote", votes), ("consistency", cons)):
+    for name, df in (("table1_base", base), ("vote", votes), ("consistency", cons), ("protocols", both), ("parse_rates", rates), ("dpo_counts", dpo)):
         paths[name] = write_table(df.round(4), out / name)[0]
     paths["positives"] = write_table(pos[["lang", "share"]].round(4), out / "positives")[0]
     paths["pairs_by_language"] = write_table(pair_share_by_language(pairs, languages).round(4), out / "pairs_by_language")[0]
@@ -112,11 +238,21 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
     paths["pairs"] = out / "pairs.jsonl"
     with open(paths["pairs"], "w", encoding="utf-8") as f:
         for r in pairs.to_dict("records"): f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    lines = [f"# Release, model {model}: two protocols", "", f"Protocol of the vote, pairs and figure: **{protocol}**; tie policy: **{tie}**"
+             + (" (first answer in the release's order zh, en, fr, it, de, ja)" if tie == "release" else "") + ".", "",
+             _row_line("paper", rows["paper"], languages), "", _row_line("strict", rows["strict"], languages), "",
+             both.round(2).to_markdown(index=False), "", "## Where each difference comes from", "", "| what | paper | strict |", "|---|---|---|"]
+    lines += [f"| {w} | {p} | {s} |" for w, p, s in PROTOCOL_DIFFERENCES]
+    lines += ["", "## Parse rates (per completion)", "", rates.round(2).to_markdown(index=False), "",
+              "## Pairs per language", "", dpo_note + ".", "", dpo.to_markdown(index=False), ""]
+    paths["report"] = out / "protocols_report.md"; paths["report"].write_text("\n".join(lines), encoding="utf-8")
     import matplotlib.pyplot as plt
     plt.close(figure3(base, votes, out / "fig3")); paths["fig3"] = out / "fig3.png"
-    extraction = recs.groupby("lang", sort=False).how.value_counts().unstack(fill_value=0).reset_index()
+    extraction = strict_recs.groupby("lang", sort=False).rule.value_counts().unstack(fill_value=0).reset_index()
     paths["extraction"] = write_table(extraction, out / "extraction")[0]
-    paths["manifest"] = write_manifest(out / "manifest.json", {"job": "release", "model": model, "languages": languages, "vote_sets": vote_sets, "tie": tie},
+    paths["manifest"] = write_manifest(out / "manifest.json", {"job": "release", "model": model, "languages": languages, "vote_sets": vote_sets,
+                                                              "tie": tie, "protocol": protocol, "dpo_dir": None if dpo_dir is None else str(dpo_dir)},
                                        {"release_dir": str(release_dir(root)), "samples": len(recs), "questions": len(gold)}, list(paths.values()))
-    print(f"release: {len(gold)} questions x {len(languages)} languages, {len(recs)} samples, {len(pairs)} pairs -> {out} in {time.time() - t0:.1f}s")
+    print(_row_line(protocol, rows[protocol], languages))
+    print(f"release: {len(gold)} questions x {len(languages)} languages, {len(recs)} samples, {len(pairs)} pairs, tie {tie} -> {out} in {time.time() - t0:.1f}s")
     return paths

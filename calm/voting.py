@@ -14,8 +14,8 @@ import pandas as pd
 from .data import DataError, normalize_lang
 
 # %% auto #0
-__all__ = ['LETTERS', 'TIE_POLICIES', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult', 'majority_vote',
-           'answer_array', 'vote_table', 'winning_share_by_language', 'pair_share_by_language']
+__all__ = ['LETTERS', 'TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult',
+           'majority_vote', 'answer_array', 'vote_table', 'winning_share_by_language', 'pair_share_by_language']
 
 # %% ../nbs/40_voting.ipynb #733cf095
 LETTERS = "ABCDEFGHIJ"
@@ -61,8 +61,13 @@ def vote_counts(codes, k: int | None = None, chunk: int = 1 << 15) -> np.ndarray
     return out
 
 # %% ../nbs/40_voting.ipynb #1321b383
-TIE_POLICIES = ("drop", "order", "random")
-"How `majority_vote` resolves a tie for the top count."
+TIE_POLICIES = ("drop", "order", "random", "release")
+"How `majority_vote` resolves a tie for the top count (`release`: `order` in `RELEASE_TIE_ORDER`)."
+
+RELEASE_TIE_ORDER = ("zh", "en", "fr", "it", "de", "ja")
+"""The language order the release's code states (`get_multilingual_consistency(cn_ans, en_ans, fr_ans, it_ans, de_ans, ja_ans)`,
+`get_voting_count(cn_file, en_file, fr_file)` in `wangym2/CALM` `utils/votingfunc.py`); its `get_final_ans` keeps the first
+letter seen among tied ones (`max(count, key=count.get)`), so a tie goes to the first answer in this order."""
 
 @dataclass
 class VoteResult:
@@ -90,8 +95,9 @@ def _column_order(shape: tuple, lang_order) -> np.ndarray:
 
 def majority_vote(codes, tie: str = "drop", lang_order: Sequence[int] | None = None,
                   seed: int | None = None, k: int | None = None) -> VoteResult:
-    "Majority letter over all answers of each question; `tie` is `drop`, `order` (by `lang_order`) or `random` (by `seed`)."
+    "Majority letter over all answers of each question; `tie` is `drop`, `order`/`release` (by `lang_order`) or `random` (by `seed`)."
     if tie not in TIE_POLICIES: raise ValueError(f"tie must be one of {TIE_POLICIES}, not {tie!r}")
+    if tie == "release": tie = "order"  # the caller passes the release's order as lang_order (vote_table does)
     codes = np.asarray(codes)
     F = _flat_codes(codes)
     order = _column_order(codes.shape, lang_order)
@@ -160,6 +166,7 @@ def vote_table(records: pd.DataFrame, languages: Sequence[str], tie: str = "drop
                seed: int | None = None, samples=None, file=None) -> pd.DataFrame:
     "Majority vote per question from sample records: qid, winner (letter or None), votes, n_valid, share, tie."
     langs = [normalize_lang(l) for l in languages]
+    if tie == "release": lang_order = [l for l in RELEASE_TIE_ORDER if l in langs] + [l for l in langs if l not in RELEASE_TIE_ORDER]
     order = None if lang_order is None else [langs.index(normalize_lang(l)) for l in lang_order]
     qids, codes = answer_array(records, langs, samples, file)
     res = majority_vote(codes, tie=tie, lang_order=order, seed=seed)

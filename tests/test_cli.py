@@ -48,3 +48,12 @@ def test_evaluate_writes_results(tmp_path):
     t = pd.read_csv(tmp_path / "results.csv")
     assert t.system.tolist() == ["base"] and {"en", "fr", "ACC_avg", "Consistency_2", "AC3_2"} <= set(t.columns)
     assert (tmp_path / "metrics.md").exists() and len(pd.read_json(tmp_path / "samples" / "samples.jsonl", lines=True)) == 4
+
+
+@pytest.mark.slow
+def test_evaluate_protocol_paper_writes_the_papers_computation(tmp_path):
+    assert main(["evaluate", "--items", "demo:test", "--languages", "en", "fr", "--limit", "2", "--greedy",
+                 "--max-new-tokens", "8", "--out", str(tmp_path), "--protocol", "paper"]) == 0
+    m = pd.read_csv(tmp_path / "metrics_paper.csv").set_index("metric")["value"]
+    assert {"acc_en", "acc_fr", "ACC_avg", "Consis", "AC3", "questions_in_Consis"} <= set(m.index) and m["questions"] == 2
+    assert (tmp_path / "results.csv").exists()   # the strict results are written as before

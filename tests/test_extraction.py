@@ -1,5 +1,4 @@
 "Tests of calm.extraction: one per rule on real release snippets, ambiguity, errors, properties, and the whole release."
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -73,7 +72,9 @@ def test_rule_option_text():
     # x_csqa_de row 603, sample 0
     opts = [("A", "australien"), ("B", "Wildnisgebiet"), ("C", "Fallstudie"), ("D", "offene Ebene"), ("E", "Elfenbeinküste")]
     text = "…in Kalifornien.\n\nAntwort:<Australien>\n\nDie beste Antwort ist A. Australien, da die Gazelle …"
-    assert extract_answer(text, "de", opts) == Extraction("A", "option_text", "option_text")
+    # issue 12: the concluding sentence after the label is the last statement, so it decides (same letter)
+    assert extract_answer(text, "de", opts) == Extraction("A", "parsed", "sentence")
+    assert extract_answer("…in Kalifornien.\n\nAntwort:<Australien>", "de", opts) == Extraction("A", "option_text", "option_text")
     assert extract_answer("Antwort: E-Mail senden", "de", [("A", "Post"), ("B", "E-Mail senden")]).letter == "B"
     assert extract_answer("Answer: the white house", "en", [("A", "house"), ("B", "white house")]).letter == "B"
     assert extract_answer("Answer: downtown", "en", EN_ROW0).rule == "no_letter"
@@ -207,8 +208,8 @@ def test_own_label_at_the_end_decides(prefix, lang_label, letter, colon):
 
 # --- the whole release ---
 
-MEASURED_PARSED = {"en": 99.44, "zh": 99.41, "fr": 99.63, "de": 99.30, "it": 99.11, "ja": 97.92}
-MEASURED_SAMPLE0_ACCURACY = {"en": 73.1, "zh": 51.9, "fr": 60.7, "de": 57.4, "it": 59.7, "ja": 48.3}
+MEASURED_PARSED = {"en": 99.44, "zh": 99.22, "fr": 99.67, "de": 99.48, "it": 99.11, "ja": 98.00}
+MEASURED_SAMPLE0_ACCURACY = {"en": 73.1, "zh": 51.9, "fr": 60.7, "de": 57.6, "it": 59.7, "ja": 48.3}
 
 
 @pytest.mark.slow
@@ -221,3 +222,71 @@ def test_whole_release(release):
     for lang, measured in MEASURED_PARSED.items():
         assert summary.loc[lang, "parsed_%"] >= measured - 0.5, (lang, summary.loc[lang, "parsed_%"])
         assert abs(summary.loc[lang, "sample0_accuracy_%"] - MEASURED_SAMPLE0_ACCURACY[lang]) <= 1.0, lang
+
+
+# --- issue 12: what a careful reader reads (hand-written adversarial cases, Mistral-style completions) ---
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Explanation: Classrooms have desks.\n\nTherefore, the correct answer is C. classroom", "en", "C"),
+    ("The answer is (B)", "en", "B"),
+    ("So the most likely answer would be **D**.", "en", "D"),
+    ("解释: 人们在教室里学习。答案是B", "zh", "B"),
+    ("解释: 人们在教室里学习。\n\n正确答案是 C。", "zh", "C"),
+    ("説明: 図書館には本がある。\n\n答えは D です", "ja", "D"),
+    ("Explication: On apprend en classe.\n\nLa réponse est B", "fr", "B"),
+    ("Explication: …\n\nLa bonne réponse est : C. Marché boursier - Si Sarah …", "fr", "C"),
+    ("Erklärung: …\n\nDie richtige Antwort ist daher E. Bibliothek.", "de", "E"),
+    ("Spiegazione: …\n\nLa risposta corretta è A, perché …", "it", "A"),
+    ("C. house\nExplanation: People live in houses.", "en", "C"),
+    ("Answer: c", "en", "C"),
+    ("Answer: (d)", "en", "D"),
+    ("答案：Ｄ", "zh", "D"),
+    ("Answer: Ｂ. michigan", "en", "B"),
+    ("Reasoning …\n\n$\\boxed{C}$", "en", "C"),
+    ("Reasoning …\n\\boxed{\\text{B}}", "en", "B"),
+    ("<answer>C</answer>", "en", "C"),
+    ("Answer - C", "en", "C"),
+    ("Antwort – D. Küche", "de", "D"),
+    ("Answer: A is not correct, B is", "en", "B"),
+    ("Answer: A\n\nWait, actually the answer is C.", "en", "C"),
+    ("答え: D. オーブン (X) / B. 冷蔵庫 (√)", "ja", "B"),
+    ("Explanation: … sewing.\nC. art store - This option is not related.\nD. sewing - This is the correct answer.", "en", "D"),
+    ("Explanation: … Therefore, E. Bathroom is the correct answer as bathrooms often have door mats.", "en", "E"),
+    ("Answer: C. classroom\n\nQuestion: Where do you keep milk?\nA. fridge\nB. oven\n\nAnswer: A", "en", "C"),
+    ("Answer: C. classroom\n\nHuman: And where is milk kept?\nAnswer: A", "en", "C"),
+    ("Réponse finale : C", "fr", "C"), ("La risposta è la C.", "it", "C"), ("Answer: Option (C)", "en", "C"),
+    ("Answer: A. Actually, no, it's C.", "en", "C"), ("The correct answer is B, not A.", "en", "B"),
+    ("Answer: C (A and B are wrong)", "en", "C"), ("答案是B，而不是A", "zh", "B"), ("Hence, B is the answer.", "en", "B"),
+    ("However, for the sake of choosing an option, I will choose:\n\nB. grogginess\nExplanation: …", "en", "B"),  # Mistral, real
+    ("Antwort: D. Ablageschrank (Inkorrekt)\nDer richtige Antwort ist C. Supermarkt oder eine Einkaufsstasche, nicht D. Ablageschrank.", "de", "C"),
+])
+def test_careful_reader_reads(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("Explanation: The fan was too loud.", "en"),                        # the release reads E from "Explanation"
+    ("Explication: …\n\nRéponse: Aucune option n'est correcte.", "fr"),   # the release reads A from "Aucune"
+    ("Answer: B or D", "en"), ("The correct answer is B or D.", "en"), ("答案是B或D", "zh"),
+    ("Answer: C. feel full or D. feeling satisfied.", "en"),
+    ("Answer: D\n\nExplanation: …\n\nAnswer: none of the above", "en"),  # no fall back to the earlier D
+    ("Explanation: None of the options fit.\n\nAnswer: None of the above (N/A)", "en"),
+    ("A. town\nB. michigan\nC. hospital\nD. schools\nE. office building", "en"),  # issue 16: re-listed options
+    ("Answer: A is wrong.", "en"), ("答案:A. 朋友家 (错误)", "zh"),
+    ("Answer: a dog would do it", "en"), ("Answer: e.g. a shop", "en"),
+    ("Explanation: A lot of people think so, but I am not sure.", "en"),
+    ("Answer: A or B, not C", "en"), ("Answer: I would rather not say", "en"),
+    ("Answer: A. memorial site (This is not the correct answer)\n\nThe correct answer is none of the above.", "en"),  # Llama, real
+    ("A. run quickly (This is the answer for when you ride it.)\nSo, there is no correct answer.", "en"),
+])
+def test_careful_reader_declines(text, lang):
+    assert extract_answer(text, lang).letter is None, extract_answer(text, lang)
+
+
+def test_correction_and_statement_rules_are_named():
+    assert extract_answer("Answer: A is not correct, B is", "en").rule == "correction"
+    assert extract_answer("The answer is (B)", "en").rule == "sentence"
+    assert extract_answer("<answer>C</answer>", "en").rule == "tag"
+    assert extract_answer("C. house\nExplanation: …", "en").rule == "first_line"
+    assert extract_answer("Answer: D\n\nAnswer: none of the above", "en").rule == "no_letter"
+    assert extract_answer("A. town\nB. michigan\nC. hospital", "en").rule == "no_label"

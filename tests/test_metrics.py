@@ -209,3 +209,22 @@ def test_benchmark_script_runs(tmp_path):
     assert r["questions"] == 20000 and r["large_shape"] == [20000, 16, 8]
     assert r["closed_form_speedup"] > 0 and r["large_s"] > 0   # figures recorded; their size is the benchmark's to report, not a test's to judge
     assert sorted(r["large_consistency"]) == sorted(str(s) for s in range(2, 17))
+
+
+def test_paper_consis_is_pairwise_consistency_over_fully_parsed_questions():
+    # protocol paper's Consis (calm.release.paper_row) is the release script's pairwise score restricted to the
+    # questions where every language parsed; on those it equals Consistency_2
+    import pandas as pd
+    from calm.metrics import consistency_at, pairwise_consistency
+    from calm.release import paper_row
+    from calm.voting import encode_letters
+    rng = np.random.default_rng(3)
+    langs = ["en", "zh", "fr", "de"]
+    letters = rng.choice(list("ABCD") + [None], size=(40, 4), p=[0.22, 0.22, 0.22, 0.22, 0.12])
+    labels = {"en": "Answer: ", "zh": "答案:", "fr": "Réponse: ", "de": "Antwort: "}
+    recs = pd.DataFrame([(f"q{i}", l, 0, labels[l] + (x if x else "none")) for i, row in enumerate(letters) for l, x in zip(langs, row)],
+                        columns=["qid", "lang", "sample", "text"])
+    row = paper_row(recs, {f"q{i}": "A" for i in range(40)}, langs)
+    full = encode_letters(letters[[all(x is not None for x in r) for r in letters]])
+    assert row["questions_in_Consis"] == len(full)
+    assert abs(row["Consis"] - pairwise_consistency(full)) < 1e-12 and abs(row["Consis"] - consistency_at(full, 2)) < 1e-12

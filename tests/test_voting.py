@@ -240,3 +240,15 @@ def test_large_vote_agrees_with_counting_each_question():
         assert r.votes[q] == top and r.tie[q] == (sum(v == top for v in c.values()) > 1)
         first = next(int(x) for x in codes[q].ravel() if x >= 0 and c[int(x)] == top)   # order: first top answer, language by language
         assert r.winner[q] == first, q
+
+
+def test_release_policy_follows_the_release_language_order():
+    # the release's code states the order cn, en, fr, it, de, ja; its get_final_ans keeps the first tied letter seen
+    from calm.voting import RELEASE_TIE_ORDER
+    assert RELEASE_TIE_ORDER == ("zh", "en", "fr", "it", "de", "ja")
+    recs = pd.DataFrame({"qid": ["q"] * 4, "lang": ["en", "en", "de", "it"], "sample": [0, 1, 0, 0], "letter": ["A", "A", "B", "B"]})
+    assert vote_table(recs, ["en", "de", "it"], tie="release").winner.tolist() == ["A"]      # en comes before it and de
+    recs2 = recs.assign(lang=["ja", "ja", "de", "it"])
+    assert vote_table(recs2, ["ja", "de", "it"], tie="release").winner.tolist() == ["B"]     # it comes before de and ja
+    assert vote_table(recs2, ["ja", "de", "it"], tie="order").winner.tolist() == ["A"]       # order: the given languages
+    assert vote_table(recs2, ["ja", "de", "it"], tie="drop").winner.tolist() == [None]
