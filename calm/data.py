@@ -18,8 +18,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang', 'MCItem',
-           'normalize_letter', 'check_item', 'write_items', 'read_items', 'by_question', 'check_parallel', 'summarize',
-           'fingerprint', 'demo_path', 'demo_items']
+           'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items', 'by_question',
+           'check_parallel', 'summarize', 'fingerprint', 'demo_path', 'demo_items']
 
 # %% ../nbs/00_data.ipynb #227caec1
 LANGUAGES = {
@@ -80,10 +80,15 @@ class MCItem:
 OPTION_LETTERS = "ABCDEFGHIJ"
 "The option letters that extraction reads and voting counts, in order."
 
+def fold_letter(label) -> str | None:
+    "`label` as an option letter A-J with case and full-width forms folded (`ｂ` -> `B`), or None if it is no letter."
+    s = unicodedata.normalize("NFKC", label).strip().upper() if isinstance(label, str) else None
+    return s if s and len(s) == 1 and s in OPTION_LETTERS else None
+
 def normalize_letter(label, file=None, row=None, field="label") -> str:
     "The option letter for `label` (case and full-width forms folded); `DataError` unless it is one of A-J."
-    s = unicodedata.normalize("NFKC", label).strip().upper() if isinstance(label, str) else None
-    if not s or len(s) != 1 or s not in OPTION_LETTERS:
+    s = fold_letter(label)
+    if s is None:
         raise DataError(f"{label!r} is not an option letter ({OPTION_LETTERS[0]}-{OPTION_LETTERS[-1]}: what extraction reads and voting counts)",
                         file, row, field)
     return s

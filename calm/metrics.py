@@ -27,12 +27,16 @@ def _pred(pred) -> np.ndarray:
     if pred.ndim == 1: pred = pred[:, None]
     if pred.ndim != 2: raise ValueError(f"answers must be shaped (Q, L), got {pred.shape}")
     if not np.issubdtype(pred.dtype, np.integer): raise ValueError(f"answers must be letter codes (integers), got {pred.dtype}")
+    if pred.shape[0] == 0: raise ValueError("no questions to score: the answers are empty")
     return pred
 
 def correctness(pred, gold) -> np.ndarray:
     "Boolean (Q, L): the answer equals the gold letter (unparsed answers are wrong)."
     pred, gold = _pred(pred), np.asarray(gold)
     if gold.shape != (pred.shape[0],): raise ValueError(f"gold must be shaped ({pred.shape[0]},), got {gold.shape}")
+    if not np.issubdtype(gold.dtype, np.integer):
+        unknown = int(pd.isna(gold).sum()) if gold.dtype.kind in "fO" else 0
+        raise ValueError(f"gold must be letter codes (integers), got {gold.dtype}" + (f" with {unknown} unknown (NaN/None) value(s); drop those questions first" if unknown else ""))
     if (gold < 0).any(): raise ValueError(f"gold is unknown (-1) for {int((gold < 0).sum())} question(s); drop them first")
     return (pred == gold[:, None]) & (pred >= 0)
 
@@ -97,10 +101,11 @@ def pairwise_consistency(pred, per_question: bool = False):
 
 # %% ../nbs/70_metrics.ipynb #05063f3f
 def ac3(accuracy, consistency):
-    "AC3: the harmonic mean 2AC / (A + C) of accuracy and consistency (0 when both are 0); works on arrays."
+    "AC3: the harmonic mean 2AC / (A + C) of accuracy and consistency (0 when both are 0, NaN when either is NaN); works on arrays."
     a, c = np.asarray(accuracy, dtype=np.float64), np.asarray(consistency, dtype=np.float64)
     total = a + c
     out = np.divide(2 * a * c, total, out=np.zeros(np.broadcast(a, c).shape), where=total > 0)
+    out[np.isnan(total)] = np.nan            # an unknown input gives an unknown AC3, not 0
     return float(out) if out.ndim == 0 else out
 
 # %% ../nbs/70_metrics.ipynb #d8d3437f

@@ -11,24 +11,24 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import DataError, normalize_lang
+from .data import OPTION_LETTERS, DataError, fold_letter, normalize_lang
 
 # %% auto #0
 __all__ = ['LETTERS', 'TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult',
            'majority_vote', 'answer_array', 'vote_table', 'winning_share_by_language', 'pair_share_by_language']
 
 # %% ../nbs/40_voting.ipynb #733cf095
-LETTERS = "ABCDEFGHIJ"
+LETTERS = OPTION_LETTERS
 "The option letters `calm` knows, in code order: `A` is 0, `J` is 9; -1 means no answer."
 
 _CODE = {l: i for i, l in enumerate(LETTERS)}
 _DECODE = np.array(list(LETTERS) + [None], dtype=object)  # index -1 -> None
 
 def encode_letters(seq) -> np.ndarray:
-    "Letters as int8 codes (A=0 .. J=9) in the shape of `seq`; None and unknown values become -1."
+    "Letters as int8 codes (A=0 .. J=9) in the shape of `seq`, case and full-width folded (`fold_letter`); None and unknown values become -1."
     arr = np.asarray(seq, dtype=object)
     flat = arr.ravel()
-    codes = np.fromiter((_CODE.get(x, -1) if isinstance(x, str) else -1 for x in flat), np.int8, count=flat.size)
+    codes = np.fromiter((_CODE.get(fold_letter(x), -1) for x in flat), np.int8, count=flat.size)
     return codes.reshape(arr.shape)
 
 def decode_letters(codes) -> np.ndarray:
@@ -42,9 +42,11 @@ def decode_letters(codes) -> np.ndarray:
 def _flat_codes(codes) -> np.ndarray:
     "Codes as a (Q, N) array: (Q, L, S) is flattened over languages and samples."
     codes = np.asarray(codes)
-    if codes.ndim == 3: codes = codes.reshape(codes.shape[0], -1)
+    if codes.ndim == 3: codes = codes.reshape(codes.shape[0], codes.shape[1] * codes.shape[2])
     if codes.ndim != 2: raise ValueError(f"codes must be shaped (Q, N) or (Q, L, S), got {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer): raise ValueError(f"codes must be integers, got {codes.dtype}")
+    if codes.size and (codes.min() < -1 or codes.max() >= len(LETTERS)):
+        raise ValueError(f"letter codes must lie in -1..{len(LETTERS) - 1} (A-J, -1 for none), got {codes.min()}..{codes.max()}")
     return codes
 
 def vote_counts(codes, k: int | None = None, chunk: int = 1 << 15) -> np.ndarray:

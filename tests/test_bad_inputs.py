@@ -84,3 +84,44 @@ def test_prompt_longer_than_the_context_names_question_language_and_tokens():
     with pytest.raises(DataError, match=rf"question '{item.qid}' in 'en': prompt of [\d,]+ tokens \+ 512 new > context of {context:,}"):
         check_context([item, huge], build, tok, 512, context)
     assert check_context([item, huge], build, tok, 512, context, skip=True) == [item]
+
+
+# ---------------------------------------------------------------- API edges: a clear error or a defined value, never a silent wrong one
+
+def test_vote_refuses_codes_beyond_the_letters():
+    import numpy as np
+    from calm.voting import majority_vote
+    with pytest.raises(ValueError, match=r"letter codes must lie in -1..9"):
+        majority_vote(np.array([[200, 200, 1]], dtype=np.int16))   # was: winner -56 (int8 overflow)
+
+
+def test_vote_table_reads_lower_case_and_full_width_letters():
+    import pandas as pd
+    from calm.voting import vote_table
+    recs = pd.DataFrame({"qid": ["q"] * 3, "lang": ["en", "zh", "fr"], "sample": [0, 0, 0], "letter": ["b", "Ｂ", "A"]})
+    t = vote_table(recs, ["en", "zh", "fr"])
+    assert t.winner.tolist() == ["B"] and t.votes.tolist() == [2] and t.n_valid.tolist() == [3]   # was: 'b' and 'Ｂ' dropped
+
+
+def test_empty_inputs():
+    import numpy as np
+    import pandas as pd
+    from calm.metrics import accuracy, consistency_at
+    from calm.voting import majority_vote, vote_table
+    assert len(majority_vote(np.zeros((0, 3, 2), np.int8))) == 0                          # was: a reshape error
+    assert vote_table(pd.DataFrame(columns=["qid", "lang", "sample", "letter"]), ["en"]).empty
+    with pytest.raises(ValueError, match="no questions to score"): accuracy(np.zeros((0, 3), int), np.zeros(0, int))   # was: NaN
+    with pytest.raises(ValueError, match="no questions to score"): consistency_at(np.zeros((0, 3), int), 2)
+
+
+def test_unknown_gold_is_an_error_not_a_wrong_answer():
+    import numpy as np
+    from calm.metrics import accuracy
+    with pytest.raises(ValueError, match="1 unknown"):
+        accuracy(np.array([[0], [1]]), np.array([0, np.nan]))   # was: 0.5, the NaN question counted wrong
+
+
+def test_ac3_of_an_unknown_is_unknown():
+    import numpy as np
+    from calm.metrics import ac3
+    assert np.isnan(ac3(float("nan"), 0.5)) and ac3(0.0, 0.0) == 0.0   # was: 0.0

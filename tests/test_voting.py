@@ -23,9 +23,14 @@ def test_encode_decode_roundtrip():
     assert decode_letters(codes).tolist() == letters
 
 
-@pytest.mark.parametrize("bad", [None, "", "a", "K", "AB", float("nan"), 3, "A "])
+@pytest.mark.parametrize("bad", [None, "", "K", "AB", float("nan"), 3, "k"])
 def test_unknown_is_minus_one(bad):
     assert E([bad]).tolist() == [-1]
+
+
+@pytest.mark.parametrize("letter", ["a", "A ", "Ａ", "ａ"])
+def test_case_and_full_width_are_folded(letter):   # as extraction reads them (issue: lower-case letters were dropped silently)
+    assert E([letter]).tolist() == [0]
 
 
 def test_decode_rejects_out_of_range():
