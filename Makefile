@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.calm-installed
 
-.PHONY: setup demo test check-export nbtest pytest docs release clean-venv
+.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv
 
 setup: $(STAMP)
 
@@ -51,6 +51,25 @@ test: check-export nbtest pytest
 docs: setup
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
 	else echo "quarto not on PATH: offline build with calm docs"; $(BIN)/calm docs --out _docs; fi
+
+# LLaMA-Factory's own loader for the export round trip in tests/test_exports.py (skipped without it). Its pins
+# (transformers<=5.6, trl<=0.24, datasets<=4, peft<=0.18) conflict with calm's, so it has its own environment.
+# Left out: the web UI and media extras (gradio, av, torchvision, torchaudio; no torchaudio build matches torch 2.13,
+# tools/llamafactory_load.py stands an empty module in for it). About 1 minute here, 1.9 GB.
+LF_VENV ?= .lf-venv
+LF_DEPS := "accelerate>=1.3.0,<=1.11.0" "datasets>=2.16.0,<=4.0.0" "peft>=0.18.0,<=0.18.1" "trl>=0.18.0,<=0.24.0" \
+	"transformers>=4.55.0,<=5.6.0,!=4.52.0,!=4.57.0" "torchdata>=0.10.0,<=0.11.0" "tyro<0.9.0" einops fire matplotlib numpy \
+	omegaconf packaging pandas protobuf pydantic pyyaml safetensors scipy sentencepiece tiktoken jinja2
+lf-venv: $(LF_VENV)/.installed
+$(LF_VENV)/.installed:
+	@echo "lf-venv 1/3: virtual environment in $(LF_VENV) and $(TORCH) (CPU build, about 750 MB installed)"
+	@test -x $(LF_VENV)/bin/python || $(PYTHON) -m venv $(LF_VENV)
+	@$(LF_VENV)/bin/python -m pip install -q --progress-bar off $(TORCH)
+	@echo "lf-venv 2/3: llamafactory 0.9.5 without its web UI and media extras"
+	@$(LF_VENV)/bin/python -m pip install -q --progress-bar off --no-deps "llamafactory==0.9.5"
+	@echo "lf-venv 3/3: its pinned transformers, trl, datasets, peft (about 1 GB installed)"
+	@$(LF_VENV)/bin/python -m pip install -q --progress-bar off -c <(echo "$(TORCH)") $(LF_DEPS)
+	@touch $@
 
 clean-venv:
 	rm -rf $(VENV)
