@@ -46,16 +46,17 @@ pytest: setup
 
 test: check-export nbtest pytest
 
-# Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline
-# static build (nbdev's processors + nbconvert; `calm docs`). tools/check_docs.py checks it in Chromium.
+# Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline static build
+# (tools/build_docs.py: nbdev's processors + nbconvert, examples executed). tools/check_docs.py checks it in Chromium.
 docs: setup
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
-	else echo "quarto not on PATH: offline build with calm docs"; $(BIN)/calm docs --out _docs; fi
+	else echo "quarto not on PATH: offline build with tools/build_docs.py (runs the notebooks' examples; a few minutes)"; \
+	$(BIN)/python tools/build_docs.py --out _docs; fi
 
 # LLaMA-Factory's own loader for the export round trip in tests/test_exports.py (skipped without it). Its pins
 # (transformers<=5.6, trl<=0.24, datasets<=4, peft<=0.18) conflict with calm's, so it has its own environment.
 # Left out: the web UI and media extras (gradio, av, torchvision, torchaudio; no torchaudio build matches torch 2.13,
-# tools/llamafactory_load.py stands an empty module in for it). About 1 minute here, 1.9 GB.
+# tools/llamafactory_load.py stands an empty module in for it). About 2.5 minutes here with a warm pip cache, 1.7 GB.
 LF_VENV ?= .lf-venv
 LF_DEPS := "accelerate>=1.3.0,<=1.11.0" "datasets>=2.16.0,<=4.0.0" "peft>=0.18.0,<=0.18.1" "trl>=0.18.0,<=0.24.0" \
 	"transformers>=4.55.0,<=5.6.0,!=4.52.0,!=4.57.0" "torchdata>=0.10.0,<=0.11.0" "tyro<0.9.0" einops fire matplotlib numpy \

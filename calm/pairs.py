@@ -33,6 +33,7 @@ class IdentityTranslator:
     translates = False
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: return list(texts)
 
+
 # %% ../nbs/50_pairs.ipynb #6b2839d7
 CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>", "[INST]", "<start_of_turn>", "<|user|>", "<|system|>")
 "Strings that show a text prompt already holds a chat template."
