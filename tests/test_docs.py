@@ -166,6 +166,11 @@ def executed_site(tmp_path_factory):
     shutil.copy(ROOT / "settings.ini", proj)
     (proj / "nbs").mkdir()
     for n in ("40_voting.ipynb", "50_pairs.ipynb"): shutil.copy(NBS / n, proj / "nbs" / n)
+    import nbformat
+    (proj / "nbs" / "experiments").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Experiment: writes a report"),
+                                                    nbformat.v4.new_code_cell(f"open({str(proj / 'written')!r}, 'w').write('x')")]),
+                   proj / "nbs" / "experiments" / "writer.ipynb")
     build_docs(proj / "nbs", proj / "_docs", reports=proj / "reports")
     return proj / "_docs"
 
@@ -174,6 +179,12 @@ def executed_site(tmp_path_factory):
 def test_examples_show_their_outputs(executed_site):
     voting = (executed_site / "voting.html").read_text()
     assert "[[2, 1, 1]," in _text(voting)                       # vote_counts(codes) printed, as Quarto would show it
+
+
+@pytest.mark.slow
+def test_experiment_notebooks_are_not_run(executed_site):
+    assert (executed_site / "experiments" / "writer.html").is_file()
+    assert not (executed_site.parent / "written").exists()      # a papermill template would write reports and train models
 
 
 @pytest.mark.slow
