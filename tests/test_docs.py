@@ -193,6 +193,7 @@ def test_signatures_are_whole(executed_site):
     sig = lambda name: _text(pairs.split(f'id="{name}"', 1)[1].split("</pre>", 1)[0])
     assert 'id="Translator"' not in pairs                                   # a Protocol's (*args, **kwargs) is not shown
     assert "texts" in sig("Translator.translate") and "target" in sig("Translator.translate")
+    assert "*args" not in sig("IdentityTranslator")
     assert "gold" in sig("build_pairs") and sig("build_pairs").rstrip().endswith(")->pd.DataFrame:")
     assert "white-space: pre-wrap" in (executed_site / "style.css").read_text()  # long signatures wrap, not cut off
 

@@ -154,7 +154,7 @@ def check_figure(binary: str, profile: str, shots: Path) -> list[str]:
     chromium(binary, profile, f"--screenshot={shot.resolve()}", "--window-size=1000,700", page.resolve().as_uri())
     if not shot.exists(): return ["figure: chromium wrote no screenshot"]
     img = Image.open(shot).convert("RGB")
-    px = img.getdata()
+    px = list(img.getdata()) if not hasattr(img, "get_flattened_data") else list(img.get_flattened_data())
     problems = []
     for system in ("base", "SFT", "CALM"):
         want = tuple(int(SYSTEM_COLORS[system][i:i + 2], 16) for i in (1, 3, 5))
