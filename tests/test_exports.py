@@ -126,3 +126,18 @@ def test_llamafactory_applies_the_template_once(exported, tokenizer, name, stage
         assert row["prompt_ids"] == tokenizer(sampled[lang], add_special_tokens=False).input_ids, tokenizer.decode(row["prompt_ids"])
         first = row["answers"]["chosen" if stage == "rm" else "completion"]
         assert tokenizer.decode(first).startswith(answer + "<|im_end|>")
+
+
+@pytest.mark.slow
+def test_calm_training_feeds_trl_the_template_once(exported, tokenizer, tmp_path):
+    "calm.training.train on the exported TRL file: DPOTrainer's tokenized prompts are the prompts the model was sampled with."
+    from calm.training import TrainConfig, file_sha256, train
+    pairs, sft, paths, sampled = exported
+    cfg = TrainConfig(method="dpo", model="smollm2-135m", max_steps=1, seed=0, disable_tqdm=True, max_length=512,
+                      eval_strategy="no", val_ratio=0.0, per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    run = train(cfg, paths["trl_preference"], tmp_path / "CALM", skip_done=False)
+    assert run.info["data"]["trl_sha256"] == file_sha256(paths["trl_preference"]) and run.info["result"]["global_step"] == 1
+    ds = run.trainer.train_dataset
+    assert len(ds) == len(pairs)
+    for row, lang in zip(ds, pairs.lang):
+        assert row["prompt_ids"] == tokenizer(sampled[lang], add_special_tokens=False).input_ids
