@@ -113,7 +113,8 @@ def notebook_parameters(ns: dict, inputs: typing.Sequence[str] = (), root=None) 
     declared = dict(ns.get("__annotations__", {}))
     if not declared: raise ValueError("the parameters cell declares no annotated parameters (write `name: type = default`)")
     unknown = sorted(k for k, v in ns.items() if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
-                     and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)))
+                     and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
+                     and type(v).__module__ != "typing")                # e.g. `Optional`, imported for the annotations
     if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; this notebook takes: "
                                  + ", ".join(f"{k} ({getattr(t, '__name__', t)})" for k, t in declared.items()))
     root = Path(root) if root is not None else project_root()

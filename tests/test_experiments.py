@@ -26,10 +26,13 @@ def test_kernelspec_is_shipped(path):
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_parameters_are_typed_and_checked(path):
     import papermill as pm
+    import ast
     params = pm.inspect_notebook(str(path))
     assert params and all(p["inferred_type_name"] not in ("None", None) for p in params.values()), params
     cs = cells(path)
     i = next(i for i, c in enumerate(cs) if "parameters" in (c.get("metadata", {}).get("tags") or []))
+    declared = [n.target.id for n in ast.parse("".join(cs[i]["source"])).body if isinstance(n, ast.AnnAssign)]
+    assert declared == list(params)          # papermill sees every one (it cannot parse `X | None`: Optional[X] it can)
     after = "".join(cs[i + 1]["source"])
     assert "notebook_parameters(globals()" in after
     for name, p in params.items():                      # defaults never point outside the project with ../..
