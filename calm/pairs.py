@@ -4,36 +4,85 @@
 
 # %% ../nbs/50_pairs.ipynb #25e64114
 from __future__ import annotations
-
 import json
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
-
 import pandas as pd
-
 from .data import DataError
 
 # %% auto #0
-__all__ = ['PAIR_COLUMNS', 'Translator', 'IdentityTranslator', 'build_pairs', 'filter_by_gold', 'sft_from_votes', 'sft_from_gold',
-           'read_jsonl', 'to_trl_preference', 'to_trl_sft', 'from_trl', 'write_llamafactory',
+__all__ = ['CHAT_MARKERS', 'PAIR_COLUMNS', 'SFT_COLUMNS', 'LLAMAFACTORY_TAGS', 'Translator', 'IdentityTranslator',
+           'default_system_message', 'prompt_messages', 'prompt_fields', 'row_messages', 'build_pairs', 'untranslated',
+           'split_untranslated', 'filter_by_gold', 'sft_from_votes', 'sft_from_gold', 'read_jsonl', 'is_chat',
+           'to_trl_preference', 'to_trl_sft', 'from_trl', 'llamafactory_entry', 'write_llamafactory',
            'to_llamafactory_preference', 'to_llamafactory_sft', 'read_llamafactory', 'write_training_sets',
-           'read_pairs']
+           'read_pairs', 'read_all_pairs', 'pair_quality', 'pair_quality_table']
 
 # %% ../nbs/50_pairs.ipynb #3b5d5ffe
 class Translator(Protocol):
-    "Translates a batch of texts from language `source` to `target` (ISO 639-1)."
+    "Translates a batch of texts from language `source` to `target` (ISO 639-1): anything with `translate` and a `name`."
     name: str
-    def translate(self, texts: list[str], source: str, target: str) -> list[str]: ...
+    def translate(self, texts: list[str], source: str, target: str) -> list[str]:
+        "The translations of `texts`, in order."
+        ...
 
 class IdentityTranslator:
     "A `Translator` that returns texts unchanged; pairs built with it are marked untranslated."
     name = "identity"
     translates = False
+    def __init__(self): pass                      # no settings (and a signature the docs can show)
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: return list(texts)
+
+
+# %% ../nbs/50_pairs.ipynb #6b2839d7
+CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>", "[INST]", "<start_of_turn>", "<|user|>", "<|system|>")
+"Strings that show a text prompt already holds a chat template."
+
+def default_system_message(tokenizer) -> str | None:
+    "The system message `tokenizer`'s chat template inserts when a chat has none (SmolLM2 has one), else None."
+    user, mark = "\x00user\x00", "\x00system\x00"
+    render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+    try: plain, withsys = render([{"role": "user", "content": user}]), render([{"role": "system", "content": mark}, {"role": "user", "content": user}])
+    except Exception: return None                     # templates that refuse a system turn have no default one
+    pre, post = withsys.split(mark, 1) if mark in withsys else ("", "")
+    if not pre or not plain.startswith(pre) or not plain.endswith(post) or len(plain) < len(pre) + len(post): return None
+    return plain[len(pre):len(plain) - len(post)] or None
+
+def prompt_messages(builder, item) -> list[dict] | str:
+    "What a pair stores as the prompt of `item`: chat messages (system, user) when `builder` is in chat mode, else the prompt text."
+    if getattr(builder, "mode", None) != "chat": return builder(item)
+    from calm.prompts import check_prompt_item
+    check_prompt_item(item, builder.prompts)
+    system = builder.system or default_system_message(builder.tokenizer)
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": builder.user_message(item)}]
+    if builder.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) != builder(item):
+        raise ValueError(f"the messages of {item.qid!r} ({item.lang}) do not render to the prompt the model was asked: "
+                         "the chat template treats an explicit system message differently from its default one")
+    return msgs
+
+def prompt_fields(prompt) -> dict:
+    "`{prompt, system, chat}` from a text prompt or a list of messages (system?, user); warns when a text prompt holds a chat template."
+    if isinstance(prompt, str):
+        marker = next((m for m in CHAT_MARKERS if m in prompt), None)
+        if marker: warnings.warn(f"a text prompt already holds a chat template ({marker!r}): a trainer would apply the template a second time; "
+                                 "pass messages instead (calm.pairs.prompt_messages(builder, item))", stacklevel=2)
+        return {"prompt": prompt, "system": None, "chat": False}
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt):
+        roles = [m["role"] for m in prompt]
+        if roles not in (["user"], ["system", "user"]):
+            raise DataError(f"a chat prompt is a user message, optionally after a system message; got roles {roles}", field="prompt")
+        return {"prompt": prompt[-1]["content"], "system": prompt[0]["content"] if len(prompt) == 2 else None, "chat": True}
+    raise DataError(f"a prompt is a text or a list of {{role, content}} messages, got {type(prompt).__name__}", field="prompt")
+
+def row_messages(prompt: str, system: str | None = None) -> list[dict]:
+    "The prompt messages of a table row: the system message when there is one, then the user turn."
+    return ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [{"role": "user", "content": prompt}]
 
 # %% ../nbs/50_pairs.ipynb #d76b0696
 PAIR_COLUMNS = ["qid", "lang", "prompt", "chosen", "rejected", "chosen_letter", "rejected_letter",
-                "chosen_sample", "chosen_source_lang", "translated", "translator", "rejected_sample", "tie", "gold"]
+                "chosen_sample", "chosen_source_lang", "translated", "translator", "rejected_sample", "tie", "gold",
+                "system", "chat"]
 "Columns of a pair table, in order."
 
 def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame) -> dict:
@@ -44,7 +93,7 @@ def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame) -> dict:
     for r in w.itertuples(index=False): out.setdefault(r.qid, {}).setdefault(r.lang, r)
     return out
 
-def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str],
+def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                 translator: Translator | None = None, source_order: list[str] | None = None,
                 include_unparsed: bool = False, gold: dict | None = None) -> pd.DataFrame:
     "DPO pairs: each sample disagreeing with its question's winner, against a winning explanation in its language."
@@ -63,11 +112,12 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
         src = r.lang if r.lang in w else next((l for l in order if l in w), None)
         if src is None: continue
         c = w[src]
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": prompt_of(r.qid, r.lang), "chosen": c.text, "rejected": r.text,
+        p = prompt_fields(prompt_of(r.qid, r.lang))
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": c.text, "rejected": r.text,
                      "chosen_letter": c.letter, "rejected_letter": r.letter, "chosen_sample": int(c.sample),
                      "chosen_source_lang": src, "translated": False, "translator": None, "rejected_sample": int(r.sample),
                      "tie": bool(vt.loc[r.qid, "tie"]) if "tie" in vt.columns else False,
-                     "gold": (gold or {}).get(r.qid)})
+                     "gold": (gold or {}).get(r.qid), "system": p["system"], "chat": p["chat"]})
         if src != r.lang: todo.append((len(rows) - 1, c.text, src, r.lang))
     for (src, tgt) in dict.fromkeys((s, t) for _, _, s, t in todo):
         batch = [(i, text) for i, text, s, t in todo if (s, t) == (src, tgt)]
@@ -76,13 +126,29 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
             rows[i].update(chosen=text, translator=translator.name, translated=bool(getattr(translator, "translates", True)))
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
+# %% ../nbs/50_pairs.ipynb #8d18afb6
+def untranslated(frame: pd.DataFrame) -> pd.Series:
+    "Mask of pair (or SFT) rows whose answer was taken from another language than the prompt's and not translated."
+    src = "chosen_source_lang" if "chosen_source_lang" in frame.columns else "source_lang" if "source_lang" in frame.columns else None
+    if src is None or len(frame) == 0: return pd.Series(False, index=frame.index, dtype=bool)
+    translated = frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns else False
+    return (frame[src].notna() & (frame[src] != frame["lang"]) & ~translated).astype(bool)
+
+def split_untranslated(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`(fit to train on, untranslated)`: the rows of `frame` split by `untranslated`."
+    m = untranslated(frame)
+    return frame[~m].reset_index(drop=True), frame[m].reset_index(drop=True)
+
 # %% ../nbs/50_pairs.ipynb #0387b4c5
 def filter_by_gold(pairs: pd.DataFrame) -> pd.DataFrame:
     "Pairs whose chosen letter equals the gold letter (the ground-truth-filtered DPO set)."
     if pairs.gold.isna().all() and len(pairs): raise DataError("no gold letters on these pairs: pass gold= to build_pairs", field="gold")
     return pairs[pairs.chosen_letter == pairs.gold].reset_index(drop=True)
 
-def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str],
+SFT_COLUMNS = ["qid", "lang", "prompt", "completion", "letter", "source_lang", "translated", "system", "chat"]
+"Columns of an SFT table, in order."
+
+def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                    languages: Iterable[str] | None = None, translator: Translator | None = None,
                    source_order: list[str] | None = None) -> pd.DataFrame:
     "SFT rows (qid, lang, prompt, completion, letter, source_lang, translated): one winning explanation per question and language."
@@ -95,15 +161,18 @@ def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callab
             src = l if l in w else next((s for s in order if s in w), None)
             if src is None: continue
             text = w[src].text if src == l else translator.translate([w[src].text], src, l)[0]
-            rows.append({"qid": qid, "lang": l, "prompt": prompt_of(qid, l), "completion": text, "letter": w[src].letter,
-                         "source_lang": src, "translated": src != l and bool(getattr(translator, "translates", True))})
-    return pd.DataFrame(rows, columns=["qid", "lang", "prompt", "completion", "letter", "source_lang", "translated"])
+            p = prompt_fields(prompt_of(qid, l))
+            rows.append({"qid": qid, "lang": l, "prompt": p["prompt"], "completion": text, "letter": w[src].letter,
+                         "source_lang": src, "translated": src != l and bool(getattr(translator, "translates", True)),
+                         "system": p["system"], "chat": p["chat"]})
+    return pd.DataFrame(rows, columns=SFT_COLUMNS)
 
-def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, str], str]) -> pd.DataFrame:
+def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, str], str | list[dict]]) -> pd.DataFrame:
     "SFT rows from samples whose letter equals the gold letter (the ground-truth SFT set)."
     r = records[records.letter.notna() & (records.letter == records.qid.map(gold))]
-    return pd.DataFrame({"qid": r.qid, "lang": r.lang, "prompt": [prompt_of(q, l) for q, l in zip(r.qid, r.lang)],
-                         "completion": r.text, "letter": r.letter}).reset_index(drop=True)
+    p = pd.DataFrame([prompt_fields(prompt_of(q, l)) for q, l in zip(r.qid, r.lang)], columns=["prompt", "system", "chat"])
+    return pd.DataFrame({"qid": list(r.qid), "lang": list(r.lang), "prompt": list(p.prompt), "completion": list(r.text), "letter": list(r.letter),
+                         "source_lang": list(r.lang), "translated": False, "system": list(p.system), "chat": list(p.chat)}, columns=SFT_COLUMNS)
 
 # %% ../nbs/50_pairs.ipynb #613a2614
 def _write_jsonl(rows: Iterable[dict], path) -> Path:
@@ -122,87 +191,137 @@ def read_jsonl(path) -> list[dict]:
             except json.JSONDecodeError as e: raise DataError(f"not valid JSON ({e.msg})", path, i) from None
     return out
 
-def to_trl_preference(pairs: pd.DataFrame, conversational: bool = False) -> list[dict]:
-    "Pairs as TRL preference rows (standard or conversational)."
-    if not conversational: return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
-    return [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+def is_chat(frame: pd.DataFrame) -> bool:
+    "Whether the rows of `frame` hold chat prompts (its `chat` column); `DataError` when it mixes chat and text prompts."
+    if "chat" not in frame.columns or len(frame) == 0: return False
+    chat = frame["chat"].astype("boolean").fillna(False).astype(bool)
+    if chat.any() and not chat.all(): raise DataError(f"the rows mix chat prompts ({int(chat.sum())}) and text prompts ({int((~chat).sum())}): export them separately", field="chat")
+    return bool(chat.all())
 
-def to_trl_sft(sft: pd.DataFrame, conversational: bool = False) -> list[dict]:
-    "SFT rows as TRL prompt-completion rows (or `messages` when conversational)."
-    if not conversational: return [{"prompt": p, "completion": c} for p, c in zip(sft.prompt, sft.completion)]
-    return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]} for p, c in zip(sft.prompt, sft.completion)]
+def _messages(frame: pd.DataFrame) -> list[list[dict]]:
+    systems = frame["system"] if "system" in frame.columns else [None] * len(frame)
+    return [row_messages(p, s) for p, s in zip(frame.prompt, systems)]
+
+def to_trl_preference(pairs: pd.DataFrame, conversational: bool | None = None) -> list[dict]:
+    "Pairs as TRL preference rows: conversational for chat prompts (None: from the `chat` column), standard otherwise."
+    if not (is_chat(pairs) if conversational is None else conversational):
+        return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+    return [{"prompt": m, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+            for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
+
+def to_trl_sft(sft: pd.DataFrame, conversational: bool | None = None) -> list[dict]:
+    "SFT rows as TRL prompt-completion rows: conversational for chat prompts (None: from the `chat` column), standard otherwise."
+    if not (is_chat(sft) if conversational is None else conversational):
+        return [{"prompt": p, "completion": c} for p, c in zip(sft.prompt, sft.completion)]
+    return [{"prompt": m, "completion": [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
+
+def _split_prompt(v, i, file) -> dict:
+    "`{prompt, system, chat}` of a TRL prompt value (text or messages), `DataError` naming the row otherwise."
+    try: return prompt_fields(v)
+    except DataError as e: raise DataError(e.message, file, i, "prompt") from None
+
+def _answer(v, i, f, file) -> str:
+    if isinstance(v, str): return v
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict) and v[0].get("role") == "assistant" and "content" in v[0]: return v[0]["content"]
+    raise DataError(f"expected a string or one assistant message, got {v!r:.80}", file, i, f)
 
 def from_trl(rows: list[dict], file=None) -> pd.DataFrame:
-    "TRL preference or SFT rows (standard or conversational) back as a frame of plain strings."
-    def text(v, i, f):
-        if isinstance(v, str): return v
-        if isinstance(v, list) and v and all(isinstance(m, dict) and "content" in m for m in v): return v[-1]["content"] if f != "prompt" else v[0]["content"]
-        raise DataError(f"expected a string or a list of messages, got {type(v).__name__}", file, i, f)
+    "TRL preference or SFT rows (standard or conversational, or `messages`) back as a frame: prompt, answers, system, chat."
     out = []
     for i, r in enumerate(rows):
-        if "messages" in r: r = {"prompt": r["messages"][:1], "completion": r["messages"][1:]}
-        keys = ["prompt", "chosen", "rejected"] if "chosen" in r else ["prompt", "completion"]
-        for k in keys:
+        if "messages" in r: r = {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
+        keys = ["chosen", "rejected"] if "chosen" in r else ["completion"]
+        for k in ["prompt"] + keys:
             if k not in r: raise DataError("missing field", file, i, k)
-        out.append({k: text(r[k], i, k) for k in keys})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # a file that holds templated text is read as it is
+            p = _split_prompt(r["prompt"], i, file)
+        out.append({"prompt": p["prompt"], **{k: _answer(r[k], i, k, file) for k in keys}, "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(out)
 
 # %% ../nbs/50_pairs.ipynb #c5410284
+LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
+"The `tags` of a sharegpt entry in `dataset_info.json` for OpenAI-style messages."
+
+def llamafactory_entry(file_name: str, kind: str, rows: list[dict]) -> dict:
+    "The `dataset_info.json` entry of a dataset: sharegpt `messages` for chat rows, alpaca columns for text rows."
+    if kind not in ("sft", "preference"): raise ValueError(f"kind must be sft or preference, not {kind!r}")
+    entry = {"file_name": file_name}
+    if rows and "messages" in rows[0]:
+        entry |= {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": dict(LLAMAFACTORY_TAGS)}
+        if kind == "preference": entry["columns"] |= {"chosen": "chosen", "rejected": "rejected"}
+    elif kind == "preference": entry["columns"] = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+    if kind == "preference": entry["ranking"] = True
+    return entry
+
 def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> Path:
     "Write LLaMA-Factory datasets `{name: (kind, rows)}` (`kind` is `sft` or `preference`) and their `dataset_info.json`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     for name, (kind, rows) in datasets.items():
-        if kind not in ("sft", "preference"): raise ValueError(f"kind must be sft or preference, not {kind!r}")
+        info[name] = llamafactory_entry(f"{name}.json", kind, rows)
         (out_dir / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-        entry = {"file_name": f"{name}.json"}
-        if kind == "preference":
-            entry |= {"ranking": True, "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}}
-        info[name] = entry
     info_path.write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
     return info_path
 
 def to_llamafactory_preference(pairs: pd.DataFrame) -> list[dict]:
-    "Pairs as LLaMA-Factory preference rows (`instruction` holds the prompt)."
-    return [{"instruction": p, "input": "", "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+    "Pairs as LLaMA-Factory preference rows: sharegpt messages for chat prompts, alpaca (`instruction`) for text prompts."
+    if not is_chat(pairs):
+        return [{"instruction": p, "input": "", "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+    return [{"messages": m, "chosen": {"role": "assistant", "content": c}, "rejected": {"role": "assistant", "content": r}}
+            for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
 
 def to_llamafactory_sft(sft: pd.DataFrame) -> list[dict]:
-    "SFT rows as LLaMA-Factory alpaca rows."
-    return [{"instruction": p, "input": "", "output": c} for p, c in zip(sft.prompt, sft.completion)]
+    "SFT rows as LLaMA-Factory rows: sharegpt messages for chat prompts, alpaca for text prompts."
+    if not is_chat(sft): return [{"instruction": p, "input": "", "output": c} for p, c in zip(sft.prompt, sft.completion)]
+    return [{"messages": m + [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
 
 def read_llamafactory(out_dir, name: str) -> pd.DataFrame:
-    "A LLaMA-Factory dataset by its `dataset_info.json` name, as prompt/chosen/rejected or prompt/completion."
+    "A LLaMA-Factory dataset by its `dataset_info.json` name, as prompt/chosen/rejected or prompt/completion (with system, chat)."
     out_dir = Path(out_dir); info_path = out_dir / "dataset_info.json"
     if not info_path.exists(): raise DataError("dataset_info.json not found", file=info_path)
     info = json.loads(info_path.read_text(encoding="utf-8"))
     if name not in info: raise DataError(f"no dataset {name!r} (has: {', '.join(info)})", file=info_path)
-    path = out_dir / info[name]["file_name"]
+    entry = info[name]; path = out_dir / entry["file_name"]
     if not path.exists(): raise DataError(f"dataset {name!r} lists a file that does not exist", file=path)
     rows, out = json.loads(path.read_text(encoding="utf-8")), []
+    keys = ("chosen", "rejected") if entry.get("ranking") else ("output",)
     for i, r in enumerate(rows):
-        prompt = "\n".join(x for x in (r.get("instruction", ""), r.get("input", "")) if x)
-        if info[name].get("ranking"):
-            for k in ("chosen", "rejected"):
-                if k not in r: raise DataError("missing field", path, i, k)
-            out.append({"prompt": prompt, "chosen": r["chosen"], "rejected": r["rejected"]})
+        if entry.get("formatting") == "sharegpt":
+            msgs = r.get("messages")
+            if not isinstance(msgs, list) or not msgs: raise DataError("missing field", path, i, "messages")
+            if entry.get("ranking"):
+                for k in keys:
+                    if not isinstance(r.get(k), dict): raise DataError("missing field", path, i, k)
+                answers = {k: r[k]["content"] for k in keys}
+            else: msgs, answers = msgs[:-1], {"completion": msgs[-1]["content"]}
+            try: p = prompt_fields(msgs)
+            except DataError as e: raise DataError(e.message, path, i, "messages") from None
         else:
-            if "output" not in r: raise DataError("missing field", path, i, "output")
-            out.append({"prompt": prompt, "completion": r["output"]})
+            for k in keys:
+                if k not in r: raise DataError("missing field", path, i, k)
+            p = {"prompt": "\n".join(x for x in (r.get("instruction", ""), r.get("input", "")) if x), "system": r.get("system"), "chat": False}
+            answers = {"completion" if k == "output" else k: r[k] for k in keys}
+        out.append({"prompt": p["prompt"], **answers, "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(out)
 
 # %% ../nbs/50_pairs.ipynb #3e58fc2d
-def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None = None, prefix: str = "calm") -> dict:
-    "Write pairs (and SFT rows) as our JSONL, TRL JSONL and LLaMA-Factory JSON; returns `{name: path}`."
+def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None = None, prefix: str = "calm",
+                        keep_untranslated: bool = False) -> dict:
+    "Write pairs (and SFT rows) as our JSONL, TRL JSONL and LLaMA-Factory JSON, untranslated rows apart; returns `{name: path}`."
     out_dir = Path(out_dir)
-    paths = {"pairs": _write_jsonl(pairs.to_dict("records"), out_dir / f"{prefix}_pairs.jsonl"),
-             "trl_preference": _write_jsonl(to_trl_preference(pairs), out_dir / "trl" / f"{prefix}_dpo.jsonl")}
-    lf = {f"{prefix}_dpo": ("preference", to_llamafactory_preference(pairs))}
+    train, left = (pairs, pairs.iloc[:0]) if keep_untranslated else split_untranslated(pairs)
+    paths = {"pairs": _write_jsonl(train.to_dict("records"), out_dir / f"{prefix}_pairs.jsonl"),
+             "pairs_untranslated": _write_jsonl(left.to_dict("records"), out_dir / f"{prefix}_pairs_untranslated.jsonl"),
+             "trl_preference": _write_jsonl(to_trl_preference(train), out_dir / "trl" / f"{prefix}_dpo.jsonl")}
+    lf = {f"{prefix}_dpo": ("preference", to_llamafactory_preference(train))}
     if sft is not None:
-        paths["sft"] = _write_jsonl(sft.to_dict("records"), out_dir / f"{prefix}_sft.jsonl")
-        paths["trl_sft"] = _write_jsonl(to_trl_sft(sft), out_dir / "trl" / f"{prefix}_sft.jsonl")
-        lf[f"{prefix}_sft"] = ("sft", to_llamafactory_sft(sft))
+        sft_train, sft_left = (sft, sft.iloc[:0]) if keep_untranslated else split_untranslated(sft)
+        paths["sft"] = _write_jsonl(sft_train.to_dict("records"), out_dir / f"{prefix}_sft.jsonl")
+        paths["sft_untranslated"] = _write_jsonl(sft_left.to_dict("records"), out_dir / f"{prefix}_sft_untranslated.jsonl")
+        paths["trl_sft"] = _write_jsonl(to_trl_sft(sft_train), out_dir / "trl" / f"{prefix}_sft.jsonl")
+        lf[f"{prefix}_sft"] = ("sft", to_llamafactory_sft(sft_train))
     paths["llamafactory"] = write_llamafactory(lf, out_dir / "llamafactory")
     return paths
 
@@ -214,3 +333,33 @@ def read_pairs(path) -> pd.DataFrame:
     missing = [c for c in ("prompt", "chosen", "rejected") if c not in df.columns]
     if missing: raise DataError(f"missing columns {missing}", file=path)
     return df
+
+def read_all_pairs(data_dir, prefix: str = "calm") -> pd.DataFrame:
+    "Every pair of a run's data folder: the training pairs and the untranslated ones (when that file exists)."
+    data_dir = Path(data_dir)
+    parts = [read_pairs(p) for p in (data_dir / f"{prefix}_pairs.jsonl", data_dir / f"{prefix}_pairs_untranslated.jsonl") if p.exists()]
+    if not parts: raise DataError(f"no {prefix}_pairs.jsonl", file=data_dir)
+    parts = [p for p in parts if len(p)] or parts[:1]
+    return pd.concat(parts, ignore_index=True)
+
+# %% ../nbs/50_pairs.ipynb #1158c6b9
+def _quality(p: pd.DataFrame) -> dict:
+    n = len(p)
+    share = lambda m: float(m.mean()) if n else None
+    has_gold = "gold" in p.columns and p.gold.notna().any()
+    tie = p["tie"].astype("boolean").fillna(False).astype(bool) if "tie" in p.columns else pd.Series(False, index=p.index)
+    bad = untranslated(p)
+    return {"pairs": n, "from_tied_votes": share(tie), "chosen_is_gold": share(p.chosen_letter == p.gold) if has_gold else None,
+            "untranslated_chosen": share(bad), "untranslated": int(bad.sum()), "trainable": int(n - bad.sum())}
+
+def pair_quality(pairs, tie_policy: str, prefix: str = "calm") -> dict:
+    "Pair counts and shares (tied votes, chosen = gold, untranslated chosen side) of a pair table or a run's data folder, with the tie policy named."
+    if not isinstance(pairs, pd.DataFrame): pairs = read_all_pairs(pairs, prefix)
+    if not isinstance(tie_policy, str) or not tie_policy: raise ValueError("name the tie policy the votes used (e.g. 'drop', 'order')")
+    return {"tie_policy": tie_policy, **_quality(pairs)}
+
+def pair_quality_table(pairs, tie_policy: str, prefix: str = "calm") -> pd.DataFrame:
+    "`pair_quality` per language (rows in the table's language order) and over all pairs (`all`)."
+    if not isinstance(pairs, pd.DataFrame): pairs = read_all_pairs(pairs, prefix)
+    rows = [{"lang": l, **pair_quality(g, tie_policy)} for l, g in pairs.groupby("lang", sort=False)]
+    return pd.DataFrame(rows + [{"lang": "all", **pair_quality(pairs, tie_policy)}])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'write_table', 'package_versions', 'write_manifest']
+__all__ = ['TRACKED_PACKAGES', 'write_table', 'package_versions', 'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -51,3 +51,78 @@ def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.write_text(json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return path
+
+# %% ../nbs/80_reports.ipynb #415326f8
+import types
+import typing
+
+def project_root(start=None) -> Path:
+    "The folder holding `settings.ini` at or above `start`; by default above the `calm` package, else above the working directory."
+    import calm
+    starts = [Path(start)] if start is not None else [Path(calm.__file__).resolve().parent, Path.cwd()]
+    for s in starts:
+        for d in (s.resolve(), *s.resolve().parents):
+            if (d / "settings.ini").is_file() and (d / "nbs").is_dir(): return d
+    raise FileNotFoundError(f"no calm project (settings.ini and nbs/) at or above {', '.join(map(str, starts))}")
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+def _convert(name: str, value, kind, root: Path):
+    "`value` as annotation `kind`; `ValueError` naming the parameter otherwise."
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args: return None
+        errors = []
+        for k in [a for a in args if a is not type(None)]:
+            try: return _convert(name, value, k, root)
+            except ValueError as e: errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else f"parameter {name!r}: {value!r} fits none of {kind}")
+    bad = lambda: ValueError(f"parameter {name!r}: expected {getattr(kind, '__name__', kind)}, got {value!r} ({type(value).__name__})")
+    if kind is Path:
+        if not isinstance(value, (str, Path)) or not str(value).strip(): raise bad()
+        p = Path(value).expanduser()
+        return (p if p.is_absolute() else root / p).resolve()
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str): value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)): raise bad()
+        inner = args[0] if args else str
+        return [_convert(name, v, inner, root) for v in value]
+    if kind is bool:
+        if isinstance(value, bool): return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"): return value.lower() in ("true", "1", "yes")
+        raise bad()
+    if kind is int:
+        if isinstance(value, bool): raise bad()
+        if isinstance(value, int): return value
+        if isinstance(value, float) and value.is_integer(): return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit(): return int(value)
+        raise bad()
+    if kind is float:
+        if isinstance(value, bool): raise bad()
+        try: return float(value)
+        except (TypeError, ValueError): raise bad() from None
+    if kind is str:
+        if isinstance(value, str): return value
+        raise bad()
+    if kind is typing.Any or kind is object: return value
+    if isinstance(kind, type) and isinstance(value, kind): return value
+    raise bad()
+
+def notebook_parameters(ns: dict, inputs: typing.Sequence[str] = (), root=None) -> dict:
+    "An experiment notebook's parameters from its `globals()`: unknown names rejected, values converted to their annotations, `inputs` checked to exist."
+    declared = dict(ns.get("__annotations__", {}))
+    if not declared: raise ValueError("the parameters cell declares no annotated parameters (write `name: type = default`)")
+    unknown = sorted(k for k, v in ns.items() if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
+                     and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
+                     and type(v).__module__ != "typing")                # e.g. `Optional`, imported for the annotations
+    if unknown: raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; this notebook takes: "
+                                 + ", ".join(f"{k} ({getattr(t, '__name__', t)})" for k, t in declared.items()))
+    root = Path(root) if root is not None else project_root()
+    out = {k: _convert(k, ns.get(k), t, root) for k, t in declared.items()}
+    for k in inputs:
+        if k not in declared: raise ValueError(f"input {k!r} is not a parameter of this notebook")
+        paths = out[k] if isinstance(out[k], list) else [out[k]]
+        for p in paths:
+            if p is not None and not Path(p).exists():
+                raise FileNotFoundError(f"parameter {k!r}: {p} does not exist (relative paths are read from the project root {root})")
+    return out

@@ -1,4 +1,4 @@
-"""The offline docs (`calm docs`): pages in pipeline order, API docs from nbdev's processors, and the browser check."""
+"""The offline docs (tools/build_docs.py): pages in pipeline order, API docs from nbdev's processors, and the browser check."""
 import html
 import inspect
 import json
@@ -13,7 +13,8 @@ import pytest
 
 import calm.data
 import calm.voting
-from calm.docs import apply_quarto_options, build_docs, render_reports, report_pages
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from build_docs import apply_quarto_options, build_docs, render_reports, report_pages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -150,8 +151,57 @@ def test_browser_check_in_headless_chromium(site, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK:" in r.stdout and "pipeline order" in r.stdout
     from PIL import Image
-    for name in ("index.png", "api.png"):
+    for name in ("index.png", "api.png", "figure_shot.png"):
         img = Image.open(tmp_path / name).convert("L")
-        assert img.size == (1280, 1600)
+        assert img.size == ((1000, 700) if name == "figure_shot.png" else (1280, 1600))
         lo, hi = img.getextrema()
         assert hi - lo > 100, f"{name} looks blank"
+
+
+@pytest.fixture(scope="module")
+def executed_site(tmp_path_factory):
+    "Two notebooks built the default way, with their examples executed, in a small copy of the project."
+    import shutil
+    proj = tmp_path_factory.mktemp("proj")
+    shutil.copy(ROOT / "settings.ini", proj)
+    (proj / "nbs").mkdir()
+    for n in ("40_voting.ipynb", "50_pairs.ipynb"): shutil.copy(NBS / n, proj / "nbs" / n)
+    import nbformat
+    (proj / "nbs" / "experiments").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Experiment: writes a report"),
+                                                    nbformat.v4.new_code_cell(f"open({str(proj / 'written')!r}, 'w').write('x')")]),
+                   proj / "nbs" / "experiments" / "writer.ipynb")
+    build_docs(proj / "nbs", proj / "_docs", reports=proj / "reports")
+    return proj / "_docs"
+
+
+@pytest.mark.slow
+def test_examples_show_their_outputs(executed_site):
+    voting = (executed_site / "voting.html").read_text()
+    assert "[[2, 1, 1]," in _text(voting)                       # vote_counts(codes) printed, as Quarto would show it
+
+
+@pytest.mark.slow
+def test_experiment_notebooks_are_not_run(executed_site):
+    assert (executed_site / "experiments" / "writer.html").is_file()
+    assert not (executed_site.parent / "written").exists()      # a papermill template would write reports and train models
+
+
+@pytest.mark.slow
+def test_signatures_are_whole(executed_site):
+    pairs = (executed_site / "pairs.html").read_text()
+    sig = lambda name: _text(pairs.split(f'id="{name}"', 1)[1].split("</pre>", 1)[0])
+    assert 'id="Translator"' not in pairs                                   # a Protocol's (*args, **kwargs) is not shown
+    assert "texts" in sig("Translator.translate") and "target" in sig("Translator.translate")
+    assert "*args" not in sig("IdentityTranslator")
+    assert "gold" in sig("build_pairs") and sig("build_pairs").rstrip().endswith(")->pd.DataFrame:")
+    assert "white-space: pre-wrap" in (executed_site / "style.css").read_text()  # long signatures wrap, not cut off
+
+
+def test_adapter_readmes_are_not_report_pages(tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "demo" / "adapters" / "CALM").mkdir(parents=True)
+    (reports / "demo" / "adapters" / "CALM" / "adapter_config.json").write_text("{}")
+    (reports / "demo" / "adapters" / "CALM" / "README.md").write_text("# Model Card for Model ID\n<!-- x -->")
+    (reports / "demo" / "README.md").write_text("# Demo\n")
+    assert [p.src for p in report_pages(reports)] == ["reports/demo/README.md"]

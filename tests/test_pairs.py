@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from calm.data import DataError
-from calm.pairs import (IdentityTranslator, build_pairs, filter_by_gold, from_trl, read_llamafactory, read_pairs,
-                        sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft, write_training_sets)
+from calm.pairs import (IdentityTranslator, build_pairs, filter_by_gold, from_trl, pair_quality, pair_quality_table, read_jsonl,
+                        read_llamafactory, read_pairs, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft, untranslated,
+                        write_training_sets)
 
 
 class Upper:
@@ -56,26 +57,66 @@ def test_gold_filter_and_sft_sets():
 
 def test_all_formats_round_trip(tmp_path):
     votes = pd.DataFrame({"qid": ["q1", "q2"], "winner": ["A", "B"], "tie": [False, False]})
-    p = build_pairs(records(), votes, lambda q, l: f"Q {q} in {l}")
-    sv = sft_from_votes(records(), votes, lambda q, l: f"Q {q} in {l}")
+    p = build_pairs(records(), votes, lambda q, l: f"Q {q} in {l}", Upper())        # translated: every pair trains
+    sv = sft_from_votes(records(), votes, lambda q, l: f"Q {q} in {l}", translator=Upper())
     paths = write_training_sets(tmp_path, p, sv)
     base = p[["prompt", "chosen", "rejected"]].values.tolist()
     assert read_pairs(paths["pairs"])[["prompt", "chosen", "rejected"]].values.tolist() == base
     trl = [json.loads(l) for l in paths["trl_preference"].read_text(encoding="utf-8").splitlines()]
-    assert from_trl(trl).values.tolist() == base
-    assert from_trl(to_trl_preference(p, conversational=True)).values.tolist() == base
-    assert from_trl(to_trl_sft(sv, conversational=True)).values.tolist() == sv[["prompt", "completion"]].values.tolist()
+    cols = ["prompt", "chosen", "rejected"]
+    assert from_trl(trl)[cols].values.tolist() == base
+    assert from_trl(to_trl_preference(p, conversational=True))[cols].values.tolist() == base
+    assert from_trl(to_trl_sft(sv, conversational=True))[["prompt", "completion"]].values.tolist() == sv[["prompt", "completion"]].values.tolist()
     lf = tmp_path / "llamafactory"
-    assert read_llamafactory(lf, "calm_dpo").values.tolist() == base
-    assert read_llamafactory(lf, "calm_sft").values.tolist() == sv[["prompt", "completion"]].values.tolist()
+    assert read_llamafactory(lf, "calm_dpo")[cols].values.tolist() == base
+    assert read_llamafactory(lf, "calm_sft")[["prompt", "completion"]].values.tolist() == sv[["prompt", "completion"]].values.tolist()
     info = json.loads((lf / "dataset_info.json").read_text())
     assert info["calm_dpo"]["ranking"] is True and "ranking" not in info["calm_sft"]
+
+
+def test_chat_prompts_export_as_messages(tmp_path):
+    votes = pd.DataFrame({"qid": ["q1", "q2"], "winner": ["A", "B"], "tie": [False, False]})
+    msgs = lambda q, l: [{"role": "system", "content": "S"}, {"role": "user", "content": f"Q {q} in {l}"}]
+    p = build_pairs(records(), votes, msgs, Upper())
+    sv = sft_from_votes(records(), votes, msgs, translator=Upper())
+    assert p.chat.all() and (p.system == "S").all() and p.prompt.iloc[0] == "Q q1 in de"
+    paths = write_training_sets(tmp_path, p, sv)
+    trl = read_jsonl(paths["trl_preference"])
+    assert trl[0]["prompt"] == msgs("q1", "de") and trl[0]["chosen"] == [{"role": "assistant", "content": p.chosen.iloc[0]}]
+    assert read_jsonl(paths["trl_sft"])[0]["completion"][0]["role"] == "assistant"
+    back = from_trl(trl)
+    assert back[["prompt", "system", "chat"]].values.tolist() == p[["prompt", "system", "chat"]].values.tolist()
+    lf = tmp_path / "llamafactory"
+    info = json.loads((lf / "dataset_info.json").read_text())
+    assert info["calm_dpo"]["formatting"] == "sharegpt" and info["calm_dpo"]["tags"]["system_tag"] == "system"
+    rows = json.loads((lf / "calm_dpo.json").read_text())
+    assert rows[0]["messages"] == msgs("q1", "de") and rows[0]["chosen"]["role"] == "assistant"
+    assert read_llamafactory(lf, "calm_sft")[["prompt", "completion", "system"]].values.tolist() == sv[["prompt", "completion", "system"]].values.tolist()
+
+
+def test_untranslated_pairs_are_kept_apart_and_counted(tmp_path):
+    votes = pd.DataFrame({"qid": ["q1"], "winner": ["A"], "tie": [True]})
+    p = build_pairs(records(), votes, lambda q, l: "p", IdentityTranslator(), source_order=["en"], gold={"q1": "B"})
+    assert untranslated(p).tolist() == [False, False, True]    # de and en have their own winner; ja's chosen side is English
+    paths = write_training_sets(tmp_path, p)
+    assert read_pairs(paths["pairs"]).lang.tolist() == ["de", "en"]
+    assert read_pairs(paths["pairs_untranslated"]).lang.tolist() == ["ja"]
+    assert len(read_jsonl(paths["trl_preference"])) == 2
+    assert len(json.loads((tmp_path / "llamafactory" / "calm_dpo.json").read_text())) == 2
+    q = pair_quality(tmp_path, tie_policy="order")
+    assert q == {"tie_policy": "order", "pairs": 3, "from_tied_votes": 1.0, "chosen_is_gold": 0.0,
+                 "untranslated_chosen": 1 / 3, "untranslated": 1, "trainable": 2}
+    filled = build_pairs(records(), votes, lambda q, l: "p", Upper(), source_order=["en"])
+    assert not untranslated(filled).any()                      # a translator fills them
+    assert len(read_pairs(write_training_sets(tmp_path / "keep", p, keep_untranslated=True)["pairs"])) == 3
+    t = pair_quality_table(p, "order")
+    assert t.lang.tolist() == ["de", "en", "ja", "all"] and t.pairs.tolist() == [1, 1, 1, 3] and t.untranslated.tolist() == [0, 0, 1, 1]
 
 
 def test_trl_dataset_loads_with_datasets(tmp_path):
     import datasets
     votes = pd.DataFrame({"qid": ["q1"], "winner": ["A"], "tie": [False]})
-    paths = write_training_sets(tmp_path, build_pairs(records(), votes, lambda q, l: "p"))
+    paths = write_training_sets(tmp_path, build_pairs(records(), votes, lambda q, l: "p", Upper()))
     ds = datasets.load_dataset("json", data_files=str(paths["trl_preference"]), split="train")
     assert ds.column_names == ["prompt", "chosen", "rejected"] and len(ds) == 3
 

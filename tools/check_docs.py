@@ -2,11 +2,12 @@
 
     python tools/check_docs.py [--docs _docs] [--build] [--shots reports/docs] [--require]
 
-Serves the built site (`calm docs`, or `--build` to build it first) on 127.0.0.1 at a free port,
+Serves the built site (`make docs` / tools/build_docs.py, or `--build` to build it first) on 127.0.0.1 at a free port,
 has headless Chromium (Debian's `chromium` package) dump each page's DOM after loading, and checks
 that the index links every notebook page in order (from `pages.json`) and that the API pages show
 the expected headings and function names. Saves screenshots of the index and the first API page
-(`index.png`, `api.png`). Without Chromium it prints `SKIPPED: ...` and exits 0, unless `--require`.
+(`index.png`, `api.png`), and of a figure drawn with `calm.figures` (`figure_shot.png`), whose system
+colours must show. Without Chromium it prints `SKIPPED: ...` and exits 0, unless `--require`.
 """
 from __future__ import annotations
 
@@ -137,10 +138,36 @@ def check_site(docs: Path, shots: Path, binary: str, api: dict[str, list[str]]) 
     return problems
 
 
+def check_figure(binary: str, profile: str, shots: Path) -> list[str]:
+    "Draw a figure with calm.figures (base, SFT, CALM bars), screenshot it in Chromium, and check the palette's colours show."
+    sys.path.insert(0, str(ROOT))
+    import pandas as pd
+    from PIL import Image
+    from calm.figures import SYSTEM_COLORS, accuracy_bars
+    shots.mkdir(parents=True, exist_ok=True)
+    t = pd.DataFrame({"system": ["base", "SFT", "CALM"], "en": [0.0, 40.0, 60.0], "zh": [20.0, 30.0, 50.0], "ACC_avg": [10.0, 35.0, 55.0]})
+    accuracy_bars(t, ["en", "zh"], n=30, k=5, title="tools/check_docs.py: the figure style", path_stem=shots / "figure")
+    page = shots / "figure.html"
+    page.write_text('<!doctype html><html><body style="margin:0;background:#fff"><img src="figure.png" style="width:1000px"></body></html>')
+    shot = shots / "figure_shot.png"
+    if shot.exists(): shot.unlink()
+    chromium(binary, profile, f"--screenshot={shot.resolve()}", "--window-size=1000,700", page.resolve().as_uri())
+    if not shot.exists(): return ["figure: chromium wrote no screenshot"]
+    img = Image.open(shot).convert("RGB")
+    px = list(img.getdata()) if not hasattr(img, "get_flattened_data") else list(img.get_flattened_data())
+    problems = []
+    for system in ("base", "SFT", "CALM"):
+        want = tuple(int(SYSTEM_COLORS[system][i:i + 2], 16) for i in (1, 3, 5))
+        n = sum(1 for p in px if sum(abs(a - b) for a, b in zip(p, want)) < 30)
+        print(f"figure: {n} pixels of {system}'s colour {SYSTEM_COLORS[system]}")
+        if n < 500: problems.append(f"figure: {system}'s colour {SYSTEM_COLORS[system]} hardly shows ({n} pixels)")
+    return problems
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Check the offline docs in headless Chromium and save screenshots.")
     p.add_argument("--docs", type=Path, default=ROOT / "_docs", help="the built site (default: _docs)")
-    p.add_argument("--build", action="store_true", help="build the site first with calm.docs.build_docs (no execution)")
+    p.add_argument("--build", action="store_true", help="build the site first with tools/build_docs.py (examples executed)")
     p.add_argument("--shots", type=Path, default=ROOT / "reports" / "docs", help="folder for index.png and api.png (default: reports/docs)")
     p.add_argument("--page", action="append", metavar="PAGE:NAME,NAME",
                    help="an API page and the names it must show, e.g. voting.html:majority_vote,vote_counts (repeatable; "
@@ -153,17 +180,18 @@ def main(argv=None) -> int:
         if a.require: print(f"FAILED: {msg}", file=sys.stderr); return 1
         print(f"SKIPPED: {msg}"); return 0
     if a.build:
-        sys.path.insert(0, str(ROOT))
-        from calm.docs import build_docs
+        sys.path[:0] = [str(ROOT / "tools"), str(ROOT)]
+        from build_docs import build_docs
         build_docs(ROOT / "nbs", a.docs)
     if not (a.docs / "pages.json").exists():
-        print(f"FAILED: no built site in {a.docs} (run `calm docs` or pass --build)", file=sys.stderr); return 1
+        print(f"FAILED: no built site in {a.docs} (run `make docs` or pass --build)", file=sys.stderr); return 1
     api = dict((s.split(":", 1)[0], s.split(":", 1)[1].split(",")) for s in a.page) if a.page else DEFAULT_API
     problems = check_site(a.docs, a.shots, binary, api)
+    with tempfile.TemporaryDirectory(prefix="calm-chromium-") as profile: problems += check_figure(binary, profile, a.shots)
     for pr in problems: print(f"FAILED: {pr}", file=sys.stderr)
     if problems: return 1
     print(f"OK: {len(api)} API pages and the index checked in {subprocess.run([binary, '--version'], capture_output=True, text=True).stdout.strip()}; "
-          f"screenshots {a.shots / 'index.png'}, {a.shots / 'api.png'}")
+          f"screenshots {a.shots / 'index.png'}, {a.shots / 'api.png'}, {a.shots / 'figure_shot.png'}")
     return 0
 
 
