@@ -70,23 +70,11 @@ def first_sample_consistency(records: pd.DataFrame, gold: dict, languages) -> pd
     return pd.DataFrame(rows)
 
 # %% ../nbs/81_release.ipynb #d679989e
-def figure3(base: pd.DataFrame, votes: pd.DataFrame, path_stem=None, title: str = "Monolingual accuracy vs multilingual majority vote"):
-    "Bar chart of per-language accuracy beside majority-vote accuracy; saved as PNG and PDF when `path_stem` is given."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    b = base[base.lang != "avg"]
-    df = pd.concat([pd.DataFrame({"answer": b.lang, "accuracy": b.accuracy, "kind": "single language (first sample)"}),
-                    pd.DataFrame({"answer": ["vote\n" + n.replace("+", " ") if n.count("+") < 3 else f"vote\n{n.count('+') + 1} languages" for n in votes.languages], "accuracy": votes.accuracy, "kind": "majority vote (all samples)"})])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    sns.barplot(df, x="answer", y="accuracy", hue="kind", dodge=False, ax=ax, palette=["#8da0cb", "#fc8d62"])
-    for p_, v in zip(ax.patches, df.accuracy): ax.annotate(f"{v:.1f}", (p_.get_x() + p_.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="", ylabel="accuracy (%)", title=title, ylim=(0, 100)); ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    if path_stem is not None:
-        path_stem = Path(path_stem); path_stem.parent.mkdir(parents=True, exist_ok=True)
-        for ext in ("png", "pdf"): fig.savefig(path_stem.with_suffix(f".{ext}"), dpi=150)
-    return fig
+def figure3(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = 5, path_stem=None,
+            title: str = "Monolingual accuracy vs multilingual majority vote"):
+    "The paper's Figure 3: per-language accuracy beside majority-vote accuracy over `n` questions, drawn by `calm.figures.vote_bars` (PNG and PDF at `path_stem`)."
+    from calm.figures import vote_bars
+    return vote_bars(base, votes, n=n, k=k, path_stem=path_stem, title=title)
 
 # %% ../nbs/81_release.ipynb #ccf46cc6
 PROTOCOLS = ("paper", "strict")
@@ -247,7 +235,7 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
               "## Pairs per language", "", dpo_note + ".", "", dpo.to_markdown(index=False), ""]
     paths["report"] = out / "protocols_report.md"; paths["report"].write_text("\n".join(lines), encoding="utf-8")
     import matplotlib.pyplot as plt
-    plt.close(figure3(base, votes, out / "fig3")); paths["fig3"] = out / "fig3.png"
+    plt.close(figure3(base, votes, len(gold), path_stem=out / "fig3")); paths["fig3"] = out / "fig3.png"
     extraction = strict_recs.groupby("lang", sort=False).rule.value_counts().unstack(fill_value=0).reset_index()
     paths["extraction"] = write_table(extraction, out / "extraction")[0]
     paths["manifest"] = write_manifest(out / "manifest.json", {"job": "release", "model": model, "languages": languages, "vote_sets": vote_sets,
