@@ -14,11 +14,11 @@ __all__ = ['run_notebook', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #30da1fd0
 def _demo(a):
-    from calm.demo import DemoConfig, run_demo
-    cfg = DemoConfig(model=a.model, languages=a.languages, train_questions=a.train_questions, m=a.m,
-                     max_new_tokens=a.max_new_tokens, train_steps=a.steps, eval_max_new_tokens=a.max_new_tokens)
-    res = run_demo(a.out, config=cfg, until=a.until)
-    print(f"demo: finished in {res['timings']['total']:.0f}s; report in {a.out}")
+    from calm.demo import run_demo
+    res = run_demo(a.out, a.profile, until=a.until, model=a.model, languages=a.languages, train_questions=a.train_questions, m=a.m,
+                   max_new_tokens=a.max_new_tokens, train_steps=a.steps)
+    print(f"demo: {len(res['timings'])} stages in {sum(res['timings'].values()):.0f}s")
+    print(f"report: {res.get('report', res['manifest'])}")
 
 def _sample(a):
     from calm.store import sample_command
@@ -116,14 +116,15 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     langs = dict(nargs="+", metavar="LANG", help="ISO 639-1 language codes (default: en zh fr de it ja)")
 
-    s = sub.add_parser("demo", help="run the whole CALM loop on the bundled demo set", description="Sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out demo questions, and write the report. Resumes where a previous run stopped.")
-    s.add_argument("--out", default="reports/demo", help="output folder (default: reports/demo)")
-    s.add_argument("--languages", default=["en", "zh", "fr"], **{**langs, "help": "languages to ask in (default: en zh fr)"})
-    s.add_argument("--model", default="smollm2-135m", help="embedded model name, local folder or Hugging Face id (default: smollm2-135m)")
-    s.add_argument("--train-questions", type=int, default=16, help="demo train questions to self-align on, 1-40 (default: 16)")
-    s.add_argument("-m", type=int, default=3, help="samples per question and language (default: 3)")
-    s.add_argument("--max-new-tokens", type=int, default=96, help="tokens per completion, sampling and evaluation (default: 96)")
-    s.add_argument("--steps", type=int, default=4, help="training steps for DPO and for SFT (default: 4)")
+    s = sub.add_parser("demo", help="run the whole CALM loop on the bundled demo set", description="Run the main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) exactly as `calm reproduce` runs them, then write OUT/main_job.md. Resumes where a previous run stopped; the last line prints the report's path.")
+    s.add_argument("--out", default="reports/demo", help="output folder; the stores go to OUT/_run (default: reports/demo)")
+    s.add_argument("--profile", default="demo", help="profile name under configs/ or a YAML path; the options below override its first model and dataset (default: demo)")
+    s.add_argument("--languages", default=None, **{**langs, "help": "languages to ask in (default: the profile's; demo: en zh fr)"})
+    s.add_argument("--model", default=None, help="embedded model name, local folder or Hugging Face id (default: the profile's; demo: smollm2-135m)")
+    s.add_argument("--train-questions", type=int, default=None, help="train questions to self-align on (default: the profile's; demo: 16 of 40)")
+    s.add_argument("-m", type=int, default=None, help="samples per question and language (default: the profile's; demo: 3, where `calm sample` takes 4)")
+    s.add_argument("--max-new-tokens", type=int, default=None, help="tokens per completion, sampling and evaluation (default: the profile's; demo: 96, where `calm sample` takes 512)")
+    s.add_argument("--steps", type=int, default=None, help="training steps for DPO and for SFT (default: the profile's; demo: 4)")
     s.add_argument("--until", default="report", choices=["data", "sample", "vote", "pairs", "train", "evaluate", "report"], help="stop after this stage (default: report)")
     s.set_defaults(func=_demo)
 
