@@ -28,7 +28,7 @@ def _profile(tmp_path, name="p", **changes):
     ({"colour": "blue"}, "colour", "unknown key"),
     ({"sampling.topp": 0.9}, "sampling.topp", "unknown key"),
     ({"sampling.m": None}, "sampling.m", "missing"),
-    ({"sampling.m": 0}, "sampling.m", "> 0"),
+    ({"sampling.m": 0}, "sampling.m", "must be an integer >= 1"),
     ({"sampling.top_p": 1.5}, "sampling.top_p", "(0, 1]"),
     ({"sampling.temperature": "hot"}, "sampling.temperature", "must be float"),
     ({"sampling.tie": "coin"}, "sampling.tie", "drop, order or random"),
