@@ -19,11 +19,13 @@ from typing import Iterable
 import pandas as pd
 
 from .data import DataError, MCItem, fingerprint, normalize_lang
+from .files import cache_dir, file_sha256, write_atomic
+
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'NON_IDENTITY_FIELDS', 'SAMPLE_COLUMNS', 'WEIGHT_PATTERNS', 'manifest_identity', 'config_hash',
-           'make_manifest', 'manifest_diff', 'cache_dir', 'weights_sha256', 'model_weights_hash', 'read_manifest',
-           'SampleStore', 'read_samples', 'run_sampling', 'load_items']
+           'make_manifest', 'manifest_diff', 'weights_sha256', 'model_weights_hash', 'read_manifest', 'SampleStore',
+           'read_samples', 'run_sampling', 'load_items']
 
 # %% ../nbs/25_store.ipynb #7f5ab6fd
 STORE_FORMAT = "calm-samples/1"
@@ -86,16 +88,6 @@ def manifest_diff(old: dict, new: dict) -> list[str]:
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
 "Weight-file patterns tried in order; the first that matches anything in a folder is hashed."
 
-def cache_dir() -> Path:
-    "The folder for calm's caches: `$CALM_CACHE` or `$CALM_CACHE_DIR`, else `~/.cache/calm` (as `calm.models`)."
-    return Path(os.environ.get("CALM_CACHE") or os.environ.get("CALM_CACHE_DIR") or Path.home() / ".cache" / "calm")
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 def weights_sha256(path, cache_file=None) -> str:
     "SHA-256 over a weight file or a folder's weight files (names and digests), with per-file digests cached."
     path = Path(path)
@@ -111,7 +103,7 @@ def weights_sha256(path, cache_file=None) -> str:
     for f in files:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in cache: cache[key], changed = _file_sha256(f), True
+        if key not in cache: cache[key], changed = file_sha256(f), True
         h.update(f"{f.name}\0{cache[key]}\n".encode())
     if changed:
         try:
@@ -157,13 +149,6 @@ def _scan_samples(path: Path, repair: bool) -> tuple[list[dict], int]:
 
 def _key(r: dict) -> tuple[str, str, int]: return (str(r["qid"]), str(r["lang"]), int(r["sample"]))
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
 
 def read_manifest(run_dir) -> dict:
     "The manifest of a run directory; `DataError` if it is missing or unreadable."
@@ -197,7 +182,7 @@ class SampleStore:
         self.resumed = mpath.exists()
         if self.resumed: self.manifest = read_manifest(self.run_dir)
         elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
-        else: _write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+        else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
         records, self.dropped_bytes = _scan_samples(self.path, repair=True)
         self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
         self.duplicates_skipped = 0

@@ -19,14 +19,15 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .data import DataError
+from .files import file_sha256
 from .pairs import filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft
 from .reports import package_versions
 
 # %% auto #0
 __all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'CURVES', 'tiny_llama', 'TrainConfig', 'training_frame',
-           'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'file_sha256', 'split_holdout',
-           'variant_data', 'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'plot_train_curves',
-           'train', 'trainer_reference_is_base', 'load_adapter']
+           'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data',
+           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'plot_train_curves', 'train',
+           'trainer_reference_is_base', 'load_adapter']
 
 # %% ../nbs/60_training.ipynb #768707f3
 def tiny_llama(texts: Iterable[str] = (), hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
@@ -183,12 +184,7 @@ def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
     for r in trl_rows(frame, method): h.update((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
     return h.hexdigest()
 
-def file_sha256(path) -> str:
-    "SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
+
 
 # %% ../nbs/60_training.ipynb #d79db246
 def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
