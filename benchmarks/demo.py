@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from calm.demo import DemoConfig, run_demo
+from calm.demo import run_demo
+from calm.profile import load_profile
 from calm.reports import package_versions
 
 
@@ -23,14 +24,14 @@ def main():
     p.add_argument("--out-json", default="reports/bench/demo.json", help="where to write the figures")
     p.add_argument("--keep", default=None, help="run into this folder (kept) instead of a temporary one")
     a = p.parse_args()
-    cfg = DemoConfig()
+    profile = load_profile("demo")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.keep or tmp)
         t0 = time.time()
-        res = run_demo(out, config=cfg)
+        res = run_demo(out, profile)
         wall = time.time() - t0
         results = (out / "results.md").read_text(encoding="utf-8")
-    fig = {"wall_s": round(wall, 1), "stages_s": res["timings"], "config": cfg.__dict__,
+    fig = {"wall_s": round(wall, 1), "stages_s": res["timings"], "profile": str(profile.file.name),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "target_s": 600, "within_target": wall <= 600, "results_md": results,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m_at_end": os.getloadavg()[0]},

@@ -9,24 +9,58 @@ import argparse
 import sys
 from pathlib import Path
 
+from .sampling import SamplingParams
+
+
 # %% auto #0
-__all__ = ['run_notebook', 'parser', 'main']
+__all__ = ['sample_command', 'run_notebook', 'parser', 'main']
+
+# %% ../nbs/90_cli.ipynb #aa358b9f
+from .data import DataError
+
+def _slug(s) -> str: return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(str(s)).name).strip("-") or "run"
+
+def sample_command(items: str = "demo:train", out=None, languages=None, params: SamplingParams = SamplingParams(),
+                   model: str | None = None, limit: int | None = None, prompt_mode: str = "auto",
+                   on_change: str = "new", vllm: bool = False, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                   lora=None, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
+                   progress: bool = True) -> pd.DataFrame:
+    "`calm sample`: check everything, load the model, sample into a resumable run directory with `params`; returns the run's records."
+    from calm.data import normalize_lang
+    from calm.models import DEFAULT_MODEL, resolve_model
+    from calm.sampling import TransformersBackend, prompt_keys
+    from calm.serving import VLLMBackend
+    from calm.store import load_items, run_sampling
+    model = model or DEFAULT_MODEL
+    its = load_items(items, languages, limit)
+    langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
+    prompt_keys(its, langs)
+    if lora and not vllm: raise ValueError("LoRA adapters are served through vLLM (vllm=True); for transformers, merge the adapter first")
+    out = Path(out) if out else Path("runs") / f"{_slug(model)}_{_slug(items)}"
+    if model == "echo": backend = "echo"
+    elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora, seed=params.seed,
+                                     trust_remote_code=trust_remote_code)
+    else: backend = TransformersBackend.from_name(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        return run_sampling(out, its, langs, params, backend, prompt_mode=prompt_mode, model_id=model, on_change=on_change, progress=progress)
+    finally:
+        if hasattr(backend, "close"): backend.close()
+
 
 # %% ../nbs/90_cli.ipynb #30da1fd0
 def _demo(a):
-    from calm.demo import DemoConfig, run_demo
-    cfg = DemoConfig(model=a.model, languages=a.languages, train_questions=a.train_questions, m=a.m,
-                     max_new_tokens=a.max_new_tokens, train_steps=a.steps, eval_max_new_tokens=a.max_new_tokens)
-    res = run_demo(a.out, config=cfg, until=a.until)
-    print(f"demo: finished in {res['timings']['total']:.0f}s; report in {a.out}")
+    from calm.demo import run_demo
+    res = run_demo(a.out, a.profile, until=a.until, model=a.model, languages=a.languages, train_questions=a.train_questions, m=a.m,
+                   max_new_tokens=a.max_new_tokens, train_steps=a.steps)
+    print(f"demo: {len(res['timings'])} stages in {sum(res['timings'].values()):.0f}s")
+    print(f"report: {res.get('report', res['manifest'])}")
 
 def _sample(a):
-    from calm.store import sample_command
-    df = sample_command(a.items, a.out, a.languages, a.m, a.model, a.temperature, a.top_p, a.max_new_tokens, a.seed,
-                        a.batch_size, a.limit, a.prompt_mode, a.on_change, a.vllm, a.tensor_parallel_size,
+    params = SamplingParams(a.m, a.temperature, a.top_p, a.max_new_tokens, a.seed, a.batch_size)
+    df = sample_command(a.items, a.out, a.languages, params, a.model, a.limit, a.prompt_mode, a.on_change, a.vllm, a.tensor_parallel_size,
                         a.data_parallel_size, a.lora, a.device, a.dtype, a.trust_remote_code)
     cut = int((df.finish_reason == "length").sum()) if len(df) else 0
-    print(f"{df.attrs['run_dir']}: {len(df)} samples ({df.qid.nunique()} questions x {df.lang.nunique()} languages x m={a.m}); "
+    print(f"{df.attrs['run_dir']}: {len(df)} samples ({df.qid.nunique()} questions x {df.lang.nunique()} languages x m={params.m}); "
           f"{cut} hit --max-new-tokens")
 
 def _train(a):
@@ -123,14 +157,15 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     langs = dict(nargs="+", metavar="LANG", help="ISO 639-1 language codes (default: en zh fr de it ja)")
 
-    s = sub.add_parser("demo", help="run the whole CALM loop on the bundled demo set", description="Sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out demo questions, and write the report. Resumes where a previous run stopped.")
-    s.add_argument("--out", default="reports/demo", help="output folder (default: reports/demo)")
-    s.add_argument("--languages", default=["en", "zh", "fr"], **{**langs, "help": "languages to ask in (default: en zh fr)"})
-    s.add_argument("--model", default="smollm2-135m", help="embedded model name, local folder or Hugging Face id (default: smollm2-135m)")
-    s.add_argument("--train-questions", type=int, default=16, help="demo train questions to self-align on, 1-40 (default: 16)")
-    s.add_argument("-m", type=int, default=3, help="samples per question and language (default: 3)")
-    s.add_argument("--max-new-tokens", type=int, default=96, help="tokens per completion, sampling and evaluation (default: 96)")
-    s.add_argument("--steps", type=int, default=4, help="training steps for DPO and for SFT (default: 4)")
+    s = sub.add_parser("demo", help="run the whole CALM loop on the bundled demo set", description="Run the main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) exactly as `calm reproduce` runs them, then write OUT/main_job.md. Resumes where a previous run stopped; the last line prints the report's path.")
+    s.add_argument("--out", default="reports/demo", help="output folder; the stores go to OUT/_run (default: reports/demo)")
+    s.add_argument("--profile", default="demo", help="profile name under configs/ or a YAML path; the options below override its first model and dataset (default: demo)")
+    s.add_argument("--languages", default=None, **{**langs, "help": "languages to ask in (default: the profile's; demo: en zh fr)"})
+    s.add_argument("--model", default=None, help="embedded model name, local folder or Hugging Face id (default: the profile's; demo: smollm2-135m)")
+    s.add_argument("--train-questions", type=int, default=None, help="train questions to self-align on (default: the profile's; demo: 16 of 40)")
+    s.add_argument("-m", type=int, default=None, help="samples per question and language (default: the profile's; demo: 3, where `calm sample` takes 4)")
+    s.add_argument("--max-new-tokens", type=int, default=None, help="tokens per completion, sampling and evaluation (default: the profile's; demo: 96, where `calm sample` takes 512)")
+    s.add_argument("--steps", type=int, default=None, help="training steps for DPO and for SFT (default: the profile's; demo: 4)")
     s.add_argument("--until", default="report", choices=["data", "sample", "vote", "pairs", "train", "evaluate", "report"], help="stop after this stage (default: report)")
     s.set_defaults(func=_demo)
 
@@ -141,13 +176,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--items", default="demo:train", help="demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file (default: demo:train)")
     s.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<model>_<items>)")
     s.add_argument("--languages", default=None, **{**langs, "help": "languages to ask in (default: those of the items)"})
-    s.add_argument("-m", type=int, default=4, help="samples per question and language (default: 4)")
+    s.add_argument("-m", type=int, default=SamplingParams.m, help=f"samples per question and language (default: {SamplingParams.m}; `calm demo` takes its profile's, 3)")
     s.add_argument("--model", default=None, help="embedded name (smollm2-135m, gemma3-270m), local folder or .gguf, hub id, or echo (fake, for dry runs) (default: smollm2-135m)")
-    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default: 1.0)")
-    s.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
-    s.add_argument("--max-new-tokens", type=int, default=512, help="tokens per completion (default: 512)")
-    s.add_argument("--seed", type=int, default=0, help="run seed; batch b is seeded from (seed, b) (default: 0)")
-    s.add_argument("--batch-size", type=int, default=8, help="prompts per generate call; part of the run's identity (default: 8)")
+    s.add_argument("--temperature", type=float, default=SamplingParams.temperature, help=f"sampling temperature, 0 = greedy (default: {SamplingParams.temperature})")
+    s.add_argument("--top-p", type=float, default=SamplingParams.top_p, help=f"nucleus sampling mass (default: {SamplingParams.top_p})")
+    s.add_argument("--max-new-tokens", type=int, default=SamplingParams.max_new_tokens, help=f"tokens per completion (default: {SamplingParams.max_new_tokens}; `calm demo` takes its profile's, 96)")
+    s.add_argument("--seed", type=int, default=SamplingParams.seed, help=f"run seed; batch b is seeded from (seed, b) (default: {SamplingParams.seed})")
+    s.add_argument("--batch-size", type=int, default=SamplingParams.batch_size, help=f"prompts per generate call; part of the run's identity (default: {SamplingParams.batch_size})")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     s.add_argument("--prompt-mode", choices=["auto", "chat", "fewshot", "plain"], default="auto", help="prompt style (default: auto, chat if the tokenizer has a template, else few-shot)")
     s.add_argument("--on-change", choices=["new", "raise"], default="new", help="when --out holds another configuration: start a sibling run directory, or stop (default: new)")

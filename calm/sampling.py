@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -15,10 +17,9 @@ from .data import DataError, MCItem, normalize_lang
 from .prompts import PROMPTS, PromptBuilder, check_prompt_item, prompt_spec
 
 # %% auto #0
-__all__ = ['plan_batches', 'batch_seed', 'check_sampling_args', 'prompt_keys', 'EchoBackend', 'default_prompt_builder',
-           'make_backend', 'sample', 'encode_prompts', 'shared_prefixes', 'prefill', 'next_tokens',
-           'TransformersBackend', 'require_vllm', 'request_seed', 'split_evenly', 'vllm_result', 'lora_id',
-           'VLLMBackend', 'force_answers']
+__all__ = ['plan_batches', 'batch_seed', 'SamplingParams', 'as_params', 'check_sampling_args', 'prompt_keys', 'EchoBackend',
+           'default_prompt_builder', 'make_backend', 'sample', 'encode_prompts', 'shared_prefixes', 'prefill',
+           'next_tokens', 'TransformersBackend', 'force_answers']
 
 # %% ../nbs/20_sampling.ipynb #8c1dcc1a
 def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
@@ -32,13 +33,35 @@ def batch_seed(seed: int, b: int) -> int:
     return int.from_bytes(hashlib.sha256(f"calm-batch:{int(seed)}:{int(b)}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 # %% ../nbs/20_sampling.ipynb #ba52ae41
-def check_sampling_args(m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 8) -> None:
-    "Raise `ValueError` naming the first sampling parameter out of range."
-    if not isinstance(m, int) or m < 1: raise ValueError(f"m (samples per question and language) must be an integer >= 1, got {m!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1: raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not temperature >= 0: raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
-    if not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+@dataclass(frozen=True)
+class SamplingParams:
+    "How to sample, validated once when made (in the spirit of vLLM's `SamplingParams`) and passed whole from the CLI and profiles to the backends."
+    m: int = 4                        # samples per question and language (vLLM's n)
+    temperature: float = 1.0          # 0 is greedy
+    top_p: float = 0.9
+    max_new_tokens: int = 512         # vLLM's max_tokens
+    seed: int = 0                     # batch b is seeded from (seed, b)
+    batch_size: int = 8               # prompts per generate call; part of a run's identity
+
+    def __post_init__(self):
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not whole(self.m) or self.m < 1: raise ValueError(f"m (samples per question and language) must be an integer >= 1, got {self.m!r}")
+        if not whole(self.max_new_tokens) or self.max_new_tokens < 1: raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not number(self.temperature) or self.temperature < 0: raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r}")
+        if not number(self.top_p) or not 0 < self.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not whole(self.batch_size) or self.batch_size < 1: raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not whole(self.seed): raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "temperature", float(self.temperature)); object.__setattr__(self, "top_p", float(self.top_p))
+
+def as_params(params=None, **fields) -> SamplingParams:
+    "`params` (a `SamplingParams`; an int is m; None the defaults) with `fields` replaced: the one place loose arguments become `SamplingParams`."
+    if isinstance(params, SamplingParams): return replace(params, **fields) if fields else params
+    return SamplingParams(**({"m": params} if params is not None else {}), **fields)
+
+def check_sampling_args(m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 8) -> SamplingParams:
+    "The `SamplingParams` of these values (`ValueError` naming the first one out of range)."
+    return SamplingParams(m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 def prompt_keys(items: Iterable[MCItem], languages: Sequence[str], prompts=None) -> tuple[list[tuple[str, str]], dict]:
     "The (qid, lang) keys in sampling order (items' qid order x `languages`) and `{key: item}`; `DataError` on bad input."
@@ -101,14 +124,14 @@ def _check_output(res, prompts: list, n: int, b: int) -> None:
     if len(res) != len(prompts) or any(len(r) != n for r in res):
         raise RuntimeError(f"batch {b}: the backend returned {[len(r) for r in res]} samples for {len(prompts)} prompts x {n}")
 
-def sample(items: Iterable[MCItem], languages: Sequence[str], m: int, temperature: float = 1.0, top_p: float = 0.9,
-           max_new_tokens: int = 512, seed: int = 0, backend=None, batch_size: int = 8,
+def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingParams | int | None = None, *, backend=None,
            prompt_builder: Callable[[MCItem], str] | None = None, done: Iterable = frozenset(),
            on_batch: Callable[[list[dict]], object] | None = None, prompt_mode: str = "auto",
-           progress: bool = True) -> list[dict]:
-    "Sample `m` completions per (question, language), in fixed seeded batches; returns the records not already `done`."
+           progress: bool = True, **fields) -> list[dict]:
+    "Sample `params.m` completions per (question, language), in fixed seeded batches; returns the records not already `done` (`fields`: `SamplingParams` fields)."
     from tqdm.auto import tqdm
-    check_sampling_args(m, max_new_tokens, temperature, top_p, batch_size)
+    p = as_params(params, **fields)
+    m, batch_size = p.m, p.batch_size
     table = getattr(prompt_builder, "prompts", None)
     keys, by_key = prompt_keys(items, languages, table)
     langs = list(dict.fromkeys(l for _, l in keys))
@@ -122,12 +145,13 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], m: int, temperatur
     prompts = {k: builder(by_key[k]) for k in keys}
     stops = {l: list(getattr(builder, "stop_strings", lambda l: [])(l)) for l in langs}
     out, n_tokens, t0 = [], 0, time.perf_counter()
-    bar = tqdm(todo, desc="sampling", unit="batch", disable=not progress or not todo)
-    for b in bar:
+    bar = tqdm(total=sum(len(batches[b]) for b in todo) * m, desc="sampling", unit="sample", disable=not progress or not todo)
+    for b in todo:
         batch = batches[b]
         stop = sorted({s for _, l in batch for s in stops[l]}) or None
-        res = backend.generate([prompts[k] for k in batch], m, temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new_tokens, seed=batch_seed(seed, b), stop=stop)
+        res = backend.generate([prompts[k] for k in batch], m, temperature=p.temperature, top_p=p.top_p,
+                               max_new_tokens=p.max_new_tokens, seed=batch_seed(p.seed, b), stop=stop)
+        bar.update(len(batch) * m)
         _check_output(res, batch, m, b)
         new = [{"qid": q, "lang": l, "sample": j, "text": r["text"], "prompt_tokens": int(r["prompt_tokens"]),
                 "completion_tokens": int(r["completion_tokens"]), "finish_reason": r["finish_reason"]}
@@ -136,6 +160,7 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], m: int, temperatur
         bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.1f}")
         if on_batch is not None: on_batch(new)
         out += new
+    bar.close()
     return out
 
 # %% ../nbs/20_sampling.ipynb #0cae679e
@@ -309,139 +334,6 @@ class TransformersBackend:
                             "finish_reason": "stop" if stopped else finish[r]})
             results.append(row * n if reps == 1 else row)
         return results
-
-# %% ../nbs/20_sampling.ipynb #739e3b7b
-def require_vllm():
-    "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` extra, or a CUDA GPU)."
-    try: import vllm
-    except ImportError as e:
-        raise ImportError(f"the vLLM backend needs vllm (pip install 'calm[gpu]'), which is not importable here: {e}") from None
-    import torch
-    if not torch.cuda.is_available(): raise RuntimeError("the vLLM backend needs a CUDA GPU; none is available (use TransformersBackend on CPU)")
-    return vllm
-
-def request_seed(seed: int, i: int) -> int:
-    "The seed of request `i` of a batch seeded with `seed`."
-    return (int(seed) * 1_000_003 + int(i)) & 0x7FFFFFFF
-
-def split_evenly(n: int, parts: int) -> list[range]:
-    "`range(n)` cut into `parts` consecutive ranges whose lengths differ by at most one."
-    q, r = divmod(n, parts)
-    bounds = [0]
-    for p in range(parts): bounds.append(bounds[-1] + q + (p < r))
-    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
-
-def vllm_result(output) -> list[dict]:
-    "One vLLM `RequestOutput` as our n sample dicts."
-    pt = len(getattr(output, "prompt_token_ids", None) or [])
-    return [{"text": c.text, "prompt_tokens": pt, "completion_tokens": len(c.token_ids),
-             "finish_reason": "length" if c.finish_reason == "length" else "stop"} for c in output.outputs]
-
-_LORA_IDS: dict = {}
-
-def lora_id(path) -> int:
-    "A distinct integer per adapter folder (vLLM caches adapters by this id: two adapters must never share one)."
-    key = str(Path(path).resolve())
-    return _LORA_IDS.setdefault(key, len(_LORA_IDS) + 1)
-
-def _vllm_engine(model_id, tensor_parallel_size, lora, lora_rank, seed, engine_kwargs):
-    from vllm import LLM
-    kw = dict(model=str(model_id), tensor_parallel_size=tensor_parallel_size, seed=seed, **engine_kwargs)
-    if lora: kw.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
-    return LLM(**kw)
-
-def _vllm_generate(llm, token_ids, params, lora):
-    from vllm import SamplingParams
-    from vllm.lora.request import LoRARequest
-    sps = [SamplingParams(**p) for p in params]
-    req = LoRARequest(f"calm-{lora_id(lora)}", lora_id(lora), str(lora)) if lora else None
-    outs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], sps, use_tqdm=False, lora_request=req)
-    return [vllm_result(o) for o in outs]
-
-def _dp_worker(conn, gpus, args):
-    "One data-parallel rank: an engine on `gpus`, answering generate requests from `conn` until told to stop."
-    import os
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
-    try:
-        llm = _vllm_engine(*args)
-        conn.send(("ready", None))
-    except Exception as e:
-        conn.send(("error", repr(e))); return
-    while True:
-        msg = conn.recv()
-        if msg is None: break
-        try: conn.send(("ok", _vllm_generate(llm, *msg)))
-        except Exception as e: conn.send(("error", repr(e)))
-
-class VLLMBackend:
-    "Sampling with vLLM on GPUs: `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
-    kind = "vllm"
-
-    def __init__(self, model_id, tensor_parallel_size: int = 1, data_parallel_size: int = 1, lora=None,
-                 lora_rank: int = 64, seed: int = 0, trust_remote_code: bool = False, enable_lora: bool = False, **engine_kwargs):
-        require_vllm()
-        import torch
-        from transformers import AutoTokenizer
-        if tensor_parallel_size < 1 or data_parallel_size < 1: raise ValueError("parallel sizes must be >= 1")
-        need = tensor_parallel_size * data_parallel_size
-        if torch.cuda.device_count() < need:
-            raise RuntimeError(f"tensor_parallel_size x data_parallel_size = {need} GPUs needed, {torch.cuda.device_count()} visible")
-        self.model_id, self.lora = str(model_id), (str(lora) if lora else None)
-        if self.lora and not (__import__("pathlib").Path(self.lora) / "adapter_config.json").exists():
-            raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {self.lora}")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_id, trust_remote_code=trust_remote_code)
-        engine_kwargs.setdefault("trust_remote_code", trust_remote_code)
-        self.lora_enabled = bool(self.lora or enable_lora)
-        args = (self.model_id, tensor_parallel_size, self.lora_enabled, lora_rank, seed, engine_kwargs)
-        self.data_parallel_size, self._workers, self._llm = data_parallel_size, [], None
-        if data_parallel_size == 1:
-            self._llm = _vllm_engine(*args)
-        else:
-            import multiprocessing as mp
-            ctx = mp.get_context("spawn")
-            for r in range(data_parallel_size):
-                gpus = ",".join(str(g) for g in range(r * tensor_parallel_size, (r + 1) * tensor_parallel_size))
-                parent, child = ctx.Pipe()
-                p = ctx.Process(target=_dp_worker, args=(child, gpus, args), daemon=True)
-                p.start()
-                self._workers.append((p, parent))
-            for r, (_, conn) in enumerate(self._workers):
-                status, err = conn.recv()
-                if status != "ready": self.close(); raise RuntimeError(f"data-parallel rank {r} failed to start: {err}")
-
-    def generate(self, prompts, n, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, stop=None):
-        "n samples for each prompt, through vLLM (shared among the data-parallel engines)."
-        enc = encode_prompts(self.tokenizer, prompts)
-        ids = [[t for t, a in zip(row, mask) if a] for row, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
-        params = [dict(n=n, temperature=float(temperature), top_p=float(top_p) if temperature > 0 else 1.0,
-                       max_tokens=int(max_new_tokens), seed=request_seed(seed, i), stop=list(stop) if stop else None)
-                  for i in range(len(prompts))]
-        if self._llm is not None: return _vllm_generate(self._llm, ids, params, self.lora)
-        parts = split_evenly(len(prompts), len(self._workers))
-        for (_, conn), rng in zip(self._workers, parts): conn.send(([ids[i] for i in rng], [params[i] for i in rng], self.lora))
-        out = []
-        for r, (_, conn) in enumerate(self._workers):
-            status, res = conn.recv()
-            if status != "ok": raise RuntimeError(f"data-parallel rank {r}: {res}")
-            out += res
-        return out
-
-    def with_lora(self, lora=None) -> "VLLMBackend":
-        "The same engine(s) answering through adapter `lora` (None: the base model); the engine must have been made with `enable_lora=True`."
-        import copy
-        if lora and not self.lora_enabled: raise ValueError("this engine was started without LoRA: make it with enable_lora=True")
-        if lora and not (Path(lora) / "adapter_config.json").exists(): raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {lora}")
-        other = copy.copy(self); other.lora = str(lora) if lora else None
-        return other
-
-    def close(self):
-        "Stop the data-parallel worker processes."
-        for p, conn in self._workers:
-            try: conn.send(None)
-            except (OSError, BrokenPipeError): pass
-            p.join(timeout=30)
-            if p.is_alive(): p.kill()
-        self._workers = []
 
 # %% ../nbs/20_sampling.ipynb #2d2150f8
 def _letter_token_ids(tokenizer, letters, space: str) -> list[int]:

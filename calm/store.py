@@ -19,11 +19,13 @@ from typing import Iterable
 import pandas as pd
 
 from .data import DataError, MCItem, fingerprint, normalize_lang
+from .files import cache_dir, file_sha256, write_atomic
+
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'NON_IDENTITY_FIELDS', 'SAMPLE_COLUMNS', 'WEIGHT_PATTERNS', 'manifest_identity', 'config_hash',
-           'make_manifest', 'manifest_diff', 'cache_dir', 'weights_sha256', 'model_weights_hash', 'read_manifest',
-           'SampleStore', 'read_samples', 'run_sampling', 'load_items', 'sample_command']
+           'make_manifest', 'manifest_diff', 'weights_sha256', 'model_weights_hash', 'read_manifest', 'SampleStore',
+           'read_samples', 'run_sampling', 'load_items']
 
 # %% ../nbs/25_store.ipynb #7f5ab6fd
 STORE_FORMAT = "calm-samples/1"
@@ -47,18 +49,18 @@ def config_hash(manifest: dict) -> str:
     return hashlib.sha256(_canonical(manifest_identity(manifest)).encode()).hexdigest()[:12]
 
 # %% ../nbs/25_store.ipynb #99ef6deb
-def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[str], m: int,
-                  temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 512, seed: int = 0,
-                  batch_size: int = 8, weights_hash: str | None = None, prompt_hash: str | None = None,
-                  backend: str | None = None, extra: dict | None = None, notes: dict | None = None) -> dict:
-    "The manifest of a sampling run: identity fields, then package versions, command and creation time."
+def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[str], params=None, weights_hash: str | None = None,
+                  prompt_hash: str | None = None, backend: str | None = None, extra: dict | None = None, notes: dict | None = None,
+                  **fields) -> dict:
+    "The manifest of a sampling run (`params`: a `calm.sampling.SamplingParams`, or m with `fields`): identity fields, then package versions, command and creation time."
+    from dataclasses import asdict
     from calm.reports import package_versions
+    from calm.sampling import as_params
     items = list(items)
     langs = [normalize_lang(l) for l in languages]
     return {"format": STORE_FORMAT,
             "model": {"id": str(model_id), "weights_sha256": weights_hash, "backend": backend},
-            "sampling": {"m": int(m), "temperature": float(temperature), "top_p": float(top_p),
-                         "max_new_tokens": int(max_new_tokens), "seed": int(seed), "batch_size": int(batch_size)},
+            "sampling": asdict(as_params(params, **fields)),
             "prompt": {"template_sha256": prompt_hash},
             "languages": langs,
             "dataset": {"fingerprint": fingerprint(items), "items": len(items),
@@ -86,16 +88,6 @@ def manifest_diff(old: dict, new: dict) -> list[str]:
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
 "Weight-file patterns tried in order; the first that matches anything in a folder is hashed."
 
-def cache_dir() -> Path:
-    "The folder for calm's caches: `$CALM_CACHE` or `$CALM_CACHE_DIR`, else `~/.cache/calm` (as `calm.models`)."
-    return Path(os.environ.get("CALM_CACHE") or os.environ.get("CALM_CACHE_DIR") or Path.home() / ".cache" / "calm")
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 def weights_sha256(path, cache_file=None) -> str:
     "SHA-256 over a weight file or a folder's weight files (names and digests), with per-file digests cached."
     path = Path(path)
@@ -111,7 +103,7 @@ def weights_sha256(path, cache_file=None) -> str:
     for f in files:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in cache: cache[key], changed = _file_sha256(f), True
+        if key not in cache: cache[key], changed = file_sha256(f), True
         h.update(f"{f.name}\0{cache[key]}\n".encode())
     if changed:
         try:
@@ -157,13 +149,6 @@ def _scan_samples(path: Path, repair: bool) -> tuple[list[dict], int]:
 
 def _key(r: dict) -> tuple[str, str, int]: return (str(r["qid"]), str(r["lang"]), int(r["sample"]))
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
 
 def read_manifest(run_dir) -> dict:
     "The manifest of a run directory; `DataError` if it is missing or unreadable."
@@ -197,7 +182,7 @@ class SampleStore:
         self.resumed = mpath.exists()
         if self.resumed: self.manifest = read_manifest(self.run_dir)
         elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
-        else: _write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+        else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
         records, self.dropped_bytes = _scan_samples(self.path, repair=True)
         self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
         self.duplicates_skipped = 0
@@ -288,26 +273,23 @@ def _backend_identity(backend) -> tuple[str, str | None, dict]:
     extra = {"lora": str(lora), "lora_sha256": weights_sha256(lora)} if lora else {}
     return str(mid), wh, extra
 
-def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], m: int, backend=None, temperature: float = 1.0,
-                 top_p: float = 0.9, max_new_tokens: int = 512, seed: int = 0, batch_size: int = 8, prompt_builder=None,
+def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], params=None, backend=None, *, prompt_builder=None,
                  prompt_mode: str = "auto", model_id: str | None = None, weights_hash: str | None = None,
                  prompt_hash: str | None = None, on_change: str = "new", extra: dict | None = None,
-                 progress: bool = True) -> pd.DataFrame:
-    "Sample into the store at `run_dir`, skipping keys already there; returns every record of the run."
-    from calm.sampling import check_sampling_args, default_prompt_builder, make_backend, prompt_keys, sample
+                 progress: bool = True, **fields) -> pd.DataFrame:
+    "Sample into the store at `run_dir` with `params` (a `calm.sampling.SamplingParams`, or m with `fields`), skipping keys already there; returns every record of the run."
+    from calm.sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
     items, languages = list(items), [normalize_lang(l) for l in languages]
-    check_sampling_args(m, max_new_tokens, temperature, top_p, batch_size)
+    params = as_params(params, **fields)
     prompt_keys(items, languages, getattr(prompt_builder, "prompts", None))      # bad items fail before any work
     backend = make_backend(backend)
     builder = prompt_builder or default_prompt_builder(backend, languages, prompt_mode)
     mid, wh, ex = _backend_identity(backend)
     if prompt_hash is None: prompt_hash = getattr(builder, "template_hash", None)
-    manifest = make_manifest(model_id or mid, items, languages, m, temperature, top_p, max_new_tokens, seed, batch_size,
-                             weights_hash or wh, prompt_hash, backend=getattr(backend, "kind", type(backend).__name__),
-                             extra={**ex, **(extra or {})})
+    manifest = make_manifest(model_id or mid, items, languages, params, weights_hash or wh, prompt_hash,
+                             backend=getattr(backend, "kind", type(backend).__name__), extra={**ex, **(extra or {})})
     with SampleStore(run_dir, manifest, on_change=on_change) as store:
-        sample(items, languages, m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-               backend=backend, batch_size=batch_size, prompt_builder=builder, done=store.done, on_batch=store.append,
+        sample(items, languages, params, backend=backend, prompt_builder=builder, done=store.done, on_batch=store.append,
                progress=progress)
         df = read_samples(store.run_dir)
     df.attrs["run_dir"] = str(store.run_dir)
@@ -329,30 +311,3 @@ def load_items(spec: str, languages: Iterable[str] | None = None, limit: int | N
         items = [it for it in items if it.qid in keep]
     return items
 
-def _slug(s) -> str: return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(str(s)).name).strip("-") or "run"
-
-def sample_command(items: str = "demo:train", out=None, languages: Iterable[str] | None = None, m: int = 4,
-                   model: str | None = None, temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 512,
-                   seed: int = 0, batch_size: int = 8, limit: int | None = None, prompt_mode: str = "auto",
-                   on_change: str = "new", vllm: bool = False, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                   lora=None, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
-                   progress: bool = True) -> pd.DataFrame:
-    "`calm sample`: check everything, load the model, sample into a resumable run directory; returns the run's records."
-    from calm.models import DEFAULT_MODEL, resolve_model
-    from calm.sampling import TransformersBackend, VLLMBackend, check_sampling_args, prompt_keys
-    model = model or DEFAULT_MODEL
-    its = load_items(items, languages, limit)
-    langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
-    check_sampling_args(m, max_new_tokens, temperature, top_p, batch_size)
-    prompt_keys(its, langs)
-    if lora and not vllm: raise ValueError("LoRA adapters are served through vLLM (vllm=True); for transformers, merge the adapter first")
-    out = Path(out) if out else Path("runs") / f"{_slug(model)}_{_slug(items)}"
-    if model == "echo": backend = "echo"
-    elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora, seed=seed,
-                                     trust_remote_code=trust_remote_code)
-    else: backend = TransformersBackend.from_name(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    try:
-        return run_sampling(out, its, langs, m, backend, temperature, top_p, max_new_tokens, seed, batch_size,
-                            prompt_mode=prompt_mode, model_id=model, on_change=on_change, progress=progress)
-    finally:
-        if hasattr(backend, "close"): backend.close()

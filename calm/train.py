@@ -8,9 +8,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Sequence
+
+from .curriculum import train_curriculum
+from .training import TrainConfig, TrainRun, train
+
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['RUN_KEYS', 'read_run_file', 'run_from_file', 'main']
+
+# %% ../nbs/61_train.ipynb #5f1e5c7a
+RUN_KEYS = ("data", "out_dir", "stages")
+"Keys of a run file that are not `TrainConfig` fields."
+
+def read_run_file(path, overrides: Sequence[str] = ()) -> tuple[TrainConfig, dict]:
+    "`(config, {data, out_dir, stages})` from a YAML/JSON run file and `key=value` overrides; errors name unknown or missing keys."
+    import yaml
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no run file {path}")
+    d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(d, dict): raise ValueError(f"{path}: a run file is a mapping of settings")
+    for o in overrides:
+        if "=" not in o: raise ValueError(f"--set takes key=value, got {o!r}")
+        k, v = o.split("=", 1); d[k.strip()] = yaml.safe_load(v)
+    run = {k: d.pop(k) for k in RUN_KEYS if k in d}
+    missing = [k for k in ("data", "out_dir") if k not in run]
+    if missing: raise ValueError(f"{path}: missing {', '.join(missing)}")
+    return TrainConfig.from_dict(d), run
+
+def run_from_file(path, overrides: Sequence[str] = ()) -> list[TrainRun]:
+    "Run the training a run file describes (one run, or a curriculum when it has `stages`)."
+    config, run = read_run_file(path, overrides)
+    if run.get("stages"): return train_curriculum(config, run["data"], run["out_dir"], run["stages"])
+    return [train(config, run["data"], run["out_dir"])]
 
 # %% ../nbs/61_train.ipynb #164aae72
 def main(argv=None) -> int:
@@ -22,7 +53,6 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a setting of the run file")
     args = ap.parse_args(argv)
     from calm.data import DataError
-    from calm.training import run_from_file
     try: runs = run_from_file(args.config, args.overrides)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr); return 2

@@ -19,16 +19,15 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .data import DataError
+from .files import file_sha256
 from .pairs import filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft
 from .reports import package_versions
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'CURVES', 'VLLM_MAX_LORA_RANK', 'DEFAULT_STAGES', 'RUN_KEYS',
-           'tiny_llama', 'TrainConfig', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
-           'data_fingerprint', 'file_sha256', 'split_holdout', 'variant_data', 'TrainRun', 'lora_config',
-           'read_run_info', 'run_is_done', 'log_frame', 'plot_train_curves', 'train', 'trainer_reference_is_base',
-           'load_adapter', 'check_vllm_adapter', 'stage_name', 'curriculum_stages', 'train_curriculum', 'read_run_file',
-           'run_from_file']
+__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'CURVES', 'tiny_llama', 'TrainConfig', 'training_frame',
+           'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data',
+           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'plot_train_curves', 'train',
+           'trainer_reference_is_base', 'load_adapter']
 
 # %% ../nbs/60_training.ipynb #768707f3
 def tiny_llama(texts: Iterable[str] = (), hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
@@ -185,12 +184,7 @@ def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
     for r in trl_rows(frame, method): h.update((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
     return h.hexdigest()
 
-def file_sha256(path) -> str:
-    "SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
+
 
 # %% ../nbs/60_training.ipynb #d79db246
 def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -439,109 +433,3 @@ def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | 
     if (adapter_dir / "tokenizer_config.json").exists(): tok = AutoTokenizer.from_pretrained(str(adapter_dir))
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)
     return (model if is_trainable else model.eval()), tok
-
-# %% ../nbs/60_training.ipynb #03307b32
-VLLM_MAX_LORA_RANK = 16
-"vLLM's default `max_lora_rank`; higher ranks need `--max-lora-rank`."
-
-def check_vllm_adapter(adapter_dir, base_model=None, max_lora_rank: int = VLLM_MAX_LORA_RANK) -> dict:
-    "A summary of the adapter in `adapter_dir` if vLLM's LoRA support can serve it; `ValueError` listing every problem."
-    from safetensors import safe_open
-    adapter_dir, problems = Path(adapter_dir), []
-    cfg_path, w_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.exists(): problems.append(f"{p.name} missing")
-    if problems: raise ValueError(f"{adapter_dir}: not servable by vLLM: " + "; ".join(problems))
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("peft_type") != "LORA": problems.append(f"peft_type is {cfg.get('peft_type')!r}, not 'LORA'")
-    if cfg.get("bias", "none") != "none": problems.append(f"bias is {cfg.get('bias')!r}, vLLM needs 'none'")
-    if cfg.get("use_dora"): problems.append("DoRA adapters are not supported")
-    if cfg.get("modules_to_save"): problems.append(f"modules_to_save {cfg['modules_to_save']} is not supported")
-    if int(cfg.get("r", 0)) > max_lora_rank: problems.append(f"rank {cfg['r']} > max_lora_rank {max_lora_rank}")
-    with safe_open(str(w_path), "pt") as f: keys = list(f.keys())
-    modules = set()
-    for k in keys:
-        if not (k.startswith("base_model.model.") and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))):
-            problems.append(f"tensor {k!r} is not named base_model.model.<module>.lora_A/B.weight"); continue
-        modules.add(k[len("base_model.model."):].rsplit(".lora_", 1)[0])
-    targets = set(cfg.get("target_modules") or [])
-    if targets and any(m.rsplit(".", 1)[-1] not in targets for m in modules): problems.append("tensors for modules outside target_modules")
-    if base_model is not None:
-        names = {n for n, _ in base_model.named_modules()}
-        absent = sorted(m for m in modules if m not in names)
-        if absent: problems.append(f"{len(absent)} adapted module(s) absent from the base model, e.g. {absent[0]!r}")
-    if problems: raise ValueError(f"{adapter_dir}: not servable by vLLM: " + "; ".join(problems))
-    return {"r": cfg["r"], "lora_alpha": cfg.get("lora_alpha"), "target_modules": sorted(targets), "modules": len(modules),
-            "tensors": len(keys), "base_model_name_or_path": cfg.get("base_model_name_or_path")}
-
-# %% ../nbs/60_training.ipynb #f4a17a9d
-DEFAULT_STAGES = (("en",), ("en", "fr"), ("en", "fr", "zh"))
-"The paper's curriculum (Table 10): en, then en+fr, then en+fr+zh."
-
-def stage_name(i: int, langs: Sequence[str]) -> str:
-    "The folder of curriculum stage `i` (0-based) over `langs`, e.g. `01-en-fr`."
-    return f"{i:02d}-{'-'.join(langs)}"
-
-def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[list[str], pd.DataFrame]]:
-    "`[(languages, rows)]` per stage, in order; `DataError` for a frame without `lang` or a stage without rows."
-    if "lang" not in pairs.columns: raise DataError("a curriculum needs a lang column on the pairs", field="lang")
-    out = []
-    for i, langs in enumerate(stages):
-        langs = [langs] if isinstance(langs, str) else list(langs)
-        rows = pairs[pairs.lang.isin(langs)].reset_index(drop=True)
-        if len(rows) == 0: raise DataError(f"curriculum stage {i} ({'+'.join(langs)}) has no pairs (languages present: {sorted(set(pairs.lang))})", field="lang")
-        out.append((langs, rows))
-    return out
-
-def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES, model=None, tokenizer=None,
-                     skip_done: bool = True) -> list[TrainRun]:
-    "Train one adapter through `stages` of growing language sets, in order, each stage continuing the previous one; each saved."
-    out_dir = Path(out_dir)
-    frame = training_frame(pairs, config.method)
-    staged = curriculum_stages(frame, stages)
-    held_keys = set(split_holdout(frame, config.val_ratio, config.seed)[1].qid.astype(str)) if "qid" in frame.columns else set()
-    runs, record = [], []
-    skipping = skip_done and model is None          # skip finished stages only while every earlier stage was skipped too
-    for i, (langs, rows) in enumerate(staged):
-        is_held = rows.qid.astype(str).isin(held_keys) if "qid" in rows.columns else pd.Series(False, index=rows.index)
-        stage_dir = out_dir / stage_name(i, langs)
-        skipping = skipping and run_is_done(stage_dir, config, data_fingerprint(rows[~is_held].reset_index(drop=True), config.method))
-        if skipping: run = _skipped_run(stage_dir)
-        else:
-            if runs and runs[-1].skipped:            # continue from the adapter of the last finished stage
-                model, tokenizer = load_adapter(runs[-1].info.get("base_model") or config.model, runs[-1].out_dir, device="cpu", is_trainable=True)
-            extra = {"curriculum": {"stage": i, "languages": langs, "previous": str(runs[-1].out_dir) if runs else None}}
-            run = train(config, rows[~is_held], stage_dir, model=model, tokenizer=tokenizer, eval_data=rows[is_held],
-                        skip_done=False, extra_info=extra)
-            model, tokenizer = run.model, run.tokenizer
-        runs.append(run)
-        record.append({"stage": i, "languages": langs, "dir": stage_dir.name, "train_rows": int((~is_held).sum()),
-                       "eval_rows": int(is_held.sum()), "skipped": run.skipped})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "curriculum.json").write_text(json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n", encoding="utf-8")
-    return runs
-
-# %% ../nbs/60_training.ipynb #5f1e5c7a
-RUN_KEYS = ("data", "out_dir", "stages")
-"Keys of a run file that are not `TrainConfig` fields."
-
-def read_run_file(path, overrides: Sequence[str] = ()) -> tuple[TrainConfig, dict]:
-    "`(config, {data, out_dir, stages})` from a YAML/JSON run file and `key=value` overrides; errors name unknown or missing keys."
-    import yaml
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no run file {path}")
-    d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(d, dict): raise ValueError(f"{path}: a run file is a mapping of settings")
-    for o in overrides:
-        if "=" not in o: raise ValueError(f"--set takes key=value, got {o!r}")
-        k, v = o.split("=", 1); d[k.strip()] = yaml.safe_load(v)
-    run = {k: d.pop(k) for k in RUN_KEYS if k in d}
-    missing = [k for k in ("data", "out_dir") if k not in run]
-    if missing: raise ValueError(f"{path}: missing {', '.join(missing)}")
-    return TrainConfig.from_dict(d), run
-
-def run_from_file(path, overrides: Sequence[str] = ()) -> list[TrainRun]:
-    "Run the training a run file describes (one run, or a curriculum when it has `stages`)."
-    config, run = read_run_file(path, overrides)
-    if run.get("stages"): return train_curriculum(config, run["data"], run["out_dir"], run["stages"])
-    return [train(config, run["data"], run["out_dir"])]

@@ -21,7 +21,7 @@ def test_every_subcommand_has_help(capsys):
 def test_demo_writes_summary(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--languages", "en", "zh", "fr", "--until", "data"]) == 0
     t = pd.read_csv(tmp_path / "data_summary.csv")
-    assert set(t.lang) == {"en", "zh", "fr"} and (tmp_path / "data_summary.md").exists() and (tmp_path / "manifest.json").exists()
+    assert set(t.lang) == {"en", "zh", "fr"} and (tmp_path / "data_summary.md").exists() and (tmp_path / "main_job_manifest.json").exists()
 
 
 def test_bad_file_exits_2_with_location(tmp_path, capsys):

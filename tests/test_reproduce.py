@@ -17,7 +17,7 @@ def _profile(tmp_path, name="p", **changes):
         *parents, last = key.split(".")
         d = raw
         for k in parents: d = d[k]
-        if value is None: d.pop(last)
+        if value is None: d.pop(last, None)
         else: d[last] = value
     f = tmp_path / f"{name}.yaml"
     f.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -28,7 +28,7 @@ def _profile(tmp_path, name="p", **changes):
     ({"colour": "blue"}, "colour", "unknown key"),
     ({"sampling.topp": 0.9}, "sampling.topp", "unknown key"),
     ({"sampling.m": None}, "sampling.m", "missing"),
-    ({"sampling.m": 0}, "sampling.m", "> 0"),
+    ({"sampling.m": 0}, "sampling.m", "must be an integer >= 1"),
     ({"sampling.top_p": 1.5}, "sampling.top_p", "(0, 1]"),
     ({"sampling.temperature": "hot"}, "sampling.temperature", "must be float"),
     ({"sampling.tie": "coin"}, "sampling.tie", "drop, order or random"),
@@ -68,7 +68,8 @@ def test_demo_dry_run_prints_the_plan(release, capsys):
     # the notebooks' own: MedQA 2 groups x 8 x 3 x 3 systems, curriculum 10 x 6 x 4, RAG 8 x 4; 96 tokens per completion at 25 tokens/s
     gens = 16 * 3 * 3 + 5 * 20 * 3 + 2 * 8 * 3 * 3 + 10 * 6 * 4 + 8 * 4
     assert f"total: {gens} generations, {gens * 96} generated tokens, {gens * 96 / 25 / 3600:.3g} CPU-hours" in text
-    assert "ok: notebook table1" in text and "table9.ipynb with {'questions': 8}" in text and "not implemented" not in text
+    assert "ok: notebook table1" in text and "not implemented" not in text
+    assert "wired: smollm2-135m / demo / evaluate:CALM@MedQA-cn" in text and "wired: smollm2-135m / demo / train:curriculum" in text
     assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 0     # needs no release
 
 
@@ -150,7 +151,8 @@ def test_reduced_demo_reproduce_writes_every_artifact(release, tmp_path):
     f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 2,
                                       "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 16,
                                       "evaluation.max_new_tokens": 16, "training.max_steps": 1,
-                                      "parameters": {"table3": {"questions": 1}, "table9": {"questions": 1}, "table10": {"questions": 1}}})
+                                      "datasets.demo.tests.MedQA-en.questions": 1, "datasets.demo.tests.MedQA-cn.questions": 1,
+                                      "datasets.demo.curriculum.questions": 1})
     out = tmp_path / "reports"
     assert main(["reproduce", "--profile", str(f), "--out", str(out)]) == 0
     check_reduced_outputs(out)
@@ -201,7 +203,7 @@ def check_reduced_outputs(out):
     assert (out / "main_job.md").read_text().startswith("# ")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["profile"] == "demo" and manifest["config"]["datasets"][0]["train_questions"] == 2
-    assert manifest["inputs"]["failed"] == {} and "run_demo" in manifest["inputs"]
+    assert manifest["inputs"]["failed"] == {} and "stages" in manifest["inputs"]
 
 
 @pytest.mark.slow
@@ -277,11 +279,13 @@ def test_medqa_train_questions_come_from_the_hub_and_are_translated(release, mon
     assert profile_items(d, "test", release) == test and langs == ["en", "zh", "fr"]
 
 
-def test_demo_plan_counts_what_the_notebooks_answer(tmp_path):
-    f = _profile(tmp_path, **{"parameters": {"table9": {"questions": 5}, "table10": {"questions": 2}}, "notebooks": ["table9", "table10"]})
-    t = plan(f).set_index("stage").generations
-    assert (t["table3+9:medqa-en"], t["table9:medqa-cn"], t["table10:curriculum"]) == (5 * 3 * 3, 5 * 3 * 3, 2 * 6 * 4)
-    assert "rag:evaluate" not in t
+def test_demo_plan_counts_what_the_tables_answer(tmp_path):
+    f = _profile(tmp_path, **{"datasets.demo.tests.MedQA-en.questions": 5, "datasets.demo.tests.MedQA-cn.questions": 5,
+                              "datasets.demo.curriculum.questions": 2, "notebooks": ["table9", "table10"]})
+    t = plan(f)
+    total = lambda pat: int(t[t.stage.str.contains(pat, regex=False)].generations.sum())
+    assert (total("@MedQA-en"), total("@MedQA-cn"), total("evaluate:curriculum")) == (5 * 3 * 3, 5 * 3 * 3, 2 * 6 * 4)
+    assert "rag:evaluate" not in set(t.stage)
 
 
 def test_xcsqa_test_questions_beyond_the_release_come_from_the_hub(release, monkeypatch):
@@ -301,3 +305,34 @@ def test_xcsqa_test_questions_beyond_the_release_come_from_the_hub(release, monk
     assert len(items) == 300 and {it.qid for it in items} == {f"dev-{i}" for i in range(150)}
     d = Dataset("xcsqa", "release:xcsqa", ["en", "fr"], 2, 50)                     # within the release: no hub
     assert len({it.qid for it in profile_items(asdict(d), "test", release)}) == 50 and len(asked) == 2
+
+
+def _store_files(run):
+    "The files the shared stages wrote in a run folder, by relative path (manifests without their creation time)."
+    out = {}
+    for f in sorted(run.rglob("*")):
+        rel = f.relative_to(run).as_posix()
+        if not f.is_file() or f.name.endswith(".lock") or rel.startswith("adapters/") and f.suffix not in (".safetensors", ".jsonl"):
+            continue
+        if f.suffix == ".json":
+            d = json.loads(f.read_text())
+            out[rel] = {k: v for k, v in d.items() if k not in ("created", "command", "versions")} if isinstance(d, dict) else d
+        else: out[rel] = f.read_bytes()
+    return out
+
+
+@pytest.mark.slow
+def test_demo_and_reproduce_write_identical_stores(tmp_path):
+    "`calm demo` and `calm reproduce` run the same stages: on a reduced demo profile, the stores they share are identical."
+    f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 3,
+                                      "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 24,
+                                      "evaluation.max_new_tokens": 24, "training.max_steps": 1, "notebooks": [], "parameters": None})
+    assert main(["demo", "--profile", str(f), "--out", str(tmp_path / "a")]) == 0
+    assert main(["reproduce", "--profile", str(f), "--out", str(tmp_path / "b")]) == 0
+    a, b = (_store_files(tmp_path / x / "_run" / "smollm2-135m" / "demo") for x in "ab")
+    for part in ("samples/samples.jsonl", "votes.csv", "data/calm_pairs.jsonl", "eval/base/samples.jsonl", "eval/SFT/samples.jsonl", "results.csv"):
+        assert part in a, part
+    assert any(k.startswith("adapters/SFT/") and k.endswith(".safetensors") for k in a)
+    assert a.keys() == b.keys()
+    for k in a: assert a[k] == b[k], k
+    assert (tmp_path / "a" / "main_job.md").is_file() and (tmp_path / "b" / "main_job.md").is_file()

@@ -8,7 +8,8 @@ import pytest
 from calm.data import DataError, demo_items
 from calm.prompts import PromptBuilder
 from calm.sampling import (EchoBackend, _cut_at_stop, batch_seed, check_sampling_args, plan_batches, prompt_keys,
-                           sample, split_evenly)
+                           sample)
+from calm.serving import split_evenly
 
 LANGS = ["en", "zh", "fr"]
 
@@ -174,7 +175,7 @@ def test_vllm_absent_is_a_clear_error():
         pytest.skip("vllm is installed here")
     except ImportError:
         pass
-    from calm.sampling import VLLMBackend
+    from calm.serving import VLLMBackend
     with pytest.raises(ImportError, match=r"pip install 'calm\[gpu\]'"):
         VLLMBackend("any-model")
 
@@ -188,7 +189,7 @@ def vllm_model():
 
 @pytest.mark.gpu
 def test_vllm_backend_samples_and_is_seeded(items, vllm_model):
-    from calm.sampling import VLLMBackend
+    from calm.serving import VLLMBackend
     b = VLLMBackend(vllm_model, gpu_memory_utilization=0.3, max_model_len=2048)
     kw = dict(m=3, max_new_tokens=48, batch_size=8, seed=3, progress=False)
     a = sample(items, LANGS, backend=b, **kw)
@@ -202,7 +203,7 @@ def test_vllm_serves_a_lora_adapter_unmerged(items, vllm_model, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    from calm.sampling import VLLMBackend
+    from calm.serving import VLLMBackend
     base = AutoModelForCausalLM.from_pretrained(vllm_model, dtype=torch.float32)
     peft = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft.save_pretrained(tmp_path / "adapter")
