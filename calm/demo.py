@@ -22,18 +22,10 @@ from .stages import profile_items
 __all__ = ['STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'write_main_report', 'run_demo']
 
 # %% ../nbs/85_demo.ipynb #c53184255
-def figure_results(table: pd.DataFrame, languages, path_stem):
-    "Grouped bars of per-language accuracy and ACC_avg per system; saved as PNG and PDF."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    long = table.melt(id_vars="system", value_vars=list(languages) + ["ACC_avg"], var_name="language", value_name="accuracy")
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    sns.barplot(long, x="language", y="accuracy", hue="system", ax=ax)
-    ax.set(ylim=(0, 100), ylabel="accuracy (%)", xlabel="", title="Demo: base vs SFT vs CALM on held-out questions")
-    fig.tight_layout()
-    for ext in ("png", "pdf"): fig.savefig(Path(path_stem).with_suffix(f".{ext}"), dpi=150)
-    plt.close(fig)
+def figure_results(table: pd.DataFrame, languages, path_stem, n: int | None = None, k: int | None = None):
+    "Per-language accuracy and ACC_avg per system (`calm.figures.accuracy_bars`: system colours, 95% intervals over `n` questions, chance line 1/k); PNG and PDF."
+    from calm.figures import accuracy_bars
+    return accuracy_bars(table, list(languages), n=n, k=k, path_stem=path_stem, title="Demo: base vs SFT vs CALM on held-out questions")
 
 # %% ../nbs/85_demo.ipynb #c98118186
 def vote_stats(st: dict, languages) -> pd.DataFrame:
@@ -82,8 +74,12 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     write_table(table.round(2), out / "results", ("csv", "md", "tex"))
     comp = _comparison(systems, v.test_items, L, p.sampling.seed)
     if len(comp): write_table(comp.round(3), out / "comparison")
-    figure_results(table, L, out / "results")
     n_q, votes = len({it.qid for it in v.test_items}), st["votes"]
+    from calm.figures import options_k
+    figure_results(table, L, out / "results", n=n_q, k=options_k(v.test_items))
+    from calm.pairs import pair_quality_table
+    quality = pair_quality_table(v.folder / "data", p.sampling.tie)
+    write_table(quality.round(3), out / "pair_quality")
     steps = p.training.get("max_steps", -1)
     lines = ["# Demo report", "",
              f"Model `{v.model}`; languages {', '.join(L)}; {d.train_questions} train questions x m={p.sampling.m} samples; "
@@ -99,6 +95,13 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
         lines += ["## What this shows", "", *verdicts, "",
                   f"With {n_q} questions and a small model trained for {steps if steps > 0 else 'a few'} steps, differences of a few points are "
                   "noise: this run checks that the pipeline works end to end, not the paper's claim.", ""]
+    q = quality.set_index("lang").loc["all"]
+    pct = lambda x: "n/a" if x is None or pd.isna(x) else f"{100 * x:.0f}%"
+    lines += ["## The DPO pairs", "",
+              f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {pct(q.from_tied_votes)} come from tied votes, "
+              f"{pct(q.chosen_is_gold)} have a chosen answer that equals gold (gold is never used to build them), and "
+              f"{int(q.untranslated)} had a chosen side in another language with no translation: those are kept apart "
+              "(`data/calm_pairs_untranslated.jsonl`) and not trained on.", "", (out / "pair_quality.md").read_text(encoding="utf-8"), ""]
     parsed = pd.DataFrame({name: r.groupby("lang").letter.agg(lambda x: 100 * x.notna().mean()).reindex(L)
                            for name, r in systems.items()}).T.rename_axis("system").reset_index()
     write_table(parsed.round(1), out / "parse_rates")

@@ -10,6 +10,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .data import LANGUAGES, normalize_lang
+from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'ProfileError', 'Sampling',
@@ -98,7 +99,7 @@ class Sampling:
     def check(self, file, key):
         try: self.params
         except ValueError as e: raise ProfileError(file, f"{key}.{re.match(r'[a-z_]+', str(e)).group()}", str(e)) from None
-        if self.tie not in ("drop", "order", "random"): raise ProfileError(file, f"{key}.tie", f"must be drop, order or random, got {self.tie!r}")
+        if self.tie not in TIE_POLICIES: raise ProfileError(file, f"{key}.tie", f"must be one of {', '.join(TIE_POLICIES)}, got {self.tie!r}")
 
     @property
     def params(self):

@@ -138,20 +138,3 @@ def gold_systems(run_dir, config=None, systems=("SFT_gold", "CALM_gold"), profil
     "`(test_items, {system: records})` of the first run, ground-truth variants included (the stages `train:*_gold` trained them)."
     v = run_views(profile, run_dir)[0]
     return v.test_items, v.systems(("base", "SFT", "CALM", *systems))
-
-# %% ../nbs/91_runs.ipynb #c83298099
-from fastcore.basics import patch
-
-@patch(as_prop=True)
-def is_demo(self: Profile) -> bool:
-    "Deprecated (only `nbs/experiments/table2.ipynb` reads it): one dataset, the bundled demo set."
-    return len(self.datasets) == 1 and self.datasets[0].source == "demo"
-
-@patch
-def demo_config(self: Profile):
-    "Deprecated (only `nbs/experiments/rag.ipynb` reads it): the first run's model and evaluation settings under their old names."
-    from types import SimpleNamespace
-    d, s, e = self.datasets[0], self.sampling, self.evaluation
-    return SimpleNamespace(model=self.models[0], languages=list(d.languages), train_questions=d.train_questions, test_questions=d.test_questions,
-                           m=s.m, seed=s.seed, tie=s.tie, eval_greedy=e.greedy, eval_max_new_tokens=e.max_new_tokens, eval_batch_size=s.batch_size,
-                           train_steps=self.training.get("max_steps", -1))

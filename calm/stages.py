@@ -157,10 +157,10 @@ def run_vote(out, languages, tie: str) -> Path:
 
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
-    from calm.pairs import build_pairs, sft_from_votes, write_training_sets
+    from calm.pairs import build_pairs, prompt_messages, sft_from_votes, write_training_sets
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
-    prompt_of = lambda q, l: builder(st["by_key"][(q, l)])
+    prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])   # chat messages, not a template baked into text
     pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"])
     write_training_sets(out / "data", pairs, sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages))
     return out / "data"
@@ -168,11 +168,12 @@ def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
 # %% ../nbs/88_stages.ipynb #c78200139
 def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None) -> Path | None:
     "Stage `train:<system>`: SFT, CALM (DPO) or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
+    from calm.pairs import prompt_messages
     from calm.training import TrainConfig, train, variant_data
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
     method, data = variant_data(system.lower(), pairs=st["pairs"], records=st["records"], votes=st["votes"], gold=st["gold"],
-                                prompt_of=lambda q, l: builder(st["by_key"][(q, l)]))
+                                prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]))
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     return train(TrainConfig(**{**training, "method": method, "model": model}), data, out / "adapters" / system).out_dir
 

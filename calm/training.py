@@ -11,6 +11,7 @@ import math
 import random
 import resource
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +21,19 @@ import pandas as pd
 
 from .data import DataError
 from .files import file_sha256
-from .pairs import filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, to_trl_preference, to_trl_sft
+from .figures import plot_train_curves, run_title
+from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
+                        to_trl_preference, to_trl_sft)
 from .reports import package_versions
 
+# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step: one filter here, not a warning per step
+warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'CURVES', 'tiny_llama', 'TrainConfig', 'training_frame',
+__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'tiny_llama', 'TrainConfig', 'training_frame',
            'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data',
-           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'plot_train_curves', 'train',
-           'trainer_reference_is_base', 'load_adapter']
+           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
+           'load_adapter']
 
 # %% ../nbs/60_training.ipynb #768707f3
 def tiny_llama(texts: Iterable[str] = (), hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
@@ -215,7 +221,7 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
         return "dpo", (pairs.reset_index(drop=True) if variant == "calm" else filter_by_gold(pairs))
     if variant == "sft":
         need(records=records, votes=votes, prompt_of=prompt_of)
-        return "sft", sft_from_votes(records, votes, prompt_of)
+        return "sft", split_untranslated(sft_from_votes(records, votes, prompt_of))[0]   # answers in their own language only
     need(records=records, gold=gold, prompt_of=prompt_of)
     return "sft", sft_from_gold(records, gold, prompt_of)
 
@@ -296,27 +302,6 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if len(df) and "step" in df.columns: df = df.sort_values("step", kind="stable").reset_index(drop=True)
     return df
-
-CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
-          "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")]}
-"The panels of `train_curves.png` per method: (log key, title)."
-
-def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None):
-    "A figure of training and held-out curves for `method` (saved to `path` when given)."
-    import seaborn as sns
-    from matplotlib.figure import Figure
-    panels = CURVES[method]
-    fig = Figure(figsize=(4 * len(panels), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(panels))
-    for ax, (key, name) in zip(axes, panels):
-        for k, label in ((key, "train"), (f"eval_{key}", "held out")):
-            if k in log.columns and log[k].notna().any():
-                d = log[["step", k]].dropna()
-                sns.lineplot(data=d, x="step", y=k, ax=ax, marker="o", label=label)
-        ax.set_title(name); ax.set_ylabel("")
-    if title: fig.suptitle(title)
-    if path is not None: fig.savefig(path, dpi=110)
-    return fig
 
 # %% ../nbs/60_training.ipynb #090d702a
 def _save_adapter(model, tokenizer, out_dir: Path) -> None:
@@ -405,8 +390,11 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         out_dir.mkdir(parents=True, exist_ok=True)
         _save_adapter(trainer.accelerator.unwrap_model(peft_model), tokenizer, out_dir)
         log.to_csv(out_dir / "train_log.csv", index=False)
-        plot_train_curves(log, config.method, out_dir / "train_curves.png", title=f"{config.method.upper()} {out_dir.name}")
+        plot_train_curves(log, config.method, out_dir / "train_curves.png", title=run_title(config.method, out_dir.name), n=len(train_frame))
         (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        if info["base_model"]:                 # a model built in memory has no base to name
+            from calm.adapters import publish_adapter
+            publish_adapter(out_dir, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
     return TrainRun(out_dir, info, log, peft_model, tokenizer, trainer)
 
 def trainer_reference_is_base(trainer) -> bool:
@@ -427,6 +415,8 @@ def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | 
         info = read_run_info(adapter_dir) or {}
         base = info.get("base_model") or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base: raise ValueError(f"{adapter_dir} does not record its base model (trained on a model built in memory): pass the base model")
+        from calm.adapters import HUB_IDS
+        base = {hub: name for name, hub in HUB_IDS.items()}.get(base, base)   # a copied adapter names the hub id: use the embedded copy
     if isinstance(base, (str, Path)):
         from calm.models import load_model
         base, tok = load_model(str(base), device=device)

@@ -31,7 +31,7 @@ def _profile(tmp_path, name="p", **changes):
     ({"sampling.m": 0}, "sampling.m", "must be an integer >= 1"),
     ({"sampling.top_p": 1.5}, "sampling.top_p", "(0, 1]"),
     ({"sampling.temperature": "hot"}, "sampling.temperature", "must be float"),
-    ({"sampling.tie": "coin"}, "sampling.tie", "drop, order or random"),
+    ({"sampling.tie": "coin"}, "sampling.tie", "must be one of drop, order, random, release"),
     ({"backend": "tgi"}, "backend", "transformers or vllm"),
     ({"release_dir": "no/such/folder"}, "release_dir", "folder not found"),
     ({"models": ["./no-such-model"]}, "models[0]", "local model not found"),
