@@ -135,11 +135,6 @@ def _release(a):
         run_release(a.release_dir, a.out, a.model, a.languages, tie=a.tie, protocol=a.protocol, dpo_dir=a.dpo_dir,
                     strict_samples=(0,) if a.strict_samples == "first" else None)
 
-def _docs(a):
-    from calm.docs import build_docs
-    written = build_docs(a.nbs, a.out, execute=a.execute, reports=a.reports, n_workers=a.workers)
-    print(f"docs: {len(written)} pages in {a.out}; open {written[0]}")
-
 def _reproduce(a):
     from calm.reproduce import NotebookFailed, reproduce
     try: res = reproduce(a.profile, only=a.only, dry_run=a.dry_run, out=a.out, notebooks_dir=a.notebooks)
@@ -246,17 +241,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--strict-samples", choices=["first", "all"], default="first", help="the strict row scores sample 0, or every sample (mean over samples) (default: first)")
     s.add_argument("--notebook", action="store_true", help="run nbs/experiments/release.ipynb with papermill and keep the executed notebook in --out")
     s.set_defaults(func=_release)
-
-    s = sub.add_parser("docs", help="render the notebooks and reports to static HTML without Quarto",
-                       description="Run nbdev's docs processors on every notebook (API docs from show_doc included) and render them, "
-                                   "an index in pipeline order and the reports' Markdown to static HTML with nbconvert. "
-                                   "Where Quarto is installed, `nbdev_docs` (make docs) builds the Quarto site instead.")
-    s.add_argument("--nbs", type=Path, default=Path("nbs"), help="notebook folder (default: nbs)")
-    s.add_argument("--out", type=Path, default=Path("_docs"), help="output folder, replaced on each build (default: _docs)")
-    s.add_argument("--reports", type=Path, default=None, help="folder whose Markdown files are rendered too (default: reports/ in the project)")
-    s.add_argument("--execute", action="store_true", help="run each notebook first (cells flagged slow, gpu or notest are skipped) so examples show outputs")
-    s.add_argument("--workers", type=int, default=None, help="processes running nbdev's processors (default: up to 4)")
-    s.set_defaults(func=_docs)
 
     s = sub.add_parser("reproduce", help="regenerate the paper's tables and figures from a profile",
                        description="Read a profile (configs/NAME.yaml), run the shared stages once (resumable), execute the experiment "
