@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .data import DataError, MCItem, normalize_lang
-from .prompts import PROMPTS, PromptBuilder, check_prompt_item, prompt_spec
+from .prompts import PROMPTS, PromptBuilder, check_context, check_prompt_item, model_context, prompt_spec
 
 # %% auto #0
 __all__ = ['plan_batches', 'batch_seed', 'SamplingParams', 'as_params', 'check_sampling_args', 'prompt_keys', 'EchoBackend',
@@ -143,6 +143,11 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingPa
     builder = prompt_builder or default_prompt_builder(backend, langs, prompt_mode)
     if callable(getattr(builder, "prefetch", None)): builder.prefetch([by_key[k] for k in keys])   # e.g. retrieval: queries embedded in batches
     prompts = {k: builder(by_key[k]) for k in keys}
+    tok = getattr(backend, "tokenizer", None)
+    if tok is not None:   # a prompt that cannot fit is an error before any generation, naming its question, language and tokens
+        text_of = {id(by_key[k]): prompts[k] for k in keys}
+        check_context([by_key[k] for k in keys], lambda it: text_of[id(it)], tok, p.max_new_tokens,
+                      model_context(getattr(backend, "model", None), tok))
     stops = {l: list(getattr(builder, "stop_strings", lambda l: [])(l)) for l in langs}
     out, n_tokens, t0 = [], 0, time.perf_counter()
     bar = tqdm(total=sum(len(batches[b]) for b in todo) * m, desc="sampling", unit="sample", disable=not progress or not todo)

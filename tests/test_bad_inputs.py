@@ -125,3 +125,18 @@ def test_ac3_of_an_unknown_is_unknown():
     import numpy as np
     from calm.metrics import ac3
     assert np.isnan(ac3(float("nan"), 0.5)) and ac3(0.0, 0.0) == 0.0   # was: 0.0
+
+
+def test_sample_refuses_a_prompt_longer_than_the_context_before_generating():
+    from calm.data import DataError, demo_items
+    from calm.models import load_model
+    from calm.sampling import TransformersBackend, sample
+    model, tok = load_model("smollm2-135m", device="cpu")
+    backend = TransformersBackend(model, tok)
+    calls = []
+    backend.generate = lambda *a, **k: calls.append(a) or []                  # nothing may be generated
+    item = next(it for it in demo_items("test") if it.lang == "en")
+    huge = type(item)(item.qid, item.lang, item.question + " really" * model.config.max_position_embeddings, item.options, item.gold)
+    with pytest.raises(DataError, match=rf"question '{item.qid}' in 'en': prompt of [\d,]+ tokens \+ 16 new > context"):
+        sample([huge], ["en"], m=1, max_new_tokens=16, backend=backend, progress=False)
+    assert calls == []
