@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -112,7 +113,7 @@ def vllm_worker(cfg: dict) -> None:
     items, langs, _ = workload(a)
     t = time.perf_counter()
     b = VLLMBackend(str(cached_model_dir(DEFAULT_MODEL)), seed=0, dtype=a.dtype, max_model_len=2048,
-                    **({"enforce_eager": True} if getattr(a, "eager", False) else {}))
+                    enforce_eager=bool(getattr(a, "eager", False)))
     engine_s = time.perf_counter() - t
     sample(items, langs, 1, max_new_tokens=4, backend=b, batch_size=a.batch_size, progress=False)   # warm-up, as for the others
     print(MARK + json.dumps({"ready": True, "import_s": import_s, "engine_start_s": engine_s,
@@ -163,8 +164,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each engine's figure is its median round")
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
                     help="the Python of the vLLM environment (make setup-vllm); '' to leave vLLM out")
-    ap.add_argument("--vllm-engines", default="bfloat16",
-                    help="comma-separated vLLM engines, one worker each: a dtype, ':eager' for no torch.compile "
+    ap.add_argument("--vllm-engines", default="bfloat16:eager,bfloat16",
+                    help="comma-separated vLLM engines, one worker each: a dtype, then ':eager' for no torch.compile (VLLMBackend's CPU default) "
                          "(e.g. bfloat16,float32,bfloat16:eager)")
     ap.add_argument("--neighbour-rounds", type=int, default=1,
                     help="rounds of each engine beside --neighbours busy processes (`python -c 'while True: pass'`): the slowdown")
@@ -234,11 +235,12 @@ def main(argv=None):
     if not a.no_generate: engines["batched_generate"] = batched_generate
     if a.naive_prompts: engines["naive_generate_per_sample"] = naive_loop
     startup = {name: {"model_load_s": round(load_s, 2)} for name in engines}
-    workers, log_path = {}, Path(a.out).with_suffix(".vllm.log")
+    workers, log_path = {}, Path(tempfile.gettempdir()) / "calm-bench-sampling-vllm.log"     # vLLM's own log
     vpy = a.vllm_python and Path(a.vllm_python)
     if vpy and not cuda:
         if not vpy.exists(): sys.exit(f"no vLLM environment at {vpy}: run `make setup-vllm`, or pass --vllm-python ''")
         log = open(log_path, "w")
+        print(f"vLLM workers log to {log_path}", file=sys.stderr, flush=True)
         for spec in a.vllm_engines.split(","):
             dt, _, mode = spec.partition(":")
             cfg = {"questions": a.questions, "languages": a.languages, "m": a.m, "max_new_tokens": a.max_new_tokens,
