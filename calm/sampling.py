@@ -385,8 +385,8 @@ class VLLMBackend:
     "Sampling with vLLM (GPUs, or its CPU build): `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
     kind = "vllm"
     # On vLLM's CPU platform the KV cache takes `gpu_memory_utilization` of the machine's RAM: vLLM's 0.9 would take
-    # most of a shared machine, 0.2 leaves room for the rest. Eager mode: torch.compile of the model took 160-220 s
-    # of engine start on 2 cores against 31-43 s eager, with no faster decoding (benchmarks/sampling.py). Both overridable.
+    # most of a shared machine, 0.2 leaves room for the rest. Eager mode: torch.compile of the model took 96-220 s
+    # of engine start on 2 cores against 26-43 s eager, with no clearly faster decoding (benchmarks/sampling.py). Both overridable.
     CPU_DEFAULTS = {"gpu_memory_utilization": 0.2, "enforce_eager": True}
 
     def __init__(self, model_id, tensor_parallel_size: int = 1, data_parallel_size: int = 1, lora=None,
