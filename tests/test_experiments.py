@@ -10,13 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "nbs" / "experiments").glob("*.ipynb"))
 CHECKED = EXPERIMENTS
-OWN_LIBRARY = ["50_pairs", "62_adapters", "80_reports", "83_figures"]
+OWN_LIBRARY = ["50_pairs", "63_adapters", "80_reports", "83_figures"]
 
 
 def cells(path): return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS + [ROOT / "nbs" / f"{n}.ipynb" for n in OWN_LIBRARY], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", EXPERIMENTS + sorted((ROOT / "nbs").glob("*.ipynb")), ids=lambda p: p.stem)
 def test_kernelspec_is_shipped(path):
     ks = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("kernelspec") or {}
     assert ks.get("name") == "python3" and ks.get("language") == "python"
