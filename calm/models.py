@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import file_sha256
+
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'EmbeddedModel', 'ModelNotInstalled', 'ModelNotFound',
            'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir', 'build_once',
@@ -120,12 +122,6 @@ def build_once(final, build, marker: str = MARKER) -> Path:
 CHECK_TEXT = "Question: Where do you keep milk? A. oven B. fridge\nAnswer: B\n答案: B. Réponse : B. Antwort: B. 答え: B"
 "The fixed input on which converted and GGUF models must give the same logits."
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None, source: str | None = None) -> dict:
     "Save GGUF model `gguf_path` as safetensors + tokenizer in `out_dir`, check the logits, write and return `conversion.json`."
     import torch, transformers
@@ -146,7 +142,7 @@ def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None
     diff = float((ref - got).abs().max())
     if not diff <= atol:
         raise RuntimeError(f"the converted copy of {gguf_path.name} gives different logits (max |diff| {diff:g} > {atol:g})")
-    info = {"name": name or gguf_path.stem, "source": source or str(gguf_path), "source_sha256": _sha256(gguf_path),
+    info = {"name": name or gguf_path.stem, "source": source or str(gguf_path), "source_sha256": file_sha256(gguf_path),
             "max_abs_logit_diff": diff, "check_tokens": int(ids.shape[1]), "gguf_load_s": round(loaded_s, 2),
             "convert_s": round(time.time() - t0, 2), "transformers": transformers.__version__, "torch": torch.__version__,
             "has_chat_template": bool(getattr(tok, "chat_template", None))}
@@ -169,7 +165,7 @@ def cached_model_dir(name_or_gguf: str = DEFAULT_MODEL) -> Path:
         return build_once(final, build)
     p = Path(src).expanduser()
     if p.suffix == ".gguf" and p.is_file():
-        final = models_cache_dir() / f"{p.stem}-{_sha256(p)[:12]}"
+        final = models_cache_dir() / f"{p.stem}-{file_sha256(p)[:12]}"
         return build_once(final, lambda tmp: convert_gguf(p, tmp))
     raise ValueError(f"{src!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor a .gguf file")
 

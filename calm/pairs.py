@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 import pandas as pd
 from .data import DataError
+from .files import read_jsonl, write_jsonl
 
 # %% auto #0
 __all__ = ['CHAT_MARKERS', 'PAIR_COLUMNS', 'SFT_COLUMNS', 'LLAMAFACTORY_TAGS', 'Translator', 'IdentityTranslator',
            'default_system_message', 'prompt_messages', 'prompt_fields', 'row_messages', 'build_pairs', 'untranslated',
-           'split_untranslated', 'filter_by_gold', 'sft_from_votes', 'sft_from_gold', 'read_jsonl', 'is_chat',
-           'to_trl_preference', 'to_trl_sft', 'from_trl', 'llamafactory_entry', 'write_llamafactory',
-           'to_llamafactory_preference', 'to_llamafactory_sft', 'read_llamafactory', 'write_training_sets',
-           'read_pairs', 'read_all_pairs', 'pair_quality', 'pair_quality_table']
+           'split_untranslated', 'filter_by_gold', 'sft_from_votes', 'sft_from_gold', 'is_chat', 'to_trl_preference',
+           'to_trl_sft', 'from_trl', 'llamafactory_entry', 'write_llamafactory', 'to_llamafactory_preference',
+           'to_llamafactory_sft', 'read_llamafactory', 'write_training_sets', 'read_pairs', 'read_all_pairs',
+           'pair_quality', 'pair_quality_table']
 
 # %% ../nbs/50_pairs.ipynb #3b5d5ffe
 class Translator(Protocol):
@@ -175,22 +176,6 @@ def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, s
                          "source_lang": list(r.lang), "translated": False, "system": list(p.system), "chat": list(p.chat)}, columns=SFT_COLUMNS)
 
 # %% ../nbs/50_pairs.ipynb #613a2614
-def _write_jsonl(rows: Iterable[dict], path) -> Path:
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows: f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
-
-def read_jsonl(path) -> list[dict]:
-    "Rows of a JSONL file (blank lines skipped); `DataError` names the row that is not valid JSON."
-    path, out = Path(path), []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise DataError(f"not valid JSON ({e.msg})", path, i) from None
-    return out
-
 def is_chat(frame: pd.DataFrame) -> bool:
     "Whether the rows of `frame` hold chat prompts (its `chat` column); `DataError` when it mixes chat and text prompts."
     if "chat" not in frame.columns or len(frame) == 0: return False
@@ -312,15 +297,15 @@ def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None =
     "Write pairs (and SFT rows) as our JSONL, TRL JSONL and LLaMA-Factory JSON, untranslated rows apart; returns `{name: path}`."
     out_dir = Path(out_dir)
     train, left = (pairs, pairs.iloc[:0]) if keep_untranslated else split_untranslated(pairs)
-    paths = {"pairs": _write_jsonl(train.to_dict("records"), out_dir / f"{prefix}_pairs.jsonl"),
-             "pairs_untranslated": _write_jsonl(left.to_dict("records"), out_dir / f"{prefix}_pairs_untranslated.jsonl"),
-             "trl_preference": _write_jsonl(to_trl_preference(train), out_dir / "trl" / f"{prefix}_dpo.jsonl")}
+    paths = {"pairs": write_jsonl(train.to_dict("records"), out_dir / f"{prefix}_pairs.jsonl"),
+             "pairs_untranslated": write_jsonl(left.to_dict("records"), out_dir / f"{prefix}_pairs_untranslated.jsonl"),
+             "trl_preference": write_jsonl(to_trl_preference(train), out_dir / "trl" / f"{prefix}_dpo.jsonl")}
     lf = {f"{prefix}_dpo": ("preference", to_llamafactory_preference(train))}
     if sft is not None:
         sft_train, sft_left = (sft, sft.iloc[:0]) if keep_untranslated else split_untranslated(sft)
-        paths["sft"] = _write_jsonl(sft_train.to_dict("records"), out_dir / f"{prefix}_sft.jsonl")
-        paths["sft_untranslated"] = _write_jsonl(sft_left.to_dict("records"), out_dir / f"{prefix}_sft_untranslated.jsonl")
-        paths["trl_sft"] = _write_jsonl(to_trl_sft(sft_train), out_dir / "trl" / f"{prefix}_sft.jsonl")
+        paths["sft"] = write_jsonl(sft_train.to_dict("records"), out_dir / f"{prefix}_sft.jsonl")
+        paths["sft_untranslated"] = write_jsonl(sft_left.to_dict("records"), out_dir / f"{prefix}_sft_untranslated.jsonl")
+        paths["trl_sft"] = write_jsonl(to_trl_sft(sft_train), out_dir / "trl" / f"{prefix}_sft.jsonl")
         lf[f"{prefix}_sft"] = ("sft", to_llamafactory_sft(sft_train))
     paths["llamafactory"] = write_llamafactory(lf, out_dir / "llamafactory")
     return paths

@@ -24,6 +24,7 @@ from .data import DataError, MCItem, normalize_lang, read_items
 from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
 from .passages import *   # the corpus names (books, passages, embedders) stay importable from here
 
+from .files import file_sha256
 
 # %% auto #0
 __all__ = ['INDEX_FORMAT', 'MANIFEST_FILE', 'VECTORS_FILE', 'PASSAGES_FILE', 'INDEX_TYPES', 'PASSAGE_FIELDS', 'SCOPES', 'STYLES',
@@ -58,12 +59,6 @@ class Passage:
     def to_dict(self) -> dict:
         "The `passages.jsonl` row (no score)."
         return {f: getattr(self, f) for f in PASSAGE_FIELDS}
-
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 def _replace_file(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -124,7 +119,7 @@ class VectorIndex:
         for name in (VECTORS_FILE, PASSAGES_FILE) if n else ():
             f = path / name
             if not f.exists(): raise IndexFileError("missing; the index is incomplete: build_index(..., rebuild=True)", file=f)
-            if verify and _sha256_file(f) != manifest["files"].get(name):
+            if verify and file_sha256(f) != manifest["files"].get(name):
                 raise IndexFileError("changed since the manifest was written (corrupted, or an interrupted write): "
                                      "build_index(..., rebuild=True)", file=f)
         index, passages = None, []
@@ -239,8 +234,8 @@ class VectorIndex:
                     for p in self.passages: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
             _replace_file(ppath, write)
         if self.index is not None: _replace_file(self.path / VECTORS_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        self.manifest["files"] = {PASSAGES_FILE: _sha256_file(ppath)}
-        if self.index is not None: self.manifest["files"][VECTORS_FILE] = _sha256_file(self.path / VECTORS_FILE)
+        self.manifest["files"] = {PASSAGES_FILE: file_sha256(ppath)}
+        if self.index is not None: self.manifest["files"][VECTORS_FILE] = file_sha256(self.path / VECTORS_FILE)
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         _replace_file(self.path / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
 
