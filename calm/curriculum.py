@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .data import DataError
+from .data import DataError, normalize_lang
 from .training import (TrainConfig, TrainRun, _skipped_run, data_fingerprint, load_adapter, run_is_done, split_holdout, train,
                            training_frame)
 
@@ -24,7 +24,7 @@ DEFAULT_STAGES = (("en",), ("en", "fr"), ("en", "fr", "zh"))
 
 def stage_name(i: int, langs: Sequence[str]) -> str:
     "The folder of curriculum stage `i` (0-based) over `langs`, e.g. `01-en-fr`."
-    return f"{i:02d}-{'-'.join(langs)}"
+    return f"{i:02d}-{'-'.join(normalize_lang(l) for l in langs)}"   # language codes only: no path can come from the data
 
 def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[list[str], pd.DataFrame]]:
     "`[(languages, rows)]` per stage, in order; `DataError` for a frame without `lang` or a stage without rows."

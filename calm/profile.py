@@ -316,6 +316,9 @@ def load_profile(profile) -> Profile:
     models = _models(file, raw["models"])
     dsets = raw["datasets"]
     if not isinstance(dsets, dict) or not dsets: raise ProfileError(file, "datasets", "must be a non-empty mapping name -> dataset")
+    for dn in dsets:                  # a dataset name becomes a folder of the run: it may not climb out of it
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", str(dn)):
+            raise ProfileError(file, f"datasets.{dn}", "a dataset name becomes a folder name: letters, digits, ., - or _, not starting with a dot")
     datasets = [_build(Dataset, file, f"datasets.{dn}", d, name=dn) for dn, d in dsets.items()]
     for d in datasets:
         for t in (d.tests or {}).values():

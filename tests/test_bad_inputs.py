@@ -140,3 +140,23 @@ def test_sample_refuses_a_prompt_longer_than_the_context_before_generating():
     with pytest.raises(DataError, match=rf"question '{item.qid}' in 'en': prompt of [\d,]+ tokens \+ 16 new > context"):
         sample([huge], ["en"], m=1, max_new_tokens=16, backend=backend, progress=False)
     assert calls == []
+
+
+# ---------------------------------------------------------------- paths from data stay inside the output folder
+
+def test_profile_dataset_name_cannot_leave_the_run_folder(tmp_path):
+    import yaml
+    from calm.profile import ProfileError, find_profile, load_profile
+    raw = yaml.safe_load(find_profile("demo").read_text())
+    raw["datasets"] = {"../../x": next(iter(raw["datasets"].values()))}
+    p = tmp_path / "evil.yaml"; p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ProfileError, match=r"datasets\.\.\./\.\./x.*a dataset name becomes a folder name"):
+        load_profile(str(p))
+
+
+def test_curriculum_stage_folders_are_language_codes_only():
+    from calm.curriculum import stage_name
+    from calm.data import DataError
+    assert stage_name(1, ["en", "cn"]) == "01-en-zh"
+    with pytest.raises(DataError, match="unknown language code '../../x'"):
+        stage_name(0, ["../../x"])
