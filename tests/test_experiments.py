@@ -18,8 +18,13 @@ def cells(path): return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
 @pytest.mark.parametrize("path", EXPERIMENTS + sorted((ROOT / "nbs").glob("*.ipynb")), ids=lambda p: p.stem)
 def test_kernelspec_is_shipped(path):
-    ks = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("kernelspec") or {}
+    meta = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+    ks = meta.get("kernelspec") or {}
     assert ks.get("name") == "python3" and ks.get("language") == "python"
+    # the kernel's own language_info: without it JupyterLab adds it on open and the tab shows unsaved changes at once
+    # (seen in headless Chromium on JupyterLab 4; with it the tab stays clean)
+    li = meta.get("language_info") or {}
+    assert (li.get("name"), li.get("pygments_lexer"), li.get("mimetype"), li.get("file_extension")) == ("python", "ipython3", "text/x-python", ".py")
 
 
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
