@@ -23,6 +23,10 @@ def test_whole_loop_on_the_embedded_model_reduced(tmp_path, capsys):
     assert t.system.tolist()[0] == "base" and set(t.columns) >= {"en", "fr", "ACC_avg", "Consistency_2", "AC3_2"}
     assert (tmp_path / "main_job.md").read_text().startswith("# Demo report")
     assert (tmp_path / "results.png").exists() and (tmp_path / "vote_stats.md").exists()
+    report = (tmp_path / "main_job.md").read_text()
+    q = pd.read_csv(tmp_path / "pair_quality.csv")                    # pair quality, with the tie policy named
+    assert "## The DPO pairs" in report and "Votes break ties by `" in report and q.lang.tolist()[-1] == "all"
+    assert set(q.columns) >= {"tie_policy", "pairs", "from_tied_votes", "chosen_is_gold", "untranslated_chosen"}
     run = tmp_path / "_run" / "smollm2-135m" / "demo"
     n = len(pd.read_json(run / "samples" / "samples.jsonl", lines=True))
     assert n == 3 * 2 * 2
@@ -31,7 +35,6 @@ def test_whole_loop_on_the_embedded_model_reduced(tmp_path, capsys):
     tracked = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
     again = run_demo(tmp_path, **REDUCED)          # everything is reused: no new samples, adapters skipped
     assert len(pd.read_json(run / "samples" / "samples.jsonl", lines=True)) == n
-    assert again["timings"]["sample"] < res["timings"]["sample"] + 5
     # a rerun that does the same work leaves the report's files as they were (no 0 s stage times, no new manifest)
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == tracked
     log = json.loads((tmp_path / "_run" / "stages.json").read_text())

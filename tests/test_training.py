@@ -450,3 +450,13 @@ def test_smollm2_dpo_and_sft_two_steps(tmp_path):
     sft = train(TrainConfig(method="sft", max_steps=2, disable_tqdm=True, eval_strategy="no", max_length=256), SFT, tmp_path / "sft")
     assert sft.info["result"]["global_step"] == 2
     assert pd.read_csv(tmp_path / "sft" / "train_log.csv").loss.notna().sum() == 2
+
+
+def test_trl_gradient_checkpointing_warning_is_filtered_once():
+    "TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step; calm.training filters that one warning."
+    import warnings
+    import calm.training  # noqa: F401  (installs the filter on import)
+    ours = [f for f in warnings.filters if f[0] == "ignore" and f[2] is FutureWarning and f[1] is not None
+            and f[1].match("`is_gradient_checkpointing` is deprecated and will be removed")]
+    assert ours, "no filter for TRL's per-step FutureWarning"
+    assert not ours[0][1].match("something else is deprecated")        # only that warning
