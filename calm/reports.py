@@ -44,9 +44,12 @@ def package_versions(names=TRACKED_PACKAGES) -> dict:
     return out
 
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:
-    "Write `manifest.json` with config, input fingerprints, outputs, package versions and the creation time."
+    "Write `manifest.json` with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    m = {"config": config, "inputs": inputs or {}, "outputs": [str(o) for o in outputs or []],
+    def rel(o):                       # no absolute path of this machine for what the run wrote itself
+        try: return Path(o).resolve().relative_to(path.parent.resolve()).as_posix()
+        except ValueError: return str(o)
+    m = {"config": config, "inputs": inputs or {}, "outputs": [rel(o) for o in outputs or []],
          "versions": package_versions(), "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.write_text(json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

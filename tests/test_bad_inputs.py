@@ -160,3 +160,11 @@ def test_curriculum_stage_folders_are_language_codes_only():
     assert stage_name(1, ["en", "cn"]) == "01-en-zh"
     with pytest.raises(DataError, match="unknown language code '../../x'"):
         stage_name(0, ["../../x"])
+
+
+def test_manifests_record_outputs_relative_to_their_folder(tmp_path):
+    import json
+    from calm.reports import write_manifest
+    (tmp_path / "t.csv").write_text("x\n")
+    m = write_manifest(tmp_path / "manifest.json", {"job": "x"}, outputs=[tmp_path / "t.csv", "/elsewhere/y.csv"])
+    assert json.loads(m.read_text())["outputs"] == ["t.csv", "/elsewhere/y.csv"]   # no absolute path of this machine for its own files
