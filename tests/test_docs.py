@@ -168,6 +168,7 @@ def executed_site(tmp_path_factory):
     for n in ("40_voting.ipynb", "50_pairs.ipynb"): shutil.copy(NBS / n, proj / "nbs" / n)
     import nbformat
     (proj / "nbs" / "experiments").mkdir()
+    (proj / "nbs" / "experiments" / ".notest").touch()                 # as in nbs/experiments: nbdev_test skips it too
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Experiment: writes a report"),
                                                     nbformat.v4.new_code_cell(f"open({str(proj / 'written')!r}, 'w').write('x')")]),
                    proj / "nbs" / "experiments" / "writer.ipynb")

@@ -132,9 +132,10 @@ def process_notebooks(pages: list[Page], nbs, dest, execute: bool = False, n_wor
     from nbdev.config import get_config
     nbs, dest = Path(nbs).resolve(), Path(dest).resolve()
     with working_directory(project_root(nbs)): skip_flags = get_config().get("tst_flags", "").split()
-    # only the library's notebooks (top level of nbs/) are executed: the ones in subfolders (experiments/) are papermill
-    # templates whose runs write reports and train models; `calm reproduce` executes them, the docs show them as stored
-    jobs = [(str(nbs / p.src), str(dest / p.src), execute and "/" not in p.src, skip_flags) for p in pages]
+    # folders with a `.notest` file are skipped by nbdev_test, and not executed here either: nbs/experiments/ holds
+    # papermill templates whose runs write reports and train models (`calm reproduce` runs them); the docs show them as stored
+    notest = lambda src: any((d / ".notest").exists() for d in (nbs / src).parents if d == nbs or nbs in d.parents)
+    jobs = [(str(nbs / p.src), str(dest / p.src), execute and not notest(p.src), skip_flags) for p in pages]
     if not jobs: return []
     n = max(1, min(n_workers or 4, os.cpu_count() or 1, len(jobs)))
     from build_docs import _process_notebook as worker  # by module, so spawned workers can import it
