@@ -183,13 +183,12 @@ def run_stages(stages, run_dir) -> dict:
 
 # %% ../nbs/86_runner.ipynb #c73290096
 def write_job_manifest(path, config: dict, inputs: dict, outputs) -> Path:
-    "`calm.reports.write_manifest` with `outputs` relative to `path`'s folder, unless only the creation time would change."
+    "`calm.reports.write_manifest` (outputs relative to `path`'s folder), unless only the creation time would change."
     from calm.reports import write_manifest
-    path = Path(path); root = path.parent.resolve()
-    rel = [str(Path(o).resolve().relative_to(root)) if Path(o).resolve().is_relative_to(root) else str(o) for o in outputs]
+    path = Path(path)
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     tmp = path.with_name(path.name + ".new")
-    write_manifest(tmp, config, inputs, rel)
+    write_manifest(tmp, config, inputs, outputs)   # tmp is in path's folder: the same relative outputs
     new = json.loads(tmp.read_text(encoding="utf-8"))
     same = old is not None and {k: v for k, v in old.items() if k not in ("created", "command")} == {k: v for k, v in new.items() if k not in ("created", "command")}
     if same: tmp.unlink()
