@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from calm.extraction import extract_answer, extract_records, read_release_samples
+from calm.extraction import extract_answer, extract_records
+from calm.loaders import read_release_samples
 
 OPTIONS = (("A", "bank"), ("B", "library"), ("C", "classroom"), ("D", "office"), ("E", "park"))
 FILLER = "The question asks where one would find this; a library keeps books, a bank keeps money. "

@@ -17,9 +17,9 @@ from typing import Iterable
 import pandas as pd
 
 # %% auto #0
-__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang', 'MCItem',
-           'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items', 'by_question',
-           'check_parallel', 'summarize', 'fingerprint', 'demo_path', 'demo_items']
+__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'ANSWER_LABELS', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang',
+           'Labels', 'MCItem', 'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items',
+           'by_question', 'check_parallel', 'summarize', 'fingerprint', 'demo_path', 'demo_items']
 
 # %% ../nbs/00_data.ipynb #227caec1
 LANGUAGES = {
@@ -49,6 +49,34 @@ def normalize_lang(code: str, file=None, row=None, field="lang") -> str:
     if c not in LANGUAGES:
         raise DataError(f"unknown language code {code!r} (known: {', '.join(LANGUAGES)})", file, row, field)
     return c
+
+# %% ../nbs/00_data.ipynb #2c701a39
+@dataclass(frozen=True)
+class Labels:
+    "The answer and explanation labels of one language, each the word(s) written before the colon."
+    answer: tuple[str, ...]
+    explanation: tuple[str, ...] = ()
+
+
+ANSWER_LABELS = {
+    "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
+    "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
+    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
+    "de": Labels(("Antwort", "Lösung"), ("Erklärung", "Erläuterung", "Begründung", "Hinweis", "Anmerkung")),
+    "it": Labels(("Risposta", "Risposta finale", "Risposta corretta"), ("Spiegazione", "Motivazione", "Nota")),
+    "ja": Labels(("答え", "回答", "解答", "正解", "正しい選択肢"), ("説明", "解説", "理由", "注意", "注")),
+    "es": Labels(("Respuesta", "Respuesta final", "Respuesta correcta"), ("Explicación", "Nota")),
+    "nl": Labels(("Antwoord",), ("Uitleg", "Verklaring")),
+    "pl": Labels(("Odpowiedź",), ("Wyjaśnienie",)),
+    "pt": Labels(("Resposta",), ("Explicação",)),
+    "ru": Labels(("Ответ",), ("Объяснение", "Пояснение")),
+    "ar": Labels(("الإجابة", "الجواب"), ("التفسير", "الشرح")),
+    "vi": Labels(("Đáp án", "Trả lời"), ("Giải thích",)),
+    "hi": Labels(("उत्तर",), ("व्याख्या", "स्पष्टीकरण")),
+    "sw": Labels(("Jibu",), ("Maelezo",)),
+    "ur": Labels(("جواب",), ("وضاحت",)),
+}
+"ISO 639-1 code -> the answer and explanation labels completions in that language use."
 
 # %% ../nbs/00_data.ipynb #a1182902
 @dataclass(frozen=True)

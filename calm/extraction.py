@@ -13,40 +13,11 @@ from typing import Iterable, Mapping, NamedTuple
 
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, LANGUAGE_ALIASES, DataError, MCItem
-from .loaders import read_release_file, read_release_rows, release_dir, xcsqa_file
+from .data import ANSWER_LABELS, LANGUAGE_ALIASES, DataError, MCItem
 
 # %% auto #0
-__all__ = ['ANSWER_LABELS', 'RELEASE_SPLITS', 'Labels', 'label_language', 'find_labels', 'Extraction', 'extract_answer',
-           'release_letter', 'release_reading', 'extract_records', 'read_release_samples', 'extraction_summary']
-
-# %% ../nbs/30_extraction.ipynb #2c701a39
-@dataclass(frozen=True)
-class Labels:
-    "The answer and explanation labels of one language, each the word(s) written before the colon."
-    answer: tuple[str, ...]
-    explanation: tuple[str, ...] = ()
-
-
-ANSWER_LABELS = {
-    "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
-    "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
-    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
-    "de": Labels(("Antwort", "Lösung"), ("Erklärung", "Erläuterung", "Begründung", "Hinweis", "Anmerkung")),
-    "it": Labels(("Risposta", "Risposta finale", "Risposta corretta"), ("Spiegazione", "Motivazione", "Nota")),
-    "ja": Labels(("答え", "回答", "解答", "正解", "正しい選択肢"), ("説明", "解説", "理由", "注意", "注")),
-    "es": Labels(("Respuesta", "Respuesta final", "Respuesta correcta"), ("Explicación", "Nota")),
-    "nl": Labels(("Antwoord",), ("Uitleg", "Verklaring")),
-    "pl": Labels(("Odpowiedź",), ("Wyjaśnienie",)),
-    "pt": Labels(("Resposta",), ("Explicação",)),
-    "ru": Labels(("Ответ",), ("Объяснение", "Пояснение")),
-    "ar": Labels(("الإجابة", "الجواب"), ("التفسير", "الشرح")),
-    "vi": Labels(("Đáp án", "Trả lời"), ("Giải thích",)),
-    "hi": Labels(("उत्तर",), ("व्याख्या", "स्पष्टीकरण")),
-    "sw": Labels(("Jibu",), ("Maelezo",)),
-    "ur": Labels(("جواب",), ("وضاحت",)),
-}
-"ISO 639-1 code -> the answer and explanation labels completions in that language use."
+__all__ = ['RELEASE_SPLITS', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'release_letter', 'release_reading',
+           'extract_records', 'extraction_summary']
 
 # %% ../nbs/30_extraction.ipynb #344e1d04
 def label_language(code: str, file=None, row=None, field="lang") -> str:
@@ -407,21 +378,6 @@ def extract_records(records: Iterable[dict], items_by_key: Mapping | None = None
         e = extract_answer(r["text"], lang, options)
         out.append({**r, "letter": e.letter, "how": e.how, "rule": e.rule})
     return out
-
-# %% ../nbs/30_extraction.ipynb #3725fcef
-def read_release_samples(root=None, languages=DEMO_LANGUAGES, model: str = "llama") -> tuple[list[dict], dict]:
-    "Sample records `{qid, lang, sample, text, prompt}` of the release's X-CSQA train samples, and `{(qid, lang): MCItem}`."
-    root = release_dir(root)
-    records, items = [], {}
-    for lang in languages:
-        path = xcsqa_file(root, lang, "train", model)
-        its = read_release_file(path, lang, "xcsqa-train", f"release:{path.stem}")
-        for it, row in zip(its, read_release_rows(path)):
-            items[(it.qid, it.lang)] = it
-            prompt = f"{row.get('instruction', '')}\n{row['input']}".strip()   # the release's own prompt
-            for k, text in enumerate(row.get("pred") or []):
-                records.append({"qid": it.qid, "lang": it.lang, "sample": k, "text": text, "prompt": prompt})
-    return records, items
 
 # %% ../nbs/30_extraction.ipynb #e269d6cf
 def extraction_summary(extracted: Iterable[dict], items_by_key: Mapping) -> pd.DataFrame:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import DataError, MCItem, check_item, normalize_lang, LANGUAGES
+from .data import DEMO_LANGUAGES, DataError, MCItem, check_item, normalize_lang, LANGUAGES
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_CODES', 'release_dir', 'parse_question', 'parse_gold', 'read_release_rows', 'release_item',
-           'read_release_file', 'row_of', 'xcsqa_file', 'load_release_xcsqa', 'RowSignature', 'row_signature',
-           'signature_score', 'align_parallel', 'drift_report', 'medqa_group_files', 'MedQAGroup', 'load_release_medqa',
-           'from_xcsr', 'from_medqa', 'load_hub']
+           'read_release_file', 'row_of', 'xcsqa_file', 'load_release_xcsqa', 'read_release_samples', 'RowSignature',
+           'row_signature', 'signature_score', 'align_parallel', 'drift_report', 'medqa_group_files', 'MedQAGroup',
+           'load_release_medqa', 'from_xcsr', 'from_medqa', 'load_hub']
 
 # %% ../nbs/01_loaders.ipynb #69721ef0
 RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "calm-release" if "__file__" in globals() else Path("../../shared/calm-release")
@@ -125,6 +125,21 @@ def load_release_xcsqa(root=None, languages=("en", "zh", "fr", "de", "it", "ja")
     "X-CSQA items of the release in `languages`; qids `xcsqa-{split}-{row}`."
     root = release_dir(root)
     return [it for l in languages for it in read_release_file(xcsqa_file(root, l, split, model), l, f"xcsqa-{split}", f"release:xcsqa-{split}")]
+
+# %% ../nbs/01_loaders.ipynb #3725fcef
+def read_release_samples(root=None, languages=DEMO_LANGUAGES, model: str = "llama") -> tuple[list[dict], dict]:
+    "Sample records `{qid, lang, sample, text, prompt}` of the release's X-CSQA train samples, and `{(qid, lang): MCItem}`."
+    root = release_dir(root)
+    records, items = [], {}
+    for lang in languages:
+        path = xcsqa_file(root, lang, "train", model)
+        its = read_release_file(path, lang, "xcsqa-train", f"release:{path.stem}")
+        for it, row in zip(its, read_release_rows(path)):
+            items[(it.qid, it.lang)] = it
+            prompt = f"{row.get('instruction', '')}\n{row['input']}".strip()   # the release's own prompt
+            for k, text in enumerate(row.get("pred") or []):
+                records.append({"qid": it.qid, "lang": it.lang, "sample": k, "text": text, "prompt": prompt})
+    return records, items
 
 # %% ../nbs/01_loaders.ipynb #6837effc
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")

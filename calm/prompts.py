@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .data import DataError, MCItem, fingerprint, normalize_lang
-from .extraction import ANSWER_LABELS
+from .data import ANSWER_LABELS, DataError, MCItem, fingerprint, normalize_lang
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item', 'format_question', 'format_worked_example',
@@ -29,7 +28,7 @@ class PromptSpec:
     question_label: str             # written before the question, e.g. "Question"
     demo_explanation: str           # one-line explanation of a worked example; field {option}
     sep: str = ": "                 # between a label and what follows it
-    answer_label: str | None = None       # None: the first answer label of calm.extraction.ANSWER_LABELS
+    answer_label: str | None = None       # None: the first answer label of calm.data.ANSWER_LABELS
     explanation_label: str | None = None  # None: the first explanation label there
 
     @property

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .data import DEMO_LANGUAGES, DataError, normalize_lang
-from .extraction import extract_answer, extract_records, read_release_samples, release_letter, release_reading
-from .loaders import RELEASE_CODES, read_release_rows, release_dir
+from .extraction import extract_answer, extract_records, release_letter, release_reading
+from .loaders import RELEASE_CODES, read_release_rows, read_release_samples, release_dir
 from .metrics import ac3, accuracy, consistency_at
 from .pairs import build_pairs
 from .reports import write_manifest, write_table

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from calm import extraction
-from calm.data import DataError, MCItem
-from calm.extraction import (ANSWER_LABELS, Extraction, Labels, extract_answer, extract_records, extraction_summary,
-                             find_labels, read_release_samples)
+from calm.data import ANSWER_LABELS, DataError, Labels, MCItem
+from calm.extraction import Extraction, extract_answer, extract_records, extraction_summary, find_labels
+from calm.loaders import read_release_samples
 
 EN_ROW0 = [("A", "town"), ("B", "michigan"), ("C", "hospital"), ("D", "schools"), ("E", "office building")]
 ALL_LABELS = [(lang, l) for lang, t in ANSWER_LABELS.items() for l in t.answer]

@@ -3,8 +3,8 @@ from dataclasses import replace
 
 import pytest
 
-from calm.data import DataError, MCItem, demo_items
-from calm.extraction import ANSWER_LABELS, extract_answer
+from calm.data import ANSWER_LABELS, DataError, MCItem, demo_items
+from calm.extraction import extract_answer
 from calm.prompts import (PROMPTS, PromptBuilder, PromptSpec, check_prompt_item, format_question, format_worked_example,
                           load_release_prompts, prompt_spec, prompt_template_hash)
 
