@@ -70,7 +70,7 @@ def add_command(sub, func, name: str | None = None) -> argparse.ArgumentParser:
 # %% ../nbs/91_cli.ipynb #7367236e
 def demo_command(
     out: Path = default_of(run_demo, "out"),               # output folder; the stores go to OUT/_run
-    profile: str = default_of(run_demo, "profile"),        # profile name under configs/ or a YAML path; the options below override its first model and dataset
+    profile: str = default_of(run_demo, "profile"),        # a profile shipped with calm (demo, paper) or a YAML path; the options below override its first model and dataset
     languages: list[str] | None = None,                    # languages to ask in (default: the profile's; demo: en zh fr)
     model: str | None = None,                              # embedded model name, local folder or Hugging Face id (default: the profile's; demo: smollm2-135m)
     train_questions: int | None = None,                    # train questions to self-align on (default: the profile's; demo: 16 of 40)
@@ -246,13 +246,13 @@ def release_command(
 
 # %% ../nbs/91_cli.ipynb #081cf85a
 def reproduce_command(
-    profile: str = default_of(run_demo, "profile"),        # profile name under configs/ (demo, paper) or a YAML path
+    profile: str = default_of(run_demo, "profile"),        # a profile shipped with calm (demo, paper) or a YAML path
     only: str | None = None,                               # comma-separated notebooks to run, e.g. table1,fig3 (default: all of the profile's)
     dry_run: bool = False,                                 # validate the profile and print the planned work (generations, tokens, device-hours) without running anything
     out: Path | None = None,                               # output folder (default: reports/<profile name>)
     notebooks: Path | None = None,                         # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
 ) -> dict:
-    "Read a profile (configs/NAME.yaml), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
+    "Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
     from calm.reproduce import NotebookFailed, reproduce
     try: res = reproduce(profile, only=only, dry_run=dry_run, out=out, notebooks_dir=notebooks)
     except NotebookFailed as e:

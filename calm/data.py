@@ -19,7 +19,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'ANSWER_LABELS', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang',
            'Labels', 'MCItem', 'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items',
-           'by_question', 'check_parallel', 'summarize', 'fingerprint', 'demo_path', 'demo_items']
+           'by_question', 'check_parallel', 'summarize', 'fingerprint', 'bundled', 'demo_path', 'demo_items']
 
 # %% ../nbs/00_data.ipynb #227caec1
 LANGUAGES = {
@@ -243,6 +243,14 @@ def fingerprint(items: Iterable[MCItem]) -> str:
     for it in items: h.update((json.dumps(it.to_dict(), ensure_ascii=False, sort_keys=True) + "\n").encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/00_data.ipynb #bc610773
+def bundled(*parts: str) -> Path:
+    "A file or folder shipped in the package under `calm/bundled/` (read with `importlib.resources`); `DataError` if absent."
+    from importlib.resources import files
+    p = files("calm").joinpath("bundled", *parts)
+    if not (p.is_file() or p.is_dir()): raise DataError(f"not shipped with this calm installation: calm/bundled/{'/'.join(parts)}")
+    return Path(str(p))
+
 # %% ../nbs/00_data.ipynb #26e62b36
 DEMO_LANGUAGES = ["en", "zh", "fr", "de", "it", "ja"]
 "The six languages of the paper's X-CSQA experiments, and of the bundled demo set."
@@ -250,11 +258,7 @@ DEMO_LANGUAGES = ["en", "zh", "fr", "de", "it", "ja"]
 def demo_path(split: str = "train") -> Path:
     "Path of the bundled demo split (`train` or `test`)."
     if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    for root in (here.parent, here, Path.cwd(), Path.cwd().parent):
-        p = root / "data" / "demo" / f"{split}.jsonl"
-        if p.exists(): return p
-    raise DataError(f"bundled demo split {split!r} not found (looked for data/demo/{split}.jsonl near {here})")
+    return bundled("demo", f"{split}.jsonl")
 
 def demo_items(split: str = "train") -> list[MCItem]:
     "The bundled demo split, validated (every question in all six languages)."

@@ -22,8 +22,8 @@ __all__ = ['RELEASE_DIR', 'RELEASE_CODES', 'release_dir', 'parse_question', 'par
            'load_release_medqa', 'from_xcsr', 'from_medqa', 'load_hub']
 
 # %% ../nbs/01_loaders.ipynb #69721ef0
-RELEASE_DIR = Path(__file__).resolve().parents[2] / "shared" / "calm-release" if "__file__" in globals() else Path("../../shared/calm-release")
-"Default location of the release copy: `shared/calm-release` beside the repository."
+RELEASE_DIR = Path("shared") / "calm-release"
+"Where the release copy is looked for, in the working directory and each folder above it (`../shared/calm-release` beside a checkout)."
 
 def release_dir(path=None) -> Path:
     "The release folder: `path` (must exist), else `$CALM_RELEASE_DIR`, else `shared/calm-release` beside the repo."
@@ -31,10 +31,10 @@ def release_dir(path=None) -> Path:
     if path is not None:
         if not Path(path).is_dir(): raise DataError("release folder not found", file=path)
         return Path(path)
-    for p in (os.environ.get("CALM_RELEASE_DIR"), RELEASE_DIR, Path.cwd().parent / "shared" / "calm-release",
-              Path.cwd().parent.parent / "shared" / "calm-release"):
+    cwd = Path.cwd()
+    for p in (os.environ.get("CALM_RELEASE_DIR"), *(d / RELEASE_DIR for d in (cwd, *cwd.parents))):
         if p and Path(p).is_dir(): return Path(p)
-    raise DataError(f"release folder not found (pass a path or set CALM_RELEASE_DIR; tried {RELEASE_DIR})")
+    raise DataError(f"release folder not found (pass a path, set CALM_RELEASE_DIR, or work below a folder holding {RELEASE_DIR}; looked from {cwd} up)")
 
 # %% ../nbs/01_loaders.ipynb #6d35ec83
 _QUESTION_LABEL = re.compile(r"^\s*(question|frage|domanda|pregunta|vraag|pytanie|pergunta|问题|問題|質問|вопрос)\s*[:：]\s*", re.I)

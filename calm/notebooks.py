@@ -15,9 +15,13 @@ __all__ = ['INDEX_TITLE', 'notebook_path', 'notebook_parameter', 'NotebookFailed
 
 # %% ../nbs/88_notebooks.ipynb #c67571798
 def notebook_path(name: str, notebooks_dir=None) -> Path:
-    "The experiment notebook `name` in `notebooks_dir` (default: `$CALM_NOTEBOOKS`, else `nbs/experiments` of the checkout); `FileNotFoundError` if absent."
-    here = Path(__file__).resolve().parents[1] / "nbs" / "experiments" if "__file__" in globals() else Path("experiments").resolve()
-    d = Path(notebooks_dir or os.environ.get("CALM_NOTEBOOKS") or here)
+    "The experiment notebook `name` in `notebooks_dir` (default: `$CALM_NOTEBOOKS`, else `nbs/experiments` of the checkout holding the working directory); `FileNotFoundError` if absent."
+    d = notebooks_dir or os.environ.get("CALM_NOTEBOOKS")
+    if not d:
+        cwd = Path.cwd()
+        d = next((r / "nbs" / "experiments" for r in (cwd, *cwd.parents) if (r / "nbs" / "experiments").is_dir()), None)
+        if d is None: raise FileNotFoundError(f"experiment notebooks not found: pass --notebooks, set CALM_NOTEBOOKS, or work inside a calm checkout (nbs/experiments above {cwd})")
+    d = Path(d)
     f = d / f"{name}.ipynb"
     if not f.is_file(): raise FileNotFoundError(f"experiment notebook not found: {f}")
     return f

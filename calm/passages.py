@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .data import DataError, MCItem, normalize_lang, read_items
+from .data import DataError, MCItem, bundled, normalize_lang, read_items
 from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
 
 # %% auto #0
@@ -265,12 +265,8 @@ def find_books(corpus, lang: str | None = None) -> list[Book]:
 
 # %% ../nbs/95_passages.ipynb #8fa3e3ca
 def bundled_corpus() -> Path:
-    "The folder of the bundled demo corpus, `data/corpus/`."
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    for root in (here.parent, here, Path.cwd(), Path.cwd().parent):
-        p = root / "data" / "corpus"
-        if (p / "questions.jsonl").exists(): return p
-    raise DataError(f"the bundled corpus was not found (looked for data/corpus/ near {here})")
+    "The folder of the bundled demo corpus, `calm/bundled/corpus/` (shipped in the package)."
+    return bundled("corpus")
 
 def bundled_questions() -> list[MCItem]:
     "The MedQA-style demo questions whose answers the bundled corpus holds."

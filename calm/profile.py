@@ -18,8 +18,10 @@ __all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'M
            'load_profile']
 
 # %% ../nbs/84_profile.ipynb #c00080893
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" if "__file__" in globals() else Path("../configs").resolve()
-"Where `--profile NAME` looks for `NAME.yaml`."
+from importlib.resources import files
+
+CONFIGS_DIR = Path(str(files("calm") / "profiles"))
+"Where `--profile NAME` looks for `NAME.yaml`: the profiles shipped in the package (`calm/profiles/`)."
 
 NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Consistency, AC3",
              "table2": "Table 2: SFT and DPO trained with ground truth",
@@ -232,11 +234,12 @@ def override(p: Profile, model=None, languages=None, train_questions=None, test_
 
 # %% ../nbs/84_profile.ipynb #c37831972
 def _path(file, value) -> Path:
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (Path(file).resolve().parent / p)
+    "`value` as a path: relative to the profile's folder, or to the working directory for a profile shipped in the package."
+    p, folder = Path(value).expanduser(), Path(file).resolve().parent
+    return p if p.is_absolute() else ((Path.cwd() if folder == CONFIGS_DIR.resolve() else folder) / p)
 
 def find_profile(profile) -> Path:
-    "The YAML file of `profile`: a path, or a name under `configs/` (`demo`, `paper`)."
+    "The YAML file of `profile`: a path, or the name of a profile shipped in `calm/profiles/` (`demo`, `paper`)."
     p = Path(profile)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file(): raise FileNotFoundError(f"profile file not found: {p}")

@@ -1,8 +1,15 @@
-"""Install output (issue 16): the license is an SPDX string (no setuptools deprecation), `make setup` says what it installs."""
+"""Install output (issue 16): the license is an SPDX string (no setuptools deprecation), `make setup` says what it installs;
+package data (issue 11): an installed calm reads its demo set, corpus and profiles without a checkout."""
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +35,49 @@ def test_setup_says_what_it_installs():
     assert any("MB" in s[2] or "GB" in s[2] for s in steps)
     for line in recipe.splitlines():                                 # every pip install is announced by the step before it
         if "pip install" in line: assert line.strip().startswith("@")
+
+
+# --- package data (issue 11): what calm reads ships inside the package and is found without a checkout ---
+RESOURCE_MODULES = ("cli", "data", "loaders", "notebooks", "passages", "profile")
+
+
+def test_package_data_covers_every_shipped_file():
+    import fnmatch
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["calm"]
+    shipped = [p.relative_to(ROOT / "calm").as_posix() for d in ("bundled", "profiles") for p in (ROOT / "calm" / d).rglob("*") if p.is_file()]
+    assert {"bundled/demo/train.jsonl", "bundled/demo/test.jsonl", "bundled/corpus/questions.jsonl", "profiles/demo.yaml", "profiles/paper.yaml"} <= set(shipped)
+    assert [f for f in shipped if not any(fnmatch.fnmatch(f, g.replace("**/", "*")) for g in globs)] == []
+
+
+def test_resources_are_not_found_through_checkout_paths():
+    for m in RESOURCE_MODULES:
+        assert "__file__" not in (ROOT / "calm" / f"{m}.py").read_text(encoding="utf-8"), f"calm/{m}.py finds files relative to its own file"
+
+
+@pytest.mark.slow
+def test_an_installed_copy_works_outside_a_checkout(tmp_path):
+    "pip-install a copy of the package (no checkout around it) and read the demo set, the corpus and a profile from an unrelated folder."
+    src = tmp_path / "src"; src.mkdir()
+    for f in ("pyproject.toml", "README.md"): shutil.copy(ROOT / f, src / f)
+    shutil.copytree(ROOT / "calm", src / "calm", ignore=shutil.ignore_patterns("__pycache__"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(src)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"; elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALM_")} | {"PYTHONPATH": str(site)}
+    code = """
+import calm, pytest
+from calm.data import DataError, demo_items
+from calm.loaders import release_dir
+from calm.notebooks import notebook_path
+from calm.passages import bundled_questions
+from calm.profile import load_profile
+print(calm.__file__)
+print(len(demo_items("test")), len(bundled_questions()) > 0, load_profile("demo").name, load_profile("paper").name)
+with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()
+with pytest.raises(FileNotFoundError, match="CALM_NOTEBOOKS"): notebook_path("table1")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    where, found = r.stdout.splitlines()
+    assert where.startswith(str(site)) and found == "120 True demo paper"

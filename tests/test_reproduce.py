@@ -11,7 +11,7 @@ from calm.data import read_items
 
 
 def _profile(tmp_path, name="p", **changes):
-    "A copy of configs/demo.yaml with `changes` applied (dotted keys; None deletes); returns its path."
+    "A copy of calm/profiles/demo.yaml with `changes` applied (dotted keys; None deletes); returns its path."
     raw = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
     for key, value in changes.items():
         *parents, last = key.split(".")
