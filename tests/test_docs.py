@@ -206,3 +206,29 @@ def test_adapter_readmes_are_not_report_pages(tmp_path):
     (reports / "demo" / "adapters" / "CALM" / "README.md").write_text("# Model Card for Model ID\n<!-- x -->")
     (reports / "demo" / "README.md").write_text("# Demo\n")
     assert [p.src for p in report_pages(reports)] == ["reports/demo/README.md"]
+
+
+def test_front_page_lists_every_notebook_in_pipeline_order():
+    "index.ipynb: one table row per notebook, numbered notebooks by number, then the experiments in the order calm reproduce knows them."
+    from calm.profile import NOTEBOOKS
+    text = "".join("".join(c["source"]) for c in json.loads((NBS / "index.ipynb").read_text())["cells"] if c["cell_type"] == "markdown")
+    listed = re.findall(r"^\|[^|]+\| `([^`]+)` \|", text, re.M)
+    numbered = sorted(p.stem for p in NBS.glob("*.ipynb") if p.name != "index.ipynb" and not p.name.startswith(("_", ".")))
+    experiments = [f"experiments/{n}" for n in NOTEBOOKS]
+    assert sorted(p.stem for p in (NBS / "experiments").glob("*.ipynb")) == sorted(NOTEBOOKS)
+    assert listed == numbered + experiments
+
+
+def test_nbdev_readme_leaves_the_hand_written_readme_alone(tmp_path, monkeypatch):
+    "settings.ini's readme_nb names no notebook, so nbdev_readme (run by nbdev_docs and nbdev_prepare) skips README.md."
+    from nbdev.config import get_config
+    from nbdev.quarto import _doc_mtime_not_older, nbdev_readme
+    for f in ("settings.ini", "README.md"): (tmp_path / f).write_bytes((ROOT / f).read_bytes())
+    (tmp_path / "nbs").mkdir(); (tmp_path / "nbs" / "index.ipynb").write_bytes((NBS / "index.ipynb").read_bytes())
+    os.utime(tmp_path / "README.md", (0, 0))                      # the front page is newer than README.md
+    monkeypatch.chdir(tmp_path)
+    cfg = get_config()
+    assert cfg.readme_nb != "index.ipynb" and not (tmp_path / "nbs" / cfg.readme_nb).exists()
+    assert not _doc_mtime_not_older(tmp_path / "README.md", tmp_path / "nbs" / "index.ipynb")   # with index.ipynb, nbdev would render it
+    nbdev_readme.__wrapped__(chk_time=True)
+    assert (tmp_path / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
