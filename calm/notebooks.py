@@ -26,6 +26,7 @@ def notebook_path(name: str, notebooks_dir=None) -> Path:
     if not f.is_file(): raise FileNotFoundError(f"experiment notebook not found: {f}")
     return f
 
+# %% ../nbs/88_notebooks.ipynb #10b49342
 def notebook_parameter(p: Profile, name: str, key: str):
     "The value notebook `name` runs with for parameter `key`: the profile's, else the default in the notebook's parameters cell."
     if key in p.parameters.get(name, {}): return p.parameters[name][key]
@@ -40,6 +41,7 @@ class NotebookFailed(RuntimeError):
         self.name, self.executed = name, Path(executed)
         super().__init__(f"notebook {name} failed ({reason}); the partial executed notebook is {executed}")
 
+# %% ../nbs/88_notebooks.ipynb #f0c1b261
 def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None) -> Path:
     "Execute experiment notebook `name` with papermill into `out/name/name.ipynb`; `NotebookFailed` when a cell raises."
     import papermill as pm
@@ -59,6 +61,7 @@ def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None) -> Pa
 INDEX_TITLE = "# Reproduction: profile `{name}`"
 "The first line of the index `reproduce` writes."
 
+# %% ../nbs/88_notebooks.ipynb #624beb5f
 def committed(f: Path, out: Path) -> bool:
     "Whether `f` is one of the files a reader needs (tables, figures, index), not a store, an adapter or an executed notebook."
     parts = f.relative_to(out).parts
@@ -66,6 +69,7 @@ def committed(f: Path, out: Path) -> bool:
     return not (bulky & set(parts) or any(x == "eval" or x.startswith("eval_") for x in parts) or f.suffix in (".ipynb", ".jsonl")
                 or f.name == "votes.csv")
 
+# %% ../nbs/88_notebooks.ipynb #77c2250a
 def write_index(out: Path, p: Profile, done: list, failed: dict | None = None, timings: dict | None = None) -> Path:
     "Write `out/README.md`, linking every artifact each notebook wrote and the manifest."
     arg = p.name if p.file.resolve().parent == CONFIGS_DIR.resolve() else p.file.name
