@@ -14,6 +14,7 @@ __all__ = ['HUB_IDS', 'hub_id', 'adapter_card', 'publish_adapter']
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 "Embedded model name (`calm.models.EMBEDDED_MODELS`) -> the hub id of the model its GGUF file was made from."
 
+# %% ../nbs/63_adapters.ipynb #26ab93e0
 def _is_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not Path(name).exists()

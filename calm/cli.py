@@ -265,6 +265,7 @@ def reproduce_command(
 COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, drift_command, release_command, reproduce_command)
 "The commands `parser` builds from their signatures; `calm train` is handed to `calm.train.main` as it is."
 
+# %% ../nbs/91_cli.ipynb #2ae9b846
 def parser() -> argparse.ArgumentParser:
     "The `calm` argument parser: one subcommand per function of `COMMANDS`, and `train`."
     from calm import __version__

@@ -29,6 +29,7 @@ def wanted(st: Stage, notebooks) -> bool:
     "Whether a profile whose notebooks are `notebooks` runs stage `st`: a main stage, or one a listed notebook reads."
     return st.main or bool(set(st.tables) & set(notebooks))
 
+# %% ../nbs/90_reproduce.ipynb #624701f9
 def _generations(st: Stage, p: Profile) -> dict | None:
     "The plan row of a stage that generates (None for the others)."
     kw = st.kwargs

@@ -72,6 +72,7 @@ def run_views(profile, run_dir, release=None) -> list[RunView]:
             views.append(RunView(m, d.name, f, list(d.languages), train, test, asdict(d)))
     return views
 
+# %% ../nbs/87_runs.ipynb #208f1433
 def run_adapters(run_dir, systems=SYSTEMS[1:]) -> dict:
     "`{system: adapter folder}` for the `systems` a run trained, in `systems` order; `run_dir` is one run, or a runs folder (its first run)."
     d = Path(run_dir)
@@ -90,6 +91,7 @@ class Answers:
     systems: dict
     info: dict = field(default_factory=dict)
 
+# %% ../nbs/87_runs.ipynb #e01d25a0
 def _store_answers(v: RunView, store: str, systems) -> tuple:
     recs, items, langs, info = answers_of(v.folder, store, list(systems))
     return recs, items, langs, info
@@ -105,6 +107,7 @@ def table9_answers(profile, run_dir, release=None, questions: int | None = None)
             out.append(Answers(v.label, items, langs, recs, {"group": group, "model": v.model, "trained_on": v.dataset}))
     return sorted(out, key=lambda a: (a.label, a.info["group"] != "en"))
 
+# %% ../nbs/87_runs.ipynb #2552e033
 def table3_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
     "Table 3: each run's systems on its own test set (in-domain) and on every other test set it answered (cross-dataset)."
     out = []
@@ -117,6 +120,7 @@ def table3_answers(profile, run_dir, release=None, questions: int | None = None)
             out.append(Answers(f"{info['label']} (cross-dataset)", items, langs, recs, meta))
     return out
 
+# %% ../nbs/87_runs.ipynb #4bc11b7a
 def table10_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
     "Table 10: base and every curriculum stage, answered in all the languages of the curriculum's test set; `info['trained']` maps each to its languages."
     from calm.runner import curriculum_of
