@@ -24,6 +24,7 @@ LETTERS = OPTION_LETTERS
 _CODE = {l: i for i, l in enumerate(LETTERS)}
 _DECODE = np.array(list(LETTERS) + [None], dtype=object)  # index -1 -> None
 
+# %% ../nbs/40_voting.ipynb #9d8dacbf
 def encode_letters(seq) -> np.ndarray:
     "Letters as int8 codes (A=0 .. J=9) in the shape of `seq`, case and full-width folded (`fold_letter`); None and unknown values become -1."
     arr = np.asarray(seq, dtype=object)
@@ -31,6 +32,7 @@ def encode_letters(seq) -> np.ndarray:
     codes = np.fromiter((_CODE.get(fold_letter(x), -1) for x in flat), np.int8, count=flat.size)
     return codes.reshape(arr.shape)
 
+# %% ../nbs/40_voting.ipynb #8c270fda
 def decode_letters(codes) -> np.ndarray:
     "Int codes back to an object array of letters, with None for -1."
     codes = np.asarray(codes)
@@ -66,11 +68,13 @@ def vote_counts(codes, k: int | None = None, chunk: int = 1 << 15) -> np.ndarray
 TIE_POLICIES = ("drop", "order", "random", "release")
 "How `majority_vote` resolves a tie for the top count (`release`: `order` in `RELEASE_TIE_ORDER`)."
 
+# %% ../nbs/40_voting.ipynb #2734dd00
 RELEASE_TIE_ORDER = ("zh", "en", "fr", "it", "de", "ja")
 """The language order the release's code states (`get_multilingual_consistency(cn_ans, en_ans, fr_ans, it_ans, de_ans, ja_ans)`,
 `get_voting_count(cn_file, en_file, fr_file)` in `wangym2/CALM` `utils/votingfunc.py`); its `get_final_ans` keeps the first
 letter seen among tied ones (`max(count, key=count.get)`), so a tie goes to the first answer in this order."""
 
+# %% ../nbs/40_voting.ipynb #48b06fa0
 @dataclass
 class VoteResult:
     "Per-question outcome of a majority vote, as parallel arrays."
@@ -86,6 +90,7 @@ class VoteResult:
         "The winners as letters (None for -1)."
         return decode_letters(self.winner)
 
+# %% ../nbs/40_voting.ipynb #aaa1cd6c
 def _column_order(shape: tuple, lang_order) -> np.ndarray:
     "Flat column indices of a (Q, L, S) or (Q, N) array, languages in `lang_order` first, then samples."
     L, S = (shape[1], shape[2]) if len(shape) == 3 else (shape[1], 1)
@@ -194,6 +199,7 @@ def winning_share_by_language(records: pd.DataFrame, votes: pd.DataFrame, langua
     g["share_of_winning_votes"] = g["agree"] / max(int(g["agree"].sum()), 1)
     return g.astype({"samples": int, "agree": int})
 
+# %% ../nbs/40_voting.ipynb #b0d93e6a
 def pair_share_by_language(pairs: pd.DataFrame, languages: Sequence[str] | None = None) -> pd.DataFrame:
     "Per language: the number of pairs and their share of all pairs."
     _check_columns(pairs, ("lang",))
