@@ -99,6 +99,7 @@ def prompt_spec(lang: str, prompts: Mapping[str, PromptSpec] | None = None) -> P
                         f"add a PromptSpec to calm.prompts.PROMPTS", field="lang")
     return prompts[code]
 
+# %% ../nbs/10_prompts.ipynb #20beb706
 def check_prompt_item(item: MCItem, prompts: Mapping[str, PromptSpec] | None = None) -> MCItem:
     "`item` if it can be asked; `DataError` naming its question if its language, question or options are unusable."
     where = f"question {getattr(item, 'qid', '?')!r} ({getattr(item, 'lang', '?')}): "
@@ -117,6 +118,7 @@ def format_question(item: MCItem, spec: PromptSpec | None = None) -> str:
     spec = spec or prompt_spec(item.lang)
     return f"{spec.question_label}{spec.sep}{item.question.strip()}\n" + "\n".join(f"{l}. {t}" for l, t in item.options)
 
+# %% ../nbs/10_prompts.ipynb #32e5d019
 def format_worked_example(item: MCItem, spec: PromptSpec | None = None) -> str:
     "`item` with its answer written out in the output format: a one-line explanation naming the gold option, then its letter."
     spec = spec or prompt_spec(item.lang)
@@ -128,10 +130,12 @@ def format_worked_example(item: MCItem, spec: PromptSpec | None = None) -> str:
 MODES = ("chat", "fewshot", "plain")
 "The prompt modes a `PromptBuilder` knows."
 
+# %% ../nbs/10_prompts.ipynb #552c7098
 def has_chat_template(tokenizer) -> bool:
     "Whether `tokenizer` has a chat template."
     return bool(getattr(tokenizer, "chat_template", None))
 
+# %% ../nbs/10_prompts.ipynb #c821c568
 @dataclass
 class PromptBuilder:
     "Turns an `MCItem` into the text a model sees (`chat`, `fewshot` or `plain`), with stop strings and a template hash."
@@ -219,6 +223,7 @@ class PromptBuilder:
         "A 16-hex-digit SHA-256 of `describe()`: equal hashes mean equal prompts for equal items."
         return prompt_template_hash(self)
 
+# %% ../nbs/10_prompts.ipynb #cbe74a0d
 def prompt_template_hash(prompts) -> str:
     "SHA-256 (16 hex digits) of a `PromptBuilder`'s description, a `PromptSpec`, or a `{lang: PromptSpec}` table."
     if isinstance(prompts, PromptBuilder): data = prompts.describe()
@@ -234,6 +239,7 @@ def model_context(model=None, tokenizer=None) -> int | None:
     if not n: n = getattr(tokenizer, "model_max_length", None)
     return int(n) if n and n < 10**7 else None   # tokenizers without a limit report ~1e30
 
+# %% ../nbs/10_prompts.ipynb #66bc0e9b
 def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], tokenizer, max_new_tokens: int,
                   context: int | None, skip: bool = False, file=None) -> list[MCItem]:
     "The `items` whose prompt plus `max_new_tokens` fits in `context` tokens; `DataError` naming every one that does not, unless `skip`."
