@@ -17,9 +17,12 @@ __all__ = ['SYSTEM_COLORS', 'OTHER_COLORS', 'VOTE_COLOR', 'CURVES', 'system_colo
 # %% ../nbs/83_figures.ipynb #b0e0d973
 SYSTEM_COLORS = {"base": "#7f7f7f", "SFT": "#1f77b4", "SFT_gold": "#9ecae1", "CALM": "#ff7f0e", "CALM_gold": "#fdae6b"}
 "System -> colour, used by every figure."
+
+# %% ../nbs/83_figures.ipynb #d7c49fc3
 OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 "Colours for names that are not systems (picked by a hash of the name, so stable across figures)."
 
+# %% ../nbs/83_figures.ipynb #94f30e56
 def system_color(name: str) -> str:
     "The colour of system `name`: its own, that of the system it extends, CALM's for a curriculum stage, else one fixed by the name."
     name = str(name)
@@ -30,10 +33,12 @@ def system_color(name: str) -> str:
     if name[:2].isdigit() and name[2:3] == "-": return SYSTEM_COLORS["CALM"]          # curriculum stage folders: 00-en, 01-en-fr
     return OTHER_COLORS[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(OTHER_COLORS)]
 
+# %% ../nbs/83_figures.ipynb #19f6b6c2
 def palette(names: Sequence[str]) -> dict:
     "`{name: colour}` for `names` (seaborn's `palette=`)."
     return {n: system_color(n) for n in names}
 
+# %% ../nbs/83_figures.ipynb #12f4603a
 def options_k(items) -> int | None:
     "The usual number of options of `items` (for the chance line 1/k); None without items."
     from collections import Counter
@@ -95,6 +100,7 @@ def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None =
 VOTE_COLOR = "#333333"
 "The colour of a majority vote of the base model's answers (base's grey, darker)."
 
+# %% ../nbs/83_figures.ipynb #207e96f6
 def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = None, path_stem=None, title: str | None = None):
     "Per-language first-sample accuracy (`base`: lang, accuracy) beside majority-vote accuracy (`votes`: languages, accuracy), percent."
     from matplotlib.figure import Figure
@@ -149,12 +155,14 @@ CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewa
           "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")]}
 "The panels of a training-curve figure per method: (log key, title)."
 
+# %% ../nbs/83_figures.ipynb #ab1f410c
 def run_title(method: str, name: str | None = None) -> str:
     "A run's title naming its method once: `SFT`, `CALM (DPO)`, `01-en-fr (DPO)`."
     m = method.upper()
     if not name or name.upper() == m: return m
     return name if m in name.upper().replace("_", " ").split() else f"{name} ({m})"
 
+# %% ../nbs/83_figures.ipynb #db5005b6
 def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
     "Training and held-out curves for `method` with integer step axes, accuracies from 0 to 1 and honest loss scales (saved to `path` when given)."
     from matplotlib.figure import Figure
