@@ -29,6 +29,7 @@ __all__ = ['RELEASE_MODELS', 'PROTOCOLS', 'PAPER_ACC_LANGUAGES', 'PAPER_COLUMNS'
 RELEASE_MODELS = ("llama", "mistral")
 "Models whose samples the public release has (this machine's copy holds only llama's)."
 
+# %% ../nbs/81_release.ipynb #9893b9a7
 def release_samples(root=None, model: str = "llama", languages=DEMO_LANGUAGES):
     "Items and extracted sample records (with the release's prompt) of the release's X-CSQA train samples."
     if model not in RELEASE_MODELS: raise ValueError(f"model must be one of {RELEASE_MODELS}, not {model!r}")
@@ -40,6 +41,7 @@ def gold_of(items) -> dict:
     "`{qid: gold}` from items (the same in every language)."
     return {it.qid: it.gold for it in items}
 
+# %% ../nbs/81_release.ipynb #e5de7c0b
 def base_accuracy(records: pd.DataFrame, gold: dict, languages) -> pd.DataFrame:
     "Per-language accuracy and parse rate (percent) of the first sample, plus their average row."
     first = records[records["sample"] == 0]
@@ -60,6 +62,7 @@ def vote_accuracy(records: pd.DataFrame, gold: dict, language_sets: dict, tie: s
         rows.append({"languages": name, "accuracy": 100 * float((v.winner == v.qid.map(gold)).mean()), "ties": int(v.tie.sum()), "n": len(v)})
     return pd.DataFrame(rows)
 
+# %% ../nbs/81_release.ipynb #8a0284fd
 def first_sample_consistency(records: pd.DataFrame, gold: dict, languages) -> pd.DataFrame:
     "Consistency_s and AC3_s (fractions) on first samples, for s = 2..L."
     qids, codes = answer_array(records, languages, samples=[0])
@@ -80,16 +83,20 @@ def figure3(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = 5, 
 PROTOCOLS = ("paper", "strict")
 "`paper`: the release's computation of Table 1, quirks included; `strict`: ours."
 
+# %% ../nbs/81_release.ipynb #f2ddadbb
 PAPER_ACC_LANGUAGES = ("en", "zh", "fr")
 "The languages the paper's ACC_avg averages (the training languages), not all six."
 
+# %% ../nbs/81_release.ipynb #5d7531d1
 PAPER_COLUMNS = ("en", "zh", "fr", "it", "de", "ja")
 "The order of the language columns in the paper's Table 1."
 
+# %% ../nbs/81_release.ipynb #ea434455
 def paper_letters(records: pd.DataFrame) -> pd.DataFrame:
     "`records` with `letter` read by the release's parser (`release_letter`), quirks included."
     return records.assign(letter=[release_letter(t, l) for t, l in zip(records["text"], records["lang"])])
 
+# %% ../nbs/81_release.ipynb #72bd554e
 def paper_answers(records: pd.DataFrame, languages) -> pd.DataFrame:
     "Per question (rows) and language (columns): the release's answer, the first sample whose letter parses (None if none)."
     r = records[records["letter"].notna()].sort_values(["qid", "lang", "sample"])
@@ -97,6 +104,7 @@ def paper_answers(records: pd.DataFrame, languages) -> pd.DataFrame:
     qids = pd.unique(records["qid"])
     return first.reindex(index=qids, columns=list(languages)).astype(object).where(lambda d: d.notna(), None)
 
+# %% ../nbs/81_release.ipynb #a7ec5fb2
 def paper_row(records: pd.DataFrame, gold: dict, languages) -> dict:
     "Table 1 as the paper computed it (fractions): accuracy per language, ACC_avg over en/zh/fr, pairwise Consis, AC3 (of the rounded percentages)."
     ans = paper_answers(paper_letters(records), languages)
@@ -115,6 +123,7 @@ def paper_row(records: pd.DataFrame, gold: dict, languages) -> dict:
             "Consis": consis, "AC3": float(ac3(*reported)) / 100, "AC3_unrounded": float(ac3(mean_all, consis)),
             "questions_in_Consis": len(full), "questions": len(ans)}
 
+# %% ../nbs/81_release.ipynb #7e2d650f
 def strict_row(records: pd.DataFrame, gold: dict, languages, samples=(0,)) -> dict:
     "Table 1 our way (fractions): `extract_answer` letters, `samples` (default sample 0; unparsed is wrong), ACC_avg over all languages, Consistency_s and AC3_s."
     qids, codes = answer_array(records, languages, samples=list(samples) if samples is not None else None)
@@ -142,6 +151,7 @@ PROTOCOL_DIFFERENCES = [
 ]
 "One line per difference between the two protocols: (what, paper, strict)."
 
+# %% ../nbs/81_release.ipynb #54ffab01
 def protocol_table(paper: dict, strict: dict, languages, s: int = 2) -> pd.DataFrame:
     "Both protocols' Table 1 rows side by side, in percent, each row saying where a difference comes from."
     rows = [(f"acc_{l}", paper[f"acc_{l}"], strict[f"acc_{l}"], "parser; answer of a language") for l in languages]
@@ -152,6 +162,7 @@ def protocol_table(paper: dict, strict: dict, languages, s: int = 2) -> pd.DataF
     t[["paper", "strict"]] = 100 * t[["paper", "strict"]]
     return t
 
+# %% ../nbs/81_release.ipynb #820b51fa
 def parse_rates(records: pd.DataFrame, languages) -> pd.DataFrame:
     "Per language: completions, % read by the release's parser, % of those a careful reader would also take (`release_reading` is `letter`), % read by ours, and disagreements."
     kind = pd.Series([release_reading(t, l) for t, l in zip(records["text"], records["lang"])], index=records.index)
@@ -167,6 +178,7 @@ def parse_rates(records: pd.DataFrame, languages) -> pd.DataFrame:
                      **{f"release_{k}": int((kind[m] == k).sum()) for k in ("word_initial", "several_options", "marked_wrong", "not_a_letter")}})
     return pd.DataFrame(rows)
 
+# %% ../nbs/81_release.ipynb #79c8a4ea
 def dpo_counts(pairs: pd.DataFrame, languages, dpo_dir=None) -> tuple[pd.DataFrame, str]:
     "Our pairs per language beside the release's own DPO files' sizes (`DPO_{code}.json` in `dpo_dir`), and a note saying what was read."
     ours = pair_share_by_language(pairs, languages).set_index("lang")["pairs"]
