@@ -28,6 +28,7 @@ class Translator(Protocol):
         "The translations of `texts`, in order."
         ...
 
+# %% ../nbs/50_pairs.ipynb #e927fcde
 class IdentityTranslator:
     "A `Translator` that returns texts unchanged; pairs built with it are marked untranslated."
     name = "identity"
@@ -35,11 +36,11 @@ class IdentityTranslator:
     def __init__(self): pass                      # no settings (and a signature the docs can show)
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: return list(texts)
 
-
 # %% ../nbs/50_pairs.ipynb #6b2839d7
 CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>", "[INST]", "<start_of_turn>", "<|user|>", "<|system|>")
 "Strings that show a text prompt already holds a chat template."
 
+# %% ../nbs/50_pairs.ipynb #d8a4dae7
 def default_system_message(tokenizer) -> str | None:
     "The system message `tokenizer`'s chat template inserts when a chat has none (SmolLM2 has one), else None."
     user, mark = "\x00user\x00", "\x00system\x00"
@@ -50,6 +51,7 @@ def default_system_message(tokenizer) -> str | None:
     if not pre or not plain.startswith(pre) or not plain.endswith(post) or len(plain) < len(pre) + len(post): return None
     return plain[len(pre):len(plain) - len(post)] or None
 
+# %% ../nbs/50_pairs.ipynb #6b56b37b
 def prompt_messages(builder, item) -> list[dict] | str:
     "What a pair stores as the prompt of `item`: chat messages (system, user) when `builder` is in chat mode, else the prompt text."
     if getattr(builder, "mode", None) != "chat": return builder(item)
@@ -62,6 +64,7 @@ def prompt_messages(builder, item) -> list[dict] | str:
                          "the chat template treats an explicit system message differently from its default one")
     return msgs
 
+# %% ../nbs/50_pairs.ipynb #5a4ec88c
 def prompt_fields(prompt) -> dict:
     "`{prompt, system, chat}` from a text prompt or a list of messages (system?, user); warns when a text prompt holds a chat template."
     if isinstance(prompt, str):
@@ -76,6 +79,7 @@ def prompt_fields(prompt) -> dict:
         return {"prompt": prompt[-1]["content"], "system": prompt[0]["content"] if len(prompt) == 2 else None, "chat": True}
     raise DataError(f"a prompt is a text or a list of {{role, content}} messages, got {type(prompt).__name__}", field="prompt")
 
+# %% ../nbs/50_pairs.ipynb #1d1c9b20
 def row_messages(prompt: str, system: str | None = None) -> list[dict]:
     "The prompt messages of a table row: the system message when there is one, then the user turn."
     return ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [{"role": "user", "content": prompt}]
@@ -86,6 +90,7 @@ PAIR_COLUMNS = ["qid", "lang", "prompt", "chosen", "rejected", "chosen_letter", 
                 "system", "chat"]
 "Columns of a pair table, in order."
 
+# %% ../nbs/50_pairs.ipynb #959698a3
 def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame) -> dict:
     "{qid: {lang: first winning record}} for questions that have a winner."
     w = records.merge(votes[["qid", "winner"]], on="qid")
@@ -135,6 +140,7 @@ def untranslated(frame: pd.DataFrame) -> pd.Series:
     translated = frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns else False
     return (frame[src].notna() & (frame[src] != frame["lang"]) & ~translated).astype(bool)
 
+# %% ../nbs/50_pairs.ipynb #5ab84a3d
 def split_untranslated(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     "`(fit to train on, untranslated)`: the rows of `frame` split by `untranslated`."
     m = untranslated(frame)
@@ -146,9 +152,11 @@ def filter_by_gold(pairs: pd.DataFrame) -> pd.DataFrame:
     if pairs.gold.isna().all() and len(pairs): raise DataError("no gold letters on these pairs: pass gold= to build_pairs", field="gold")
     return pairs[pairs.chosen_letter == pairs.gold].reset_index(drop=True)
 
+# %% ../nbs/50_pairs.ipynb #2b4e076c
 SFT_COLUMNS = ["qid", "lang", "prompt", "completion", "letter", "source_lang", "translated", "system", "chat"]
 "Columns of an SFT table, in order."
 
+# %% ../nbs/50_pairs.ipynb #6c998f3b
 def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                    languages: Iterable[str] | None = None, translator: Translator | None = None,
                    source_order: list[str] | None = None) -> pd.DataFrame:
@@ -168,6 +176,7 @@ def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callab
                          "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)
 
+# %% ../nbs/50_pairs.ipynb #b8cb75d0
 def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, str], str | list[dict]]) -> pd.DataFrame:
     "SFT rows from samples whose letter equals the gold letter (the ground-truth SFT set)."
     r = records[records.letter.notna() & (records.letter == records.qid.map(gold))]
@@ -183,6 +192,7 @@ def is_chat(frame: pd.DataFrame) -> bool:
     if chat.any() and not chat.all(): raise DataError(f"the rows mix chat prompts ({int(chat.sum())}) and text prompts ({int((~chat).sum())}): export them separately", field="chat")
     return bool(chat.all())
 
+# %% ../nbs/50_pairs.ipynb #a371d3ee
 def _messages(frame: pd.DataFrame) -> list[list[dict]]:
     systems = frame["system"] if "system" in frame.columns else [None] * len(frame)
     return [row_messages(p, s) for p, s in zip(frame.prompt, systems)]
@@ -194,12 +204,14 @@ def to_trl_preference(pairs: pd.DataFrame, conversational: bool | None = None) -
     return [{"prompt": m, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
             for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
 
+# %% ../nbs/50_pairs.ipynb #df400265
 def to_trl_sft(sft: pd.DataFrame, conversational: bool | None = None) -> list[dict]:
     "SFT rows as TRL prompt-completion rows: conversational for chat prompts (None: from the `chat` column), standard otherwise."
     if not (is_chat(sft) if conversational is None else conversational):
         return [{"prompt": p, "completion": c} for p, c in zip(sft.prompt, sft.completion)]
     return [{"prompt": m, "completion": [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
 
+# %% ../nbs/50_pairs.ipynb #9037c723
 def _split_prompt(v, i, file) -> dict:
     "`{prompt, system, chat}` of a TRL prompt value (text or messages), `DataError` naming the row otherwise."
     try: return prompt_fields(v)
@@ -228,6 +240,7 @@ def from_trl(rows: list[dict], file=None) -> pd.DataFrame:
 LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
 "The `tags` of a sharegpt entry in `dataset_info.json` for OpenAI-style messages."
 
+# %% ../nbs/50_pairs.ipynb #e4e4ea0b
 def llamafactory_entry(file_name: str, kind: str, rows: list[dict]) -> dict:
     "The `dataset_info.json` entry of a dataset: sharegpt `messages` for chat rows, alpaca columns for text rows."
     if kind not in ("sft", "preference"): raise ValueError(f"kind must be sft or preference, not {kind!r}")
@@ -239,6 +252,7 @@ def llamafactory_entry(file_name: str, kind: str, rows: list[dict]) -> dict:
     if kind == "preference": entry["ranking"] = True
     return entry
 
+# %% ../nbs/50_pairs.ipynb #a60e5737
 def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> Path:
     "Write LLaMA-Factory datasets `{name: (kind, rows)}` (`kind` is `sft` or `preference`) and their `dataset_info.json`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +264,7 @@ def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> 
     info_path.write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
     return info_path
 
+# %% ../nbs/50_pairs.ipynb #123a2338
 def to_llamafactory_preference(pairs: pd.DataFrame) -> list[dict]:
     "Pairs as LLaMA-Factory preference rows: sharegpt messages for chat prompts, alpaca (`instruction`) for text prompts."
     if not is_chat(pairs):
@@ -257,11 +272,13 @@ def to_llamafactory_preference(pairs: pd.DataFrame) -> list[dict]:
     return [{"messages": m, "chosen": {"role": "assistant", "content": c}, "rejected": {"role": "assistant", "content": r}}
             for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
 
+# %% ../nbs/50_pairs.ipynb #e8649be4
 def to_llamafactory_sft(sft: pd.DataFrame) -> list[dict]:
     "SFT rows as LLaMA-Factory rows: sharegpt messages for chat prompts, alpaca for text prompts."
     if not is_chat(sft): return [{"instruction": p, "input": "", "output": c} for p, c in zip(sft.prompt, sft.completion)]
     return [{"messages": m + [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
 
+# %% ../nbs/50_pairs.ipynb #b1141273
 def read_llamafactory(out_dir, name: str) -> pd.DataFrame:
     "A LLaMA-Factory dataset by its `dataset_info.json` name, as prompt/chosen/rejected or prompt/completion (with system, chat)."
     out_dir = Path(out_dir); info_path = out_dir / "dataset_info.json"
@@ -310,6 +327,7 @@ def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None =
     paths["llamafactory"] = write_llamafactory(lf, out_dir / "llamafactory")
     return paths
 
+# %% ../nbs/50_pairs.ipynb #9f21e3d6
 def read_pairs(path) -> pd.DataFrame:
     "A pairs JSONL written by `write_training_sets`, checked for the pair columns."
     rows = read_jsonl(path)
@@ -319,6 +337,7 @@ def read_pairs(path) -> pd.DataFrame:
     if missing: raise DataError(f"missing columns {missing}", file=path)
     return df
 
+# %% ../nbs/50_pairs.ipynb #5728eff0
 def read_all_pairs(data_dir, prefix: str = "calm") -> pd.DataFrame:
     "Every pair of a run's data folder: the training pairs and the untranslated ones (when that file exists)."
     data_dir = Path(data_dir)
@@ -343,6 +362,7 @@ def pair_quality(pairs, tie_policy: str, prefix: str = "calm") -> dict:
     if not isinstance(tie_policy, str) or not tie_policy: raise ValueError("name the tie policy the votes used (e.g. 'drop', 'order')")
     return {"tie_policy": tie_policy, **_quality(pairs)}
 
+# %% ../nbs/50_pairs.ipynb #e1af4039
 def pair_quality_table(pairs, tie_policy: str, prefix: str = "calm") -> pd.DataFrame:
     "`pair_quality` per language (rows in the table's language order) and over all pairs (`all`)."
     if not isinstance(pairs, pd.DataFrame): pairs = read_all_pairs(pairs, prefix)
