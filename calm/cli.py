@@ -54,10 +54,10 @@ def option_type(anno) -> tuple:
 
 # %% ../nbs/91_cli.ipynb #c2af1732
 def add_command(sub, func, name: str | None = None) -> argparse.ArgumentParser:
-    "Add `func` to the subparsers `sub` as command `name` (default: its name without `_command`): one option per parameter, built by fastcore.script's `Param` from the parameter's annotation, default and docment."
+    "Add `func` to the subparsers `sub` as command `name` (default: its name without `_command`), its docstring's first sentence the one-line help: one option per parameter, built by fastcore.script's `Param` from the parameter's annotation, default and docment."
     name = name or func.__name__.removesuffix("_command").replace("_", "-")
     doc = inspect.getdoc(func) or ""
-    s = sub.add_parser(name, help=doc.split(". ")[0].split(": ", 1)[-1], description=doc)
+    s = sub.add_parser(name, help=doc.split(". ")[0], description=doc)
     for k, v in docments(func, full=True, returns=False, eval_str=True).items():
         t, kw = option_type(v.anno)
         p = Param(v.docment or "", t, **kw)
@@ -79,7 +79,7 @@ def demo_command(
     steps: int | None = None,                              # training steps for DPO and for SFT (default: the profile's; demo: 4)
     until: Literal[STAGES] = default_of(run_demo, "until"),  # stop after this stage
 ) -> dict:
-    "Run the main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) exactly as `calm reproduce` runs them, then write OUT/main_job.md. Resumes where a previous run stopped; the last line prints the report's path."
+    "Run the main job on the bundled demo set (or on another profile's first run). The main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) run exactly as `calm reproduce` runs them, then OUT/main_job.md is written. Resumes where a previous run stopped; the last line prints the report's path."
     res = run_demo(out, profile, until=until, model=model, languages=languages, train_questions=train_questions, m=m,
                    max_new_tokens=max_new_tokens, train_steps=steps)
     print(f"demo: {len(res['timings'])} stages in {sum(res['timings'].values()):.0f}s")
@@ -112,7 +112,7 @@ def sample_command(
     trust_remote_code: bool = False,                       # allow a hub model's own code to run
     progress: bool = True,                                 # a progress bar with counts and an ETA (--no-progress hides it)
 ) -> pd.DataFrame:
-    "Ask the model every question in every language and sample m answers, into an append-only samples.jsonl with a manifest. Re-running the same command resumes; a changed configuration goes to a sibling run directory (or stops, with --on-change raise). Returns the run's records."
+    "Sample m explained answers per question and language into a resumable run directory. Every question is asked in every language, into an append-only samples.jsonl with a manifest; re-running the same command resumes, a changed configuration goes to a sibling run directory (or stops, with --on-change raise). Returns the run's records."
     from calm.models import resolve_model
     from calm.sampling import TransformersBackend, prompt_keys
     from calm.store import load_items
@@ -149,7 +149,7 @@ def evaluate_command(
     out: Path = Path("reports/evaluate"),                  # output folder
     protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),  # paper: also write metrics_paper (the release's parser and Table 1 computation)
 ) -> pd.DataFrame:
-    "Evaluate a model (or a model with a LoRA adapter) with the paper's protocol: one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
+    "Answer test questions in every language and score them. The paper's protocol for a model (or a model with a LoRA adapter): one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
     import pandas as pd
     from calm.evaluation import results_table, score
     from calm.reports import write_table
@@ -182,7 +182,7 @@ def validate_command(
     parallel: bool = False,                                # also check every question exists in every language with one gold letter
     languages: list[str] | None = None,                    # languages every question must have (with --parallel; default: those present)
 ) -> dict:
-    "Validate item files in calm's JSONL format; every bad row is reported with file, row and field. Returns `{file: items}`."
+    "Check JSONL item files (calm's format). Every bad row is reported with file, row and field. Returns `{file: items}`."
     from calm.data import check_parallel, read_items, summarize
     found = {}
     for f in files:
@@ -198,7 +198,7 @@ def drift_command(
     csv: Path | None = None,                               # also write the drift table here
     max_rows: int = 20,                                    # rows of the table to print
 ) -> pd.DataFrame:
-    "Align each translation of a release MedQA group to its native file and list rows that are shifted, extra, missing or unreadable. Returns the drift table."
+    "Report the rows of a release MedQA group that are out of line. Each translation is aligned to its native file; rows that are shifted, extra, missing or unreadable are listed. Returns the drift table."
     from calm.loaders import load_release_medqa
     g = load_release_medqa(group_dir)
     d = g.drift()
@@ -236,7 +236,7 @@ def release_command(
     strict_samples: Literal["first", "all"] = "first",     # the strict row scores sample 0, or every sample (mean over samples)
     notebook: bool = False,                                # run the experiment notebook release.ipynb with papermill and keep the executed notebook in --out
 ):
-    "Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation and ours side by side, parse rates, pairs against the release's DPO files) into --out."
+    "Reproduce the label-free core on the paper's released samples. Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation and ours side by side, parse rates, pairs against the release's DPO files) into --out."
     if notebook:
         return run_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
                                              "languages": list(languages), "tie": tie, "protocol": protocol,
@@ -252,7 +252,7 @@ def reproduce_command(
     out: Path | None = None,                               # output folder (default: reports/<profile name>)
     notebooks: Path | None = None,                         # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
 ) -> dict:
-    "Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
+    "Regenerate the paper's tables and figures from a profile. Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
     from calm.reproduce import NotebookFailed, reproduce
     try: res = reproduce(profile, only=only, dry_run=dry_run, out=out, notebooks_dir=notebooks)
     except NotebookFailed as e:
@@ -276,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
     for f in COMMANDS:
         add_command(sub, f)
         if f is sample_command:
-            t = sub.add_parser("train", add_help=False, help="train a CALM (DPO) or SFT LoRA adapter from a run file",
+            t = sub.add_parser("train", add_help=False, help="Train a CALM (DPO) or SFT LoRA adapter from a run file",
                                description="Train from a run file; every argument goes unchanged to `python -m calm.train` "
                                            "(the same as under accelerate launch on several GPUs). `calm train --help` lists them.")
             t.add_argument("args", nargs=argparse.REMAINDER, help="the arguments of python -m calm.train")
