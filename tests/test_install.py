@@ -76,8 +76,13 @@ print(calm.__file__)
 print(len(demo_items("test")), len(bundled_questions()) > 0, load_profile("demo").name, load_profile("paper").name)
 with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()
 with pytest.raises(FileNotFoundError, match="CALM_NOTEBOOKS"): notebook_path("table1")
+from calm.cli import main
+from calm.data import demo_path
+assert main(["validate", str(demo_path("test")), "--parallel"]) == 0
+assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 2   # no notebooks here: a one-line error
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    where, found = r.stdout.splitlines()
+    where, found = r.stdout.splitlines()[:2]
     assert where.startswith(str(site)) and found == "120 True demo paper"
+    assert "calm reproduce: error: experiment notebooks not found" in r.stderr and "CALM_NOTEBOOKS" in r.stderr
