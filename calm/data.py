@@ -57,7 +57,7 @@ class Labels:
     answer: tuple[str, ...]
     explanation: tuple[str, ...] = ()
 
-
+# %% ../nbs/00_data.ipynb #e8780498
 ANSWER_LABELS = {
     "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
     "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
@@ -255,11 +255,13 @@ def bundled(*parts: str) -> Path:
 DEMO_LANGUAGES = ["en", "zh", "fr", "de", "it", "ja"]
 "The six languages of the paper's X-CSQA experiments, and of the bundled demo set."
 
+# %% ../nbs/00_data.ipynb #6f5ce24d
 def demo_path(split: str = "train") -> Path:
     "Path of the bundled demo split (`train` or `test`)."
     if split not in ("train", "test"): raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     return bundled("demo", f"{split}.jsonl")
 
+# %% ../nbs/00_data.ipynb #5d1f1429
 def demo_items(split: str = "train") -> list[MCItem]:
     "The bundled demo split, validated (every question in all six languages)."
     p = demo_path(split)

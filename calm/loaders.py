@@ -25,6 +25,7 @@ __all__ = ['RELEASE_DIR', 'RELEASE_CODES', 'release_dir', 'parse_question', 'par
 RELEASE_DIR = Path("shared") / "calm-release"
 "Where the release copy is looked for, in the working directory and each folder above it (`../shared/calm-release` beside a checkout)."
 
+# %% ../nbs/01_loaders.ipynb #5b977677
 def release_dir(path=None) -> Path:
     "The release folder: `path` (must exist), else `$CALM_RELEASE_DIR`, else `shared/calm-release` beside the repo."
     import os
