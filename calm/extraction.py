@@ -18,7 +18,8 @@ from .loaders import read_release_file, read_release_rows, release_dir, xcsqa_fi
 
 # %% auto #0
 __all__ = ['ANSWER_LABELS', 'RELEASE_SPLITS', 'Labels', 'label_language', 'find_labels', 'Extraction', 'extract_answer',
-           'release_letter', 'release_reading', 'extract_records', 'read_release_samples', 'extraction_summary']
+           'release_letter', 'release_reading', 'release_only_readings', 'extract_records', 'read_release_samples',
+           'extraction_summary']
 
 # %% ../nbs/30_extraction.ipynb #2c701a39
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
 _LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*[(\[（]?\s*)?"
                      r"(?:([A-J])" + _LETTER_END + r"|([a-j])(?=[ \t]*(?:[)）\]】>》:：]|[.．](?![a-z])|$|\n)))")
 _CLOSE = re.compile(r"""[ \t*_`"'“”‘’«»」』】\])）>》.．:：,，、。]*""")
-_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + r"(?!\s+[a-z]{2})")  # not "A lot of"
+_AFTER_OR = "".join(rf"|(?<=\b{w} .)" for w in ("or", "and", "ou", "et", "oder", "und", "o", "e"))
+_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + rf"(?:(?!\s+[a-z]{{2}}){_AFTER_OR})")  # not "A lot of", but "A or C depending on"
 _CLAUSE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]")
 _STRIP = " \t\r\n.。,，:：;；!！?？\"'“”‘’«»()（）<>《》[]【】「」『』*_`"
 _WORDY_CHAR = re.compile(_WORDY)
@@ -149,7 +151,9 @@ _NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['�
                        r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)|est\s+(?:incorrecte?|fausse?)"""
                        r"""|ist\s+(?:nicht\s+(?:richtig|korrekt|die\s+(?:richtige\s+)?antwort)|falsch)|non\s+è\s+(?:corrett|giust|la\s+risposta)"""
                        r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)|(?:正解|正しい答え)ではない)""")
-_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrect|faux|fausse|falsch|sbagliat[ao]|错误?|錯誤?|不正确|間違い|不正解)\s*[)）]|✗|❌""")
+_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrecte?|faux|fausse|falsch|nicht\s+richtig|erreur|sbagliat[ao]|errat[ao]|错误?|錯誤?|错|不正确|間違い|不正解)\s*[)）,，、]"""
+                       r"""|[(（]\s*(?i:(?:this|that|it)(?:\s+(?:option|answer|choice))?\s+(?:is|was)\s+(?:not\s+(?:the\s+|a\s+)?(?:correct|right)\b|(?:the\s+|an?\s+)(?:incorrect|wrong)\s+(?:answer|option|choice)|incorrect|wrong|a\s+mistake)\b"""
+                       r"""|(?:实际上|其实)?不是正确(?:的)?答案|(?:これは)?(?:正しくない|不正解))|✗|❌""")  # "(Incorrect)", "(This is not the correct answer, …"
 _ANY_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END)
 _CLAUSE_SPLIT = re.compile(r"[,;()（）。，；]|[.．](?=\s)")
 _NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
@@ -389,6 +393,25 @@ def release_reading(text, lang: str) -> str | None:
     if _negated(tail): return "marked_wrong"
     if any(x != got and x in "ABCDE" for x in _OTHER_LETTER.findall(tail)): return "several_options"
     return "letter"
+
+# %% ../nbs/30_extraction.ipynb #1558e22b
+def release_only_readings(extracted: Iterable[dict]) -> pd.DataFrame:
+    "The `extracted` records the release's parser reads and ours does not, with its letter, `release_reading` and a careful reader's `class`."
+    rows = []
+    for r in extracted:
+        got = release_letter(r["text"], r["lang"])
+        if got is None or r["letter"] is not None: continue
+        text = r["text"] if isinstance(r["text"], str) else str(r["text"])
+        labels = find_labels(text)
+        reading = release_reading(text, r["lang"])
+        if r["rule"] == "no_label": cls = "no answer label"
+        elif r["rule"] == "negated" or (r["rule"] == "no_letter" and reading == "marked_wrong"): cls = "marked wrong"
+        elif _NONE_OF.search(text, labels[-1].end if labels else 0): cls = "none of the options"
+        else: cls = "several options"
+        rows.append({**{k: r[k] for k in ("qid", "lang", "sample", "rule")}, "release_letter": got, "release_reading": reading,
+                     "class": cls, "text": text})
+    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "rule", "release_letter", "release_reading", "class", "text"])
+
 
 # %% ../nbs/30_extraction.ipynb #c682c0af
 def extract_records(records: Iterable[dict], items_by_key: Mapping | None = None, file=None) -> list[dict]:
