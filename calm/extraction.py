@@ -289,6 +289,8 @@ def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
     return sorted(out)
 
 # %% ../nbs/30_extraction.ipynb #a47a8ffa
+_ASIDE = re.compile(r"(.*?)\s*[(（][^()（）\n]*[)）][\s.。]*$")
+
 def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -> str | None:
     "The letter of a line that is a lone letter, possibly with exactly its option text (any short text when `loose`)."
     line = line.rstrip(" \t*_")
@@ -296,7 +298,20 @@ def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -
     if not m or (m.group(1) or m.group(2)).upper() not in valid: return None
     letter, rest = (m.group(1) or m.group(2)).upper(), line[_CLOSE.match(line, m.end()).end():]
     if not rest.strip() or (letter in opts and _norm(rest) == opts[letter]): return letter
+    aside = _ASIDE.match(rest)   # its option text, then an aside that does not mark it wrong: "A. gefährlich (Unter Schlafentzug …)"
+    if aside and letter in opts and _norm(aside.group(1)) == opts[letter] and not _negated(rest[aside.end(1):]) \
+       and not any(x in valid and x != letter for x in _OTHER_LETTER.findall(rest[aside.end(1):])): return letter
     return letter if loose and m.group(1) and len(rest) <= 60 and not _CLAUSE_END.search(rest) else None
+
+
+_NOT_A_GLOSS = re.compile(r"(?i:incorr|inkorr|mistake|erreur|errone|sbagli|errat|falsch|faux|fausse|wrong|\bfalse|\bnot?\b|n['’]t\b|\bnone\b|\bnicht|\bnein\b"
+                          r"""|\bnon\b|\bpas\b|nessun|aucun|kein|\bany\b|\ball\b|\bI\b)|[?？]|不|错|錯|違|誤|ない|なし|無|都|全|[=(][ \t]*["']""")  # last: code, `input("Answer: ")`
+_NEGATIVE_LABEL = re.compile(r"(?i:incorrect|wrong|false|falsche|mauvaise|fausse|errata|sbagliata)[ \t]*$|(?:错误|不正确|不对|間違った|誤った|不正解)(?:的|の)?[ \t]*$")
+
+
+def _is_gloss(line: str) -> bool:
+    "Whether a line holding an answer label without a letter only restates: no negation, no \"none\", \"all\" or question."
+    return not _NOT_A_GLOSS.search(line)
 
 
 def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | None = None) -> Extraction:
@@ -309,26 +324,38 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
     language_of = _patterns().language_of
     labels = find_labels(text)
     by_start = {l.start: l for l in labels}
+    gloss = None  # the letters on foreign-language answer lines read past as glosses ("Risposta: E. tavolo\nAnswer: The photo was …")
+    def decided(letter, rule):
+        if gloss is None: return Extraction(letter, "parsed", rule)
+        return Extraction(letter, "parsed", "gloss") if gloss <= {letter} else Extraction(None, "missing", "ambiguous")
     # 1. the last statement of the answer: a label, \boxed{}/<answer>, or a concluding sentence
     for pos, at, kind in reversed(_statements(text, labels)):
         if kind == "tag":
             m = _TAGGED.match(text, at); letter = (m.group(1) or m.group(2)).upper()
-            if letter in valid: return Extraction(letter, "parsed", "tag")
+            if letter in valid: return decided(letter, "tag")
             continue
         if kind == "none": return Extraction(None, "missing", "no_letter")
         if kind == "reversed":
             m = _REVERSED.match(text, at); letter = next(g for g in m.groups() if g)
-            if letter in valid: return Extraction(letter, "parsed", "sentence")
+            if letter in valid: return decided(letter, "sentence")
             continue
+        if kind == "label" and _NEGATIVE_LABEL.search(text, max(0, pos - 20), pos):   # "Incorrect answer: D", "错误答案：D"
+            return Extraction(None, "missing", "negated")
         letter, reading = _letter_after(text, at, valid, opts, clause=kind == "sentence")
         if reading in ("ambiguous", "negated"): return Extraction(None, "missing", reading)
         if letter is not None:
-            if reading == "corrected": return Extraction(letter, "parsed", "correction")
-            if kind == "sentence": return Extraction(letter, "parsed", "sentence")
+            if reading == "corrected": return decided(letter, "correction")
+            if kind == "sentence": return decided(letter, "sentence")
             own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
-            return Extraction(letter, "parsed", "label" if own else "foreign_label")
-        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter)
-            return _option_text(text, at, opts)
+            return decided(letter, "label" if own else "foreign_label")
+        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter) ...
+            got = _option_text(text, at, opts)
+            own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
+            line = text[text.rfind("\n", 0, pos) + 1:text.find("\n", at) if "\n" in text[at:] else len(text)]
+            if gloss is not None and got.letter is not None: return Extraction(None, "missing", "no_letter")  # past a gloss only a letter decides
+            if got.letter is not None or own or not _is_gloss(line): return got
+            gloss = (gloss or set()) | {x for x in _OTHER_LETTER.findall(line) if x in valid}   # ... unless it is a gloss in another language
+    if gloss is not None: return Extraction(None, "missing", "no_letter")
     # 2. no statement: an answer-first line, or a last line that is a lone letter (not when the options are re-listed)
     if not _lists_options(text):
         lines = [l for l in text.splitlines() if l.strip()]

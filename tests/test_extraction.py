@@ -351,3 +351,49 @@ def test_every_llama_completion_only_the_release_reads_is_a_guess(release):
     audit = release_only_readings(extract_records(records, items))
     assert (audit["release_reading"] != "letter").all(), audit[audit["release_reading"] == "letter"]
     assert audit.groupby(["lang", "class"], sort=False).size().to_dict() == LLAMA_RELEASE_ONLY
+
+
+# --- a restatement in another language after the answer (Mistral's Italian and Japanese samples) is read past ---
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Spiegazione: …\nRisposta: E. tavolo\nAnswer: The photo was framed and placed on the table for you to look at while having breakfast.", "it", "E"),
+    ("説明: この質問は、リラックスする方法について。\n答え: A. 本を読む (Answer: Reading a book)", "ja", "A"),
+    ("Spiegazione: …\nRisposta: B. ritirarsi.\nAnswer: The police officer cannot do anything … they have to retreat. (B)", "it", "B"),
+    ("Spiegazione: …\nRisposta: D. abbellire i capelli\nAnswer: Rispondi: D. This person was getting their hair done.", "it", "D"),
+    # adversarial: a gloss that names another letter, negates, says none, asks, or is code is no restatement
+    ("Risposta: E. tavolo\nAnswer: The photo was placed on the shelf, B.", "it", None),
+    ("Risposta: C. la propria morte\nAnswer: Incorretta.", "it", None),
+    ("答え: C. 醜い (Ugliness) は間違いです。 (Incorrect answer: Ugly.)", "ja", None),
+    ("答案: A. 五金店\n\nAnswer: None.", "zh", None),
+    ("答案: A. 五金店\n\nAnswer: none of the above", "zh", None),
+    ("Risposta: A. estero.\nAnswer: The person is not in their home country.", "it", None),
+    ("Antwort: A. Stadt\n ans = input(\"Answer: \")", "de", None),
+    ("Answer: D\n\nAnswer: The table is in the kitchen.", "en", None),   # the completion's own label: no fall back
+])
+def test_gloss_in_another_language(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+def test_gloss_rule_is_named():
+    assert extract_answer("Risposta: E. tavolo\nAnswer: The photo was on the table.", "it").rule == "gloss"
+
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Incorrect answer: D. Natural History Museum\nExplanation and correct answer:\nWhile a museum …", "ja", None),   # Mistral, real
+    ("False Answer: E. tiefes Atmen (Tiefes Atmen kann zur Entspannung beitragen)", "de", None),                     # Mistral, real
+    ("错误答案：D\n\n正确答案：B", "zh", "B"),
+    ("Wrong answer: A. town\nCorrect answer: C. hospital", "en", "C"),
+    ("The answer is wrong.\nAnswer: C. hospital", "en", "C"),   # the negation is on another line
+])
+def test_label_that_names_a_wrong_answer(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+@pytest.mark.parametrize("text,letter", [
+    (" A. gefährlich (Unter Schlafentzug ist das Fahren ähnlich gefährlich wie unter Alkoholeinfluss)", "A"),   # Mistral, real
+    (" A. gefährlich (falsch)", None),
+    (" A. gefährlich (oder B. langsam)", None),
+    (" A. sicher (Unter Schlafentzug …)", None),   # not A's option text
+])
+def test_first_line_with_an_aside(text, letter):
+    assert extract_answer(text, "de", [("A", "gefährlich"), ("B", "langsam"), ("C", "schnell")]).letter == letter
