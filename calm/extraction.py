@@ -132,7 +132,7 @@ class Extraction:
     "The answer letter found in a completion (None if missing), how it was found, and which rule decided."
     letter: str | None
     how: str   # "parsed" | "option_text" | "missing"
-    rule: str  # label, foreign_label, final_line, explanation_head, option_text; or why missing
+    rule: str  # label, foreign_label, sentence, tag, correction, gloss, first_line, final_line, explanation_head, option_text; or why missing
 
 # %% ../nbs/30_extraction.ipynb #43b80347
 _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
