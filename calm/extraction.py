@@ -17,7 +17,7 @@ from .data import ANSWER_LABELS, LANGUAGE_ALIASES, DataError, MCItem
 
 # %% auto #0
 __all__ = ['RELEASE_SPLITS', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'release_letter', 'release_reading',
-           'extract_records', 'extraction_summary']
+           'release_only_readings', 'extract_records', 'extraction_summary']
 
 # %% ../nbs/30_extraction.ipynb #344e1d04
 def label_language(code: str, file=None, row=None, field="lang") -> str:
@@ -102,14 +102,15 @@ class Extraction:
     "The answer letter found in a completion (None if missing), how it was found, and which rule decided."
     letter: str | None
     how: str   # "parsed" | "option_text" | "missing"
-    rule: str  # label, foreign_label, final_line, explanation_head, option_text; or why missing
+    rule: str  # label, foreign_label, sentence, tag, correction, gloss, first_line, final_line, explanation_head, option_text; or why missing
 
 # %% ../nbs/30_extraction.ipynb #43b80347
 _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
 _LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選択肢)\s*[(\[（]?\s*)?"
                      r"(?:([A-J])" + _LETTER_END + r"|([a-j])(?=[ \t]*(?:[)）\]】>》:：]|[.．](?![a-z])|$|\n)))")
 _CLOSE = re.compile(r"""[ \t*_`"'“”‘’«»」』】\])）>》.．:：,，、。]*""")
-_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + r"(?!\s+[a-z]{2})")  # not "A lot of"
+_AFTER_OR = "".join(rf"|(?<=\b{w} .)" for w in ("or", "and", "ou", "et", "oder", "und", "o", "e"))
+_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + rf"(?:(?!\s+[a-z]{{2}}){_AFTER_OR})")  # not "A lot of", but "A or C depending on"
 _CLAUSE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]")
 _STRIP = " \t\r\n.。,，:：;；!！?？\"'“”‘’«»()（）<>《》[]【】「」『』*_`"
 _WORDY_CHAR = re.compile(_WORDY)
@@ -120,7 +121,9 @@ _NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['�
                        r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)|est\s+(?:incorrecte?|fausse?)"""
                        r"""|ist\s+(?:nicht\s+(?:richtig|korrekt|die\s+(?:richtige\s+)?antwort)|falsch)|non\s+è\s+(?:corrett|giust|la\s+risposta)"""
                        r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)|(?:正解|正しい答え)ではない)""")
-_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrect|faux|fausse|falsch|sbagliat[ao]|错误?|錯誤?|不正确|間違い|不正解)\s*[)）]|✗|❌""")
+_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrecte?|faux|fausse|falsch|nicht\s+richtig|erreur|sbagliat[ao]|errat[ao]|错误?|錯誤?|错|不正确|間違い|不正解)\s*[)）,，、]"""
+                       r"""|[(（]\s*(?i:(?:this|that|it)(?:\s+(?:option|answer|choice))?\s+(?:is|was)\s+(?:not\s+(?:the\s+|a\s+)?(?:correct|right)\b|(?:the\s+|an?\s+)(?:incorrect|wrong)\s+(?:answer|option|choice)|incorrect|wrong|a\s+mistake)\b"""
+                       r"""|(?:实际上|其实)?不是正确(?:的)?答案|(?:これは)?(?:正しくない|不正解))|✗|❌""")  # "(Incorrect)", "(This is not the correct answer, …"
 _ANY_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END)
 _CLAUSE_SPLIT = re.compile(r"[,;()（）。，；]|[.．](?=\s)")
 _NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
@@ -256,6 +259,8 @@ def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
     return sorted(out)
 
 # %% ../nbs/30_extraction.ipynb #a47a8ffa
+_ASIDE = re.compile(r"(.*?)\s*[(（][^()（）\n]*[)）][\s.。]*$")
+
 def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -> str | None:
     "The letter of a line that is a lone letter, possibly with exactly its option text (any short text when `loose`)."
     line = line.rstrip(" \t*_")
@@ -263,7 +268,20 @@ def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -
     if not m or (m.group(1) or m.group(2)).upper() not in valid: return None
     letter, rest = (m.group(1) or m.group(2)).upper(), line[_CLOSE.match(line, m.end()).end():]
     if not rest.strip() or (letter in opts and _norm(rest) == opts[letter]): return letter
+    aside = _ASIDE.match(rest)   # its option text, then an aside that does not mark it wrong: "A. gefährlich (Unter Schlafentzug …)"
+    if aside and letter in opts and _norm(aside.group(1)) == opts[letter] and not _negated(rest[aside.end(1):]) \
+       and not any(x in valid and x != letter for x in _OTHER_LETTER.findall(rest[aside.end(1):])): return letter
     return letter if loose and m.group(1) and len(rest) <= 60 and not _CLAUSE_END.search(rest) else None
+
+
+_NOT_A_GLOSS = re.compile(r"(?i:incorr|inkorr|mistake|erreur|errone|sbagli|errat|falsch|faux|fausse|wrong|\bfalse|\bnot?\b|n['’]t\b|\bnone\b|\bnicht|\bnein\b"
+                          r"""|\bnon\b|\bpas\b|nessun|aucun|kein|\bany\b|\ball\b|\bI\b)|[?？]|不|错|錯|違|誤|ない|なし|無|都|全|[=(][ \t]*["']""")  # last: code, `input("Answer: ")`
+_NEGATIVE_LABEL = re.compile(r"(?i:incorrect|wrong|false|falsche|mauvaise|fausse|errata|sbagliata)[ \t]*$|(?:错误|不正确|不对|間違った|誤った|不正解)(?:的|の)?[ \t]*$")
+
+
+def _is_gloss(line: str) -> bool:
+    "Whether a line holding an answer label without a letter only restates: no negation, no \"none\", \"all\" or question."
+    return not _NOT_A_GLOSS.search(line)
 
 
 def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | None = None) -> Extraction:
@@ -276,26 +294,38 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
     language_of = _patterns().language_of
     labels = find_labels(text)
     by_start = {l.start: l for l in labels}
+    gloss = None  # the letters on foreign-language answer lines read past as glosses ("Risposta: E. tavolo\nAnswer: The photo was …")
+    def decided(letter, rule):
+        if gloss is None: return Extraction(letter, "parsed", rule)
+        return Extraction(letter, "parsed", "gloss") if gloss <= {letter} else Extraction(None, "missing", "ambiguous")
     # 1. the last statement of the answer: a label, \boxed{}/<answer>, or a concluding sentence
     for pos, at, kind in reversed(_statements(text, labels)):
         if kind == "tag":
             m = _TAGGED.match(text, at); letter = (m.group(1) or m.group(2)).upper()
-            if letter in valid: return Extraction(letter, "parsed", "tag")
+            if letter in valid: return decided(letter, "tag")
             continue
         if kind == "none": return Extraction(None, "missing", "no_letter")
         if kind == "reversed":
             m = _REVERSED.match(text, at); letter = next(g for g in m.groups() if g)
-            if letter in valid: return Extraction(letter, "parsed", "sentence")
+            if letter in valid: return decided(letter, "sentence")
             continue
+        if kind == "label" and _NEGATIVE_LABEL.search(text, max(0, pos - 20), pos):   # "Incorrect answer: D", "错误答案：D"
+            return Extraction(None, "missing", "negated")
         letter, reading = _letter_after(text, at, valid, opts, clause=kind == "sentence")
         if reading in ("ambiguous", "negated"): return Extraction(None, "missing", reading)
         if letter is not None:
-            if reading == "corrected": return Extraction(letter, "parsed", "correction")
-            if kind == "sentence": return Extraction(letter, "parsed", "sentence")
+            if reading == "corrected": return decided(letter, "correction")
+            if kind == "sentence": return decided(letter, "sentence")
             own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
-            return Extraction(letter, "parsed", "label" if own else "foreign_label")
-        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter)
-            return _option_text(text, at, opts)
+            return decided(letter, "label" if own else "foreign_label")
+        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter) ...
+            got = _option_text(text, at, opts)
+            own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
+            line = text[text.rfind("\n", 0, pos) + 1:text.find("\n", at) if "\n" in text[at:] else len(text)]
+            if gloss is not None and got.letter is not None: return Extraction(None, "missing", "no_letter")  # past a gloss only a letter decides
+            if got.letter is not None or own or not _is_gloss(line): return got
+            gloss = (gloss or set()) | {x for x in _OTHER_LETTER.findall(line) if x in valid}   # ... unless it is a gloss in another language
+    if gloss is not None: return Extraction(None, "missing", "no_letter")
     # 2. no statement: an answer-first line, or a last line that is a lone letter (not when the options are re-listed)
     if not _lists_options(text):
         lines = [l for l in text.splitlines() if l.strip()]
@@ -360,6 +390,25 @@ def release_reading(text, lang: str) -> str | None:
     if _negated(tail): return "marked_wrong"
     if any(x != got and x in "ABCDE" for x in _OTHER_LETTER.findall(tail)): return "several_options"
     return "letter"
+
+# %% ../nbs/30_extraction.ipynb #1558e22b
+def release_only_readings(extracted: Iterable[dict]) -> pd.DataFrame:
+    "The `extracted` records the release's parser reads and ours does not, with its letter, `release_reading` and a careful reader's `class`."
+    rows = []
+    for r in extracted:
+        got = release_letter(r["text"], r["lang"])
+        if got is None or r["letter"] is not None: continue
+        text = r["text"] if isinstance(r["text"], str) else str(r["text"])
+        labels = find_labels(text)
+        reading = release_reading(text, r["lang"])
+        if r["rule"] == "no_label": cls = "no answer label"
+        elif r["rule"] == "negated" or (r["rule"] == "no_letter" and reading == "marked_wrong"): cls = "marked wrong"
+        elif _NONE_OF.search(text, labels[-1].end if labels else 0): cls = "none of the options"
+        else: cls = "several options"
+        rows.append({**{k: r[k] for k in ("qid", "lang", "sample", "rule")}, "release_letter": got, "release_reading": reading,
+                     "class": cls, "text": text})
+    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "rule", "release_letter", "release_reading", "class", "text"])
+
 
 # %% ../nbs/30_extraction.ipynb #c682c0af
 def extract_records(records: Iterable[dict], items_by_key: Mapping | None = None, file=None) -> list[dict]:

@@ -208,8 +208,8 @@ def test_own_label_at_the_end_decides(prefix, lang_label, letter, colon):
 
 # --- the whole release ---
 
-MEASURED_PARSED = {"en": 99.44, "zh": 99.22, "fr": 99.67, "de": 99.48, "it": 99.11, "ja": 98.00}
-MEASURED_SAMPLE0_ACCURACY = {"en": 73.1, "zh": 51.9, "fr": 60.7, "de": 57.6, "it": 59.7, "ja": 48.3}
+MEASURED_PARSED = {"en": 99.37, "zh": 99.22, "fr": 99.67, "de": 99.48, "it": 99.11, "ja": 98.00}
+MEASURED_SAMPLE0_ACCURACY = {"en": 73.0, "zh": 51.9, "fr": 60.7, "de": 57.6, "it": 59.7, "ja": 48.3}
 
 
 @pytest.mark.slow
@@ -290,3 +290,110 @@ def test_correction_and_statement_rules_are_named():
     assert extract_answer("C. house\nExplanation: …", "en").rule == "first_line"
     assert extract_answer("Answer: D\n\nAnswer: none of the above", "en").rule == "no_letter"
     assert extract_answer("A. town\nB. michigan\nC. hospital", "en").rule == "no_label"
+
+
+# --- issue 12, audit of the Llama files: a letter the model itself marks wrong in an aside is no answer ---
+
+@pytest.mark.parametrize("text,lang,letter", [
+    # real (Llama-3, en row 197; Mistral, ja rows 810, 267, 839; zh 57; fr 216; de 223; it 214)
+    ("Answer: B. Amazon River (This is incorrect. The correct answer would be Nile River.)", "en", None),
+    ("答え: B. 何もない（This is incorrect）", "ja", None),
+    ("答え: C. フォートノックス (This is not the correct answer)", "ja", None),
+    ("答え: B. イースター (This is a mistake. The question asks about Christmas, not Easter.)", "ja", None),
+    ("答案: D. 没钱 (This answer is incorrect based on the information provided in the question.)", "zh", None),
+    ("Réponse: A. océan (incorrecte)", "fr", None),
+    ("Damit ist die richtige Antwort: A. Radiohören (nicht richtig)", "de", None),
+    ("Risposta: A) foresta (errato), B) nido (giusto), C) gabbia (errato), D) store (errato).", "it", "B"),
+    ("答案:B. 气 (实际上不是正确答案，但这个选项可能是根据作者的想象所出的答案)", "zh", None),
+    # adversarial: the aside corrects to one letter, or does not mark the answer wrong at all
+    ("Answer: A. town (This is incorrect. The correct answer is B.)", "en", "B"),
+    ("Answer: A. town (This is incorrect; B. michigan is correct)", "en", "B"),
+    ("Answer: C. hospital (This is the correct answer)", "en", "C"),
+    ("Answer: C. hospital (This is not the only option, but the best one)", "en", "C"),
+    ("Antwort: C. gallup (This is the incorrect spelling of gallop)", "de", "C"),
+    ("Answer: C. hospital (It is not wrong to say so)", "en", "C"),
+    ("Answer: C. hospital (not incorrect)", "en", "C"),
+])
+def test_negating_aside(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+@pytest.mark.parametrize("text,lang", [
+    # real (Mistral: ja 406, fr 662, de 255, en 759): a rival letter after "or"/"and" counts even before a word
+    ("答え: D. ビーチ (This is incorrect. The answer is A or C depending on the context.)", "ja"),
+    ("Réponse: C ou D selon le contexte exact.", "fr"),
+    ("Antwort: A, B oder C sind falsch.", "de"),
+    ("Answer: B and D are things God does not do according to religion.", "en"),
+    ("The correct answer is A or C depending on the context.", "en"),
+])
+def test_rival_after_conjunction_is_ambiguous(text, lang):
+    assert extract_answer(text, lang).letter is None, extract_answer(text, lang)
+
+
+def test_a_lot_of_is_still_no_rival():
+    assert extract_answer("Answer: C. hospital. A lot of patients go there.", "en", EN_ROW0).letter == "C"
+    assert extract_answer("Answer: B. michigan (or a nearby state)", "en", EN_ROW0).letter == "B"
+
+
+# every Llama completion the release script reads and we do not, read by hand: a careful reader reads none of them
+LLAMA_RELEASE_ONLY = {  # (lang, class) -> completions; classes as in 30_extraction's audit table
+    ("en", "several options"): 2, ("en", "marked wrong"): 3,
+    ("zh", "several options"): 15, ("zh", "marked wrong"): 4, ("zh", "none of the options"): 1,
+    ("fr", "several options"): 4, ("fr", "none of the options"): 3, ("fr", "no answer label"): 1,
+    ("de", "none of the options"): 1, ("it", "several options"): 8, ("ja", "several options"): 38,
+}
+
+
+@pytest.mark.slow
+def test_every_llama_completion_only_the_release_reads_is_a_guess(release):
+    from calm.extraction import release_only_readings
+    records, items = read_release_samples(release)
+    audit = release_only_readings(extract_records(records, items))
+    assert (audit["release_reading"] != "letter").all(), audit[audit["release_reading"] == "letter"]
+    assert audit.groupby(["lang", "class"], sort=False).size().to_dict() == LLAMA_RELEASE_ONLY
+
+
+# --- a restatement in another language after the answer (Mistral's Italian and Japanese samples) is read past ---
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Spiegazione: …\nRisposta: E. tavolo\nAnswer: The photo was framed and placed on the table for you to look at while having breakfast.", "it", "E"),
+    ("説明: この質問は、リラックスする方法について。\n答え: A. 本を読む (Answer: Reading a book)", "ja", "A"),
+    ("Spiegazione: …\nRisposta: B. ritirarsi.\nAnswer: The police officer cannot do anything … they have to retreat. (B)", "it", "B"),
+    ("Spiegazione: …\nRisposta: D. abbellire i capelli\nAnswer: Rispondi: D. This person was getting their hair done.", "it", "D"),
+    # adversarial: a gloss that names another letter, negates, says none, asks, or is code is no restatement
+    ("Risposta: E. tavolo\nAnswer: The photo was placed on the shelf, B.", "it", None),
+    ("Risposta: C. la propria morte\nAnswer: Incorretta.", "it", None),
+    ("答え: C. 醜い (Ugliness) は間違いです。 (Incorrect answer: Ugly.)", "ja", None),
+    ("答案: A. 五金店\n\nAnswer: None.", "zh", None),
+    ("答案: A. 五金店\n\nAnswer: none of the above", "zh", None),
+    ("Risposta: A. estero.\nAnswer: The person is not in their home country.", "it", None),
+    ("Antwort: A. Stadt\n ans = input(\"Answer: \")", "de", None),
+    ("Answer: D\n\nAnswer: The table is in the kitchen.", "en", None),   # the completion's own label: no fall back
+])
+def test_gloss_in_another_language(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+def test_gloss_rule_is_named():
+    assert extract_answer("Risposta: E. tavolo\nAnswer: The photo was on the table.", "it").rule == "gloss"
+
+
+@pytest.mark.parametrize("text,lang,letter", [
+    ("Incorrect answer: D. Natural History Museum\nExplanation and correct answer:\nWhile a museum …", "ja", None),   # Mistral, real
+    ("False Answer: E. tiefes Atmen (Tiefes Atmen kann zur Entspannung beitragen)", "de", None),                     # Mistral, real
+    ("错误答案：D\n\n正确答案：B", "zh", "B"),
+    ("Wrong answer: A. town\nCorrect answer: C. hospital", "en", "C"),
+    ("The answer is wrong.\nAnswer: C. hospital", "en", "C"),   # the negation is on another line
+])
+def test_label_that_names_a_wrong_answer(text, lang, letter):
+    assert extract_answer(text, lang).letter == letter, extract_answer(text, lang)
+
+
+@pytest.mark.parametrize("text,letter", [
+    (" A. gefährlich (Unter Schlafentzug ist das Fahren ähnlich gefährlich wie unter Alkoholeinfluss)", "A"),   # Mistral, real
+    (" A. gefährlich (falsch)", None),
+    (" A. gefährlich (oder B. langsam)", None),
+    (" A. sicher (Unter Schlafentzug …)", None),   # not A's option text
+])
+def test_first_line_with_an_aside(text, letter):
+    assert extract_answer(text, "de", [("A", "gefährlich"), ("B", "langsam"), ("C", "schnell")]).letter == letter
