@@ -8,7 +8,8 @@ in one run, on the same prompts and seeds, on the embedded default model.
 loop over the rows with `.tolist()` of the new tokens (three host syncs), a tokenizer decode of every row's tail when
 stop strings are set, and `inspect.signature` of the model's forward twice per forward. `after` is
 `calm.sampling.TransformersBackend`: tokens written into one tensor, one host sync per step, a decode only for rows
-whose new token can complete a stop string (`calm.sampling.stop_watch`), the forward's signature read once per model.
+whose new token can complete a stop string (`calm.sampling.can_complete_stop`, asked once per token id, the first
+time it is drawn: part of the first rounds' steps), the forward's signature read once per model.
 Both share `calm.sampling.prefill` and `next_tokens`; the script checks that they return identical completions.
 
 Each workload (few-shot prompts with their stop string, and chat prompts without one) is measured two ways:
@@ -174,9 +175,8 @@ def main(argv=None):
               "torch": torch.__version__, "load_avg_before": [round(x, 2) for x in load_before], "workloads": {}}
     for name, (prompts, kw) in workloads.items():
         rounds = {"before": [], "after": []}
-        for backend in (before, after):                 # warm-up; `after` builds its stop_watch once per stop set here (timed below)
+        for backend in (before, after):                 # warm-up
             backend.generate(prompts[:1], **{**kw, "n": 1, "max_new_tokens": 2})
-        t = time.perf_counter(); S.stop_watch(tok, kw["stop"], model.config.vocab_size); watch_s = time.perf_counter() - t
         for r in range(a.rounds):
             kw_r = {**kw, "seed": r}
             order = [("before", before), ("after", after)] if r % 2 == 0 else [("after", after), ("before", before)]
@@ -193,7 +193,6 @@ def main(argv=None):
         steps = rounds["after"][0]["decode_steps"]
         report["workloads"][name] = {
             "rows": len(prompts) * a.m, "max_new_tokens": a.max_new_tokens, "stop": kw["stop"], "identical_completions": True,
-            "stop_watch_once_ms": round(watch_s * 1000, 1) if kw["stop"] else None,
             "step_ms_median": {k: round(v, 2) for k, v in med.items()}, "before_over_after": round(med["before"] / med["after"], 2),
             "rounds": rounds,
             "profile": {"before": profile_split(before, prompts, {**kw, "seed": 0}, rounds["before"][0]["decode_steps"]),

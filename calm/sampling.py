@@ -20,7 +20,7 @@ from .prompts import PROMPTS, PromptBuilder, check_context, check_prompt_item, m
 # %% auto #0
 __all__ = ['plan_batches', 'batch_seed', 'SamplingParams', 'as_params', 'check_sampling_args', 'prompt_keys', 'EchoBackend',
            'default_prompt_builder', 'make_backend', 'sample', 'encode_prompts', 'forward_spec', 'shared_prefixes',
-           'prefill', 'next_tokens', 'stop_watch', 'TransformersBackend', 'force_answers']
+           'prefill', 'next_tokens', 'can_complete_stop', 'TransformersBackend', 'force_answers']
 
 # %% ../nbs/20_sampling.ipynb #8c1dcc1a
 def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
@@ -294,19 +294,14 @@ def next_tokens(logits, temperature: float, top_p: float, generator=None):
     return out
 
 # %% ../nbs/20_sampling.ipynb #75123217
-def stop_watch(tokenizer, stop, vocab_size: int | None = None):
-    "Per token id, whether a stop string of `stop` can first appear when that token is generated (its text holds a stop string's last character, or an incomplete one); None without stop strings."
-    import torch
+def can_complete_stop(tokenizer, stop, ids) -> list[bool]:
+    "For each token id in `ids`, whether generating it can make a `stop` string first appear: its text holds a stop string's last character, or part of a character split over byte-level tokens."
     stop = [s for s in stop or () if s]
-    if not stop: return None
-    n = max(len(tokenizer), vocab_size or 0)
-    if any(s[-1].isspace() or s[-1] == "'" for s in stop):     # decoding may move spaces and quotes (clean-up): watch every token
-        return torch.ones(n, dtype=torch.bool)
-    ends = {s[-1] for s in stop}
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
-    watch = torch.ones(n, dtype=torch.bool)                     # ids past the tokenizer's (padded embeddings): always checked
-    watch[:len(texts)] = torch.tensor([any(c in t for c in ends) or "\ufffd" in t for t in texts])
-    return watch
+    if not stop: return [False] * len(ids)
+    if any(s[-1].isspace() or s[-1] == "'" for s in stop): return [True] * len(ids)   # decoding may move spaces and quotes
+    ends, n = {s[-1] for s in stop}, len(tokenizer)
+    texts = tokenizer.batch_decode([[i] if i < n else [] for i in ids], skip_special_tokens=True)
+    return [i >= n or any(c in t for c in ends) or "\ufffd" in t for i, t in zip(ids, texts)]   # ids past the tokenizer: checked
 
 # %% ../nbs/20_sampling.ipynb #29448150
 def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
@@ -321,7 +316,7 @@ class TransformersBackend:
         self.model, self.tokenizer, self.share_prefix = model, tokenizer, share_prefix
         self.model_id = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._watch = {}                                  # stop strings -> stop_watch, computed once per set
+        self._watch = {}                                  # stop strings -> (ids decided, ids that can complete one), learnt as drawn
 
     @classmethod
     def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
@@ -345,18 +340,24 @@ class TransformersBackend:
         stopped = torch.zeros(rows, dtype=torch.bool, device=dev)                    # ended by EOS or a stop string
         with torch.inference_mode():
             cache, mask, last, logits = prefill(model, lists, reps, self.share_prefix)
-            key = tuple(stop or ())
-            if key not in self._watch: self._watch[key] = None if not stop else stop_watch(tok, stop, logits.shape[-1]).to(dev)
-            watch = self._watch[key]
+            known = watch = None
+            if stop:
+                key = (tuple(stop), logits.shape[-1], str(dev))
+                if key not in self._watch: self._watch[key] = tuple(torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev) for _ in "kw")
+                known, watch = self._watch[key]
             alive = torch.arange(rows, device=dev)
             for step in range(max_new_tokens):
                 nxt = next_tokens(logits, temperature, top_p, gen)
                 tokens[alive, step] = nxt
                 ended = torch.isin(nxt, eos)
-                check = None if watch is None else watch[nxt] & ~ended
-                if bool((ended if check is None else ended | check).any()):   # the step's one sync; rarely true
-                    if check is not None:              # decode only rows whose new token can complete a stop string
-                        for j in check.nonzero()[:, 0].tolist():
+                event = ended if watch is None else ended | watch[nxt] | ~known[nxt]
+                if bool(event.any()):                  # the step's one sync; rarely true
+                    if watch is not None:              # decode only rows whose new token can complete a stop string
+                        new = nxt[~known[nxt]]
+                        if len(new):                   # tokens drawn for the first time: decided once, by their text
+                            ids = new.unique().tolist(); at = torch.tensor(ids, device=dev)
+                            watch[at] = torch.tensor(can_complete_stop(tok, stop, ids), device=dev); known[at] = True
+                        for j in (watch[nxt] & ~ended).nonzero()[:, 0].tolist():
                             r = int(alive[j])
                             if any(s in tok.decode(tokens[r, max(0, step + 1 - tail):step + 1].tolist(), skip_special_tokens=True) for s in stop):
                                 ended[j] = True

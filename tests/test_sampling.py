@@ -195,19 +195,20 @@ def test_vectorised_decode_loop_gives_the_old_loops_completions(items, smol, mod
     assert {r["finish_reason"] for row in new for r in row} <= {"stop", "length"}
 
 
-def test_stop_watch_marks_tokens_that_can_complete_a_stop_string():
+def test_only_tokens_that_can_complete_a_stop_string_are_decoded():
     from transformers import AutoTokenizer
     from calm.models import cached_model_dir
-    from calm.sampling import stop_watch
+    from calm.sampling import can_complete_stop
     tok = AutoTokenizer.from_pretrained(cached_model_dir())
-    assert stop_watch(tok, None) is None and stop_watch(tok, []) is None
-    w = stop_watch(tok, ["\nQuestion:"], vocab_size=len(tok) + 3)
     ids = lambda text: tok.encode(text, add_special_tokens=False)
-    assert len(w) == len(tok) + 3 and w[len(tok):].all()                  # ids past the tokenizer: always checked
-    assert w[ids(":")[0]] and not w[ids(" the")[0]] and not w[ids("Question")[0]]
-    assert 0 < int(w.sum()) < len(tok) // 4                                 # few tokens need a decode
-    assert all(w[i] for i in ids("答"))                                     # parts of a multi-byte character: checked
-    assert stop_watch(tok, ["Answer: "]).all()                              # a trailing space: every token is checked
+    q = ["\nQuestion:"]
+    assert can_complete_stop(tok, q, ids(" Question: the answer")) == [False, True, False, False]
+    assert can_complete_stop(tok, q, ids("答")) == [True, True]              # parts of a multi-byte character
+    assert can_complete_stop(tok, q, [len(tok), len(tok) + 2]) == [True, True]   # ids past the tokenizer (padded embeddings)
+    assert can_complete_stop(tok, None, ids(" the")) == [False] and can_complete_stop(tok, [], ids(" the")) == [False]
+    assert can_complete_stop(tok, ["Answer: "], ids(" the end")) == [True, True]   # a trailing space: every token is checked
+    every = can_complete_stop(tok, q, list(range(len(tok))))
+    assert 0 < sum(every) < len(tok) // 4                                   # few tokens need a decode
 
 
 # ---- vLLM (GPU only) ----
