@@ -195,6 +195,7 @@ def test_vectorised_decode_loop_gives_the_old_loops_completions(items, smol, mod
     assert {r["finish_reason"] for row in new for r in row} <= {"stop", "length"}
 
 
+@pytest.mark.slow
 def test_only_tokens_that_can_complete_a_stop_string_are_decoded():
     from transformers import AutoTokenizer
     from calm.models import cached_model_dir
