@@ -189,7 +189,10 @@ def paper_run(engine, release, tmp_path_factory):
     f = root / "paper-vllm-cpu.yaml"
     f.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = root / "reports"
-    res = reproduce(f, out=out)
+    try:
+        res = reproduce(f, out=out)
+    finally:
+        stages._VLLM_ENGINES.pop("smollm2-135m", None)
     return out, res["profile"]
 
 
