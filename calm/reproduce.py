@@ -167,10 +167,11 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
     print("\n".join(checks)); print(); print(format_plan(p, table))
     if dry_run: return {"profile": p, "plan": table, "checks": checks, "notebooks": names}
     if p.backend == "vllm":
-        import importlib.util, torch
-        if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
-            raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]'); "
-                             "none here: use --dry-run to check it and see the plan")
+        from calm.serving import require_vllm
+        try: require_vllm()                           # a CUDA GPU with vllm, or vLLM's CPU build
+        except (ImportError, RuntimeError) as e:
+            raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]') or vLLM's "
+                             f"CPU build (make setup-vllm); none here ({e}): use --dry-run to check it and see the plan") from None
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
     out = Path(out or Path("reports") / p.name).resolve(); out.mkdir(parents=True, exist_ok=True)
     run_dir, rd, timings = out / "_run", _release_of(checks), {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +19,8 @@ from .prompts import PROMPTS, PromptBuilder, check_context, check_prompt_item, m
 
 # %% auto #0
 __all__ = ['plan_batches', 'batch_seed', 'SamplingParams', 'as_params', 'check_sampling_args', 'prompt_keys', 'EchoBackend',
-           'default_prompt_builder', 'make_backend', 'sample', 'encode_prompts', 'shared_prefixes', 'prefill',
-           'next_tokens', 'TransformersBackend', 'force_answers']
+           'default_prompt_builder', 'make_backend', 'sample', 'encode_prompts', 'forward_spec', 'shared_prefixes',
+           'prefill', 'next_tokens', 'can_complete_stop', 'TransformersBackend', 'force_answers']
 
 # %% ../nbs/20_sampling.ipynb #8c1dcc1a
 def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
@@ -32,7 +33,7 @@ def batch_seed(seed: int, b: int) -> int:
     "The seed of batch `b` of a run seeded with `seed`: a 31-bit hash of both."
     return int.from_bytes(hashlib.sha256(f"calm-batch:{int(seed)}:{int(b)}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
-# %% ../nbs/20_sampling.ipynb #ba52ae41
+# %% ../nbs/20_sampling.ipynb #8f8756d6
 @dataclass(frozen=True)
 class SamplingParams:
     "How to sample, validated once when made (in the spirit of vLLM's `SamplingParams`) and passed whole from the CLI and profiles to the backends."
@@ -54,15 +55,18 @@ class SamplingParams:
         if not whole(self.seed): raise ValueError(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "temperature", float(self.temperature)); object.__setattr__(self, "top_p", float(self.top_p))
 
+# %% ../nbs/20_sampling.ipynb #5f11be1b
 def as_params(params=None, **fields) -> SamplingParams:
     "`params` (a `SamplingParams`; an int is m; None the defaults) with `fields` replaced: the one place loose arguments become `SamplingParams`."
     if isinstance(params, SamplingParams): return replace(params, **fields) if fields else params
     return SamplingParams(**({"m": params} if params is not None else {}), **fields)
 
+# %% ../nbs/20_sampling.ipynb #0844d545
 def check_sampling_args(m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 8) -> SamplingParams:
     "The `SamplingParams` of these values (`ValueError` naming the first one out of range)."
     return SamplingParams(m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
+# %% ../nbs/20_sampling.ipynb #73f9bf37
 def prompt_keys(items: Iterable[MCItem], languages: Sequence[str], prompts=None) -> tuple[list[tuple[str, str]], dict]:
     "The (qid, lang) keys in sampling order (items' qid order x `languages`) and `{key: item}`; `DataError` on bad input."
     languages = [normalize_lang(l) for l in languages]
@@ -107,11 +111,12 @@ class EchoBackend:
             out.append(row)
         return out
 
-# %% ../nbs/20_sampling.ipynb #6d868e3a
+# %% ../nbs/20_sampling.ipynb #1ce68337
 def default_prompt_builder(backend, languages=None, mode: str = "auto") -> PromptBuilder:
     "The prompt builder `sample` uses for `backend` when none is given: chat, few-shot or plain by its tokenizer."
     return PromptBuilder.auto(getattr(backend, "tokenizer", None), mode, languages=languages)
 
+# %% ../nbs/20_sampling.ipynb #0fbf4f1b
 def make_backend(spec=None, **kwargs):
     "A backend from `spec`: a backend object as is, None (the embedded default model), `'echo'`, or a model name/path."
     if spec is None or isinstance(spec, str):
@@ -120,6 +125,7 @@ def make_backend(spec=None, **kwargs):
     if not callable(getattr(spec, "generate", None)): raise TypeError(f"a backend needs a generate() method; got {type(spec).__name__}")
     return spec
 
+# %% ../nbs/20_sampling.ipynb #3756514c
 def _check_output(res, prompts: list, n: int, b: int) -> None:
     if len(res) != len(prompts) or any(len(r) != n for r in res):
         raise RuntimeError(f"batch {b}: the backend returned {[len(r) for r in res]} samples for {len(prompts)} prompts x {n}")
@@ -168,7 +174,7 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingPa
     bar.close()
     return out
 
-# %% ../nbs/20_sampling.ipynb #0cae679e
+# %% ../nbs/20_sampling.ipynb #16cb60f3
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = getattr(model.generation_config, "eos_token_id", None)
     ids = [ids] if isinstance(ids, int) else list(ids or [])
@@ -183,26 +189,30 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device=None):
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add)
     return enc.to(device) if device is not None else enc
 
-def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
-    cuts = [i for i in (text.find(s) for s in stop or ()) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
+# %% ../nbs/20_sampling.ipynb #0b09de95
 def _new_cache(model):
     from transformers import DynamicCache
     try: return DynamicCache(config=model.config)
     except TypeError: return DynamicCache()
 
-def _cache_kwarg(model) -> str:
-    "The name under which this transformers version takes a KV cache: `cache` (newer) or `past_key_values`."
-    import inspect
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+_FORWARD_SPECS = weakref.WeakKeyDictionary()
+
+def forward_spec(model) -> dict:
+    "How `model.forward` takes a KV cache (`cache` in newer transformers, else `past_key_values`) and whether it takes `logits_to_keep`: read once per model."
+    spec = _FORWARD_SPECS.get(model)
+    if spec is None:
+        import inspect
+        params = inspect.signature(model.forward).parameters
+        spec = _FORWARD_SPECS[model] = {"cache": "cache" if "cache" in params else "past_key_values", "logits_to_keep": "logits_to_keep" in params}
+    return spec
 
 def _forward(model, cache, **kw):
     "Logits of the last position, extending `cache`."
-    import inspect
-    if "logits_to_keep" in inspect.signature(model.forward).parameters: kw["logits_to_keep"] = 1
-    return model(**kw, use_cache=True, **{_cache_kwarg(model): cache}).logits[:, -1]
+    spec = forward_spec(model)
+    if spec["logits_to_keep"]: kw["logits_to_keep"] = 1
+    return model(**kw, use_cache=True, **{spec["cache"]: cache}).logits[:, -1]
 
+# %% ../nbs/20_sampling.ipynb #ca8dc037
 def shared_prefixes(token_lists: Sequence[Sequence[int]], min_len: int = 8) -> list[int]:
     "For each prompt, the length of the prefix it shares with its group: groups chosen to save the most encoding (0: no group)."
     order = sorted(range(len(token_lists)), key=lambda i: list(token_lists[i]))
@@ -226,6 +236,7 @@ def shared_prefixes(token_lists: Sequence[Sequence[int]], min_len: int = 8) -> l
         for i in order[lo:hi + 1]: out[i] = min(pre, len(token_lists[i]) - 1)   # leave one token to run
     return out
 
+# %% ../nbs/20_sampling.ipynb #227febe2
 def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefix: bool = True):
     "Encode each prompt once (a prefix shared by several prompts once for all), repeat for n samples: cache, mask, positions, last logits."
     import torch
@@ -264,6 +275,7 @@ def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefi
         mask, last, logits = mask.repeat_interleave(n, 0), last.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
     return cache, mask, last, logits
 
+# %% ../nbs/20_sampling.ipynb #f25ce0ee
 def next_tokens(logits, temperature: float, top_p: float, generator=None):
     "One token per row: greedy at temperature 0, else a draw from the top-p nucleus of softmax(logits / temperature)."
     import torch
@@ -281,6 +293,21 @@ def next_tokens(logits, temperature: float, top_p: float, generator=None):
         todo = todo[~ok]
     return out
 
+# %% ../nbs/20_sampling.ipynb #75123217
+def can_complete_stop(tokenizer, stop, ids) -> list[bool]:
+    "For each token id in `ids`, whether generating it can make a `stop` string first appear: its text holds a stop string's last character, or part of a character split over byte-level tokens."
+    stop = [s for s in stop or () if s]
+    if not stop: return [False] * len(ids)
+    if any(s[-1].isspace() or s[-1] == "'" for s in stop): return [True] * len(ids)   # decoding may move spaces and quotes
+    ends, n = {s[-1] for s in stop}, len(tokenizer)
+    texts = tokenizer.batch_decode([[i] if i < n else [] for i in ids], skip_special_tokens=True)
+    return [i >= n or any(c in t for c in ends) or "\ufffd" in t for i, t in zip(ids, texts)]   # ids past the tokenizer: checked
+
+# %% ../nbs/20_sampling.ipynb #29448150
+def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
+    cuts = [i for i in (text.find(s) for s in stop or ()) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
 class TransformersBackend:
     "Batched sampling with a transformers causal LM: each prompt encoded once for its m samples, seeded, finished rows dropped."
     kind = "transformers"
@@ -289,6 +316,7 @@ class TransformersBackend:
         self.model, self.tokenizer, self.share_prefix = model, tokenizer, share_prefix
         self.model_id = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._watch = {}                                  # stop strings -> (ids decided, ids that can complete one), learnt as drawn
 
     @classmethod
     def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
@@ -304,39 +332,55 @@ class TransformersBackend:
         enc = encode_prompts(tok, prompts)
         lists = [[t for t, a in zip(row, m) if a] for row, m in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
         reps = 1 if temperature == 0 else n           # greedy samples are all the same: decode once
-        gen = torch.Generator(device=model.device).manual_seed(int(seed))
-        eos, tail = torch.tensor(self.eos_ids, device=model.device), max((len(s) for s in stop or ()), default=0) + 8
-        out = [[] for _ in range(len(lists) * reps)]
-        finish = ["length"] * len(out)
+        dev, rows = model.device, len(lists) * reps
+        gen = torch.Generator(device=dev).manual_seed(int(seed))
+        eos, tail = torch.tensor(self.eos_ids, device=dev), max((len(s) for s in stop or ()), default=0) + 8
+        tokens = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=dev)    # row r's step-k token at [r, k]
+        length = torch.full((rows,), max_new_tokens, dtype=torch.long, device=dev)  # tokens each row generated
+        stopped = torch.zeros(rows, dtype=torch.bool, device=dev)                    # ended by EOS or a stop string
         with torch.inference_mode():
             cache, mask, last, logits = prefill(model, lists, reps, self.share_prefix)
-            alive = torch.arange(len(out), device=model.device)
+            known = watch = None
+            if stop:
+                key = (tuple(stop), logits.shape[-1], str(dev))
+                if key not in self._watch: self._watch[key] = tuple(torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev) for _ in "kw")
+                known, watch = self._watch[key]
+            alive = torch.arange(rows, device=dev)
             for step in range(max_new_tokens):
                 nxt = next_tokens(logits, temperature, top_p, gen)
-                ended = torch.isin(nxt, eos).tolist()
-                for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
-                    out[r].append(t)
-                    if ended[j]: finish[r] = "stop"
-                    elif stop and any(s in tok.decode(out[r][-tail:], skip_special_tokens=True) for s in stop):
-                        finish[r], ended[j] = "stop", True
-                ended = torch.tensor(ended, device=model.device)
-                if step == max_new_tokens - 1 or bool(ended.all()): break
-                keep = ~ended
-                if not bool(keep.all()):              # drop finished rows: no compute is spent on them
-                    idx = keep.nonzero()[:, 0]
-                    cache.batch_select_indices(idx)
-                    alive, nxt, mask, last = alive[idx], nxt[idx], mask[idx], last[idx]
+                tokens[alive, step] = nxt
+                ended = torch.isin(nxt, eos)
+                event = ended if watch is None else ended | watch[nxt] | ~known[nxt]
+                if bool(event.any()):                  # the step's one sync; rarely true
+                    if watch is not None:              # decode only rows whose new token can complete a stop string
+                        new = nxt[~known[nxt]]
+                        if len(new):                   # tokens drawn for the first time: decided once, by their text
+                            ids = new.unique().tolist(); at = torch.tensor(ids, device=dev)
+                            watch[at] = torch.tensor(can_complete_stop(tok, stop, ids), device=dev); known[at] = True
+                        for j in (watch[nxt] & ~ended).nonzero()[:, 0].tolist():
+                            r = int(alive[j])
+                            if any(s in tok.decode(tokens[r, max(0, step + 1 - tail):step + 1].tolist(), skip_special_tokens=True) for s in stop):
+                                ended[j] = True
+                    if bool(ended.any()):
+                        stopped[alive[ended]] = True; length[alive[ended]] = step + 1
+                        if step == max_new_tokens - 1 or bool(ended.all()): break
+                        idx = (~ended).nonzero()[:, 0]  # drop finished rows: no compute is spent on them
+                        cache.batch_select_indices(idx)
+                        alive, nxt, mask, last = alive[idx], nxt[idx], mask[idx], last[idx]
+                if step == max_new_tokens - 1: break
                 mask = torch.cat([mask, mask.new_ones(len(alive), 1)], 1)
                 last = last + 1
                 logits = _forward(model, cache, input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None])
+        out, length, stopped = tokens.tolist(), length.tolist(), stopped.tolist()
         results = []
         for i in range(len(lists)):
             row = []
             for r in range(i * reps, (i + 1) * reps):
-                toks = out[r][:-1] if finish[r] == "stop" and out[r] and out[r][-1] in self.eos_ids else out[r]
-                text, stopped = _cut_at_stop(tok.decode(toks, skip_special_tokens=True), stop)
-                row.append({"text": text, "prompt_tokens": len(lists[i]), "completion_tokens": len(out[r]),
-                            "finish_reason": "stop" if stopped else finish[r]})
+                toks = out[r][:length[r]]
+                if stopped[r] and toks[-1] in self.eos_ids: toks = toks[:-1]
+                text, cut = _cut_at_stop(tok.decode(toks, skip_special_tokens=True), stop)
+                row.append({"text": text, "prompt_tokens": len(lists[i]), "completion_tokens": length[r],
+                            "finish_reason": "stop" if cut or stopped[r] else "length"})
             results.append(row * n if reps == 1 else row)
         return results
 
@@ -349,7 +393,7 @@ def _letter_token_ids(tokenizer, letters, space: str) -> list[int]:
 def force_answers(records: Iterable[dict], items: Iterable[MCItem], model, tokenizer, prompt_builder=None,
                   batch_size: int = 8, min_prob: float = 0.0) -> list[dict]:
     "Records with `letter`, `how`, `rule`: extracted where possible, else the option letter the model scores highest after the answer label."
-    import inspect, torch
+    import torch
     from calm.extraction import extract_answer
     by_key = {(it.qid, normalize_lang(it.lang)): it for it in items}
     builder = prompt_builder or PromptBuilder.auto(tokenizer)
@@ -369,7 +413,7 @@ def force_answers(records: Iterable[dict], items: Iterable[MCItem], model, token
         chunk = todo[s:s + batch_size]
         enc = encode_prompts(tokenizer, [c[2] for c in chunk], model.device)
         pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        keep = {"logits_to_keep": 1} if forward_spec(model)["logits_to_keep"] else {}
         with torch.inference_mode(): logits = model(**enc, position_ids=pos, **keep).logits[:, -1].float()
         for (i, item, _, space), lg in zip(chunk, logits):
             ids = _letter_token_ids(tokenizer, item.letters, space)

@@ -83,11 +83,12 @@ def run_slug(model: str) -> str:
 _VLLM_ENGINES: dict = {}
 
 def profile_backend(kind: str, model: str, adapter=None):
-    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU), with `adapter` if given."
+    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU, or vLLM's CPU build), with `adapter` if given."
     from calm.sampling import TransformersBackend
     if kind == "vllm":                               # one engine per model for every stage, each adapter served through it
         from calm.serving import VLLMBackend
-        if model not in _VLLM_ENGINES: _VLLM_ENGINES[model] = VLLMBackend(model, enable_lora=True)
+        from calm.models import resolve_model          # an embedded name (smollm2-135m) is served from its converted cache folder
+        if model not in _VLLM_ENGINES: _VLLM_ENGINES[model] = VLLMBackend(resolve_model(model), enable_lora=True)
         return _VLLM_ENGINES[model].with_lora(adapter)
     if adapter is None: return TransformersBackend.from_name(model)
     from calm.training import load_adapter

