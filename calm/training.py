@@ -8,19 +8,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import resource
+import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
 from .data import DataError
-from .files import file_sha256
+from .files import file_sha256, write_atomic
 from .figures import plot_train_curves, run_title
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
@@ -30,96 +33,200 @@ from .reports import package_versions
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'tiny_llama', 'TrainConfig', 'training_frame',
-           'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data',
-           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
+__all__ = ['METHODS', 'TABLE5', 'METHOD_DEFAULTS', 'CALM_DEFAULTS', 'PRESETS', 'ALIASES', 'RUN_KEYS', 'VARIANTS', 'CONFIG_FILE',
+           'ADAPTER_FILES', 'CalmArgs', 'train_parser', 'canonical_settings', 'SettingError', 'check_train_args',
+           'parse_train_args', 'TrainConfig', 'config_sha256', 'training_frame', 'model_context', 'check_training_rows',
+           'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data', 'TrainRun', 'trainer_args', 'peft_config',
+           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
            'load_adapter']
-
-# %% ../nbs/60_training.ipynb #768707f3
-def tiny_llama(texts: Iterable[str] = (), hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
-    "`(model, tokenizer)`: a random `LlamaForCausalLM` and a word-level tokenizer over the words of `texts`, built offline."
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    specials = ["<pad>", "<unk>", "</s>"]
-    words = sorted({w for t in texts for w in str(t).split()} - set(specials))
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
-                                  model_max_length=context)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=context,
-                      pad_token_id=0, bos_token_id=None, eos_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).float().eval(), tok
 
 # %% ../nbs/60_training.ipynb #72e44c1e
 METHODS = ("dpo", "sft")
 "Training methods: DPO on preference pairs (CALM) and SFT on prompt-completion rows (the baseline)."
 
-METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_ratio": 0.1}, "sft": {"learning_rate": 5e-5, "warmup_ratio": 0.0}}
-"Per-method values for the fields left at None (the paper's Table 5)."
+TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "v_proj"],
+          "num_train_epochs": 3, "lr_scheduler_type": "cosine", "per_device_train_batch_size": 1,
+          "gradient_accumulation_steps": 1, "val_ratio": 0.06}
+"The paper's Table 5 in TRL's and PEFT's names (what depends on the method: `METHOD_DEFAULTS`)."
 
-_NUMERIC = {"lora_r": int, "lora_alpha": int, "lora_dropout": float, "learning_rate": float, "num_train_epochs": float,
-            "warmup_ratio": float, "per_device_train_batch_size": int, "gradient_accumulation_steps": int, "beta": float,
-            "val_ratio": float, "seed": int, "max_length": int, "max_steps": int, "logging_steps": int}
+METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 0.1, "loss_type": ["sigmoid"]},
+                   "sft": {"learning_rate": 5e-5, "warmup_steps": 0.0}}
+"Table 5's learning rate and warmup (a `warmup_steps` below 1 is a ratio of the steps) for DPO (CALM) and the SFT baseline; DPO's beta and loss."
 
+CALM_DEFAULTS = {"model_name_or_path": "smollm2-135m", "seed": 42, "max_length": 1024, "logging_steps": 1, "eval_strategy": "epoch",
+                 "save_strategy": "no", "report_to": "none", "activation_checkpointing": False}
+"What calm sets where TRL's defaults do not suit it: the embedded model, a log line per step, no checkpoints, no tracker."
+
+PRESETS = {"table5": {**CALM_DEFAULTS, **TABLE5},
+           "quick": {**CALM_DEFAULTS, **TABLE5, "max_steps": 4, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0}}
+"The defaults a run starts from: `table5` (the paper), or `quick` (four steps of prompts up to 512 tokens, nothing held out: a CPU demo)."
+
+ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules", "warmup_ratio": "warmup_steps",
+           "gradient_checkpointing": "activation_checkpointing"}
+"calm's earlier names of settings, read as TRL's."
+
+# %% ../nbs/60_training.ipynb #9d10a2ce
 @dataclass
-class TrainConfig:
-    "Everything that decides one training run; defaults are the paper's Table 5."
-    method: str = "dpo"                    # "dpo" (CALM) or "sft" (baseline)
-    model: str = "smollm2-135m"            # base model for `calm.models.load_model` when none is passed
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05             # not in Table 5; zeroed in DPO by TRL's disable_dropout (see above)
-    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
-    learning_rate: float | None = None     # None: 5e-6 (dpo) or 5e-5 (sft)
-    num_train_epochs: float = 3
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float | None = None      # None: 0.1 (dpo) or 0.0 (sft)
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    beta: float = 0.1                      # DPO only
-    loss_type: str = "sigmoid"             # DPO only
-    disable_dropout: bool = True           # DPO only (TRL's default)
-    reference: str = "base"                # DPO on an existing adapter: "base" (adapter disabled) or "start" (a frozen copy of it)
-    val_ratio: float = 0.06                # share of rows held out for validation, whole questions at a time
-    seed: int = 42
-    max_length: int = 1024                 # prompt + completion tokens (capped at the model's context)
-    max_steps: int = -1                    # > 0: stop after this many steps (demos, tests)
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None               # None: on when a CUDA GPU supports it
-    logging_steps: int = 1
-    eval_strategy: str = "epoch"           # when to evaluate on the held-out rows ("no", "steps", "epoch")
-    report_to: str | list = "none"         # passed to TRL: "wandb", "tensorboard", ...
-    disable_tqdm: bool = False
+class CalmArgs:
+    "The settings of a run that are calm's, not TRL's: method, data, run folder, curriculum, DPO reference, held-out share, preset."
+    method: str = field(default="dpo", metadata={"help": "dpo (CALM, on preference pairs) or sft (the baseline, on prompt-completion rows)"})
+    data: str | None = field(default=None, metadata={"help": "the pairs (dpo) or SFT rows (sft): a JSONL file"})
+    out_dir: str | None = field(default=None, metadata={"help": "the run folder: adapter, record, log and curves"})
+    stages: list[str] | None = field(default=None, metadata={"help": "a language curriculum, one stage per item: en en,fr en,fr,zh"})
+    reference: str = field(default="base", metadata={"help": "DPO on an existing adapter: base (the adapter disabled) or start (a frozen copy)"})
+    val_ratio: float = field(default=0.06, metadata={"help": "share of the rows held out for validation, whole questions at a time"})
+    preset: str = field(default="table5", metadata={"help": f"the defaults the run starts from: {', '.join(PRESETS)}"})
 
     def __post_init__(self):
-        for name, kind in _NUMERIC.items():             # YAML reads 5e-6 as a string: take numbers written as text
-            v = getattr(self, name)
-            if isinstance(v, str):
-                try: setattr(self, name, kind(float(v)) if kind is int else kind(v))
-                except ValueError: raise ValueError(f"{name} must be a number, not {v!r}") from None
         if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.reference not in ("base", "start"): raise ValueError(f"reference must be 'base' or 'start', not {self.reference!r}")
-        if not 0 <= self.val_ratio < 1: raise ValueError(f"val_ratio must be in [0, 1), not {self.val_ratio}")
-        for k, v in METHOD_DEFAULTS[self.method].items():
-            if getattr(self, k) is None: setattr(self, k, v)
-        if not 0 <= self.warmup_ratio < 1: raise ValueError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
-        self.target_modules = list(self.target_modules)
+        if self.preset not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, not {self.preset!r}")
+        v = self.val_ratio
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1: raise ValueError(f"val_ratio must be in [0, 1), not {v!r}")
+        if self.stages is not None:                     # YAML [[en], [en, fr]] or the command line's en en,fr
+            self.stages = [s.split(",") if isinstance(s, str) else [str(l) for l in s] for s in self.stages]
+
+# %% ../nbs/60_training.ipynb #15f1f89c
+def train_parser(method: str = "dpo"):
+    "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo) or `SFTConfig` (sft), and `ModelConfig`; a bad value raises `ValueError` instead of exiting."
+    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+    class Parser(TrlParser):
+        def error(self, message): raise ValueError(message)
+    return Parser([CalmArgs, DPOConfig if method == "dpo" else SFTConfig, ModelConfig], prog="python -m calm.train")
+
+# %% ../nbs/60_training.ipynb #568b8c81
+def canonical_settings(settings: dict) -> dict:
+    "`settings` with calm's earlier names (`ALIASES`) read as TRL's; `ValueError` when a setting is given under both."
+    out, given_as = {}, {}
+    for k, v in settings.items():
+        name = ALIASES.get(k, k)
+        if name in out: raise ValueError(f"{given_as[name]!r} and {k!r} are the same setting: give one")
+        out[name], given_as[name] = v, k
+    return out
+
+def _argv_value(argv: Sequence[str], key: str):
+    "The value of `--key value` or `--key=value` in `argv`, else None."
+    for i, a in enumerate(argv):
+        if a == f"--{key}" and i + 1 < len(argv): return argv[i + 1]
+        if a.startswith(f"--{key}="): return a.split("=", 1)[1]
+    return None
+
+def _argv_keys(argv: Sequence[str]) -> set:
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+# %% ../nbs/60_training.ipynb #990fb5d6
+class SettingError(ValueError):
+    "A training setting that cannot be used; `key` names it."
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+def _number(where: str, v, kind=float, low=None, above=None, high_below=None):
+    ok = (isinstance(v, int) if kind is int else isinstance(v, (int, float))) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and low is not None: ok = v >= low
+    if ok and above is not None: ok = v > above
+    if ok and high_below is not None: ok = v < high_below
+    if not ok:
+        rng = " and ".join(s for s in (f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+                                       f"< {high_below}" if high_below is not None else "") if s)
+        raise SettingError(where, f"{where} must be {'an integer' if kind is int else 'a finite number'}{' ' + rng if rng else ''}, not {v!r}")
+
+def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
+    "`ValueError` naming the setting when a number would silently change the run (0 steps, negative epochs, a NaN rate...)."
+    if args.max_steps != -1: _number("max_steps", args.max_steps, int, low=1)   # -1: train num_train_epochs
+    _number("num_train_epochs", args.num_train_epochs, above=0)
+    _number("learning_rate", args.learning_rate, above=0)
+    _number("warmup_steps", args.warmup_steps, low=0)
+    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"): _number(k, getattr(args, k), int, low=1)
+    if args.max_length is not None: _number("max_length", args.max_length, int, low=1)
+    _number("seed", args.seed, int)
+    if hasattr(args, "beta"): _number("beta", args.beta, above=0)
+    if not model_args.use_peft: raise SettingError("use_peft", "use_peft must be true: calm trains LoRA adapters")
+    _number("lora_r", model_args.lora_r, int, low=1)
+    _number("lora_alpha", model_args.lora_alpha, above=0)
+    _number("lora_dropout", model_args.lora_dropout, low=0, high_below=1)
+
+# %% ../nbs/60_training.ipynb #b418d2fa
+def _device_defaults() -> dict:
+    "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
+    import torch
+    gpu = torch.cuda.is_available()
+    return {"bf16": bool(gpu and torch.cuda.is_bf16_supported()), "use_cpu": not gpu}
+
+def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> tuple:
+    "`(CalmArgs, DPOConfig | SFTConfig, ModelConfig)`: the preset, then `settings` (flat keys, as in a run file), then `argv` (`--key value`), typed and checked by TRL's parser."
+    settings = canonical_settings(settings or {})
+    method = _argv_value(argv, "method") or settings.get("method", "dpo")
+    preset = _argv_value(argv, "preset") or settings.get("preset", "table5")
+    if method not in METHODS: raise SettingError("method", f"method must be one of {METHODS}, not {method!r}")
+    if preset not in PRESETS: raise SettingError("preset", f"preset must be one of {tuple(PRESETS)}, not {preset!r}")
+    settings = {k: v for k, v in settings.items() if not (v is None and k in METHOD_DEFAULTS[method])}   # None: the method's value
+    parser = train_parser(method)
+    parser.set_defaults_with_config(**PRESETS[preset], **METHOD_DEFAULTS[method], **_device_defaults())
+    unknown = parser.set_defaults_with_config(**settings)[::2]
+    if unknown:
+        cls = "DPOConfig" if method == "dpo" else "SFTConfig"
+        raise SettingError(unknown[0][2:], f"unknown training setting(s) {[u[2:] for u in unknown]}: not a TrainConfig field "
+                                           f"(a field of CalmArgs, trl.ModelConfig or trl.{cls}, for method {method!r})")
+    calm_args, args, model_args = parser.parse_args_into_dataclasses(args=list(argv))
+    check_train_args(calm_args, args, model_args)
+    return calm_args, args, model_args
+
+# %% ../nbs/60_training.ipynb #ec9ade2a
+RUN_KEYS = ("data", "out_dir", "stages")
+"`CalmArgs` fields that say where a run reads and writes, not how it trains: left out of its config and its hash."
+
+_MISSING = object()
+
+def _plain(v):
+    "A parsed value as plain data: enums as their values."
+    if isinstance(v, Enum): return v.value
+    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
+    return v
+
+class TrainConfig:
+    "One run's settings as flat keys over a preset: fields of `CalmArgs`, `trl.ModelConfig` and `trl.DPOConfig`/`SFTConfig`, parsed once by TRL's parser."
+    def __init__(self, **settings): self._parse(settings, ())
+
+    @classmethod
+    def parse(cls, settings: dict | None = None, argv: Sequence[str] = ()) -> "TrainConfig":
+        "The config of `settings` (a run file's keys) with command-line `argv` (`--key value`) over them."
+        self = cls.__new__(cls)
+        self._parse(settings or {}, argv)
+        return self
+
+    def _parse(self, settings, argv):
+        self.calm, self.args, self.model_args = parse_train_args(settings, argv)
+        self.given = set(canonical_settings(settings)) | _argv_keys(argv)
+        keys = {*PRESETS[self.calm.preset], *METHOD_DEFAULTS[self.calm.method], *(f.name for f in fields(CalmArgs)), *self.given}
+        self._values = {k: _plain(v) for k in sorted(keys - set(RUN_KEYS)) if (v := self._get(k)) is not _MISSING}
+
+    def _get(self, name):
+        for part in (self.calm, self.args, self.model_args):
+            if name in part.__dataclass_fields__: return getattr(part, name)
+        return _MISSING
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name in ("calm", "args", "model_args", "given"): raise AttributeError(name)
+        v = self._get(ALIASES.get(name, name))
+        if v is _MISSING: raise AttributeError(f"no training setting {name!r}")
+        return _plain(v)
 
     def to_dict(self) -> dict:
-        "The config as plain data (what `calm_train_config.json` stores)."
-        return asdict(self)
+        "The settings that decide the run (the preset's, the method's and those given) as plain data: what the run record stores and hashes."
+        return dict(self._values)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        "A config from plain data; unknown keys are an error that lists the known ones."
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad: raise ValueError(f"unknown training setting(s) {bad}; known: {', '.join(sorted(known))}")
+        "A config from plain data (a record's `config`, a profile's `training`); unknown keys are an error that names them."
         return cls(**d)
+
+    def __eq__(self, other): return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
+    def __repr__(self): return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items() if k in self.given)})"
+
+def config_sha256(config: TrainConfig) -> str:
+    "SHA-256 of the config's settings (`to_dict`, keys sorted): equal exactly when the runs would be trained the same way."
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def training_frame(data, method: str) -> pd.DataFrame:
@@ -190,8 +297,6 @@ def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
     for r in trl_rows(frame, method): h.update((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
     return h.hexdigest()
 
-
-
 # %% ../nbs/60_training.ipynb #d79db246
 def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     "`(train, held_out)`: about `val_ratio` of the rows held out, whole questions (by `qid`) at a time, seeded."
@@ -229,6 +334,9 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
 CONFIG_FILE = "calm_train_config.json"
 "The file, beside the adapter, that records how the run was made."
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"The files of a saved PEFT adapter; the run record holds their SHA-256."
+
 @dataclass
 class TrainRun:
     "What `train` returns: the run directory, its record and log, and (unless skipped) the trained model and trainer."
@@ -240,6 +348,7 @@ class TrainRun:
     trainer: object = None
     skipped: bool = False
 
+# %% ../nbs/60_training.ipynb #8c44a50b
 def _peak_memory_gb() -> tuple[float, str]:
     "Peak memory of this process so far: CUDA allocations when on a GPU, else the resident set size."
     import torch
@@ -250,44 +359,46 @@ def _use_gpu() -> bool:
     import torch
     return torch.cuda.is_available()
 
-def _trl_args(config: TrainConfig, out_dir: Path, has_eval: bool):
-    "The `DPOConfig` or `SFTConfig` for `config`."
-    import torch
-    from trl import DPOConfig, SFTConfig
-    gpu = _use_gpu()
-    bf16 = (gpu and torch.cuda.is_bf16_supported()) if config.bf16 is None else config.bf16
-    common = dict(output_dir=str(out_dir), learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-                  lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
-                  per_device_train_batch_size=config.per_device_train_batch_size, per_device_eval_batch_size=config.per_device_train_batch_size,
-                  gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed, data_seed=config.seed,
-                  max_steps=config.max_steps,
-                  use_cpu=not gpu, bf16=bool(bf16), logging_steps=config.logging_steps, save_strategy="no",
-                  eval_strategy=config.eval_strategy if has_eval else "no", report_to=config.report_to,
-                  disable_tqdm=config.disable_tqdm, max_length=config.max_length)
-    cls = DPOConfig if config.method == "dpo" else SFTConfig
-    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
-    ck = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(cls)} else "gradient_checkpointing"
-    common[ck] = config.gradient_checkpointing
-    if config.method == "dpo": common |= dict(beta=config.beta, loss_type=[config.loss_type], disable_dropout=config.disable_dropout)
-    return cls(**common)
+# %% ../nbs/60_training.ipynb #dadf2916
+def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
+    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating only when rows are held out."
+    a = config.args
+    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no",
+                   data_seed=a.seed if a.data_seed is None else a.data_seed,
+                   per_device_eval_batch_size=a.per_device_eval_batch_size if "per_device_eval_batch_size" in config.given
+                                              else a.per_device_train_batch_size)
 
-def lora_config(config: TrainConfig):
-    "The PEFT `LoraConfig` of a run: rank, alpha, dropout and target modules from `config`, causal-LM task, no bias."
-    from peft import LoraConfig
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+# %% ../nbs/60_training.ipynb #1a78b375
+def peft_config(config: TrainConfig):
+    "The PEFT `LoraConfig` of a run, by TRL's `get_peft_config` from its `ModelConfig` (rank, alpha, dropout, target modules; no bias)."
+    from trl import get_peft_config
+    return get_peft_config(config.model_args)
 
 # %% ../nbs/60_training.ipynb #9eb7bbdd
 def read_run_info(out_dir) -> dict | None:
-    "The `calm_train_config.json` of a run directory, or None when there is none."
+    "The `calm_train_config.json` of a run directory, or None when there is none; `DataError` naming the file when it is not JSON."
     p = Path(out_dir) / CONFIG_FILE
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+    if not p.is_file(): return None
+    try: info = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DataError(f"the run record is not valid JSON ({e})", file=p) from None
+    if not isinstance(info, dict): raise DataError("the run record is not a JSON object", file=p)
+    return info
 
+# %% ../nbs/60_training.ipynb #4fec8f3f
+def adapter_hashes(folder) -> dict:
+    "`{file: sha256}` for the adapter files present in `folder`."
+    return {n: file_sha256(Path(folder) / n) for n in ADAPTER_FILES if (Path(folder) / n).is_file()}
+
+# %% ../nbs/60_training.ipynb #f2dbefda
 def run_is_done(out_dir, config: TrainConfig, data_sha256: str) -> bool:
-    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`."
-    info = read_run_info(out_dir)
-    return (info is not None and info.get("config") == config.to_dict() and info.get("data", {}).get("trl_sha256") == data_sha256
-            and (Path(out_dir) / "adapter_model.safetensors").exists())
+    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`, its adapter files the ones it recorded."
+    try: info = read_run_info(out_dir)
+    except DataError as e:
+        warnings.warn(f"{e}: training again"); return False
+    if not info: return False
+    recorded = (info.get("adapter") or {}).get("files") or {}
+    return (info.get("config_sha256") == config_sha256(config) and (info.get("data") or {}).get("trl_sha256") == data_sha256
+            and set(recorded) == set(ADAPTER_FILES) and adapter_hashes(out_dir) == recorded)
 
 # %% ../nbs/60_training.ipynb #58c2f728
 def _skipped_run(out_dir: Path) -> TrainRun:
@@ -310,6 +421,25 @@ def _save_adapter(model, tokenizer, out_dir: Path) -> None:
     model.save_pretrained(str(out_dir), selected_adapters=names[:1])
     if tokenizer is not None: tokenizer.save_pretrained(str(out_dir))
 
+def _partial_dir(out_dir: Path) -> Path:
+    "Where a run is written before it is renamed into `out_dir`."
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    "Rename the folder `src` to `dst`, replacing a `dst` that exists (moved aside first, then deleted)."
+    old = dst.parent / f".{dst.name}.old"
+    if old.exists(): shutil.rmtree(old)
+    if dst.exists(): os.replace(dst, old)
+    os.replace(src, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+def _is_main_process() -> bool:
+    "Rank 0 (or no distributed launch): the process that writes the run."
+    return int(os.environ.get("RANK", "0")) == 0
+
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
@@ -323,9 +453,11 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     sha = data_fingerprint(frame, config.method)
     if skip_done and model is None and run_is_done(out_dir, config, sha):
         return _skipped_run(out_dir)
+    partial = _partial_dir(out_dir)
+    if _is_main_process() and partial.exists(): shutil.rmtree(partial)     # what a killed run left
     if model is None:
         from calm.models import load_model
-        dtype = torch.bfloat16 if (_use_gpu() and config.bf16 is not False and torch.cuda.is_bf16_supported()) else torch.float32
+        dtype = torch.bfloat16 if config.args.bf16 else torch.float32
         model, loaded_tok = load_model(config.model, device="cpu", dtype=dtype)
         if tokenizer is None: tokenizer = loaded_tok
         base_name = config.model
@@ -338,7 +470,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     else: train_frame, eval_frame = frame, training_frame(eval_data, config.method)
     check_training_rows(train_frame, config.method, tokenizer, max_length, ctx, file=source)
     if len(eval_frame): check_training_rows(eval_frame, config.method, tokenizer, max_length, ctx, file=source)
-    args = _trl_args(config, out_dir, has_eval=len(eval_frame) > 0)
+    args = trainer_args(config, partial, has_eval=len(eval_frame) > 0)
     args.max_length = max_length
     set_seed(config.seed)
     from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
@@ -349,7 +481,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         eval_ds = Dataset.from_list(trl_rows(eval_frame, config.method)) if len(eval_frame) else None
         continuing = isinstance(model, PeftModel)
         kw = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                  peft_config=None if continuing else lora_config(config))
+                  peft_config=None if continuing else peft_config(config))
         if config.method == "dpo":
             from trl import DPOTrainer
             trainer = DPOTrainer(ref_model=None, **kw)
@@ -369,7 +501,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     log = log_frame(trainer.state.log_history)
     steps = int(trainer.state.global_step)
     peak, peak_kind = _peak_memory_gb()
-    info = {"config": config.to_dict(),
+    info = {"config": config.to_dict(), "config_sha256": config_sha256(config),
             "base_model": getattr(peft_model.get_base_model().config, "_name_or_path", None) or base_name,
             "data": {"trl_sha256": sha, "source": str(source) if source else None,
                      "source_sha256": file_sha256(source) if source else None, "rows": len(frame),
@@ -387,15 +519,24 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra_info or {})}
     if trainer.accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _save_adapter(trainer.accelerator.unwrap_model(peft_model), tokenizer, out_dir)
-        log.to_csv(out_dir / "train_log.csv", index=False)
-        plot_train_curves(log, config.method, out_dir / "train_curves.png", title=run_title(config.method, out_dir.name), n=len(train_frame))
-        (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        if info["base_model"]:                 # a model built in memory has no base to name
-            from calm.adapters import publish_adapter
-            publish_adapter(out_dir, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
-    return TrainRun(out_dir, info, log, peft_model, tokenizer, trainer)
+        _write_run(partial, out_dir, trainer.accelerator.unwrap_model(peft_model), tokenizer, info, log, config.method, len(train_frame))
+    return TrainRun(out_dir, read_run_info(out_dir) if trainer.accelerator.is_main_process else info, log, peft_model, tokenizer, trainer)
+
+def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str, n: int) -> None:
+    "Write the run into `partial`: adapter, log, curves, model card and the record with the adapter's hashes; then rename it to `out_dir`."
+    partial.mkdir(parents=True, exist_ok=True)
+    _save_adapter(model, tokenizer, partial)
+    log.to_csv(partial / "train_log.csv", index=False)
+    plot_train_curves(log, method, partial / "train_curves.png", title=run_title(method, out_dir.name), n=n)
+    record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    record()
+    if info["base_model"]:                 # a model built in memory has no base to name
+        from calm.adapters import publish_adapter
+        publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
+        info.update(read_run_info(partial))
+    info["adapter"] = {"files": adapter_hashes(partial)}
+    record()
+    _replace_dir(partial, out_dir)
 
 def trainer_reference_is_base(trainer) -> bool:
     "Whether a DPO trainer's reference is its own model with the adapter disabled: no `ref_model`, no `ref` adapter."
