@@ -72,6 +72,7 @@ def run(config: TrainConfig) -> list[TrainRun]:
     if config.stages: return train_curriculum(config, config.data, config.out_dir, config.stages)
     return [train(config, config.data, config.out_dir)]
 
+# %% ../nbs/61_train.ipynb #b2e1d3c4
 def run_from_file(path, overrides: Sequence[str] = ()) -> list[TrainRun]:
     "Run the training a run file describes, with `key=value` overrides."
     return run(run_config(["--config", str(path), *[x for o in overrides for x in ("--set", o)]]))

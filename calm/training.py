@@ -65,7 +65,7 @@ ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules
            "gradient_checkpointing": "activation_checkpointing"}
 "calm's earlier names of settings, read as TRL's."
 
-# %% ../nbs/60_training.ipynb #9d10a2ce
+# %% ../nbs/60_training.ipynb #486ae511
 @dataclass
 class CalmArgs:
     "The settings of a run that are calm's, not TRL's: method, data, run folder, curriculum, DPO reference, held-out share, preset."
@@ -86,7 +86,7 @@ class CalmArgs:
         if self.stages is not None:                     # YAML [[en], [en, fr]] or the command line's en en,fr
             self.stages = [s.split(",") if isinstance(s, str) else [str(l) for l in s] for s in self.stages]
 
-# %% ../nbs/60_training.ipynb #15f1f89c
+# %% ../nbs/60_training.ipynb #2f974b6c
 def train_parser(method: str = "dpo"):
     "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo) or `SFTConfig` (sft), and `ModelConfig`; a bad value raises `ValueError` instead of exiting."
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
@@ -94,7 +94,7 @@ def train_parser(method: str = "dpo"):
         def error(self, message): raise ValueError(message)
     return Parser([CalmArgs, DPOConfig if method == "dpo" else SFTConfig, ModelConfig], prog="python -m calm.train")
 
-# %% ../nbs/60_training.ipynb #568b8c81
+# %% ../nbs/60_training.ipynb #7a50faf0
 def canonical_settings(settings: dict) -> dict:
     "`settings` with calm's earlier names (`ALIASES`) read as TRL's; `ValueError` when a setting is given under both."
     out, given_as = {}, {}
@@ -114,13 +114,14 @@ def _argv_value(argv: Sequence[str], key: str):
 def _argv_keys(argv: Sequence[str]) -> set:
     return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
 
-# %% ../nbs/60_training.ipynb #990fb5d6
+# %% ../nbs/60_training.ipynb #433403b3
 class SettingError(ValueError):
     "A training setting that cannot be used; `key` names it."
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(message)
 
+# %% ../nbs/60_training.ipynb #ca61fef3
 def _number(where: str, v, kind=float, low=None, above=None, high_below=None):
     ok = (isinstance(v, int) if kind is int else isinstance(v, (int, float))) and not isinstance(v, bool) and math.isfinite(v)
     if ok and low is not None: ok = v >= low
@@ -146,7 +147,7 @@ def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
     _number("lora_alpha", model_args.lora_alpha, above=0)
     _number("lora_dropout", model_args.lora_dropout, low=0, high_below=1)
 
-# %% ../nbs/60_training.ipynb #b418d2fa
+# %% ../nbs/60_training.ipynb #9c47713f
 def _device_defaults() -> dict:
     "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
     import torch
@@ -172,7 +173,7 @@ def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> 
     check_train_args(calm_args, args, model_args)
     return calm_args, args, model_args
 
-# %% ../nbs/60_training.ipynb #ec9ade2a
+# %% ../nbs/60_training.ipynb #5b627a5d
 RUN_KEYS = ("data", "out_dir", "stages")
 "`CalmArgs` fields that say where a run reads and writes, not how it trains: left out of its config and its hash."
 
@@ -224,6 +225,7 @@ class TrainConfig:
     def __eq__(self, other): return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
     def __repr__(self): return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items() if k in self.given)})"
 
+# %% ../nbs/60_training.ipynb #12fc4936
 def config_sha256(config: TrainConfig) -> str:
     "SHA-256 of the config's settings (`to_dict`, keys sorted): equal exactly when the runs would be trained the same way."
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -348,18 +350,14 @@ class TrainRun:
     trainer: object = None
     skipped: bool = False
 
-# %% ../nbs/60_training.ipynb #8c44a50b
+# %% ../nbs/60_training.ipynb #18fbedb8
 def _peak_memory_gb() -> tuple[float, str]:
     "Peak memory of this process so far: CUDA allocations when on a GPU, else the resident set size."
     import torch
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0: return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process_max_rss"
 
-def _use_gpu() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-# %% ../nbs/60_training.ipynb #dadf2916
+# %% ../nbs/60_training.ipynb #a32ebe90
 def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
     "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating only when rows are held out."
     a = config.args
@@ -368,7 +366,7 @@ def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
                    per_device_eval_batch_size=a.per_device_eval_batch_size if "per_device_eval_batch_size" in config.given
                                               else a.per_device_train_batch_size)
 
-# %% ../nbs/60_training.ipynb #1a78b375
+# %% ../nbs/60_training.ipynb #87dfe76e
 def peft_config(config: TrainConfig):
     "The PEFT `LoraConfig` of a run, by TRL's `get_peft_config` from its `ModelConfig` (rank, alpha, dropout, target modules; no bias)."
     from trl import get_peft_config
@@ -384,12 +382,12 @@ def read_run_info(out_dir) -> dict | None:
     if not isinstance(info, dict): raise DataError("the run record is not a JSON object", file=p)
     return info
 
-# %% ../nbs/60_training.ipynb #4fec8f3f
+# %% ../nbs/60_training.ipynb #8457c74a
 def adapter_hashes(folder) -> dict:
     "`{file: sha256}` for the adapter files present in `folder`."
     return {n: file_sha256(Path(folder) / n) for n in ADAPTER_FILES if (Path(folder) / n).is_file()}
 
-# %% ../nbs/60_training.ipynb #f2dbefda
+# %% ../nbs/60_training.ipynb #29b92447
 def run_is_done(out_dir, config: TrainConfig, data_sha256: str) -> bool:
     "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`, its adapter files the ones it recorded."
     try: info = read_run_info(out_dir)
@@ -418,6 +416,9 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
 def _save_adapter(model, tokenizer, out_dir: Path) -> None:
     "The trained adapter only (not TRL's `ref` copy) in PEFT format, and the tokenizer."
     names = [n for n in model.peft_config if n != "ref"]
+    for n in names[:1]:                  # PEFT keeps target modules in a set, whose order changes with each process: sort them
+        tm = model.peft_config[n].target_modules
+        if isinstance(tm, (set, frozenset)): model.peft_config[n].target_modules = sorted(tm)
     model.save_pretrained(str(out_dir), selected_adapters=names[:1])
     if tokenizer is not None: tokenizer.save_pretrained(str(out_dir))
 
@@ -440,6 +441,24 @@ def _is_main_process() -> bool:
     "Rank 0 (or no distributed launch): the process that writes the run."
     return int(os.environ.get("RANK", "0")) == 0
 
+
+def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str, n: int) -> None:
+    "Write the run into `partial`: adapter, log, curves, model card and the record with the adapter's hashes; then rename it to `out_dir`."
+    partial.mkdir(parents=True, exist_ok=True)
+    _save_adapter(model, tokenizer, partial)
+    log.to_csv(partial / "train_log.csv", index=False)
+    plot_train_curves(log, method, partial / "train_curves.png", title=run_title(method, out_dir.name), n=n)
+    record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    record()
+    if info["base_model"]:                 # a model built in memory has no base to name
+        from calm.adapters import publish_adapter
+        publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
+        info.update(read_run_info(partial))
+    info["adapter"] = {"files": adapter_hashes(partial)}
+    record()
+    _replace_dir(partial, out_dir)
+
+# %% ../nbs/60_training.ipynb #344f375b
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
@@ -522,22 +541,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         _write_run(partial, out_dir, trainer.accelerator.unwrap_model(peft_model), tokenizer, info, log, config.method, len(train_frame))
     return TrainRun(out_dir, read_run_info(out_dir) if trainer.accelerator.is_main_process else info, log, peft_model, tokenizer, trainer)
 
-def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str, n: int) -> None:
-    "Write the run into `partial`: adapter, log, curves, model card and the record with the adapter's hashes; then rename it to `out_dir`."
-    partial.mkdir(parents=True, exist_ok=True)
-    _save_adapter(model, tokenizer, partial)
-    log.to_csv(partial / "train_log.csv", index=False)
-    plot_train_curves(log, method, partial / "train_curves.png", title=run_title(method, out_dir.name), n=n)
-    record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
-    record()
-    if info["base_model"]:                 # a model built in memory has no base to name
-        from calm.adapters import publish_adapter
-        publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
-        info.update(read_run_info(partial))
-    info["adapter"] = {"files": adapter_hashes(partial)}
-    record()
-    _replace_dir(partial, out_dir)
-
+# %% ../nbs/60_training.ipynb #7cf64b1d
 def trainer_reference_is_base(trainer) -> bool:
     "Whether a DPO trainer's reference is its own model with the adapter disabled: no `ref_model`, no `ref` adapter."
     peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {})
