@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .curriculum import train_curriculum
 from .data import DataError
-from .training import RUN_KEYS, TrainConfig, TrainRun, train, train_parser
+from .training import TrainConfig, TrainRun, train, train_parser
 
 # %% auto #0
 __all__ = ['read_run_file', 'run_config', 'run', 'run_from_file', 'main']
@@ -69,6 +69,7 @@ def run(config: TrainConfig) -> list[TrainRun]:
     "Run the training `config` describes (its `data` into its `out_dir`): one run, or a curriculum when it has `stages`."
     missing = [k for k in ("data", "out_dir") if not getattr(config, k)]
     if missing: raise ValueError(f"missing {', '.join(missing)}: a run names its data and its out_dir")
+    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir(): raise ValueError(f"{config.out_dir}: out_dir is a file, not a folder")
     if config.stages: return train_curriculum(config, config.data, config.out_dir, config.stages)
     return [train(config, config.data, config.out_dir)]
 

@@ -458,7 +458,7 @@ def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: 
     record()
     _replace_dir(partial, out_dir)
 
-# %% ../nbs/60_training.ipynb #344f375b
+# %% ../nbs/60_training.ipynb #bdecbc9e
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
@@ -470,6 +470,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     frame = training_frame(data, config.method)
     check_training_rows(frame, config.method, file=source)      # cheap checks before any model is loaded
     sha = data_fingerprint(frame, config.method)
+    if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f"{out_dir}: out_dir is a file, not a folder")
     if skip_done and model is None and run_is_done(out_dir, config, sha):
         return _skipped_run(out_dir)
     partial = _partial_dir(out_dir)

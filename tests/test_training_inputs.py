@@ -74,3 +74,14 @@ def test_the_command_exits_2_without_a_traceback(tmp_path):
                            timeout=600)
         assert r.returncode == 2 and str(p) in r.stderr and says in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
+
+
+def test_an_out_dir_that_is_a_file_is_an_error_before_any_model_loads(tmp_path, capsys):
+    (tmp_path / "pairs.jsonl").write_text('{"qid": "q1", "lang": "en", "prompt": "p : ", "chosen": "B yes", "rejected": "A no"}\n')
+    (tmp_path / "out").write_text("a file the user keeps\n")
+    code, err = _main(capsys, ["--config", _run_file(tmp_path, f"model: {tmp_path / 'no-such-model'}\n")])
+    assert code == 2 and f"{tmp_path / 'out'}: out_dir is a file" in err, err
+    assert (tmp_path / "out").read_text() == "a file the user keeps\n"
+    from calm.training import TrainConfig, train
+    with pytest.raises(ValueError, match="out_dir is a file"):
+        train(TrainConfig(model=str(tmp_path / "no-such-model")), tmp_path / "pairs.jsonl", tmp_path / "out")
