@@ -147,7 +147,7 @@ def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
     _number("lora_alpha", model_args.lora_alpha, above=0)
     _number("lora_dropout", model_args.lora_dropout, low=0, high_below=1)
 
-# %% ../nbs/60_training.ipynb #9c47713f
+# %% ../nbs/60_training.ipynb #9cfe4708
 def _device_defaults() -> dict:
     "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
     import torch
@@ -161,9 +161,10 @@ def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> 
     preset = _argv_value(argv, "preset") or settings.get("preset", "table5")
     if method not in METHODS: raise SettingError("method", f"method must be one of {METHODS}, not {method!r}")
     if preset not in PRESETS: raise SettingError("preset", f"preset must be one of {tuple(PRESETS)}, not {preset!r}")
-    settings = {k: v for k, v in settings.items() if not (v is None and k in METHOD_DEFAULTS[method])}   # None: the method's value
+    defaults = {**PRESETS[preset], **METHOD_DEFAULTS[method], **_device_defaults()}
+    settings = {k: v for k, v in settings.items() if not (v is None and k in defaults)}   # None: calm's default (as in older records)
     parser = train_parser(method)
-    parser.set_defaults_with_config(**PRESETS[preset], **METHOD_DEFAULTS[method], **_device_defaults())
+    parser.set_defaults_with_config(**defaults)
     unknown = parser.set_defaults_with_config(**settings)[::2]
     if unknown:
         cls = "DPOConfig" if method == "dpo" else "SFTConfig"
@@ -173,7 +174,7 @@ def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> 
     check_train_args(calm_args, args, model_args)
     return calm_args, args, model_args
 
-# %% ../nbs/60_training.ipynb #5b627a5d
+# %% ../nbs/60_training.ipynb #ff3292a6
 RUN_KEYS = ("data", "out_dir", "stages")
 "`CalmArgs` fields that say where a run reads and writes, not how it trains: left out of its config and its hash."
 
@@ -198,7 +199,7 @@ class TrainConfig:
 
     def _parse(self, settings, argv):
         self.calm, self.args, self.model_args = parse_train_args(settings, argv)
-        self.given = set(canonical_settings(settings)) | _argv_keys(argv)
+        self.given = {k for k, v in canonical_settings(settings).items() if v is not None} | _argv_keys(argv)   # None: the default
         keys = {*PRESETS[self.calm.preset], *METHOD_DEFAULTS[self.calm.method], *(f.name for f in fields(CalmArgs)), *self.given}
         self._values = {k: _plain(v) for k in sorted(keys - set(RUN_KEYS)) if (v := self._get(k)) is not _MISSING}
 

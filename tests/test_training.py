@@ -105,6 +105,12 @@ def test_every_trl_field_and_the_old_names_work():
     assert (c.model_args.model_name_or_path, c.args.warmup_steps, peft_config(c).target_modules) == ("tiny", 0.2, "q_proj")
     assert c.to_dict()["weight_decay"] == 0.01 and config_sha256(c) != config_sha256(TrainConfig())
     with pytest.raises(ValueError, match="'model' and 'model_name_or_path' are the same setting"): TrainConfig(model="a", model_name_or_path="b")
+    old = {"method": "dpo", "model": "smollm2-135m", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
+           "learning_rate": 5e-06, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "per_device_train_batch_size": 1,
+           "gradient_accumulation_steps": 1, "beta": 0.1, "loss_type": "sigmoid", "disable_dropout": True, "reference": "base", "val_ratio": 0.06,
+           "seed": 42, "max_length": 1024, "max_steps": -1, "gradient_checkpointing": False, "bf16": None, "logging_steps": 1,
+           "eval_strategy": "epoch", "report_to": "none", "disable_tqdm": False}       # the config of a record written before TRL's parser
+    assert TrainConfig.from_dict(old).to_dict() == {**TrainConfig().to_dict(), "max_steps": -1, "disable_dropout": True, "disable_tqdm": False}
 
 
 def test_table5_is_one_preset_and_quick_another():
