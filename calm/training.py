@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import resource
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,208 +26,18 @@ from .figures import plot_train_curves, run_title
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
 from .reports import package_versions
+from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
+                               SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
+                               parse_train_args, train_parser)
 
 # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step: one filter here, not a warning per step
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['METHODS', 'TABLE5', 'METHOD_DEFAULTS', 'CALM_DEFAULTS', 'PRESETS', 'ALIASES', 'RUN_KEYS', 'VARIANTS', 'CONFIG_FILE',
-           'ADAPTER_FILES', 'CalmArgs', 'train_parser', 'canonical_settings', 'SettingError', 'check_train_args',
-           'parse_train_args', 'TrainConfig', 'config_sha256', 'training_frame', 'model_context', 'check_training_rows',
-           'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data', 'TrainRun', 'trainer_args', 'peft_config',
+__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
+           'data_fingerprint', 'split_holdout', 'variant_data', 'TrainRun', 'trainer_args', 'peft_config',
            'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
            'load_adapter']
-
-# %% ../nbs/60_training.ipynb #72e44c1e
-METHODS = ("dpo", "sft")
-"Training methods: DPO on preference pairs (CALM) and SFT on prompt-completion rows (the baseline)."
-
-TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "v_proj"],
-          "num_train_epochs": 3, "lr_scheduler_type": "cosine", "per_device_train_batch_size": 1,
-          "gradient_accumulation_steps": 1, "val_ratio": 0.06}
-"The paper's Table 5 in TRL's and PEFT's names (what depends on the method: `METHOD_DEFAULTS`)."
-
-METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 0.1, "loss_type": ["sigmoid"]},
-                   "sft": {"learning_rate": 5e-5, "warmup_steps": 0.0}}
-"Table 5's learning rate and warmup (a `warmup_steps` below 1 is a ratio of the steps) for DPO (CALM) and the SFT baseline; DPO's beta and loss."
-
-CALM_DEFAULTS = {"model_name_or_path": "smollm2-135m", "seed": 42, "max_length": 1024, "logging_steps": 1, "eval_strategy": "epoch",
-                 "save_strategy": "no", "report_to": "none", "activation_checkpointing": False}
-"What calm sets where TRL's defaults do not suit it: the embedded model, a log line per step, no checkpoints, no tracker."
-
-PRESETS = {"table5": {**CALM_DEFAULTS, **TABLE5},
-           "quick": {**CALM_DEFAULTS, **TABLE5, "max_steps": 4, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0}}
-"The defaults a run starts from: `table5` (the paper), or `quick` (four steps of prompts up to 512 tokens, nothing held out: a CPU demo)."
-
-ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules", "warmup_ratio": "warmup_steps",
-           "gradient_checkpointing": "activation_checkpointing"}
-"calm's earlier names of settings, read as TRL's."
-
-# %% ../nbs/60_training.ipynb #486ae511
-@dataclass
-class CalmArgs:
-    "The settings of a run that are calm's, not TRL's: method, data, run folder, curriculum, DPO reference, held-out share, preset."
-    method: str = field(default="dpo", metadata={"help": "dpo (CALM, on preference pairs) or sft (the baseline, on prompt-completion rows)"})
-    data: str | None = field(default=None, metadata={"help": "the pairs (dpo) or SFT rows (sft): a JSONL file"})
-    out_dir: str | None = field(default=None, metadata={"help": "the run folder: adapter, record, log and curves"})
-    stages: list[str] | None = field(default=None, metadata={"help": "a language curriculum, one stage per item: en en,fr en,fr,zh"})
-    reference: str = field(default="base", metadata={"help": "DPO on an existing adapter: base (the adapter disabled) or start (a frozen copy)"})
-    val_ratio: float = field(default=0.06, metadata={"help": "share of the rows held out for validation, whole questions at a time"})
-    preset: str = field(default="table5", metadata={"help": f"the defaults the run starts from: {', '.join(PRESETS)}"})
-
-    def __post_init__(self):
-        if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.reference not in ("base", "start"): raise ValueError(f"reference must be 'base' or 'start', not {self.reference!r}")
-        if self.preset not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, not {self.preset!r}")
-        v = self.val_ratio
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1: raise ValueError(f"val_ratio must be in [0, 1), not {v!r}")
-        if self.stages is not None:                     # YAML [[en], [en, fr]] or the command line's en en,fr
-            self.stages = [s.split(",") if isinstance(s, str) else [str(l) for l in s] for s in self.stages]
-
-# %% ../nbs/60_training.ipynb #2f974b6c
-def train_parser(method: str = "dpo"):
-    "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo) or `SFTConfig` (sft), and `ModelConfig`; a bad value raises `ValueError` instead of exiting."
-    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
-    class Parser(TrlParser):
-        def error(self, message): raise ValueError(message)
-    return Parser([CalmArgs, DPOConfig if method == "dpo" else SFTConfig, ModelConfig], prog="python -m calm.train")
-
-# %% ../nbs/60_training.ipynb #7a50faf0
-def canonical_settings(settings: dict) -> dict:
-    "`settings` with calm's earlier names (`ALIASES`) read as TRL's; `ValueError` when a setting is given under both."
-    out, given_as = {}, {}
-    for k, v in settings.items():
-        name = ALIASES.get(k, k)
-        if name in out: raise ValueError(f"{given_as[name]!r} and {k!r} are the same setting: give one")
-        out[name], given_as[name] = v, k
-    return out
-
-def _argv_value(argv: Sequence[str], key: str):
-    "The value of `--key value` or `--key=value` in `argv`, else None."
-    for i, a in enumerate(argv):
-        if a == f"--{key}" and i + 1 < len(argv): return argv[i + 1]
-        if a.startswith(f"--{key}="): return a.split("=", 1)[1]
-    return None
-
-def _argv_keys(argv: Sequence[str]) -> set:
-    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
-
-# %% ../nbs/60_training.ipynb #433403b3
-class SettingError(ValueError):
-    "A training setting that cannot be used; `key` names it."
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(message)
-
-# %% ../nbs/60_training.ipynb #ca61fef3
-def _number(where: str, v, kind=float, low=None, above=None, high_below=None):
-    ok = (isinstance(v, int) if kind is int else isinstance(v, (int, float))) and not isinstance(v, bool) and math.isfinite(v)
-    if ok and low is not None: ok = v >= low
-    if ok and above is not None: ok = v > above
-    if ok and high_below is not None: ok = v < high_below
-    if not ok:
-        rng = " and ".join(s for s in (f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
-                                       f"< {high_below}" if high_below is not None else "") if s)
-        raise SettingError(where, f"{where} must be {'an integer' if kind is int else 'a finite number'}{' ' + rng if rng else ''}, not {v!r}")
-
-def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
-    "`ValueError` naming the setting when a number would silently change the run (0 steps, negative epochs, a NaN rate...)."
-    if args.max_steps != -1: _number("max_steps", args.max_steps, int, low=1)   # -1: train num_train_epochs
-    _number("num_train_epochs", args.num_train_epochs, above=0)
-    _number("learning_rate", args.learning_rate, above=0)
-    _number("warmup_steps", args.warmup_steps, low=0)
-    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"): _number(k, getattr(args, k), int, low=1)
-    if args.max_length is not None: _number("max_length", args.max_length, int, low=1)
-    _number("seed", args.seed, int)
-    if hasattr(args, "beta"): _number("beta", args.beta, above=0)
-    if not model_args.use_peft: raise SettingError("use_peft", "use_peft must be true: calm trains LoRA adapters")
-    _number("lora_r", model_args.lora_r, int, low=1)
-    _number("lora_alpha", model_args.lora_alpha, above=0)
-    _number("lora_dropout", model_args.lora_dropout, low=0, high_below=1)
-
-# %% ../nbs/60_training.ipynb #9cfe4708
-def _device_defaults() -> dict:
-    "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
-    import torch
-    gpu = torch.cuda.is_available()
-    return {"bf16": bool(gpu and torch.cuda.is_bf16_supported()), "use_cpu": not gpu}
-
-def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> tuple:
-    "`(CalmArgs, DPOConfig | SFTConfig, ModelConfig)`: the preset, then `settings` (flat keys, as in a run file), then `argv` (`--key value`), typed and checked by TRL's parser."
-    settings = canonical_settings(settings or {})
-    method = _argv_value(argv, "method") or settings.get("method", "dpo")
-    preset = _argv_value(argv, "preset") or settings.get("preset", "table5")
-    if method not in METHODS: raise SettingError("method", f"method must be one of {METHODS}, not {method!r}")
-    if preset not in PRESETS: raise SettingError("preset", f"preset must be one of {tuple(PRESETS)}, not {preset!r}")
-    defaults = {**PRESETS[preset], **METHOD_DEFAULTS[method], **_device_defaults()}
-    settings = {k: v for k, v in settings.items() if not (v is None and k in defaults)}   # None: calm's default (as in older records)
-    parser = train_parser(method)
-    parser.set_defaults_with_config(**defaults)
-    unknown = parser.set_defaults_with_config(**settings)[::2]
-    if unknown:
-        cls = "DPOConfig" if method == "dpo" else "SFTConfig"
-        raise SettingError(unknown[0][2:], f"unknown training setting(s) {[u[2:] for u in unknown]}: not a TrainConfig field "
-                                           f"(a field of CalmArgs, trl.ModelConfig or trl.{cls}, for method {method!r})")
-    calm_args, args, model_args = parser.parse_args_into_dataclasses(args=list(argv))
-    check_train_args(calm_args, args, model_args)
-    return calm_args, args, model_args
-
-# %% ../nbs/60_training.ipynb #ff3292a6
-RUN_KEYS = ("data", "out_dir", "stages")
-"`CalmArgs` fields that say where a run reads and writes, not how it trains: left out of its config and its hash."
-
-_MISSING = object()
-
-def _plain(v):
-    "A parsed value as plain data: enums as their values."
-    if isinstance(v, Enum): return v.value
-    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
-    return v
-
-class TrainConfig:
-    "One run's settings as flat keys over a preset: fields of `CalmArgs`, `trl.ModelConfig` and `trl.DPOConfig`/`SFTConfig`, parsed once by TRL's parser."
-    def __init__(self, **settings): self._parse(settings, ())
-
-    @classmethod
-    def parse(cls, settings: dict | None = None, argv: Sequence[str] = ()) -> "TrainConfig":
-        "The config of `settings` (a run file's keys) with command-line `argv` (`--key value`) over them."
-        self = cls.__new__(cls)
-        self._parse(settings or {}, argv)
-        return self
-
-    def _parse(self, settings, argv):
-        self.calm, self.args, self.model_args = parse_train_args(settings, argv)
-        self.given = {k for k, v in canonical_settings(settings).items() if v is not None} | _argv_keys(argv)   # None: the default
-        keys = {*PRESETS[self.calm.preset], *METHOD_DEFAULTS[self.calm.method], *(f.name for f in fields(CalmArgs)), *self.given}
-        self._values = {k: _plain(v) for k in sorted(keys - set(RUN_KEYS)) if (v := self._get(k)) is not _MISSING}
-
-    def _get(self, name):
-        for part in (self.calm, self.args, self.model_args):
-            if name in part.__dataclass_fields__: return getattr(part, name)
-        return _MISSING
-
-    def __getattr__(self, name):
-        if name.startswith("_") or name in ("calm", "args", "model_args", "given"): raise AttributeError(name)
-        v = self._get(ALIASES.get(name, name))
-        if v is _MISSING: raise AttributeError(f"no training setting {name!r}")
-        return _plain(v)
-
-    def to_dict(self) -> dict:
-        "The settings that decide the run (the preset's, the method's and those given) as plain data: what the run record stores and hashes."
-        return dict(self._values)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        "A config from plain data (a record's `config`, a profile's `training`); unknown keys are an error that names them."
-        return cls(**d)
-
-    def __eq__(self, other): return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
-    def __repr__(self): return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items() if k in self.given)})"
-
-# %% ../nbs/60_training.ipynb #12fc4936
-def config_sha256(config: TrainConfig) -> str:
-    "SHA-256 of the config's settings (`to_dict`, keys sorted): equal exactly when the runs would be trained the same way."
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def training_frame(data, method: str) -> pd.DataFrame:
