@@ -43,7 +43,7 @@ def adapter_card(adapter_config: dict, info: dict | None = None, base: str | Non
     info = info or {}
     cfg, data, res = info.get("config", {}), info.get("data", {}), info.get("result", {})
     method = (cfg.get("method") or "?").upper()
-    model = cfg.get("model")
+    model = cfg.get("model") or cfg.get("model_name_or_path")          # calm's earlier name, TRL's
     tags = ["peft", "lora", "calm", "trl", method.lower()]
     lines = ["---", f"base_model: {base}" if base else None, "library_name: peft", f"tags:{_yaml_list(tags)}", "---", "",
              f"# CALM {method} adapter" + (f" for {base}" if base else ""), "",
@@ -63,7 +63,7 @@ def adapter_card(adapter_config: dict, info: dict | None = None, base: str | Non
     lora = {k: adapter_config.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")}
     shown = {**{f"lora {k}": v for k, v in lora.items() if v is not None},
              **{k: cfg[k] for k in ("method", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "beta", "loss_type",
+                                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "beta", "loss_type",
                                     "reference", "max_length", "seed") if cfg.get(k) is not None}}
     if info.get("reference"): shown["reference model"] = info["reference"]
     if res: shown |= {"steps": res.get("global_step"), "final train loss": res.get("train_loss"), "device": res.get("device")}
@@ -87,7 +87,7 @@ def publish_adapter(adapter_dir, model=None) -> dict:
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     recorded = cfg.get("base_model_name_or_path")
     local = info.get("local_base_model") or (recorded if recorded and not _is_hub_id(str(recorded)) else None)
-    model = model or info.get("config", {}).get("model") or info.get("base_model") or recorded
+    model = model or info.get("config", {}).get("model") or info.get("config", {}).get("model_name_or_path") or info.get("base_model") or recorded
     base = hub_id(model) or hub_id(local) or (recorded if recorded and _is_hub_id(str(recorded)) else None)
     if base and recorded != base:
         cfg["base_model_name_or_path"] = base

@@ -12,6 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 from .data import DataError, normalize_lang
+from .files import write_atomic
 from .training import (TrainConfig, TrainRun, _skipped_run, data_fingerprint, load_adapter, run_is_done, split_holdout, train,
                            training_frame)
 
@@ -62,5 +63,5 @@ def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES,
         record.append({"stage": i, "languages": langs, "dir": stage_dir.name, "train_rows": int((~is_held).sum()),
                        "eval_rows": int(is_held.sum()), "skipped": run.skipped})
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "curriculum.json").write_text(json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out_dir / "curriculum.json", json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n")
     return runs

@@ -5,55 +5,90 @@
 # %% ../nbs/61_train.ipynb #1e752a5d
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .curriculum import train_curriculum
-from .training import TrainConfig, TrainRun, train
-
+from .data import DataError
+from .training import TrainConfig, TrainRun, train, train_parser
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'read_run_file', 'run_from_file', 'main']
+__all__ = ['read_run_file', 'run_config', 'run', 'run_from_file', 'main']
 
 # %% ../nbs/61_train.ipynb #5f1e5c7a
-RUN_KEYS = ("data", "out_dir", "stages")
-"Keys of a run file that are not `TrainConfig` fields."
-
-def read_run_file(path, overrides: Sequence[str] = ()) -> tuple[TrainConfig, dict]:
-    "`(config, {data, out_dir, stages})` from a YAML/JSON run file and `key=value` overrides; errors name unknown or missing keys."
+def read_run_file(path) -> dict:
+    "The settings of a YAML/JSON run file; `ValueError` naming the file (and the line of a YAML error) when it cannot be read."
     import yaml
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"no run file {path}")
-    d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(d, dict): raise ValueError(f"{path}: a run file is a mapping of settings")
-    for o in overrides:
-        if "=" not in o: raise ValueError(f"--set takes key=value, got {o!r}")
-        k, v = o.split("=", 1); d[k.strip()] = yaml.safe_load(v)
-    run = {k: d.pop(k) for k in RUN_KEYS if k in d}
-    missing = [k for k in ("data", "out_dir") if k not in run]
-    if missing: raise ValueError(f"{path}: missing {', '.join(missing)}")
-    return TrainConfig.from_dict(d), run
+    if path.is_dir(): raise ValueError(f"{path}: is a folder, not a run file")
+    if not path.is_file(): raise ValueError(f"{path}: no such run file")
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try: d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if d is None: return {}
+    if not isinstance(d, dict): raise ValueError(f"{path}: a run file is a mapping of settings, not a {type(d).__name__}")
+    return d
 
+# %% ../nbs/61_train.ipynb #b75fe63e
+def run_config(argv: Sequence[str]) -> TrainConfig:
+    "The `TrainConfig` of `[--config run.yaml] [--set key=value ...] [--key value ...]`: the file, then `--set`, then TRL's flags."
+    import yaml
+    files, sets, rest, argv, i = [], [], [], list(argv), 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if name in ("--config", "--set"):
+            if not eq:
+                if i + 1 >= len(argv): raise ValueError(f"{name} needs a value")
+                val = argv[i + 1]; i += 1
+            (files if name == "--config" else sets).append(val)
+        else: rest.append(a)
+        i += 1
+    settings = {}
+    for f in files: settings.update(read_run_file(f))
+    env = settings.pop("env", None) or {}
+    if not isinstance(env, dict): raise ValueError(f"{files[-1]}: env must be a mapping of environment variables")
+    for s in sets:
+        if "=" not in s: raise ValueError(f"--set takes key=value, got {s!r}")
+        k, v = s.split("=", 1); settings[k.strip()] = yaml.safe_load(v)
+    where = f"{files[-1]}: " if files else ""
+    try: config = TrainConfig.parse(settings, rest)
+    except ValueError as e: raise ValueError(f"{where}{e}") from None
+    for k, v in env.items(): os.environ[str(k)] = str(v)
+    return config
+
+# %% ../nbs/61_train.ipynb #2936cea4
+def run(config: TrainConfig) -> list[TrainRun]:
+    "Run the training `config` describes (its `data` into its `out_dir`): one run, or a curriculum when it has `stages`."
+    missing = [k for k in ("data", "out_dir") if not getattr(config, k)]
+    if missing: raise ValueError(f"missing {', '.join(missing)}: a run names its data and its out_dir")
+    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir(): raise ValueError(f"{config.out_dir}: out_dir is a file, not a folder")
+    if config.stages: return train_curriculum(config, config.data, config.out_dir, config.stages)
+    return [train(config, config.data, config.out_dir)]
+
+# %% ../nbs/61_train.ipynb #b2e1d3c4
 def run_from_file(path, overrides: Sequence[str] = ()) -> list[TrainRun]:
-    "Run the training a run file describes (one run, or a curriculum when it has `stages`)."
-    config, run = read_run_file(path, overrides)
-    if run.get("stages"): return train_curriculum(config, run["data"], run["out_dir"], run["stages"])
-    return [train(config, run["data"], run["out_dir"])]
+    "Run the training a run file describes, with `key=value` overrides."
+    return run(run_config(["--config", str(path), *[x for o in overrides for x in ("--set", o)]]))
 
 # %% ../nbs/61_train.ipynb #164aae72
 def main(argv=None) -> int:
-    "Train from a run file: `python -m calm.train --config run.yaml [--set key=value ...]`; returns the exit status."
-    ap = argparse.ArgumentParser(prog="python -m calm.train",
-                                 description="Train a CALM (DPO) or SFT LoRA adapter from a run file. Several GPUs: "
-                                             "accelerate launch --config_file configs/accelerate/ddp.yaml -m calm.train --config run.yaml")
-    ap.add_argument("--config", required=True, help="YAML/JSON run file: TrainConfig settings plus data, out_dir and optional stages")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a setting of the run file")
-    args = ap.parse_args(argv)
-    from calm.data import DataError
-    try: runs = run_from_file(args.config, args.overrides)
+    "Train from a run file: `python -m calm.train --config run.yaml [--set key=value ...] [--key value ...]`; returns the exit status."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print("usage: python -m calm.train --config run.yaml [--set key=value ...] [--key value ...]\n\n"
+              "Train a CALM (DPO) or SFT LoRA adapter. Several GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml "
+              "-m calm.train --config run.yaml\n")
+        train_parser("sft" if "sft" in argv else "dpo").print_help()
+        return 0
+    try: runs = run(run_config(argv))
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr); return 2
     for r in runs:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import random
 import resource
+import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,106 +21,23 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .data import DataError
-from .files import file_sha256
+from .files import file_sha256, write_atomic
 from .figures import plot_train_curves, run_title
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
 from .reports import package_versions
+from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
+                               SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
+                               parse_train_args, train_parser)
 
 # TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step: one filter here, not a warning per step
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_DEFAULTS', 'VARIANTS', 'CONFIG_FILE', 'tiny_llama', 'TrainConfig', 'training_frame',
-           'model_context', 'check_training_rows', 'trl_rows', 'data_fingerprint', 'split_holdout', 'variant_data',
-           'TrainRun', 'lora_config', 'read_run_info', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
+__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
+           'data_fingerprint', 'split_holdout', 'variant_data', 'TrainRun', 'trainer_args', 'peft_config',
+           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
            'load_adapter']
-
-# %% ../nbs/60_training.ipynb #768707f3
-def tiny_llama(texts: Iterable[str] = (), hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
-    "`(model, tokenizer)`: a random `LlamaForCausalLM` and a word-level tokenizer over the words of `texts`, built offline."
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    specials = ["<pad>", "<unk>", "</s>"]
-    words = sorted({w for t in texts for w in str(t).split()} - set(specials))
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="</s>",
-                                  model_max_length=context)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=context,
-                      pad_token_id=0, bos_token_id=None, eos_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).float().eval(), tok
-
-# %% ../nbs/60_training.ipynb #72e44c1e
-METHODS = ("dpo", "sft")
-"Training methods: DPO on preference pairs (CALM) and SFT on prompt-completion rows (the baseline)."
-
-METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_ratio": 0.1}, "sft": {"learning_rate": 5e-5, "warmup_ratio": 0.0}}
-"Per-method values for the fields left at None (the paper's Table 5)."
-
-_NUMERIC = {"lora_r": int, "lora_alpha": int, "lora_dropout": float, "learning_rate": float, "num_train_epochs": float,
-            "warmup_ratio": float, "per_device_train_batch_size": int, "gradient_accumulation_steps": int, "beta": float,
-            "val_ratio": float, "seed": int, "max_length": int, "max_steps": int, "logging_steps": int}
-
-@dataclass
-class TrainConfig:
-    "Everything that decides one training run; defaults are the paper's Table 5."
-    method: str = "dpo"                    # "dpo" (CALM) or "sft" (baseline)
-    model: str = "smollm2-135m"            # base model for `calm.models.load_model` when none is passed
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05             # not in Table 5; zeroed in DPO by TRL's disable_dropout (see above)
-    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
-    learning_rate: float | None = None     # None: 5e-6 (dpo) or 5e-5 (sft)
-    num_train_epochs: float = 3
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float | None = None      # None: 0.1 (dpo) or 0.0 (sft)
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    beta: float = 0.1                      # DPO only
-    loss_type: str = "sigmoid"             # DPO only
-    disable_dropout: bool = True           # DPO only (TRL's default)
-    reference: str = "base"                # DPO on an existing adapter: "base" (adapter disabled) or "start" (a frozen copy of it)
-    val_ratio: float = 0.06                # share of rows held out for validation, whole questions at a time
-    seed: int = 42
-    max_length: int = 1024                 # prompt + completion tokens (capped at the model's context)
-    max_steps: int = -1                    # > 0: stop after this many steps (demos, tests)
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None               # None: on when a CUDA GPU supports it
-    logging_steps: int = 1
-    eval_strategy: str = "epoch"           # when to evaluate on the held-out rows ("no", "steps", "epoch")
-    report_to: str | list = "none"         # passed to TRL: "wandb", "tensorboard", ...
-    disable_tqdm: bool = False
-
-    def __post_init__(self):
-        for name, kind in _NUMERIC.items():             # YAML reads 5e-6 as a string: take numbers written as text
-            v = getattr(self, name)
-            if isinstance(v, str):
-                try: setattr(self, name, kind(float(v)) if kind is int else kind(v))
-                except ValueError: raise ValueError(f"{name} must be a number, not {v!r}") from None
-        if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.reference not in ("base", "start"): raise ValueError(f"reference must be 'base' or 'start', not {self.reference!r}")
-        if not 0 <= self.val_ratio < 1: raise ValueError(f"val_ratio must be in [0, 1), not {self.val_ratio}")
-        for k, v in METHOD_DEFAULTS[self.method].items():
-            if getattr(self, k) is None: setattr(self, k, v)
-        if not 0 <= self.warmup_ratio < 1: raise ValueError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
-        self.target_modules = list(self.target_modules)
-
-    def to_dict(self) -> dict:
-        "The config as plain data (what `calm_train_config.json` stores)."
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        "A config from plain data; unknown keys are an error that lists the known ones."
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad: raise ValueError(f"unknown training setting(s) {bad}; known: {', '.join(sorted(known))}")
-        return cls(**d)
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def training_frame(data, method: str) -> pd.DataFrame:
@@ -190,8 +108,6 @@ def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
     for r in trl_rows(frame, method): h.update((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
     return h.hexdigest()
 
-
-
 # %% ../nbs/60_training.ipynb #d79db246
 def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     "`(train, held_out)`: about `val_ratio` of the rows held out, whole questions (by `qid`) at a time, seeded."
@@ -229,6 +145,9 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
 CONFIG_FILE = "calm_train_config.json"
 "The file, beside the adapter, that records how the run was made."
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"The files of a saved PEFT adapter; the run record holds their SHA-256."
+
 @dataclass
 class TrainRun:
     "What `train` returns: the run directory, its record and log, and (unless skipped) the trained model and trainer."
@@ -240,54 +159,53 @@ class TrainRun:
     trainer: object = None
     skipped: bool = False
 
+# %% ../nbs/60_training.ipynb #18fbedb8
 def _peak_memory_gb() -> tuple[float, str]:
     "Peak memory of this process so far: CUDA allocations when on a GPU, else the resident set size."
     import torch
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0: return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process_max_rss"
 
-def _use_gpu() -> bool:
-    import torch
-    return torch.cuda.is_available()
+# %% ../nbs/60_training.ipynb #a32ebe90
+def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
+    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating only when rows are held out."
+    a = config.args
+    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no",
+                   data_seed=a.seed if a.data_seed is None else a.data_seed,
+                   per_device_eval_batch_size=a.per_device_eval_batch_size if "per_device_eval_batch_size" in config.given
+                                              else a.per_device_train_batch_size)
 
-def _trl_args(config: TrainConfig, out_dir: Path, has_eval: bool):
-    "The `DPOConfig` or `SFTConfig` for `config`."
-    import torch
-    from trl import DPOConfig, SFTConfig
-    gpu = _use_gpu()
-    bf16 = (gpu and torch.cuda.is_bf16_supported()) if config.bf16 is None else config.bf16
-    common = dict(output_dir=str(out_dir), learning_rate=config.learning_rate, num_train_epochs=config.num_train_epochs,
-                  lr_scheduler_type=config.lr_scheduler_type, warmup_steps=config.warmup_ratio,
-                  per_device_train_batch_size=config.per_device_train_batch_size, per_device_eval_batch_size=config.per_device_train_batch_size,
-                  gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed, data_seed=config.seed,
-                  max_steps=config.max_steps,
-                  use_cpu=not gpu, bf16=bool(bf16), logging_steps=config.logging_steps, save_strategy="no",
-                  eval_strategy=config.eval_strategy if has_eval else "no", report_to=config.report_to,
-                  disable_tqdm=config.disable_tqdm, max_length=config.max_length)
-    cls = DPOConfig if config.method == "dpo" else SFTConfig
-    # transformers >= 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
-    ck = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(cls)} else "gradient_checkpointing"
-    common[ck] = config.gradient_checkpointing
-    if config.method == "dpo": common |= dict(beta=config.beta, loss_type=[config.loss_type], disable_dropout=config.disable_dropout)
-    return cls(**common)
-
-def lora_config(config: TrainConfig):
-    "The PEFT `LoraConfig` of a run: rank, alpha, dropout and target modules from `config`, causal-LM task, no bias."
-    from peft import LoraConfig
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM")
+# %% ../nbs/60_training.ipynb #87dfe76e
+def peft_config(config: TrainConfig):
+    "The PEFT `LoraConfig` of a run, by TRL's `get_peft_config` from its `ModelConfig` (rank, alpha, dropout, target modules; no bias)."
+    from trl import get_peft_config
+    return get_peft_config(config.model_args)
 
 # %% ../nbs/60_training.ipynb #9eb7bbdd
 def read_run_info(out_dir) -> dict | None:
-    "The `calm_train_config.json` of a run directory, or None when there is none."
+    "The `calm_train_config.json` of a run directory, or None when there is none; `DataError` naming the file when it is not JSON."
     p = Path(out_dir) / CONFIG_FILE
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+    if not p.is_file(): return None
+    try: info = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DataError(f"the run record is not valid JSON ({e})", file=p) from None
+    if not isinstance(info, dict): raise DataError("the run record is not a JSON object", file=p)
+    return info
 
+# %% ../nbs/60_training.ipynb #8457c74a
+def adapter_hashes(folder) -> dict:
+    "`{file: sha256}` for the adapter files present in `folder`."
+    return {n: file_sha256(Path(folder) / n) for n in ADAPTER_FILES if (Path(folder) / n).is_file()}
+
+# %% ../nbs/60_training.ipynb #29b92447
 def run_is_done(out_dir, config: TrainConfig, data_sha256: str) -> bool:
-    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`."
-    info = read_run_info(out_dir)
-    return (info is not None and info.get("config") == config.to_dict() and info.get("data", {}).get("trl_sha256") == data_sha256
-            and (Path(out_dir) / "adapter_model.safetensors").exists())
+    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`, its adapter files the ones it recorded."
+    try: info = read_run_info(out_dir)
+    except DataError as e:
+        warnings.warn(f"{e}: training again"); return False
+    if not info: return False
+    recorded = (info.get("adapter") or {}).get("files") or {}
+    return (info.get("config_sha256") == config_sha256(config) and (info.get("data") or {}).get("trl_sha256") == data_sha256
+            and set(recorded) == set(ADAPTER_FILES) and adapter_hashes(out_dir) == recorded)
 
 # %% ../nbs/60_training.ipynb #58c2f728
 def _skipped_run(out_dir: Path) -> TrainRun:
@@ -307,9 +225,49 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
 def _save_adapter(model, tokenizer, out_dir: Path) -> None:
     "The trained adapter only (not TRL's `ref` copy) in PEFT format, and the tokenizer."
     names = [n for n in model.peft_config if n != "ref"]
+    for n in names[:1]:                  # PEFT keeps target modules in a set, whose order changes with each process: sort them
+        tm = model.peft_config[n].target_modules
+        if isinstance(tm, (set, frozenset)): model.peft_config[n].target_modules = sorted(tm)
     model.save_pretrained(str(out_dir), selected_adapters=names[:1])
     if tokenizer is not None: tokenizer.save_pretrained(str(out_dir))
 
+def _partial_dir(out_dir: Path) -> Path:
+    "Where a run is written before it is renamed into `out_dir`."
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    "Rename the folder `src` to `dst`, replacing a `dst` that exists (moved aside first, then deleted)."
+    old = dst.parent / f".{dst.name}.old"
+    if old.exists(): shutil.rmtree(old)
+    if dst.exists(): os.replace(dst, old)
+    os.replace(src, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+def _is_main_process() -> bool:
+    "Rank 0 (or no distributed launch): the process that writes the run."
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str, n: int) -> None:
+    "Write the run into `partial`: adapter, log, curves, model card and the record with the adapter's hashes; then rename it to `out_dir`."
+    partial.mkdir(parents=True, exist_ok=True)
+    _save_adapter(model, tokenizer, partial)
+    log.to_csv(partial / "train_log.csv", index=False)
+    plot_train_curves(log, method, partial / "train_curves.png", title=run_title(method, out_dir.name), n=n)
+    record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    record()
+    if info["base_model"]:                 # a model built in memory has no base to name
+        from calm.adapters import publish_adapter
+        publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
+        info.update(read_run_info(partial))
+    info["adapter"] = {"files": adapter_hashes(partial)}
+    record()
+    _replace_dir(partial, out_dir)
+
+# %% ../nbs/60_training.ipynb #bdecbc9e
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
@@ -321,11 +279,14 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     frame = training_frame(data, config.method)
     check_training_rows(frame, config.method, file=source)      # cheap checks before any model is loaded
     sha = data_fingerprint(frame, config.method)
+    if out_dir.exists() and not out_dir.is_dir(): raise ValueError(f"{out_dir}: out_dir is a file, not a folder")
     if skip_done and model is None and run_is_done(out_dir, config, sha):
         return _skipped_run(out_dir)
+    partial = _partial_dir(out_dir)
+    if _is_main_process() and partial.exists(): shutil.rmtree(partial)     # what a killed run left
     if model is None:
         from calm.models import load_model
-        dtype = torch.bfloat16 if (_use_gpu() and config.bf16 is not False and torch.cuda.is_bf16_supported()) else torch.float32
+        dtype = torch.bfloat16 if config.args.bf16 else torch.float32
         model, loaded_tok = load_model(config.model, device="cpu", dtype=dtype)
         if tokenizer is None: tokenizer = loaded_tok
         base_name = config.model
@@ -338,7 +299,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     else: train_frame, eval_frame = frame, training_frame(eval_data, config.method)
     check_training_rows(train_frame, config.method, tokenizer, max_length, ctx, file=source)
     if len(eval_frame): check_training_rows(eval_frame, config.method, tokenizer, max_length, ctx, file=source)
-    args = _trl_args(config, out_dir, has_eval=len(eval_frame) > 0)
+    args = trainer_args(config, partial, has_eval=len(eval_frame) > 0)
     args.max_length = max_length
     set_seed(config.seed)
     from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
@@ -349,7 +310,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         eval_ds = Dataset.from_list(trl_rows(eval_frame, config.method)) if len(eval_frame) else None
         continuing = isinstance(model, PeftModel)
         kw = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                  peft_config=None if continuing else lora_config(config))
+                  peft_config=None if continuing else peft_config(config))
         if config.method == "dpo":
             from trl import DPOTrainer
             trainer = DPOTrainer(ref_model=None, **kw)
@@ -369,7 +330,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     log = log_frame(trainer.state.log_history)
     steps = int(trainer.state.global_step)
     peak, peak_kind = _peak_memory_gb()
-    info = {"config": config.to_dict(),
+    info = {"config": config.to_dict(), "config_sha256": config_sha256(config),
             "base_model": getattr(peft_model.get_base_model().config, "_name_or_path", None) or base_name,
             "data": {"trl_sha256": sha, "source": str(source) if source else None,
                      "source_sha256": file_sha256(source) if source else None, "rows": len(frame),
@@ -387,16 +348,10 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra_info or {})}
     if trainer.accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _save_adapter(trainer.accelerator.unwrap_model(peft_model), tokenizer, out_dir)
-        log.to_csv(out_dir / "train_log.csv", index=False)
-        plot_train_curves(log, config.method, out_dir / "train_curves.png", title=run_title(config.method, out_dir.name), n=len(train_frame))
-        (out_dir / CONFIG_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        if info["base_model"]:                 # a model built in memory has no base to name
-            from calm.adapters import publish_adapter
-            publish_adapter(out_dir, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
-    return TrainRun(out_dir, info, log, peft_model, tokenizer, trainer)
+        _write_run(partial, out_dir, trainer.accelerator.unwrap_model(peft_model), tokenizer, info, log, config.method, len(train_frame))
+    return TrainRun(out_dir, read_run_info(out_dir) if trainer.accelerator.is_main_process else info, log, peft_model, tokenizer, trainer)
 
+# %% ../nbs/60_training.ipynb #7cf64b1d
 def trainer_reference_is_base(trainer) -> bool:
     "Whether a DPO trainer's reference is its own model with the adapter disabled: no `ref_model`, no `ref` adapter."
     peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {})

@@ -133,8 +133,7 @@ def test_calm_training_feeds_trl_the_template_once(exported, tokenizer, tmp_path
     "calm.training.train on the exported TRL file: DPOTrainer's tokenized prompts are the prompts the model was sampled with."
     from calm.training import TrainConfig, file_sha256, train
     pairs, sft, paths, sampled = exported
-    cfg = TrainConfig(method="dpo", model="smollm2-135m", max_steps=1, seed=0, disable_tqdm=True, max_length=512,
-                      eval_strategy="no", val_ratio=0.0, per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    cfg = TrainConfig(preset="quick", method="dpo", model="smollm2-135m", max_steps=1, seed=0, disable_tqdm=True)
     run = train(cfg, paths["trl_preference"], tmp_path / "CALM", skip_done=False)
     assert run.info["data"]["trl_sha256"] == file_sha256(paths["trl_preference"]) and run.info["result"]["global_step"] == 1
     ds = run.trainer.train_dataset

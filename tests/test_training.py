@@ -15,14 +15,17 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file
 
 import calm.curriculum as curriculum
+import calm.train as calm_train
 import calm.training as training
 from calm.data import DataError
 from calm.pairs import write_training_sets
 from calm.serving import check_vllm_adapter
-from calm.train import read_run_file
+from calm.train import run_config
 from calm.curriculum import DEFAULT_STAGES, curriculum_stages, train_curriculum
-from calm.training import (TrainConfig, check_training_rows, data_fingerprint, file_sha256, load_adapter, read_run_info,
-                           split_holdout, tiny_llama, train, trainer_reference_is_base, variant_data)
+from calm.training import (TrainConfig, adapter_hashes, check_training_rows, config_sha256, data_fingerprint, file_sha256,
+                           load_adapter, peft_config, read_run_info, split_holdout, train, trainer_args, trainer_reference_is_base,
+                           variant_data)
+from tiny_model import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +83,8 @@ def test_config_defaults_are_table_5():
     c = TrainConfig()
     assert (c.method, c.lora_r, c.lora_alpha, c.target_modules) == ("dpo", 8, 16, ["q_proj", "v_proj"])
     assert (c.learning_rate, c.num_train_epochs, c.lr_scheduler_type, c.warmup_ratio) == (5e-6, 3, "cosine", 0.1)
-    assert (c.per_device_train_batch_size, c.beta, c.loss_type, c.val_ratio) == (1, 0.1, "sigmoid", 0.06)
-    assert (c.lora_dropout, c.report_to, c.reference) == (0.05, "none", "base")
+    assert (c.per_device_train_batch_size, c.beta, c.loss_type, c.val_ratio) == (1, 0.1, ["sigmoid"], 0.06)
+    assert (c.lora_dropout, c.report_to, c.reference, c.save_strategy, c.activation_checkpointing) == (0.05, [], "base", "no", False)
     s = TrainConfig(method="sft")
     assert (s.learning_rate, s.warmup_ratio) == (5e-5, 0.0)
 
@@ -93,17 +96,39 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ValueError, match="unknown training setting"): TrainConfig.from_dict({"epochs": 3})
     with pytest.raises(ValueError, match="method must be"): TrainConfig(method="ppo")
     with pytest.raises(ValueError, match="val_ratio"): TrainConfig(val_ratio=1.5)
-    with pytest.raises(ValueError, match="must be a number"): TrainConfig.from_dict({"beta": "high"})
+    with pytest.raises(ValueError, match="--beta: invalid float value: 'high'"): TrainConfig.from_dict({"beta": "high"})
+
+
+def test_every_trl_field_and_the_old_names_work():
+    c = TrainConfig(weight_decay=0.01, max_grad_norm=0.5, use_rslora=True, model="tiny", target_modules=["q_proj"], warmup_ratio=0.2)
+    assert (c.args.weight_decay, c.args.max_grad_norm, c.model_args.use_rslora) == (0.01, 0.5, True)
+    assert (c.model_args.model_name_or_path, c.args.warmup_steps, peft_config(c).target_modules) == ("tiny", 0.2, "q_proj")
+    assert c.to_dict()["weight_decay"] == 0.01 and config_sha256(c) != config_sha256(TrainConfig())
+    with pytest.raises(ValueError, match="'model' and 'model_name_or_path' are the same setting"): TrainConfig(model="a", model_name_or_path="b")
+    old = {"method": "dpo", "model": "smollm2-135m", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
+           "learning_rate": 5e-06, "num_train_epochs": 3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "per_device_train_batch_size": 1,
+           "gradient_accumulation_steps": 1, "beta": 0.1, "loss_type": "sigmoid", "disable_dropout": True, "reference": "base", "val_ratio": 0.06,
+           "seed": 42, "max_length": 1024, "max_steps": -1, "gradient_checkpointing": False, "bf16": None, "logging_steps": 1,
+           "eval_strategy": "epoch", "report_to": "none", "disable_tqdm": False}       # the config of a record written before TRL's parser
+    assert TrainConfig.from_dict(old).to_dict() == {**TrainConfig().to_dict(), "max_steps": -1, "disable_dropout": True, "disable_tqdm": False}
+
+
+def test_table5_is_one_preset_and_quick_another():
+    assert TrainConfig() == TrainConfig(preset="table5")
+    q = TrainConfig(preset="quick")
+    assert (q.max_steps, q.max_length, q.eval_strategy, q.val_ratio, q.lora_r, q.learning_rate) == (4, 512, "no", 0.0, 8, 5e-6)
+    assert TrainConfig(preset="quick", max_steps=1).max_steps == 1
 
 
 def test_trl_args_pass_the_config_through(tmp_path):
-    a = training._trl_args(TrainConfig(report_to="tensorboard", max_steps=7), tmp_path, has_eval=True)
+    a = trainer_args(TrainConfig(report_to="tensorboard", max_steps=7), tmp_path, has_eval=True)
     assert (a.learning_rate, a.beta, a.loss_type, a.lr_scheduler_type, a.warmup_steps) == (5e-6, 0.1, ["sigmoid"], "cosine", 0.1)
     assert (a.per_device_train_batch_size, a.num_train_epochs, a.max_steps, a.report_to) == (1, 3, 7, ["tensorboard"])
+    assert (a.output_dir, a.eval_strategy, a.save_strategy) == (str(tmp_path), "epoch", "no")
     if not torch.cuda.is_available(): assert (a.use_cpu, a.bf16) == (True, False)
-    s = training._trl_args(TrainConfig(method="sft"), tmp_path, has_eval=False)
+    s = trainer_args(TrainConfig(method="sft"), tmp_path, has_eval=False)
     assert (type(s).__name__, s.learning_rate, s.warmup_steps, s.eval_strategy) == ("SFTConfig", 5e-5, 0.0, "no")
-    lc = training.lora_config(TrainConfig())
+    lc = peft_config(TrainConfig())
     assert (lc.r, lc.lora_alpha, lc.lora_dropout, sorted(lc.target_modules), lc.bias) == (8, 16, 0.05, ["q_proj", "v_proj"], "none")
 
 
@@ -270,6 +295,51 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(tiny_dir, tmp_path):
     assert not train(fast(model=str(tiny_dir), max_steps=1, beta=0.2), PAIRS.iloc[1:], tmp_path / "r").skipped
 
 
+def test_resume_trusts_the_adapter_files_not_the_record(tiny_dir, tmp_path):
+    "Issue 14: run X is done; run Y (another learning rate) into the same folder dies right after saving its adapter; X again retrains."
+    x, y = fast(model=str(tiny_dir), warmup_ratio=0.0), fast(model=str(tiny_dir), warmup_ratio=0.0, learning_rate=5e-2)
+    train(x, PAIRS, tmp_path / "x")
+    x_adapter = adapter_hashes(tmp_path / "x")
+    train(y, PAIRS, tmp_path / "y")
+    assert adapter_hashes(tmp_path / "y") != x_adapter
+    for f in ("adapter_config.json", "adapter_model.safetensors"):           # Y's adapter beside X's record
+        shutil.copy(tmp_path / "y" / f, tmp_path / "x" / f)
+    again = train(x, PAIRS, tmp_path / "x")
+    assert not again.skipped
+    assert adapter_hashes(tmp_path / "x") == x_adapter == read_run_info(tmp_path / "x")["adapter"]["files"]
+    assert train(x, PAIRS, tmp_path / "x").skipped
+    (tmp_path / "x" / "adapter_model.safetensors").unlink()                 # a missing adapter file: not done either
+    assert not train(x, PAIRS, tmp_path / "x").skipped
+
+
+@pytest.mark.parametrize("damage", ["", '{"config": {"method": "dpo"'])
+def test_a_damaged_record_trains_again(tiny_dir, tmp_path, damage):
+    cfg = fast(model=str(tiny_dir), max_steps=1)
+    train(cfg, PAIRS, tmp_path / "r")
+    record = tmp_path / "r" / "calm_train_config.json"
+    record.write_text(damage)
+    with pytest.raises(DataError, match=f"{record}: the run record is not valid JSON"): read_run_info(tmp_path / "r")
+    with pytest.warns(UserWarning, match="calm_train_config.json: the run record is not valid JSON.*training again"):
+        again = train(cfg, PAIRS, tmp_path / "r")
+    assert not again.skipped and read_run_info(tmp_path / "r")["config_sha256"] == config_sha256(cfg)
+    assert train(cfg, PAIRS, tmp_path / "r").skipped
+
+
+def test_a_save_that_dies_before_the_rename_leaves_the_previous_run(tiny_dir, tmp_path, monkeypatch):
+    x, y = fast(model=str(tiny_dir), warmup_ratio=0.0), fast(model=str(tiny_dir), warmup_ratio=0.0, learning_rate=5e-2)
+    train(x, PAIRS, tmp_path / "r")
+    before = {f.name: file_sha256(f) for f in (tmp_path / "r").iterdir()}
+    def killed(src, dst): raise KeyboardInterrupt("killed in the save window")
+    monkeypatch.setattr(training, "_replace_dir", killed)
+    with pytest.raises(KeyboardInterrupt): train(y, PAIRS, tmp_path / "r")
+    assert {f.name: file_sha256(f) for f in (tmp_path / "r").iterdir()} == before
+    assert (tmp_path / ".r.partial" / "adapter_model.safetensors").exists()   # Y's adapter went to the side folder only
+    monkeypatch.undo()
+    assert train(x, PAIRS, tmp_path / "r").skipped
+    assert not train(y, PAIRS, tmp_path / "r").skipped and not (tmp_path / ".r.partial").exists()
+    assert read_run_info(tmp_path / "r")["config_sha256"] == config_sha256(y)
+
+
 # --- curriculum ----------------------------------------------------------------------------------------------------
 
 def test_curriculum_stages_in_order_with_their_data():
@@ -347,11 +417,14 @@ def test_curriculum_holds_out_whole_questions_once(tiny_dir, tmp_path, spy):
 
 def test_run_file(tmp_path):
     p = tmp_path / "run.yaml"
-    p.write_text("method: dpo\nmodel: smollm2-135m\ndata: pairs.jsonl\nout_dir: out\nlearning_rate: 5e-6\nstages: [[en], [en, fr]]\n")
-    c, r = read_run_file(p, ["max_steps=3"])
-    assert (c.learning_rate, c.max_steps, r) == (5e-6, 3, {"data": "pairs.jsonl", "out_dir": "out", "stages": [["en"], ["en", "fr"]]})
+    p.write_text("method: dpo\nmodel: smollm2-135m\ndata: pairs.jsonl\nout_dir: out\nlearning_rate: 5e-6\nstages: [[en], [en, fr]]\n"
+                 "weight_decay: 0.01\nenv:\n  CALM_TEST_RUN_FILE_ENV: yes\n")
+    c = run_config(["--config", str(p), "--set", "max_steps=3", "--seed", "7"])
+    assert (c.learning_rate, c.max_steps, c.seed, c.weight_decay, c.model) == (5e-6, 3, 7, 0.01, "smollm2-135m")
+    assert (c.data, c.out_dir, c.stages) == ("pairs.jsonl", "out", [["en"], ["en", "fr"]])
+    assert os.environ.pop("CALM_TEST_RUN_FILE_ENV") == "True"
     p.write_text("method: dpo\n")
-    with pytest.raises(ValueError, match="missing data, out_dir"): read_run_file(p)
+    with pytest.raises(ValueError, match="missing data, out_dir"): calm_train.run(run_config(["--config", str(p)]))
 
 
 def test_accelerate_configs_are_valid():
