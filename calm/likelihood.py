@@ -128,7 +128,7 @@ class TransformersScorer(ContinuationScorer):
 
 # %% ../nbs/72_likelihood.ipynb #0279a78a
 class VLLMScorer(ContinuationScorer):
-    "Continuation log-probabilities from a vLLM engine: each pair one prompt, `prompt_logprobs=0`, the continuation's positions summed."
+    "Continuation log-probabilities from a vLLM engine: single-token options of a context in one request (`logprob_token_ids`), longer ones by `prompt_logprobs`."
     kind = "vllm"
 
     def __init__(self, backend):
@@ -147,20 +147,28 @@ class VLLMScorer(ContinuationScorer):
         "For each (context ids, continuation ids): vLLM's log-probability of each continuation token."
         from vllm import SamplingParams
         from calm.serving import lora_id
-        pairs = [(list(c), list(x)) for c, x in pairs]
-        for i, (c, x) in enumerate(pairs):
-            if not c or not x: raise ValueError(f"pair {i}: context and continuation must both have tokens")
         req = None
         if self.backend.lora:
             from vllm.lora.request import LoRARequest
             req = LoRARequest(f"calm-{lora_id(self.backend.lora)}", lora_id(self.backend.lora), str(self.backend.lora))
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outs = self.backend._llm.generate([{"prompt_token_ids": c + x} for c, x in pairs], params, use_tqdm=False, lora_request=req)
-        res = []
-        for (c, x), o in zip(pairs, outs):
-            pl = o.prompt_logprobs
-            res.append([float(pl[len(c) + j][t].logprob) for j, t in enumerate(x)])
-        return res
+        rows, prompts, params = _score_rows(pairs), [], []
+        for tokens, entries in rows:
+            if len(entries[0][1]) == 1:        # single-token options sharing a context: one request, their ids' log-probs
+                ids = sorted({cont[0] for _, cont in entries})
+                prompts.append({"prompt_token_ids": tokens})
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids, detokenize=False))
+            else:                              # a longer continuation: the whole text, its prompt tokens' log-probs
+                prompts.append({"prompt_token_ids": tokens + [entries[0][1][-1]]})
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False))
+        outs = self.backend._llm.generate(prompts, params, use_tqdm=False, lora_request=req)
+        out: list = [None] * len(pairs)
+        for (tokens, entries), o in zip(rows, outs):
+            for i, cont in entries:
+                if len(cont) == 1: out[i] = [float(o.outputs[0].logprobs[0][cont[0]].logprob)]
+                else:
+                    start = len(tokens) + 1 - len(cont)
+                    out[i] = [float(o.prompt_logprobs[start + j][t].logprob) for j, t in enumerate(cont)]
+        return out
 
 # %% ../nbs/72_likelihood.ipynb #073b2cb7
 def as_scorer(spec=None, **kwargs) -> ContinuationScorer:
