@@ -18,7 +18,8 @@ from .prompts import PromptBuilder
 # %% auto #0
 __all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pair', 'ContinuationScorer', 'TransformersScorer',
            'VLLMScorer', 'as_scorer', 'option_logprobs', 'likelihood_answers', 'rankc_weights', 'rankc_pair',
-           'rankc_by_sets', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table', 'likelihood_row']
+           'rankc_by_sets', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table', 'likelihood_row',
+           'likelihood_per_question', 'compare_likelihood']
 
 # %% ../nbs/72_likelihood.ipynb #79bd2c05
 EVALUATION = "likelihood"
@@ -334,3 +335,37 @@ def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: S
         _, R = option_rankings(logprobs, langs, list(gold_codes(it for it in items if normalize_lang(it.lang) in langs)))
         row["RankC"] = 100 * rankc(R, langs)
     return row
+
+# %% ../nbs/72_likelihood.ipynb #53e1364f
+def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
+                            s_values: Sequence[int] | None = None) -> pd.DataFrame:
+    "Per question (index qid): correct_<lang>, ACC_avg, Consistency_s (default s = L) and RankC (and RankC_en): their means are the metrics."
+    from calm.evaluation import answer_matrix
+    from calm.metrics import consistency_at, correctness
+    items, langs = list(items), [normalize_lang(l) for l in languages]
+    qids, pred, gold = answer_matrix(likelihood_answers(logprobs), items, langs)
+    correct = correctness(pred, gold).astype(np.float64)
+    out = pd.DataFrame(correct, index=pd.Index(qids, name="qid"), columns=[f"correct_{l}" for l in langs])
+    out["ACC_avg"] = correct.mean(axis=1)
+    if len(langs) > 1:
+        for s in ([len(langs)] if s_values is None else s_values): out[f"Consistency_{s}"] = consistency_at(pred, s, per_question=True)
+        _, R = option_rankings(logprobs, langs, list(qids))
+        out["RankC"] = rankc(R, langs, per_question=True)
+        if "en" in langs and len(langs) > 2: out["RankC_en"] = rankc(R, langs, reference="en", per_question=True)
+    out.attrs.update(logprobs.attrs, evaluation=EVALUATION)
+    return out
+
+def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
+                       s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    "System b minus system a (option log-probabilities of each) per metric, in percentage points, with paired bootstrap intervals."
+    from calm.metrics import paired_bootstrap
+    items = list(items)
+    pa, pb = likelihood_per_question(a, items, languages, s_values), likelihood_per_question(b, items, languages, s_values)
+    rows = []
+    for col in pa.columns:
+        x, y = pa[col].to_numpy(), pb[col].to_numpy()
+        bs = paired_bootstrap(y, x, n_boot=n_boot, alpha=alpha, seed=seed)          # mean(b) - mean(a)
+        name = col.replace("correct_", "acc_")
+        rows.append({"metric": name, "a": 100 * x.mean(), "b": 100 * y.mean(), "diff": 100 * bs.diff, "ci_low": 100 * bs.low,
+                     "ci_high": 100 * bs.high, "p_le_0": bs.p_le_0, "n": len(x), "evaluation": EVALUATION})
+    return pd.DataFrame(rows)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from calm.data import DataError, MCItem, demo_items
-from calm.likelihood import (ContinuationScorer, TransformersScorer, _score_rows, as_scorer, encode_pair,
-                             likelihood_answers, likelihood_context, likelihood_row, likelihood_table, option_continuation,
+from calm.likelihood import (ContinuationScorer, TransformersScorer, _score_rows, as_scorer, compare_likelihood, encode_pair,
+                             likelihood_answers, likelihood_context, likelihood_per_question, likelihood_row, likelihood_table,
+                             option_continuation,
                              option_logprobs, option_rankings, rankc, rankc_by_sets, rankc_matrix, rankc_pair, rankc_weights)
 from calm.prompts import PromptBuilder
 
@@ -106,6 +107,21 @@ def test_fake_scores_flow_into_the_papers_metrics_and_rankc(items):
     assert 0 < tab.loc["RankC", "value"] < 1 and tab.loc["RankC_en", "value"] == pytest.approx(rankc(R, LANGS, reference="en"))
     row = likelihood_row(lp, items, LANGS)
     assert row["evaluation"] == "likelihood" and row["en"] == 100 and row["zh"] == 0 and row["RankC"] == pytest.approx(100 * rankc(R, LANGS))
+
+
+def test_comparing_two_systems_pairs_the_same_questions(items):
+    base = option_logprobs(items, LANGS, GoldScorer(items, right={"en", "fr"}))
+    better = option_logprobs(items, LANGS, GoldScorer(items, right=LANGS))                  # zh now right too
+    per_q = likelihood_per_question(base, items, LANGS, s_values=[2, 3])
+    assert list(per_q.columns) == ["correct_en", "correct_zh", "correct_fr", "ACC_avg", "Consistency_2", "Consistency_3", "RankC", "RankC_en"]
+    tab = likelihood_table(base, items, LANGS, n_boot=50)
+    for col in ("ACC_avg", "Consistency_2", "Consistency_3", "RankC", "RankC_en"):
+        assert per_q[col].mean() == pytest.approx(tab.loc[col, "value"])                   # the means are the table's metrics
+    c = compare_likelihood(base, better, items, LANGS, n_boot=200).set_index("metric")
+    assert set(c.evaluation) == {"likelihood"} and (c.n == 3).all()
+    assert c.loc["acc_zh", "diff"] == pytest.approx(100) and c.loc["acc_en", "diff"] == 0
+    assert c.loc["Consistency_3", "diff"] == pytest.approx(100) and c.loc["Consistency_3", "ci_low"] == pytest.approx(100)
+    assert c.loc["RankC", "b"] == pytest.approx(100) and c.loc["RankC", "diff"] > 0 and c.loc["RankC", "p_le_0"] == 0
 
 
 def test_answers_take_the_first_of_equal_maxima_and_renormalise():
