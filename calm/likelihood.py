@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -21,9 +20,9 @@ __all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pa
            'rankc_by_sets', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table', 'likelihood_row',
            'likelihood_per_question', 'compare_likelihood']
 
-# %% ../nbs/72_likelihood.ipynb #79bd2c05
+# %% ../nbs/72_likelihood.ipynb #f6822ec0
 EVALUATION = "likelihood"
-"The value of the `evaluation` column of every table this module makes (generation-based tables say `generation`)."
+"The `evaluation` column of every table this module makes; tables of generated answers are to say `generation`."
 
 # %% ../nbs/72_likelihood.ipynb #58cbd0ef
 def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
