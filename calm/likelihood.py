@@ -17,8 +17,8 @@ from .prompts import PromptBuilder
 # %% auto #0
 __all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pair', 'ContinuationScorer', 'TransformersScorer',
            'VLLMScorer', 'as_scorer', 'option_logprobs', 'likelihood_answers', 'rankc_weights', 'rankc_pair',
-           'rankc_by_sets', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table', 'likelihood_row',
-           'likelihood_per_question', 'compare_likelihood']
+           'rankc_by_sets', 'rankc_chance', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table',
+           'likelihood_row', 'likelihood_per_question', 'compare_likelihood']
 
 # %% ../nbs/72_likelihood.ipynb #f6822ec0
 EVALUATION = "likelihood"
@@ -84,14 +84,14 @@ class TransformersScorer(ContinuationScorer):
     "Continuation log-probabilities from a transformers causal LM, in left-padded batches; options sharing a context share its forward pass."
     kind = "transformers"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, name: str | None = None):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, int(batch_size)
+    def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None, share_prefix: bool = True):
+        self.model, self.tokenizer, self.batch_size, self.share_prefix = model, tokenizer, int(batch_size), share_prefix
         self.model_id = name or getattr(model, "name_or_path", None) or type(model).__name__
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else int(pad)
 
     @classmethod
-    def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, batch_size: int = 8, **kwargs):
+    def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, batch_size: int = 16, **kwargs):
         "A scorer for an embedded model name, a local folder or `.gguf`, or a hub id (`calm.models.load_model`)."
         from calm.models import load_model
         model, tok = load_model(name_or_path, device=device, dtype=dtype, **kwargs)
@@ -113,11 +113,20 @@ class TransformersScorer(ContinuationScorer):
 
     def token_logprobs(self, pairs):
         "For each (context ids, continuation ids): the log-probability of each continuation token."
+        import torch
+        from calm.sampling import prefill
         rows = _score_rows(pairs)
         out: list = [None] * len(pairs)
-        order = sorted(range(len(rows)), key=lambda r: len(rows[r][0]))   # similar lengths together: less padding
-        for s in range(0, len(order), self.batch_size):
-            chunk = [rows[r] for r in order[s:s + self.batch_size]]
+        single = sorted((r for r in range(len(rows)) if len(rows[r][1][0][1]) == 1), key=lambda r: rows[r][0])
+        for s in range(0, len(single), self.batch_size):     # contexts in token order: a batch shares its prompts' common prefix
+            chunk = [rows[r] for r in single[s:s + self.batch_size]]
+            with torch.inference_mode(): logits = prefill(self.model, [t for t, _ in chunk], n=1, share_prefix=self.share_prefix)[3]
+            lp = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for r, (_, entries) in enumerate(chunk):
+                for i, cont in entries: out[i] = [float(lp[r, cont[0]])]
+        multi = sorted((r for r in range(len(rows)) if len(rows[r][1][0][1]) > 1), key=lambda r: len(rows[r][0]))
+        for s in range(0, len(multi), self.batch_size):      # similar lengths together: less padding
+            chunk = [rows[r] for r in multi[s:s + self.batch_size]]
             keep = max(len(cont) for _, entries in chunk for _, cont in entries)
             lp = self._run([t for t, _ in chunk], keep)
             for r, (_, entries) in enumerate(chunk):
@@ -261,6 +270,11 @@ def rankc_by_sets(rank_a, rank_b, per_question: bool = False):
     w = rankc_weights(N)
     per_q = np.array([sum(w[j] * len(set(x[:j + 1]) & set(y[:j + 1])) / (j + 1) for j in range(N)) for x, y in zip(a, b)])
     return per_q if per_question else float(per_q.mean())
+
+# %% ../nbs/72_likelihood.ipynb #193e57b8
+def rankc_chance(n: int) -> float:
+    "RankC's expected value for two independent uniformly random rankings of n candidates: sum_j w_j j / n."
+    return float(rankc_weights(n) @ (np.arange(1, n + 1) / n))
 
 # %% ../nbs/72_likelihood.ipynb #532c116c
 def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from calm.data import DataError, MCItem, demo_items
-from calm.likelihood import (ContinuationScorer, TransformersScorer, _score_rows, as_scorer, compare_likelihood, encode_pair,
+from calm.likelihood import (ContinuationScorer, rankc_chance, TransformersScorer, _score_rows, as_scorer, compare_likelihood, encode_pair,
                              likelihood_answers, likelihood_context, likelihood_per_question, likelihood_row, likelihood_table,
                              option_continuation,
                              option_logprobs, option_rankings, rankc, rankc_by_sets, rankc_matrix, rankc_pair, rankc_weights)
@@ -39,6 +39,14 @@ def test_rankc_closed_form_equals_the_source_sets(n):
     np.testing.assert_allclose(closed[:50], 1.0)
     np.testing.assert_allclose(closed, rankc_pair(b, a, per_question=True), atol=1e-12)
     assert (closed >= rankc_weights(n)[-1] - 1e-12).all() and (closed <= 1 + 1e-12).all()
+
+
+def test_rankc_chance_is_the_mean_over_all_pairs_of_rankings():
+    for n in (2, 3, 4):
+        perms = np.array(list(itertools.permutations(range(n))))
+        a, b = np.repeat(perms, len(perms), axis=0), np.tile(perms, (len(perms), 1))
+        assert rankc_pair(a, b) == pytest.approx(rankc_chance(n))
+    assert rankc_chance(1) == 1.0 and 0.3 < rankc_chance(5) < 0.32
 
 
 def test_rankc_by_hand():
@@ -189,15 +197,17 @@ def test_batches_and_shared_contexts_change_nothing(items, smol):
     ctxs = [likelihood_context(chat, it) for it in items if it.lang in ("en", "zh")][:3]
     reqs = [(c, x) for c in ctxs for x in (" A", " C", "B")] + [(ctxs[0], " E. " + items[0].option_text("E")), ("The sky is", " blue today")]
     one = TransformersScorer(model, tok, batch_size=1).loglikelihood(reqs)
-    many = TransformersScorer(model, tok, batch_size=4).loglikelihood(reqs)
+    many = TransformersScorer(model, tok, batch_size=4).loglikelihood(reqs)                        # shared prefixes
+    unshared = TransformersScorer(model, tok, batch_size=4, share_prefix=False).loglikelihood(reqs)
     for c, x in reqs[-2:]:
         assert len(encode_pair(tok, c, x)[1]) > 1                                        # multi-token continuations included
-    for (c, x), a, b in zip(reqs, one, many):
+    for (c, x), a, b, u in zip(reqs, one, many, unshared):
         ci, xi = encode_pair(tok, c, x)
         with torch.inference_mode(): lp = torch.log_softmax(model(torch.tensor([ci + xi])).logits[0].float(), -1)
         alone = [float(lp[len(ci) - 1 + j, t]) for j, t in enumerate(xi)]
         np.testing.assert_allclose(a, alone, atol=1e-4)
         np.testing.assert_allclose(b, alone, atol=1e-4)
+        np.testing.assert_allclose(u, alone, atol=1e-4)
 
 
 def test_every_question_gets_an_answer_and_a_table(items, smol):
