@@ -137,7 +137,7 @@ class TransformersScorer(ContinuationScorer):
 
 # %% ../nbs/72_likelihood.ipynb #0279a78a
 class VLLMScorer(ContinuationScorer):
-    "Continuation log-probabilities from a vLLM engine: single-token options of a context in one request (`logprob_token_ids`), longer ones by `prompt_logprobs`."
+    "Continuation log-probabilities from a vLLM engine: each continuation token a `logprob_token_ids` request; one request per distinct prompt."
     kind = "vllm"
 
     def __init__(self, backend):
@@ -152,6 +152,8 @@ class VLLMScorer(ContinuationScorer):
         from calm.serving import VLLMBackend
         return cls(VLLMBackend(resolve_model(model_id), **engine_kwargs))
 
+    MAX_IDS = 20      # vLLM's default max_logprobs: the most token ids one request may ask for
+
     def token_logprobs(self, pairs):
         "For each (context ids, continuation ids): vLLM's log-probability of each continuation token."
         from vllm import SamplingParams
@@ -160,24 +162,22 @@ class VLLMScorer(ContinuationScorer):
         if self.backend.lora:
             from vllm.lora.request import LoRARequest
             req = LoRARequest(f"calm-{lora_id(self.backend.lora)}", lora_id(self.backend.lora), str(self.backend.lora))
-        rows, prompts, params = _score_rows(pairs), [], []
-        for tokens, entries in rows:
-            if len(entries[0][1]) == 1:        # single-token options sharing a context: one request, their ids' log-probs
-                ids = sorted({cont[0] for _, cont in entries})
-                prompts.append({"prompt_token_ids": tokens})
-                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids, detokenize=False))
-            else:                              # a longer continuation: the whole text, its prompt tokens' log-probs
-                prompts.append({"prompt_token_ids": tokens + [entries[0][1][-1]]})
-                params.append(SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False))
-        outs = self.backend._llm.generate(prompts, params, use_tqdm=False, lora_request=req)
-        out: list = [None] * len(pairs)
-        for (tokens, entries), o in zip(rows, outs):
-            for i, cont in entries:
-                if len(cont) == 1: out[i] = [float(o.outputs[0].logprobs[0][cont[0]].logprob)]
-                else:
-                    start = len(tokens) + 1 - len(cont)
-                    out[i] = [float(o.prompt_logprobs[start + j][t].logprob) for j, t in enumerate(cont)]
-        return out
+        wanted: dict = {}                      # prompt (context + the continuation's first j tokens) -> the next tokens to score
+        for i, (ctx, cont) in enumerate(pairs):
+            ctx, cont = list(ctx), list(cont)
+            if not ctx or not cont: raise ValueError(f"pair {i}: context and continuation must both have tokens")
+            for j, t in enumerate(cont): wanted.setdefault(tuple(ctx + cont[:j]), set()).add(t)
+        prompts, params = [], []
+        for prompt, ids in wanted.items():
+            ids = sorted(ids)
+            for s in range(0, len(ids), self.MAX_IDS):
+                prompts.append(prompt)
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids[s:s + self.MAX_IDS], detokenize=False))
+        outs = self.backend._llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False, lora_request=req)
+        got = {}
+        for p, o in zip(prompts, outs):
+            for t, lp in o.outputs[0].logprobs[0].items(): got[(p, t)] = float(lp.logprob)
+        return [[got[(tuple(list(ctx) + list(cont[:j])), t)] for j, t in enumerate(cont)] for ctx, cont in pairs]
 
 # %% ../nbs/72_likelihood.ipynb #073b2cb7
 def as_scorer(spec=None, **kwargs) -> ContinuationScorer:

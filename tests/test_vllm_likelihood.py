@@ -24,6 +24,7 @@ LANGS = ["en", "zh", "fr", "ja"]
 # Measured: max |difference| of an option's log-probability about 1e-5 (see test output); 1e-3 leaves ample room
 # while still catching a wrong token or position (those move log-probs by whole units).
 ATOL = 1e-3
+RANK = 8
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,9 @@ def items():
 
 @pytest.fixture(scope="module")
 def vllm_scorer(model_dir):
-    "One vLLM engine for the module, in float32 (the weights' dtype, as transformers runs them)."
+    "One vLLM engine for the module, in float32 (the weights' dtype, as transformers runs them), LoRA on."
     from calm.serving import VLLMBackend
-    b = VLLMBackend(model_dir, seed=0, dtype="float32", max_model_len=1024)
+    b = VLLMBackend(model_dir, seed=0, dtype="float32", max_model_len=1024, enable_lora=True, lora_rank=RANK)
     yield VLLMScorer(b)
     b.close()
 
@@ -101,3 +102,25 @@ def test_multi_token_continuations_agree_token_by_token(items, vllm_scorer, hf_s
     assert [len(x) for x in v] == [len(x) for x in t] == [len(encode_pair(hf_scorer.tokenizer, c, x)[1]) for c, x in reqs]
     assert max(len(x) for x in v) > 2
     np.testing.assert_allclose(np.concatenate(v), np.concatenate(t), atol=ATOL)
+
+
+def test_a_lora_adapter_scores_the_same_through_vllm_and_peft(items, vllm_scorer, hf_scorer, model_dir, tmp_path):
+    "A trained system is a LoRA adapter: vLLM serving it unmerged scores as the PEFT model does in transformers."
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name: p.normal_(0, 0.02)
+    peft.save_pretrained(tmp_path / "adapter")
+    few = [it for it in items if it.qid == items[0].qid]
+    builder = PromptBuilder.auto(hf_scorer.tokenizer, languages=LANGS)
+    v = option_logprobs(few, LANGS, VLLMScorer(vllm_scorer.backend.with_lora(tmp_path / "adapter")), builder)
+    t = option_logprobs(few, LANGS, TransformersScorer(peft.eval(), hf_scorer.tokenizer), builder)
+    plain = option_logprobs(few, LANGS, vllm_scorer, builder)
+    np.testing.assert_allclose(v.logprob, t.logprob, atol=ATOL)
+    assert np.abs(v.logprob - plain.logprob).max() > 100 * ATOL                     # the adapter does change the scores
