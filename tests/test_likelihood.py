@@ -239,3 +239,30 @@ def test_a_zero_lora_scores_like_the_base_model(items, smol):
     a = option_logprobs(few, LANGS, TransformersScorer(model, tok))
     b = option_logprobs(few, LANGS, TransformersScorer(peft, tok))
     np.testing.assert_allclose(a.logprob, b.logprob, atol=1e-4)
+
+
+def test_gemma_few_shot_prompts_score_exactly_the_options():
+    "Gemma-3-270M (the multilingual embedded model; SentencePiece, BOS, no chat template: few-shot prompts), where converted."
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from calm.models import MARKER, models_cache_dir
+    d = models_cache_dir() / "gemma3-270m"
+    if not (d / MARKER).exists(): pytest.skip("gemma3-270m is not converted in the model cache (calm.models.cached_model_dir)")
+    tok = AutoTokenizer.from_pretrained(d)
+    b = PromptBuilder.auto(tok)
+    assert b.mode == "fewshot"
+    its = [x for x in demo_items("test") if x.qid == "demo-041"]
+    for it in its:
+        ctx = likelihood_context(b, it)
+        for letter in it.letters:
+            cont = option_continuation(b, it.lang, letter)
+            c, x = encode_pair(tok, ctx, cont)
+            assert c[0] == tok.bos_token_id and tok.decode(x) == cont and len(x) == 1
+            assert c + x == tok(ctx + cont)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    reqs = [(likelihood_context(b, it), option_continuation(b, it.lang, l)) for it in its if it.lang in ("en", "ja") for l in "AE"]
+    got = TransformersScorer(model, tok, batch_size=4).loglikelihood(reqs)
+    for (c, x), g in zip(reqs, got):
+        ci, xi = encode_pair(tok, c, x)
+        with torch.inference_mode(): lp = torch.log_softmax(model(torch.tensor([ci + xi])).logits[0].float(), -1)
+        np.testing.assert_allclose(g, [float(lp[len(ci) - 1, xi[0]])], atol=1e-4)
