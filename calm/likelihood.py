@@ -322,8 +322,8 @@ def rankc_matrix(rankings, languages: Sequence[str]) -> pd.DataFrame:
 
 # %% ../nbs/72_likelihood.ipynb #063c4887
 def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], n_boot: int = 1000,
-                     seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
-    "Accuracy, ACC_avg, Consistency_s, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with bootstrap intervals."
+                     seed: int = 0) -> pd.DataFrame:
+    "Accuracy, ACC_avg, Consistency_s, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with 95% bootstrap intervals."
     from calm.evaluation import gold_codes, score
     from calm.metrics import bootstrap_ci
     items, langs = list(items), [normalize_lang(l) for l in languages]
@@ -333,7 +333,7 @@ def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages:
     extra = {"RankC": None} if len(langs) > 1 else {}
     if "en" in langs and len(langs) > 2: extra["RankC_en"] = "en"
     for name, ref in extra.items():
-        ci = bootstrap_ci(rankc(R, langs, reference=ref, per_question=True), n_boot=n_boot, alpha=alpha, seed=seed)
+        ci = bootstrap_ci(rankc(R, langs, reference=ref, per_question=True), n_boot=n_boot, seed=seed)   # same seed, same questions: score's resamples
         table.loc[name] = [ci.estimate, ci.low, ci.high]
     table["evaluation"] = EVALUATION
     table.attrs.update(logprobs.attrs, evaluation=EVALUATION, questions=len(qids), languages=langs)
