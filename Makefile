@@ -103,7 +103,7 @@ $(VLLM_STAMP): pyproject.toml
 	touch $@
 
 pytest-vllm: $(VLLM_STAMP)
-	CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
+	CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py tests/test_vllm_likelihood.py
 
 
 # Sampler baselines (hand-written loop, batched generate, vLLM-CPU in .venv-vllm) -> reports/bench/sampling.json;
