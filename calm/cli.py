@@ -69,13 +69,14 @@ def _train(a):
     return train_main(["--config", str(a.config)] + [x for kv in a.overrides for x in ("--set", kv)])
 
 def _evaluate(a):
-    from calm.evaluation import evaluate_model, results_table, score
+    from calm.evaluation import evaluate_model, gold_codes, results_table, score
     from calm.reports import write_table
     from calm.sampling import TransformersBackend
     from calm.store import load_items
     items = load_items(a.items, a.languages, a.limit)
     langs = a.languages or list(dict.fromkeys(it.lang for it in items))
     items = [it for it in items if it.lang in langs]
+    gold_codes(items, file=a.items)            # before the model loads
     if a.adapter:
         from calm.training import load_adapter
         model, tok = load_adapter(a.model, a.adapter)

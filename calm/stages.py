@@ -199,10 +199,11 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
                  label: str | None = None) -> Path | None:
     "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
     from calm.data import write_items
-    from calm.evaluation import evaluate_model
+    from calm.evaluation import evaluate_model, gold_codes
     out = Path(out); adapter = None if system == "base" else out / "adapters" / system
     if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
     items, langs = test_set(dataset, release, group)
+    gold_codes(items, file=f"dataset {dataset['name']}")    # before the model loads: what cannot be scored is not generated
     (out / store).mkdir(parents=True, exist_ok=True)
     info = {"label": label or dataset["name"], "source": dataset["source"], "group": group, "languages": langs,
             "questions": len({it.qid for it in items})}

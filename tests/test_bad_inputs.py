@@ -168,3 +168,57 @@ def test_manifests_record_outputs_relative_to_their_folder(tmp_path):
     (tmp_path / "t.csv").write_text("x\n")
     m = write_manifest(tmp_path / "manifest.json", {"job": "x"}, outputs=[tmp_path / "t.csv", "/elsewhere/y.csv"])
     assert json.loads(m.read_text())["outputs"] == ["t.csv", "/elsewhere/y.csv"]   # no absolute path of this machine for its own files
+
+
+# ---------------------------------------------------------------- settings that would silently change results: exit 2 before any model loads
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    "Any model load fails the test: these errors must come before one."
+    import calm.models
+    def refuse(*a, **k): raise AssertionError("a model was loaded before the bad setting was refused")
+    monkeypatch.setattr(calm.models, "load_model", refuse)
+    monkeypatch.setattr("calm.sampling.TransformersBackend.from_name", classmethod(lambda cls, *a, **k: refuse()))
+
+
+def test_infinite_temperature_is_refused(tmp_path, capsys, no_model_load):
+    assert main(["sample", "--model", "echo", "--temperature", "inf", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "temperature must be a finite number >= 0 (0 is greedy), got inf" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("key,value,want", [("sampling.temperature", ".nan", "sampling.temperature: temperature must be a finite number"),
+                                            ("estimate.tokens_per_s", ".inf", "estimate.tokens_per_s: must be a finite number, got inf"),
+                                            ("estimate.tokens_per_s", ".nan", "estimate.tokens_per_s: must be a finite number, got nan"),
+                                            ("sampling.top_p", ".nan", "sampling.top_p: top_p must be in (0, 1], got nan")])
+def test_profile_with_a_non_finite_number_is_refused(key, value, want, tmp_path, capsys):
+    from calm.profile import find_profile
+    section, name = key.split(".")
+    text = find_profile("demo").read_text()
+    lines = [f"  {name}: {value}" if l.startswith(f"  {name}:") else l for l in text.splitlines()]
+    p = tmp_path / "p.yaml"; p.write_text("\n".join(lines) + "\n")
+    assert main(["reproduce", "--profile", str(p), "--dry-run"]) == 2     # was: "profile demo is valid", nan CPU-hours
+    err = capsys.readouterr().err
+    assert f"{p}: {want}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,want", [(["-m", "-2"], "sampling.m: m (samples per question and language) must be an integer >= 1, got -2"),
+                                       (["--max-new-tokens", "0"], "sampling.max_new_tokens: max_new_tokens must be an integer >= 1, got 0"),
+                                       (["--train-questions", "0"], "datasets.demo.train_questions: must be > 0, got 0"),
+                                       (["--train-questions", "41"], "datasets.demo.train_questions: the demo set has 40 train questions, got 41"),
+                                       (["--languages", "en", "xx"], "datasets.demo.languages[1]: unknown language 'xx'"),
+                                       (["--model", "./no-such-model"], "models[0]: local model not found")])
+def test_demo_options_are_checked_before_the_model_loads(args, want, tmp_path, capsys, no_model_load):
+    assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2      # was: -m -2 failed after the model had loaded
+    err = capsys.readouterr().err
+    assert "demo.yaml (with overrides): " + want in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_evaluation_items_without_gold_fail_before_generation(tmp_path, capsys, no_model_load):
+    p = tmp_path / "items.jsonl"
+    p.write_text(line(gold=None), encoding="utf-8")
+    assert main(["evaluate", "--items", str(p), "--out", str(tmp_path / "ev")]) == 2   # was: failed after every answer was generated
+    assert f"{p}: gold: question 'q1' has no gold letter in 'en'" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
