@@ -61,6 +61,6 @@ def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES,
         runs.append(run)
         record.append({"stage": i, "languages": langs, "dir": stage_dir.name, "train_rows": int((~is_held).sum()),
                        "eval_rows": int(is_held.sum()), "skipped": run.skipped})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "curriculum.json").write_text(json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n", encoding="utf-8")
+    from calm.files import write_atomic
+    write_atomic(out_dir / "curriculum.json", json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n")
     return runs

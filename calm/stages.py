@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import write_atomic
+from .files import make_dir, write_atomic
 from .profile import MEDQA_GROUPS, Dataset
 
 # %% auto #0
@@ -135,7 +135,7 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
     from calm.data import write_items
     from calm.sampling import SamplingParams
     from calm.store import run_sampling
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     translator = None
     if dataset["source"] == "release:medqa":
         from calm.translation import make_translator
@@ -152,8 +152,7 @@ def run_vote(out, languages, tie: str) -> Path:
     "Stage `vote`: the majority vote over all languages and samples, to `out/votes.csv`."
     from calm.voting import vote_table
     st = run_state(out)
-    vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(Path(out) / "votes.csv", index=False)
-    return Path(out) / "votes.csv"
+    return write_atomic(Path(out) / "votes.csv", vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(index=False))
 
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
@@ -204,7 +203,7 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
     if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
     items, langs = test_set(dataset, release, group)
     gold_codes(items, file=f"dataset {dataset['name']}")    # before the model loads: what cannot be scored is not generated
-    (out / store).mkdir(parents=True, exist_ok=True)
+    make_dir(out / store)
     info = {"label": label or dataset["name"], "source": dataset["source"], "group": group, "languages": langs,
             "questions": len({it.qid for it in items})}
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
