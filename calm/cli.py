@@ -77,12 +77,13 @@ def _evaluate(a):
     langs = a.languages or list(dict.fromkeys(it.lang for it in items))
     items = [it for it in items if it.lang in langs]
     gold_codes(items, file=a.items)            # before the model loads
+    from calm.files import make_dir
+    out = make_dir(a.out)
     if a.adapter:
         from calm.training import load_adapter
         model, tok = load_adapter(a.model, a.adapter)
         backend = TransformersBackend(model, tok, name=f"{a.model}+{a.adapter}")
     else: backend = TransformersBackend.from_name(a.model)
-    out = Path(a.out)
     recs = evaluate_model(out / "samples", items, langs, backend, m=1, greedy=a.greedy, max_new_tokens=a.max_new_tokens,
                           seed=a.seed, batch_size=a.batch_size, model_id=backend.model_id)
     name = a.name or ("base" if not a.adapter else Path(a.adapter).name)
@@ -113,7 +114,8 @@ def _drift(a):
         print(d.groupby(["lang", "status"]).size().to_string())
         print(d.to_string(index=False, max_rows=a.max_rows))
     if a.csv:
-        Path(a.csv).parent.mkdir(parents=True, exist_ok=True); d.to_csv(a.csv, index=False); print(f"wrote {a.csv}")
+        from calm.files import write_atomic
+        write_atomic(a.csv, d.to_csv(index=False)); print(f"wrote {a.csv}")
 
 def run_notebook(name: str, out, parameters: dict) -> Path:
     "Execute the experiment notebook `nbs/experiments/{name}.ipynb` with papermill; the executed copy goes to `out`."
@@ -265,6 +267,6 @@ def main(argv=None) -> int:
     from calm.models import ModelNotInstalled
     a = parser().parse_args(argv)
     try: rc = a.func(a)
-    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled) as e:
+    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         print(f"calm {a.command}: error: {e}", file=sys.stderr); return 2
     return rc or 0

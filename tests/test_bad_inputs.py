@@ -222,3 +222,35 @@ def test_evaluation_items_without_gold_fail_before_generation(tmp_path, capsys, 
     assert main(["evaluate", "--items", str(p), "--out", str(tmp_path / "ev")]) == 2   # was: failed after every answer was generated
     assert f"{p}: gold: question 'q1' has no gold letter in 'en'" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- a file where a folder is expected, and a folder where a file is
+
+@pytest.mark.parametrize("command", [["sample", "--model", "echo", "--limit", "1"], ["evaluate", "--limit", "1"], ["demo", "--until", "data"]])
+def test_out_naming_an_existing_file(command, tmp_path, capsys, no_model_load):
+    f = tmp_path / "results.csv"; f.write_text("keep me\n")
+    assert main([*command, "--out", str(f)]) == 2                     # was: FileExistsError / NotADirectoryError tracebacks
+    err = capsys.readouterr().err
+    assert f"{f}: is a file; expected a folder" in err and "Traceback" not in err
+    assert f.read_text() == "keep me\n"
+
+
+def test_out_below_an_existing_file(tmp_path, capsys):
+    f = tmp_path / "notes.txt"; f.write_text("x")
+    assert main(["sample", "--model", "echo", "--limit", "1", "--out", str(f / "run")]) == 2
+    assert f"{f}: is a file; expected a folder (to hold {f / 'run'})" in capsys.readouterr().err
+
+
+def test_folder_given_for_an_output_file(tmp_path, capsys):
+    from calm.data import DataError
+    from calm.loaders import release_dir
+    try: group = release_dir() / "medqa" / "test" / "test_sft_en_q_1000"
+    except DataError: pytest.skip("the paper's release is not here")
+    assert main(["drift", str(group), "--csv", str(tmp_path)]) == 2     # was: IsADirectoryError traceback
+    assert f"{tmp_path}: is a folder; expected a file" in capsys.readouterr().err
+
+
+def test_folder_given_for_an_item_file(tmp_path, capsys, no_model_load):
+    (tmp_path / "items.jsonl").mkdir()
+    assert main(["evaluate", "--items", str(tmp_path / "items.jsonl"), "--out", str(tmp_path / "ev")]) == 2
+    assert f"{tmp_path / 'items.jsonl'}: is a folder; expected a JSONL file of items" in capsys.readouterr().err
