@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -269,4 +270,9 @@ def main(argv=None) -> int:
     try: rc = a.func(a)
     except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         print(f"calm {a.command}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        print(f"calm {a.command}: error: no space left on device{f' writing {e.filename}' if e.filename else ''}; what was written "
+              "before is kept (a file being replaced keeps its old version): free some space and run the same command again to resume", file=sys.stderr)
+        return 1
     return rc or 0

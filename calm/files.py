@@ -62,8 +62,10 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from e   # name the file (a full disk)
+        raise
     _sync_dir(path.parent)
 
 def write_atomic(path, data: str | bytes) -> Path:

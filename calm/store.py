@@ -251,8 +251,10 @@ class SampleStore:
             keys.add(k); batch.append(with_checksum({**r, "qid": k[0], "lang": k[1], "sample": k[2]}))
         if not batch: return 0
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode("utf-8")
-        with open(self.path, "ab") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+        try:
+            with open(self.path, "ab") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        except OSError as e:                      # a full disk: what did land is a torn last line, dropped on resume
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self.keys |= keys
         return len(batch)
 

@@ -254,3 +254,35 @@ def test_folder_given_for_an_item_file(tmp_path, capsys, no_model_load):
     (tmp_path / "items.jsonl").mkdir()
     assert main(["evaluate", "--items", str(tmp_path / "items.jsonl"), "--out", str(tmp_path / "ev")]) == 2
     assert f"{tmp_path / 'items.jsonl'}: is a folder; expected a JSONL file of items" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a full disk
+
+def test_disk_full_while_sampling_is_one_line_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+    args = ["sample", "--model", "echo", "--items", "demo:train", "--languages", "en", "fr", "--limit", "4", "-m", "2", "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    import builtins
+    import calm.store
+    appends = []
+    class FullDisk:                                                  # the third batch finds the disk full half-way
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *exc): self.f.close()
+        def write(self, data):
+            self.f.write(data[:len(data) // 2]); self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        if mode == "ab": appends.append(path); return FullDisk(f) if len(appends) >= 3 else f
+        return f
+    monkeypatch.setattr(calm.store, "open", full_open, raising=False)
+    run = tmp_path / "run"
+    assert main([*args, "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"calm sample: error: no space left on device writing {run / 'samples.jsonl'}; what was written before is kept" in err
+    assert "Traceback" not in err
+    monkeypatch.delattr(calm.store, "open")                          # space freed
+    with pytest.warns(UserWarning, match="dropped a partial last line"):
+        assert main([*args, "--out", str(run)]) == 0
+    assert (run / "samples.jsonl").read_bytes() == (tmp_path / "reference" / "samples.jsonl").read_bytes()
