@@ -74,9 +74,11 @@ def _evaluate(a):
     from calm.reports import write_table
     from calm.sampling import TransformersBackend
     from calm.store import load_items
+    from calm.data import normalize_lang
     items = load_items(a.items, a.languages, a.limit)
-    langs = a.languages or list(dict.fromkeys(it.lang for it in items))
+    langs = [normalize_lang(l, field="--languages") for l in a.languages] if a.languages else list(dict.fromkeys(it.lang for it in items))
     items = [it for it in items if it.lang in langs]
+    if not items: raise DataError(f"no items in {', '.join(langs)}", file=a.items, field="--languages")
     gold_codes(items, file=a.items)            # before the model loads
     from calm.files import make_dir
     out = make_dir(a.out)

@@ -286,3 +286,41 @@ def test_disk_full_while_sampling_is_one_line_and_the_same_command_resumes(tmp_p
     with pytest.warns(UserWarning, match="dropped a partial last line"):
         assert main([*args, "--out", str(run)]) == 0
     assert (run / "samples.jsonl").read_bytes() == (tmp_path / "reference" / "samples.jsonl").read_bytes()
+
+
+# ---------------------------------------------------------------- more of the same classes, through the commands users run
+
+def test_sample_refuses_what_validate_refuses(tmp_path, capsys, no_model_load):
+    p = tmp_path / "items.jsonl"
+    p.write_text(line(options=[{"label": "1", "text": "a"}, {"label": "2", "text": "b"}], gold=None), encoding="utf-8")
+    assert main(["sample", "--model", "echo", "--items", str(p), "--out", str(tmp_path / "s")]) == 2   # was: every answer "missing"
+    assert f"{p}:0: options[0].label: '1' is not an option letter" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args,want", [(["sample", "--model", "echo", "--limit", "0"], "limit: limit must be at least 1, got 0"),
+                                       (["sample", "--model", "echo", "--languages", "en", "en"], "lang: languages repeat"),
+                                       (["sample", "--model", "echo", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+                                       (["sample", "--model", "echo", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+                                       (["evaluate", "--languages", "en", "xx"], "--languages: unknown language code 'xx'"),
+                                       (["evaluate", "--languages", "sw"], "demo:test: --languages: no items in sw")])
+def test_out_of_range_options_exit_2_naming_the_option(args, want, tmp_path, capsys, no_model_load):
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert want in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_that_is_not_yaml_names_the_file(tmp_path, capsys):
+    p = tmp_path / "p.yaml"; p.write_text("name: x\nmodels: [a\n")
+    for command in (["reproduce", "--dry-run"], ["demo"]):
+        assert main([*command, "--profile", str(p), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"{p}: (file): not valid YAML" in err and "line 2" in err
+
+
+def test_unknown_model_offline_exits_2_from_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["sample", "--model", "no-such-org/no-such-model", "--limit", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model 'no-such-org/no-such-model'" in err and "Traceback" not in err
