@@ -144,7 +144,8 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
     write_items(items, out / "train_items.jsonl")
     b = profile_backend(backend, model)
     params = SamplingParams(**{f.name: sampling[f.name] for f in fields(SamplingParams)})
-    run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model)
+    run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model,
+                 on_change="aside")                   # the next stages read out/samples: it holds this configuration's samples
     return out / "samples"
 
 # %% ../nbs/85_stages.ipynb #c23798286
@@ -208,9 +209,12 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
             "questions": len({it.qid for it in items})}
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
     write_items(items, out / store / "items.jsonl")
+    from calm.store import weights_sha256
     b = profile_backend(backend, model, adapter)
+    trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}   # a retrained adapter is answered again
     evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
-                   seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model)
+                   seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model, extra=trained,
+                   on_change="aside")
     return out / store / system
 
 # %% ../nbs/85_stages.ipynb #c52436129

@@ -171,7 +171,7 @@ def read_manifest(run_dir) -> dict:
 class SampleStore:
     "An append-only, resumable store of sample records for one run configuration."
     def __init__(self, run_dir, manifest: dict, on_change: str = "new"):
-        if on_change not in ("new", "raise"): raise ValueError(f"on_change must be 'new' or 'raise', not {on_change!r}")
+        if on_change not in ("new", "raise", "aside"): raise ValueError(f"on_change must be 'new', 'raise' or 'aside', not {on_change!r}")
         if not isinstance(manifest.get("languages"), list) or "m" not in manifest.get("sampling", {}):
             raise ValueError("the manifest needs `languages` and `sampling.m`; build it with `make_manifest`")
         self.requested_dir, self._lock = Path(run_dir), None
@@ -202,6 +202,19 @@ class SampleStore:
         self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
         self.duplicates_skipped = 0
 
+    def _move_aside(self, run_dir: Path, diff: list[str]) -> Path:
+        "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole; this run starts afresh in `run_dir`."
+        old = read_manifest(run_dir)
+        stem, i = f"{run_dir.name}-{old.get('config_hash') or config_hash(old)}", 1
+        aside = run_dir.with_name(stem)
+        while aside.exists(): i += 1; aside = run_dir.with_name(f"{stem}-{i}")
+        os.replace(run_dir, aside)            # one rename: the other run is never half moved
+        self.close()
+        self._lock_dir(run_dir)
+        if self._differs(run_dir): self.close(); raise DataError("another run started here meanwhile", file=run_dir)
+        warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff) + f"\nit was moved, whole, to {aside}; this run starts afresh")
+        return run_dir
+
     def _differs(self, run_dir: Path) -> list[str]:
         "How the run in `run_dir` differs from this one (empty: the same run, or none yet)."
         return manifest_diff(read_manifest(run_dir), self.manifest) if (run_dir / "manifest.json").exists() else []
@@ -209,10 +222,11 @@ class SampleStore:
     def _claim(self, run_dir: Path, on_change: str) -> Path:
         "Lock `run_dir` when it is empty or holds this run, checked under the lock; otherwise lock the sibling named by the config hash, or raise."
         diff = self._differs(run_dir)         # a manifest never changes once written: a different one is seen without the lock
-        if not diff:
+        if not diff or on_change == "aside":
             self._lock_dir(run_dir)
             diff = self._differs(run_dir)     # again under the lock: another run may have written its manifest meanwhile
             if not diff: return run_dir
+            if on_change == "aside": return self._move_aside(run_dir, diff)
             self.close()
         what = "holds a different run:\n  " + "\n  ".join(diff)
         if on_change == "raise":

@@ -171,6 +171,17 @@ def test_changed_manifest_starts_a_sibling_run(tmp_path, reference):
             assert Path(run(tmp_path / "run", FakeBackend(), **kw).attrs["run_dir"]) != tmp_path / "run"
 
 
+def test_changed_manifest_can_move_the_other_run_aside(tmp_path, reference):
+    "What the pipeline's stages use: the next stage reads the folder, so it must hold the current configuration."
+    run(tmp_path / "run", FakeBackend(), seed=8)
+    with pytest.warns(UserWarning, match=r"held a different run:\n  sampling.seed: 8 -> 7\nit was moved, whole, to .*run-"):
+        df = run(tmp_path / "run", FakeBackend(), seed=7, on_change="aside")
+    assert df.attrs["run_dir"] == str(tmp_path / "run") and read_manifest(tmp_path / "run")["sampling"]["seed"] == 7
+    assert by_key(read_samples(tmp_path / "run")).equals(reference)              # afresh, not mixed with seed 8
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run-")]
+    assert len(aside) == 1 and read_manifest(aside[0])["sampling"]["seed"] == 8 and len(read_samples(aside[0])) == N_KEYS
+
+
 def test_changed_manifest_can_raise_instead(tmp_path):
     run(tmp_path / "run", FakeBackend())
     changed = read_manifest(tmp_path / "run")
