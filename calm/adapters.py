@@ -89,8 +89,10 @@ def publish_adapter(adapter_dir, model=None) -> dict:
     local = info.get("local_base_model") or (recorded if recorded and not _is_hub_id(str(recorded)) else None)
     model = model or info.get("config", {}).get("model") or info.get("config", {}).get("model_name_or_path") or info.get("base_model") or recorded
     base = hub_id(model) or hub_id(local) or (recorded if recorded and _is_hub_id(str(recorded)) else None)
-    if base and recorded != base:
-        cfg["base_model_name_or_path"] = base
+    targets = cfg.get("target_modules")                 # PEFT writes a set as a list in the process's hash order: sorted, two runs write the same bytes
+    if (base and recorded != base) or (isinstance(targets, list) and targets != sorted(targets)):
+        if base: cfg["base_model_name_or_path"] = base
+        if isinstance(targets, list): cfg["target_modules"] = sorted(targets)
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if info and local and info.get("local_base_model") != local:
         info["local_base_model"] = local

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import os
 import sys
@@ -151,19 +152,22 @@ def evaluate_command(
 ) -> pd.DataFrame:
     "Answer test questions in every language and score them. The paper's protocol for a model (or a model with a LoRA adapter): one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
     import pandas as pd
-    from calm.evaluation import results_table, score
+    from calm.evaluation import gold_codes, results_table, score
     from calm.reports import write_table
     from calm.sampling import TransformersBackend
     from calm.store import load_items
+    from calm.files import make_dir
     its = load_items(items, languages, limit)
-    langs = languages or list(dict.fromkeys(it.lang for it in its))
+    langs = [normalize_lang(l, field="--languages") for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     its = [it for it in its if it.lang in langs]
+    if not its: raise DataError(f"no items in {', '.join(langs)}", file=items, field="--languages")
+    gold_codes(its, file=items)                            # before the model loads
+    out = make_dir(out)                                    # a file in the way is an error now, not after generation
     if adapter:
         from calm.training import load_adapter
         base, tok = load_adapter(model, adapter)
         backend = TransformersBackend(base, tok, name=f"{model}+{adapter}")
     else: backend = TransformersBackend.from_name(model)
-    out = Path(out)
     recs = evaluate_model(out / "samples", its, langs, backend, m=1, greedy=greedy, max_new_tokens=max_new_tokens,
                           seed=seed, batch_size=batch_size, model_id=backend.model_id)
     name = name or ("base" if not adapter else Path(adapter).name)
@@ -208,7 +212,8 @@ def drift_command(
         print(d.groupby(["lang", "status"]).size().to_string())
         print(d.to_string(index=False, max_rows=max_rows))
     if csv:
-        Path(csv).parent.mkdir(parents=True, exist_ok=True); d.to_csv(csv, index=False); print(f"wrote {csv}")
+        from calm.files import write_atomic
+        write_atomic(csv, d.to_csv(index=False)); print(f"wrote {csv}")
     return d
 
 # %% ../nbs/91_cli.ipynb #453fd7c8
@@ -287,9 +292,14 @@ def _run(command: str, call, debug: bool) -> int:
     "`call()`'s exit status: its int result, else 0; a known error prints `calm COMMAND: error: ...` and gives 2 (raises with `debug`)."
     from calm.models import ModelNotInstalled
     try: res = call()
-    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled) as e:
+    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         if debug: raise
         print(f"calm {command}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        print(f"calm {command}: error: no space left on device{f' writing {e.filename}' if e.filename else ''}; what was written "
+              "before is kept (a file being replaced keeps its old version): free some space and run the same command again to resume", file=sys.stderr)
+        return 1
     return res if type(res) is int else 0
 
 def main(argv=None) -> int:

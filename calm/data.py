@@ -165,11 +165,9 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
 
 # %% ../nbs/00_data.ipynb #4ce4d122
 def write_items(items: Iterable[MCItem], path) -> Path:
-    "Write `items` as UTF-8 JSONL to `path` (parents created); returns the path."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for it in items: f.write(json.dumps(it.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    "Write `items` as UTF-8 JSONL to `path` atomically (parents created); returns the path."
+    from calm.files import write_jsonl
+    return write_jsonl((it.to_dict() for it in items), path)
 
 def _raise_all(problems: list[DataError], what: str):
     if not problems: return

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import fingerprint, summarize
+from .files import make_dir, write_atomic
 from .profile import Profile, load_profile, override
 from .reports import write_table
 from .runner import profile_stages, read_stage_log, run_stages, write_job_manifest
@@ -113,8 +114,7 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
               f"- the stores (not committed): `_run/{v.folder.parent.name}/{v.dataset}/` (samples, `votes.csv`, `data/`, `adapters/<system>/`, `eval/<system>/`)", "",
               "## Stage times (s)", "", "Each stage's time is that of the run that computed it (a rerun that finds a stage's files done keeps it); `nothing to write`: e.g. a system without training rows. `_run/stages.json` says whether the last run reused each stage.", "",
               times.to_markdown(index=False) if len(times) else "(no stage ran)", ""]
-    path = out / "main_job.md"; path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_atomic(out / "main_job.md", "\n".join(lines))
 
 # %% ../nbs/89_demo.ipynb #c35199015
 STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
@@ -125,7 +125,7 @@ def run_demo(out="reports/demo", profile="demo", until: str = "report", release=
     if until not in STAGES: raise ValueError(f"until must be one of {STAGES}, not {until!r}")
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
     p = override(profile if isinstance(profile, Profile) else load_profile(profile), **overrides)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True); run_dir = out / "_run"
+    out = make_dir(out); run_dir = out / "_run"
     paths = {"data_summary": data_summary(p, out, release)}
     stop = STAGES.index(until)
     first = (p.models[0], p.datasets[0].name)
@@ -137,6 +137,7 @@ def run_demo(out="reports/demo", profile="demo", until: str = "report", release=
     inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)), "questions": n}
               for s, n in (("train", d.train_questions), ("test", d.test_questions))}
     config = {"job": "demo", "until": until, "profile": p.file.name, **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}}
-    outputs = [f for f in sorted(out.iterdir()) if f.is_file() and f.suffix in (".csv", ".md", ".tex", ".png", ".pdf") and f.name != "README.md"]
+    outputs = [f for f in sorted(out.iterdir()) if f.is_file() and f.suffix in (".csv", ".md", ".tex", ".png", ".pdf")
+               and f.name != "README.md" and not f.name.startswith(".")]
     paths["manifest"] = write_job_manifest(out / "main_job_manifest.json", config, {**inputs, "stage_log": "_run/stages.json"}, outputs)
     return {**paths, "timings": {k.rsplit("/", 1)[1]: v for k, v in took.items()}}

@@ -19,12 +19,12 @@ from .voting import answer_array, encode_letters
 __all__ = ['gold_codes', 'answer_matrix', 'score', 'results_row', 'results_table', 'compare_systems', 'evaluate_model']
 
 # %% ../nbs/71_evaluation.ipynb #b0ef9e76
-def gold_codes(items: Iterable[MCItem]) -> dict:
-    "`{qid: gold letter}` of `items`; `DataError` when a question lacks gold or languages disagree."
+def gold_codes(items: Iterable[MCItem], file=None) -> dict:
+    "`{qid: gold letter}` of `items`; `DataError` (naming `file`, the items' source, if given) when a question lacks gold or languages disagree."
     gold: dict = {}
     for it in items:
-        if it.gold is None: raise DataError(f"question {it.qid!r} has no gold letter in {it.lang!r}: it cannot be scored", field="gold")
-        if gold.setdefault(it.qid, it.gold) != it.gold: raise DataError(f"question {it.qid!r} has different gold letters across languages", field="gold")
+        if it.gold is None: raise DataError(f"question {it.qid!r} has no gold letter in {it.lang!r}: it cannot be scored", file, field="gold")
+        if gold.setdefault(it.qid, it.gold) != it.gold: raise DataError(f"question {it.qid!r} has different gold letters across languages", file, field="gold")
     return gold
 
 def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0):
@@ -83,9 +83,10 @@ def compare_systems(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], l
 def evaluate_model(run_dir, items: Iterable[MCItem], languages, backend, m: int = 1, greedy: bool = False,
                    temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 512, seed: int = 0,
                    batch_size: int = 8, prompt_builder=None, progress: bool = True, **kw) -> pd.DataFrame:
-    "Answer every item with `backend` into the store at `run_dir` (resumable) and return records with letters."
+    "Answer every item with `backend` into the store at `run_dir` (resumable) and return records with letters; items without gold are refused before anything is generated."
     from calm.store import run_sampling
     items = list(items)
+    gold_codes(items)                          # what cannot be scored is not generated
     recs = run_sampling(run_dir, items, languages, m, backend, temperature=0.0 if greedy else temperature, top_p=top_p,
                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, prompt_builder=prompt_builder,
                         progress=progress, **kw)

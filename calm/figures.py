@@ -63,8 +63,9 @@ def _title(ax, *parts, width_in: float):
 
 def _save(fig, path_stem, formats=("png", "pdf"), dpi: int = 150):
     if path_stem is None: return
-    stem = Path(path_stem); stem.parent.mkdir(parents=True, exist_ok=True)
-    for ext in formats: fig.savefig(stem.with_suffix(f".{ext}"), dpi=dpi)
+    from calm.files import atomic_path
+    for ext in formats:
+        with atomic_path(Path(path_stem).with_suffix(f".{ext}")) as tmp: fig.savefig(tmp, dpi=dpi)
 
 def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None = None, path_stem=None, title: str | None = None,
                   system_col: str = "system", avg_col: str | None = "ACC_avg", n_label: str = "questions per language"):

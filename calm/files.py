@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 from .data import DataError
 
 # %% auto #0
-__all__ = ['file_sha256', 'write_atomic', 'write_jsonl', 'read_jsonl', 'cache_dir']
+__all__ = ['CHECKSUM_FIELD', 'file_sha256', 'make_dir', 'atomic_path', 'write_atomic', 'write_jsonl', 'read_jsonl',
+           'record_checksum', 'with_checksum', 'checksum_ok', 'cache_dir']
 
 # %% ../nbs/02_files.ipynb #c63136810
 def file_sha256(path) -> str:
@@ -25,16 +27,51 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/02_files.ipynb #c19742503
-def write_atomic(path, text: str) -> Path:
-    "Write `text` (UTF-8) to `path` atomically: a temporary file in the same folder, fsync, rename; parents created."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+def make_dir(path) -> Path:
+    "Create folder `path` and its parents; `DataError` naming the file in the way when `path` or a parent is a file."
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir(): raise DataError("is a file; expected a folder" + ("" if p == path else f" (to hold {path})"), file=p)
+            break
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _sync_dir(folder: Path):
+    fd = os.open(folder, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
-    return path
+
+@contextmanager
+def atomic_path(path):
+    "A temporary path beside `path` (same suffix) to write to; moved onto `path`, durably, when the block ends without an error, removed when it raises."
+    path = Path(path)
+    if path.is_dir(): raise DataError("is a folder; expected a file", file=path)
+    make_dir(path.parent)
+    for old in path.parent.glob(f".{path.name}.tmp*"):          # left by a writer that was killed
+        pid = old.name[len(path.name) + 5:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)): old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f: os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from e   # name the file (a full disk)
+        raise
+    _sync_dir(path.parent)
+
+def write_atomic(path, data: str | bytes) -> Path:
+    "Write `data` (text as UTF-8, or bytes) to `path` atomically (`atomic_path`); parents created."
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 # %% ../nbs/02_files.ipynb #c66674859
 def write_jsonl(rows: Iterable[dict], path) -> Path:
@@ -50,6 +87,24 @@ def read_jsonl(path) -> list[dict]:
             try: out.append(json.loads(line))
             except json.JSONDecodeError as e: raise DataError(f"not valid JSON ({e.msg})", path, i) from None
     return out
+
+# %% ../nbs/02_files.ipynb #c9e93f9f5b
+CHECKSUM_FIELD = "checksum"
+"The record field that holds `record_checksum`."
+
+def record_checksum(record: dict) -> str:
+    "12 hex digits of the SHA-256 of `record`'s canonical JSON (keys sorted), its checksum field aside."
+    body = {k: v for k, v in record.items() if k != CHECKSUM_FIELD}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+def with_checksum(record: dict) -> dict:
+    "`record` with its checksum as the last field."
+    return {**{k: v for k, v in record.items() if k != CHECKSUM_FIELD}, CHECKSUM_FIELD: record_checksum(record)}
+
+def checksum_ok(record: dict) -> bool:
+    "Whether `record` matches its checksum (True for a record that has none)."
+    return CHECKSUM_FIELD not in record or record[CHECKSUM_FIELD] == record_checksum(record)
 
 # %% ../nbs/02_files.ipynb #c11608790
 def cache_dir() -> Path:

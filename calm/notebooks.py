@@ -91,5 +91,5 @@ def write_index(out: Path, p: Profile, done: list, failed: dict | None = None, t
         for png in sorted((out / name).glob("*.png")): lines += ["", f"![{png.stem}]({png.relative_to(out).as_posix()})"]
         lines.append("")
     lines += ["## Manifest", "", "[manifest.json](manifest.json): the profile, the inputs and the package versions that produced these files.", ""]
-    path = out / "README.md"; path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    from calm.files import write_atomic
+    return write_atomic(out / "README.md", "\n".join(lines))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 import pandas as pd
 from .data import DataError
-from .files import read_jsonl, write_jsonl
+from .files import read_jsonl, write_atomic, write_jsonl
 
 # %% auto #0
 __all__ = ['CHAT_MARKERS', 'PAIR_COLUMNS', 'SFT_COLUMNS', 'LLAMAFACTORY_TAGS', 'Translator', 'IdentityTranslator',
@@ -260,8 +260,8 @@ def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> 
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     for name, (kind, rows) in datasets.items():
         info[name] = llamafactory_entry(f"{name}.json", kind, rows)
-        (out_dir / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
-    info_path.write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_atomic(out_dir / f"{name}.json", json.dumps(rows, ensure_ascii=False, indent=1))
+    write_atomic(info_path, json.dumps(info, ensure_ascii=False, indent=2))
     return info_path
 
 # %% ../nbs/50_pairs.ipynb #123a2338

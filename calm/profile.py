@@ -5,6 +5,7 @@
 # %% ../nbs/84_profile.ipynb #c54404654
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -84,6 +85,8 @@ def _build(cls, file, key: str, raw, **extra):
     return obj
 
 def _positive(file, key, v, allow_zero=False):
+    "`ProfileError` unless `v` is a finite number > 0 (>= 0 with `allow_zero`): NaN and infinity are refused too."
+    if not math.isfinite(v): raise ProfileError(file, key, f"must be a finite number, got {v}")
     if v < 0 or (v == 0 and not allow_zero): raise ProfileError(file, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 # %% ../nbs/84_profile.ipynb #c03618942
@@ -188,8 +191,9 @@ class Dataset:
             for k, n in (("train_questions", 40), ("test_questions", 20)):
                 if getattr(self, k) > n: raise ProfileError(file, f"{key}.{k}", f"the demo set has {n} {k.split('_')[0]} questions, got {getattr(self, k)}")
         if self.tests is not None:
-            object.__setattr__(self, "tests", {n: _build(TestSet, file, f"{key}.tests.{n}", t, name=n) for n, t in self.tests.items()})
-        if self.curriculum is not None:
+            object.__setattr__(self, "tests", {n: t if isinstance(t, TestSet) else _build(TestSet, file, f"{key}.tests.{n}", t, name=n)
+                                               for n, t in self.tests.items()})
+        if isinstance(self.curriculum, dict):
             c = _build(Curriculum, file, f"{key}.curriculum", self.curriculum)
             if c.languages is not None: object.__setattr__(c, "languages", [normalize_lang(l) for l in c.languages])
             object.__setattr__(self, "curriculum", c)
@@ -221,14 +225,21 @@ class Profile:
 # %% ../nbs/84_profile.ipynb #c82765903
 def override(p: Profile, model=None, languages=None, train_questions=None, test_questions=None, m=None, max_new_tokens=None,
              train_steps=None) -> Profile:
-    "A copy of `p` with its first model and first dataset's sizes replaced (None keeps a value): what `calm demo`'s options change."
+    "A copy of `p` with its first model and first dataset's sizes replaced (None keeps a value): what `calm demo`'s options change; checked as the profile's own values are (`ProfileError` naming the key), before any work."
+    where = f"{p.file} (with overrides)"
     d = p.datasets[0]
-    d = replace(d, **{k: v for k, v in (("languages", [normalize_lang(l) for l in languages] if languages else None),
+    d = replace(d, **{k: v for k, v in (("languages", list(languages) if languages else None),
                                           ("train_questions", train_questions), ("test_questions", test_questions)) if v is not None})
     s, e = p.sampling, p.evaluation
     if m is not None: s = replace(s, m=m)
     if max_new_tokens is not None: s, e = replace(s, max_new_tokens=max_new_tokens), replace(e, max_new_tokens=max_new_tokens)
-    training = {**p.training, **({"max_steps": train_steps} if train_steps is not None else {})}
+    for k, v in (("train_questions", d.train_questions), ("test_questions", d.test_questions), ("sampling.m", s.m), ("sampling.max_new_tokens", s.max_new_tokens)):
+        _typed(where, k if "." in k else f"datasets.{d.name}.{k}", v, int)
+    d.check(where, f"datasets.{d.name}"); s.check(where, "sampling"); e.check(where, "evaluation")
+    training = _training(where, {**p.training, **({"max_steps": train_steps} if train_steps is not None else {})})
+    if model:                                  # a model path given here is relative to the working folder, not to the profile
+        try: _models(Path.cwd() / "_", [model])
+        except ProfileError as err: raise ProfileError(where, "models[0]", str(err).split(": ", 2)[-1]) from None
     models = ([model] + p.models[1:]) if model else p.models
     return replace(p, models=models, datasets=[d] + p.datasets[1:], sampling=s, evaluation=e, training=training)
 

@@ -14,22 +14,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import make_dir, write_atomic
+
 # %% auto #0
 __all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'write_table', 'package_versions', 'write_manifest', 'project_root',
            'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
-    "Write `df` as `stem.csv`, `stem.md` and/or `stem.tex`; returns the paths written."
-    stem = Path(stem); stem.parent.mkdir(parents=True, exist_ok=True)
+    "Write `df` as `stem.csv`, `stem.md` and/or `stem.tex`, each atomically (`calm.files.write_atomic`); returns the paths written."
+    stem = Path(stem); make_dir(stem.parent)
     out = []
     for fmt in formats:
         p = stem.with_suffix(f".{fmt}")
-        if fmt == "csv": df.to_csv(p, index=False)
-        elif fmt == "md": p.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n", encoding="utf-8")
-        elif fmt == "tex": p.write_text(df.to_latex(index=False, float_format=lambda x: format(x, floatfmt)), encoding="utf-8")
+        if fmt == "csv": text = df.to_csv(index=False)
+        elif fmt == "md": text = df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+        elif fmt == "tex": text = df.to_latex(index=False, float_format=lambda x: format(x, floatfmt))
         else: raise ValueError(f"unknown table format {fmt!r} (csv, md, tex)")
-        out.append(p)
+        out.append(write_atomic(p, text))
     return out
 
 # %% ../nbs/80_reports.ipynb #258df185
@@ -50,16 +52,15 @@ def package_versions(names=TRACKED_PACKAGES) -> dict:
     return out
 
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:
-    "Write `manifest.json` with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "Write `manifest.json` (atomically) with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
+    path = Path(path); make_dir(path.parent)
     def rel(o):                       # no absolute path of this machine for what the run wrote itself
         try: return Path(o).resolve().relative_to(path.parent.resolve()).as_posix()
         except ValueError: return str(o)
     m = {"config": config, "inputs": inputs or {}, "outputs": [rel(o) for o in outputs or []],
          "versions": package_versions(), "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    path.write_text(json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n")
 
 # %% ../nbs/80_reports.ipynb #415326f8
 import types

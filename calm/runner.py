@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import write_atomic
+from .files import make_dir, write_atomic
 from .profile import Curriculum, Profile, ProfileError, TestSet, load_profile
 from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
                          run_slug, run_train, run_vote)
@@ -67,7 +67,7 @@ def fingerprint(self: Stage) -> str | None:
     for o in self.outputs:
         p = base / o
         for f in sorted([p] if p.is_file() else p.rglob("*") if p.is_dir() else []):
-            if f.is_file() and not f.name.endswith(".lock"):
+            if f.is_file() and not f.name.startswith("."):            # the lock, and temporary files of a killed write
                 h.update(str(f.relative_to(base)).encode()); h.update(f.read_bytes()); n += 1
     return h.hexdigest() if n else None
 
@@ -166,7 +166,7 @@ def read_stage_log(run_dir) -> dict:
 
 def run_stages(stages, run_dir) -> dict:
     "Run `stages` in order; log each in `run_dir/stages.json`; returns `{stage key: seconds this call took}`."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_dir(run_dir)
     log, took = read_stage_log(run_dir), {}
     for i, st in enumerate(stages):
         print(f"stage {i + 1}/{len(stages)}: {st.key}", flush=True)
@@ -186,11 +186,12 @@ def write_job_manifest(path, config: dict, inputs: dict, outputs) -> Path:
     "`calm.reports.write_manifest` (outputs relative to `path`'s folder), unless only the creation time would change."
     from calm.reports import write_manifest
     path = Path(path)
-    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    tmp = path.with_name(path.name + ".new")
-    write_manifest(tmp, config, inputs, outputs)   # tmp is in path's folder: the same relative outputs
+    try: old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except json.JSONDecodeError: old = None                      # damaged: written again
+    tmp = path.with_name(f".{path.name}.new")                   # hidden, in path's folder: the same relative outputs
+    write_manifest(tmp, config, inputs, outputs)                 # written whole (atomically) ...
     new = json.loads(tmp.read_text(encoding="utf-8"))
     same = old is not None and {k: v for k, v in old.items() if k not in ("created", "command")} == {k: v for k, v in new.items() if k not in ("created", "command")}
-    if same: tmp.unlink()
-    else: tmp.replace(path)
+    if same: tmp.unlink()                                        # only the time would change: the old file stays
+    else: tmp.replace(path)                                      # ... then renamed into place
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import write_atomic
+from .files import make_dir, write_atomic
 from .profile import MEDQA_GROUPS, Dataset
 
 # %% auto #0
@@ -136,7 +136,7 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
     from calm.data import write_items
     from calm.sampling import SamplingParams
     from calm.store import run_sampling
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     translator = None
     if dataset["source"] == "release:medqa":
         from calm.translation import make_translator
@@ -145,7 +145,8 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
     write_items(items, out / "train_items.jsonl")
     b = profile_backend(backend, model)
     params = SamplingParams(**{f.name: sampling[f.name] for f in fields(SamplingParams)})
-    run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model)
+    run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model,
+                 on_change="aside")                   # the next stages read out/samples: it holds this configuration's samples
     return out / "samples"
 
 # %% ../nbs/85_stages.ipynb #c23798286
@@ -153,8 +154,7 @@ def run_vote(out, languages, tie: str) -> Path:
     "Stage `vote`: the majority vote over all languages and samples, to `out/votes.csv`."
     from calm.voting import vote_table
     st = run_state(out)
-    vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(Path(out) / "votes.csv", index=False)
-    return Path(out) / "votes.csv"
+    return write_atomic(Path(out) / "votes.csv", vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(index=False))
 
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
@@ -200,18 +200,22 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
                  label: str | None = None) -> Path | None:
     "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
     from calm.data import write_items
-    from calm.evaluation import evaluate_model
+    from calm.evaluation import evaluate_model, gold_codes
     out = Path(out); adapter = None if system == "base" else out / "adapters" / system
     if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
     items, langs = test_set(dataset, release, group)
-    (out / store).mkdir(parents=True, exist_ok=True)
+    gold_codes(items, file=f"dataset {dataset['name']}")    # before the model loads: what cannot be scored is not generated
+    make_dir(out / store)
     info = {"label": label or dataset["name"], "source": dataset["source"], "group": group, "languages": langs,
             "questions": len({it.qid for it in items})}
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
     write_items(items, out / store / "items.jsonl")
+    from calm.store import weights_sha256
     b = profile_backend(backend, model, adapter)
+    trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}   # a retrained adapter is answered again
     evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
-                   seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model)
+                   seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model, extra=trained,
+                   on_change="aside")
     return out / store / system
 
 # %% ../nbs/85_stages.ipynb #c52436129

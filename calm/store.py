@@ -19,7 +19,7 @@ from typing import Iterable
 import pandas as pd
 
 from .data import DataError, MCItem, fingerprint, normalize_lang
-from .files import cache_dir, file_sha256, write_atomic
+from .files import CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir, with_checksum, write_atomic
 
 
 # %% auto #0
@@ -31,7 +31,7 @@ __all__ = ['STORE_FORMAT', 'NON_IDENTITY_FIELDS', 'SAMPLE_COLUMNS', 'WEIGHT_PATT
 STORE_FORMAT = "calm-samples/1"
 "Format tag written into every manifest."
 
-NON_IDENTITY_FIELDS = ("config_hash", "versions", "created", "command", "notes")
+NON_IDENTITY_FIELDS = ("config_hash", "versions", "created", "command", "notes", "record_checksums")
 "Manifest fields that are recorded but do not identify a run (a change in them never forks it)."
 
 SAMPLE_COLUMNS = ["qid", "lang", "sample", "text", "prompt_tokens", "completion_tokens", "finish_reason"]
@@ -126,26 +126,36 @@ def model_weights_hash(model) -> str | None:
 def _is_key_record(r) -> bool:
     return isinstance(r, dict) and {"qid", "lang", "sample"} <= set(r)
 
-def _scan_samples(path: Path, repair: bool) -> tuple[list[dict], int]:
-    "Records of a samples file and the bytes of a partial last line (dropped; truncated when `repair`)."
-    if not path.exists(): return [], 0
+def _scan_samples(path: Path, repair: bool, checksums: bool = False) -> tuple[list[dict], int, list[int]]:
+    "Records of a samples file, the bytes of a partial last line, and the rows of damaged records (`checksums`: every record must carry one); `repair` drops both from the file, otherwise damage is a `DataError`."
+    if not path.exists(): return [], 0, []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1                 # everything after the last newline is a partial line
     tail = len(data) - end
     lines = data[:end].split(b"\n")[:-1]
-    records = []
+    records, keep, damaged = [], [], []
     for row, line in enumerate(lines):
         if not line.strip(): continue
         try: r = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"unreadable line ({e}); the store is damaged, not just interrupted", path, row) from None
-        if not _is_key_record(r): raise DataError("record lacks qid, lang or sample", path, row)
-        records.append(r)
-    if tail:
-        warnings.warn(f"{path}: dropped a partial last line ({tail} bytes) left by an interrupted write")
-        if repair:
-            with open(path, "r+b") as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
-    return records, tail
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: r, problem = None, f"unreadable line ({e})"
+        else: problem = None if _is_key_record(r) else "record lacks qid, lang or sample"
+        if problem is None and not checksum_ok(r): problem = "record does not match its checksum"
+        if problem is None and checksums and CHECKSUM_FIELD not in r: problem = "record has no checksum"
+        if problem is not None:
+            if not repair:
+                raise DataError(f"{problem}: the store was changed after it was written; sampling into it again "
+                                "(the same command or stage) drops and recomputes such records", path, row)
+            damaged.append(row); continue
+        r.pop(CHECKSUM_FIELD, None)
+        records.append(r); keep.append(line)
+    if tail: warnings.warn(f"{path}: dropped a partial last line ({tail} bytes) left by an interrupted write")
+    if damaged:
+        warnings.warn(f"{path}: dropped {len(damaged)} damaged record(s) (rows {', '.join(map(str, damaged[:10]))}"
+                      f"{', ...' if len(damaged) > 10 else ''}): unreadable or not matching their checksum; they are sampled again")
+        write_atomic(path, b"".join(l + b"\n" for l in keep))
+    elif tail and repair:
+        with open(path, "r+b") as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
+    return records, tail, damaged
 
 def _key(r: dict) -> tuple[str, str, int]: return (str(r["qid"]), str(r["lang"]), int(r["sample"]))
 
@@ -161,20 +171,24 @@ def read_manifest(run_dir) -> dict:
 class SampleStore:
     "An append-only, resumable store of sample records for one run configuration."
     def __init__(self, run_dir, manifest: dict, on_change: str = "new"):
-        if on_change not in ("new", "raise"): raise ValueError(f"on_change must be 'new' or 'raise', not {on_change!r}")
+        if on_change not in ("new", "raise", "aside"): raise ValueError(f"on_change must be 'new', 'raise' or 'aside', not {on_change!r}")
         if not isinstance(manifest.get("languages"), list) or "m" not in manifest.get("sampling", {}):
             raise ValueError("the manifest needs `languages` and `sampling.m`; build it with `make_manifest`")
         self.requested_dir, self._lock = Path(run_dir), None
-        self.manifest = {**manifest, "config_hash": config_hash(manifest)}
-        self.run_dir = self._resolve(self.requested_dir, on_change)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.run_dir / ".lock", "a")
-        try: fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise DataError("another process is writing to this run directory", file=self.run_dir) from None
+        self.manifest = {**manifest, "record_checksums": True, "config_hash": config_hash(manifest)}
+        self.run_dir = self._claim(self.requested_dir, on_change)
         try: self._open()
         except BaseException: self.close(); raise
+
+    def _lock_dir(self, run_dir: Path):
+        "Take the exclusive lock `run_dir/.lock` (the folder is made), or `DataError` when another process holds it."
+        make_dir(run_dir)
+        lock = open(run_dir / ".lock", "a")
+        try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise DataError("another process is writing to this run directory", file=run_dir) from None
+        self._lock = lock
 
     def _open(self):
         "Write the manifest of a new run, or read the stored one; load the stored keys, dropping a partial last line."
@@ -183,22 +197,44 @@ class SampleStore:
         if self.resumed: self.manifest = read_manifest(self.run_dir)
         elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
         else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
-        records, self.dropped_bytes = _scan_samples(self.path, repair=True)
+        records, self.dropped_bytes, damaged = _scan_samples(self.path, repair=True, checksums=bool(self.manifest.get("record_checksums")))
+        self.damaged_records = len(damaged)       # dropped from the file: unreadable, or not matching their checksum
         self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
         self.duplicates_skipped = 0
 
-    def _resolve(self, run_dir: Path, on_change: str) -> Path:
-        "`run_dir` when it is empty or holds this run; otherwise the sibling named by the config hash, or an error."
-        if not (run_dir / "manifest.json").exists(): return run_dir
+    def _move_aside(self, run_dir: Path, diff: list[str]) -> Path:
+        "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole; this run starts afresh in `run_dir`."
         old = read_manifest(run_dir)
-        diff = manifest_diff(old, self.manifest)
-        if not diff: return run_dir
+        stem, i = f"{run_dir.name}-{old.get('config_hash') or config_hash(old)}", 1
+        aside = run_dir.with_name(stem)
+        while aside.exists(): i += 1; aside = run_dir.with_name(f"{stem}-{i}")
+        os.replace(run_dir, aside)            # one rename: the other run is never half moved
+        self.close()
+        self._lock_dir(run_dir)
+        if self._differs(run_dir): self.close(); raise DataError("another run started here meanwhile", file=run_dir)
+        warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff) + f"\nit was moved, whole, to {aside}; this run starts afresh")
+        return run_dir
+
+    def _differs(self, run_dir: Path) -> list[str]:
+        "How the run in `run_dir` differs from this one (empty: the same run, or none yet)."
+        return manifest_diff(read_manifest(run_dir), self.manifest) if (run_dir / "manifest.json").exists() else []
+
+    def _claim(self, run_dir: Path, on_change: str) -> Path:
+        "Lock `run_dir` when it is empty or holds this run, checked under the lock; otherwise lock the sibling named by the config hash, or raise."
+        diff = self._differs(run_dir)         # a manifest never changes once written: a different one is seen without the lock
+        if not diff or on_change == "aside":
+            self._lock_dir(run_dir)
+            diff = self._differs(run_dir)     # again under the lock: another run may have written its manifest meanwhile
+            if not diff: return run_dir
+            if on_change == "aside": return self._move_aside(run_dir, diff)
+            self.close()
         what = "holds a different run:\n  " + "\n  ".join(diff)
         if on_change == "raise":
             raise DataError(what + "\nuse another run directory, or on_change='new' to start a sibling run", file=run_dir)
         alt = run_dir.with_name(f"{run_dir.name}-{self.manifest['config_hash']}")
-        if (alt / "manifest.json").exists() and manifest_diff(read_manifest(alt), self.manifest):
-            raise DataError(f"{alt} also holds a different run (hash collision?)", file=alt)
+        self._lock_dir(alt)
+        if self._differs(alt):
+            self.close(); raise DataError(f"{alt} also holds a different run (hash collision?)", file=alt)
         warnings.warn(f"{run_dir} {what}\nwriting this run to {alt} instead")
         return alt
 
@@ -226,11 +262,13 @@ class SampleStore:
         for r in records:
             k = self._check(r)
             if k in self.keys or k in keys: self.duplicates_skipped += 1; continue
-            keys.add(k); batch.append({**r, "qid": k[0], "lang": k[1], "sample": k[2]})
+            keys.add(k); batch.append(with_checksum({**r, "qid": k[0], "lang": k[1], "sample": k[2]}))
         if not batch: return 0
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode("utf-8")
-        with open(self.path, "ab") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+        try:
+            with open(self.path, "ab") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        except OSError as e:                      # a full disk: what did land is a torn last line, dropped on resume
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self.keys |= keys
         return len(batch)
 
@@ -249,7 +287,9 @@ def read_samples(run_dir) -> pd.DataFrame:
     p = Path(run_dir)
     p = p / "samples.jsonl" if p.is_dir() else p
     if not p.exists() and not (p.parent / "manifest.json").exists(): raise DataError("no sample store here", file=p)
-    records, _ = _scan_samples(p, repair=False)
+    m = p.parent / "manifest.json"
+    checksums = m.is_file() and bool(read_manifest(p.parent).get("record_checksums"))   # stores made before checksums have none
+    records, _, _ = _scan_samples(p, repair=False, checksums=checksums)
     df = pd.DataFrame(records)
     for c in SAMPLE_COLUMNS:
         if c not in df.columns: df[c] = pd.Series(dtype="int64" if c == "sample" else "object")

@@ -168,3 +168,159 @@ def test_manifests_record_outputs_relative_to_their_folder(tmp_path):
     (tmp_path / "t.csv").write_text("x\n")
     m = write_manifest(tmp_path / "manifest.json", {"job": "x"}, outputs=[tmp_path / "t.csv", "/elsewhere/y.csv"])
     assert json.loads(m.read_text())["outputs"] == ["t.csv", "/elsewhere/y.csv"]   # no absolute path of this machine for its own files
+
+
+# ---------------------------------------------------------------- settings that would silently change results: exit 2 before any model loads
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    "Any model load fails the test: these errors must come before one."
+    import calm.models
+    def refuse(*a, **k): raise AssertionError("a model was loaded before the bad setting was refused")
+    monkeypatch.setattr(calm.models, "load_model", refuse)
+    monkeypatch.setattr("calm.sampling.TransformersBackend.from_name", classmethod(lambda cls, *a, **k: refuse()))
+
+
+def test_infinite_temperature_is_refused(tmp_path, capsys, no_model_load):
+    assert main(["sample", "--model", "echo", "--temperature", "inf", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "temperature must be a finite number >= 0 (0 is greedy), got inf" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("key,value,want", [("sampling.temperature", ".nan", "sampling.temperature: temperature must be a finite number"),
+                                            ("estimate.tokens_per_s", ".inf", "estimate.tokens_per_s: must be a finite number, got inf"),
+                                            ("estimate.tokens_per_s", ".nan", "estimate.tokens_per_s: must be a finite number, got nan"),
+                                            ("sampling.top_p", ".nan", "sampling.top_p: top_p must be in (0, 1], got nan")])
+def test_profile_with_a_non_finite_number_is_refused(key, value, want, tmp_path, capsys):
+    from calm.profile import find_profile
+    section, name = key.split(".")
+    text = find_profile("demo").read_text()
+    lines = [f"  {name}: {value}" if l.startswith(f"  {name}:") else l for l in text.splitlines()]
+    p = tmp_path / "p.yaml"; p.write_text("\n".join(lines) + "\n")
+    assert main(["reproduce", "--profile", str(p), "--dry-run"]) == 2     # was: "profile demo is valid", nan CPU-hours
+    err = capsys.readouterr().err
+    assert f"{p}: {want}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,want", [(["-m", "-2"], "sampling.m: m (samples per question and language) must be an integer >= 1, got -2"),
+                                       (["--max-new-tokens", "0"], "sampling.max_new_tokens: max_new_tokens must be an integer >= 1, got 0"),
+                                       (["--train-questions", "0"], "datasets.demo.train_questions: must be > 0, got 0"),
+                                       (["--train-questions", "41"], "datasets.demo.train_questions: the demo set has 40 train questions, got 41"),
+                                       (["--languages", "en", "xx"], "datasets.demo.languages[1]: unknown language 'xx'"),
+                                       (["--model", "./no-such-model"], "models[0]: local model not found")])
+def test_demo_options_are_checked_before_the_model_loads(args, want, tmp_path, capsys, no_model_load):
+    assert main(["demo", "--out", str(tmp_path / "d"), *args]) == 2      # was: -m -2 failed after the model had loaded
+    err = capsys.readouterr().err
+    assert "demo.yaml (with overrides): " + want in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_evaluation_items_without_gold_fail_before_generation(tmp_path, capsys, no_model_load):
+    p = tmp_path / "items.jsonl"
+    p.write_text(line(gold=None), encoding="utf-8")
+    assert main(["evaluate", "--items", str(p), "--out", str(tmp_path / "ev")]) == 2   # was: failed after every answer was generated
+    assert f"{p}: gold: question 'q1' has no gold letter in 'en'" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+
+
+# ---------------------------------------------------------------- a file where a folder is expected, and a folder where a file is
+
+@pytest.mark.parametrize("command", [["sample", "--model", "echo", "--limit", "1"], ["evaluate", "--limit", "1"], ["demo", "--until", "data"]])
+def test_out_naming_an_existing_file(command, tmp_path, capsys, no_model_load):
+    f = tmp_path / "results.csv"; f.write_text("keep me\n")
+    assert main([*command, "--out", str(f)]) == 2                     # was: FileExistsError / NotADirectoryError tracebacks
+    err = capsys.readouterr().err
+    assert f"{f}: is a file; expected a folder" in err and "Traceback" not in err
+    assert f.read_text() == "keep me\n"
+
+
+def test_out_below_an_existing_file(tmp_path, capsys):
+    f = tmp_path / "notes.txt"; f.write_text("x")
+    assert main(["sample", "--model", "echo", "--limit", "1", "--out", str(f / "run")]) == 2
+    assert f"{f}: is a file; expected a folder (to hold {f / 'run'})" in capsys.readouterr().err
+
+
+def test_folder_given_for_an_output_file(tmp_path, capsys):
+    from calm.data import DataError
+    from calm.loaders import release_dir
+    try: group = release_dir() / "medqa" / "test" / "test_sft_en_q_1000"
+    except DataError: pytest.skip("the paper's release is not here")
+    assert main(["drift", str(group), "--csv", str(tmp_path)]) == 2     # was: IsADirectoryError traceback
+    assert f"{tmp_path}: is a folder; expected a file" in capsys.readouterr().err
+
+
+def test_folder_given_for_an_item_file(tmp_path, capsys, no_model_load):
+    (tmp_path / "items.jsonl").mkdir()
+    assert main(["evaluate", "--items", str(tmp_path / "items.jsonl"), "--out", str(tmp_path / "ev")]) == 2
+    assert f"{tmp_path / 'items.jsonl'}: is a folder; expected a JSONL file of items" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- a full disk
+
+def test_disk_full_while_sampling_is_one_line_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+    args = ["sample", "--model", "echo", "--items", "demo:train", "--languages", "en", "fr", "--limit", "4", "-m", "2", "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    import builtins
+    import calm.store
+    appends = []
+    class FullDisk:                                                  # the third batch finds the disk full half-way
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *exc): self.f.close()
+        def write(self, data):
+            self.f.write(data[:len(data) // 2]); self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        if mode == "ab": appends.append(path); return FullDisk(f) if len(appends) >= 3 else f
+        return f
+    monkeypatch.setattr(calm.store, "open", full_open, raising=False)
+    run = tmp_path / "run"
+    assert main([*args, "--out", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"calm sample: error: no space left on device writing {run / 'samples.jsonl'}; what was written before is kept" in err
+    assert "Traceback" not in err
+    monkeypatch.delattr(calm.store, "open")                          # space freed
+    with pytest.warns(UserWarning, match="dropped a partial last line"):
+        assert main([*args, "--out", str(run)]) == 0
+    assert (run / "samples.jsonl").read_bytes() == (tmp_path / "reference" / "samples.jsonl").read_bytes()
+
+
+# ---------------------------------------------------------------- more of the same classes, through the commands users run
+
+def test_sample_refuses_what_validate_refuses(tmp_path, capsys, no_model_load):
+    p = tmp_path / "items.jsonl"
+    p.write_text(line(options=[{"label": "1", "text": "a"}, {"label": "2", "text": "b"}], gold=None), encoding="utf-8")
+    assert main(["sample", "--model", "echo", "--items", str(p), "--out", str(tmp_path / "s")]) == 2   # was: every answer "missing"
+    assert f"{p}:0: options[0].label: '1' is not an option letter" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args,want", [(["sample", "--model", "echo", "--limit", "0"], "limit: limit must be at least 1, got 0"),
+                                       (["sample", "--model", "echo", "--languages", "en", "en"], "lang: languages repeat"),
+                                       (["sample", "--model", "echo", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+                                       (["sample", "--model", "echo", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+                                       (["evaluate", "--languages", "en", "xx"], "--languages: unknown language code 'xx'"),
+                                       (["evaluate", "--languages", "sw"], "demo:test: --languages: no items in sw")])
+def test_out_of_range_options_exit_2_naming_the_option(args, want, tmp_path, capsys, no_model_load):
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert want in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_that_is_not_yaml_names_the_file(tmp_path, capsys):
+    p = tmp_path / "p.yaml"; p.write_text("name: x\nmodels: [a\n")
+    for command in (["reproduce", "--dry-run"], ["demo"]):
+        assert main([*command, "--profile", str(p), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"{p}: (file): not valid YAML" in err and "line 2" in err
+
+
+def test_unknown_model_offline_exits_2_from_the_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["sample", "--model", "no-such-org/no-such-model", "--limit", "1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model 'no-such-org/no-such-model'" in err and "Traceback" not in err

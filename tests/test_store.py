@@ -68,13 +68,88 @@ def test_partial_last_line_is_dropped_and_truncated(tmp_path):
     assert by_key(read_samples(tmp_path / "r"))["sample"].tolist() == [0, 1, 2]
 
 
-def test_damage_inside_the_file_is_an_error_not_a_silent_drop(tmp_path):
+def test_damage_inside_the_file_is_never_used_and_is_recomputed(tmp_path):
     with SampleStore(tmp_path / "r", manifest()) as st: st.append([rec(s=0), rec(s=1)])
     p = tmp_path / "r" / "samples.jsonl"
     lines = p.read_bytes().split(b"\n")
     p.write_bytes(lines[0] + b"\n" + lines[1][:10] + b"\n")
     with pytest.raises(DataError, match=r"samples.jsonl:1: unreadable line"):
-        SampleStore(tmp_path / "r", manifest())
+        read_samples(tmp_path / "r")                                    # reading never uses it
+    with pytest.warns(UserWarning, match=r"dropped 1 damaged record\(s\) \(rows 1\)"):
+        st = SampleStore(tmp_path / "r", manifest())                    # sampling into it drops it, counted
+    with st:
+        assert st.damaged_records == 1 and st.done == {("demo-041", "en", 0)}
+        assert p.read_bytes() == lines[0] + b"\n"
+
+
+def test_a_changed_byte_fails_the_record_checksum(tmp_path):
+    "Was: about 1 record in 10 with a changed byte still parsed, and its text changed silently."
+    with SampleStore(tmp_path / "r", manifest()) as st: st.append([rec(s=0, text="Answer: A"), rec(s=1, text="Answer: B")])
+    p = tmp_path / "r" / "samples.jsonl"
+    good = p.read_bytes()
+    assert all(json.loads(l)["checksum"] for l in good.splitlines())
+    p.write_bytes(good.replace(b"Answer: B", b"Answer: C"))             # still valid JSON, with the right keys
+    with pytest.raises(DataError, match=r"samples.jsonl:1: record does not match its checksum"):
+        read_samples(tmp_path / "r")
+    with pytest.warns(UserWarning, match="not matching their checksum; they are sampled again"):
+        with SampleStore(tmp_path / "r", manifest()) as st:
+            assert st.damaged_records == 1 and st.done == {("demo-041", "en", 0)}
+            st.append([rec(s=1, text="Answer: B")])
+    assert p.read_bytes() == good                                       # recomputed: as written the first time
+    assert "checksum" not in read_samples(tmp_path / "r").columns
+
+
+def test_every_single_byte_change_is_caught_or_harmless(tmp_path):
+    "Every byte of a record, changed: the record is rejected, or what is read is what was written."
+    with SampleStore(tmp_path / "r", manifest()) as st: st.append([rec(s=0, text="Explanation: fridge.\nAnswer: B")])
+    p = tmp_path / "r" / "samples.jsonl"
+    good = p.read_bytes()
+    want = read_samples(tmp_path / "r")
+    rejected = 0
+    for i in range(len(good) - 1):                                      # the newline aside: that is a torn line
+        for new in (b"x", b"7", b" "):
+            if good[i:i + 1] == new: continue
+            p.write_bytes(good[:i] + new + good[i + 1:])
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    got = read_samples(tmp_path / "r")
+            except DataError: rejected += 1; continue
+            pd.testing.assert_frame_equal(got, want)                    # e.g. a space added between JSON tokens
+    assert rejected > 2 * len(good)
+
+
+def test_stores_written_without_checksums_stay_readable(tmp_path):
+    run_dir = tmp_path / "old"
+    SampleStore(run_dir, manifest()).close()
+    m = read_manifest(run_dir); del m["record_checksums"]                  # as calm wrote stores before checksums
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+    (run_dir / "samples.jsonl").write_text(json.dumps(rec(s=0)) + "\n")
+    assert read_samples(run_dir).text.tolist() == ["Answer: A"]
+    with SampleStore(run_dir, manifest()) as st:
+        assert st.done == {("demo-041", "en", 0)} and st.damaged_records == 0
+        st.append([rec(s=1)])
+    assert read_samples(run_dir)["sample"].tolist() == [0, 1]
+
+
+def test_the_same_run_check_is_made_under_the_lock(tmp_path, monkeypatch, reference):
+    """Was: the check ran before the lock; a run (seed 8) stalled between them wrote into a store whose manifest,
+    written meanwhile by another run, said seed 7. Here the seed-7 run runs whole inside that stall."""
+    import fcntl
+    real, stalled = fcntl.flock, []
+    def flock(f, op):
+        if op & fcntl.LOCK_EX and not stalled:                          # the first lock the seed-8 run takes
+            stalled.append(f.name)
+            run(tmp_path / "run", FakeBackend(), seed=7)               # the other run, from start to end
+        return real(f, op)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.warns(UserWarning, match="sampling.seed: 7 -> 8"):
+        late = run(tmp_path / "run", FakeBackend(), seed=8)
+    assert stalled == [str(tmp_path / "run" / ".lock")]
+    assert read_manifest(tmp_path / "run")["sampling"]["seed"] == 7
+    assert by_key(read_samples(tmp_path / "run")).equals(reference)    # only seed-7 records in the seed-7 store
+    alt = Path(late.attrs["run_dir"])
+    assert alt != tmp_path / "run" and read_manifest(alt)["sampling"]["seed"] == 8 and len(late) == N_KEYS
 
 
 def test_changed_manifest_starts_a_sibling_run(tmp_path, reference):
@@ -94,6 +169,17 @@ def test_changed_manifest_starts_a_sibling_run(tmp_path, reference):
     for kw in ({"model_id": "other"}, {"prompt_hash": "abc"}, {"weights_hash": "0" * 64}):
         with pytest.warns(UserWarning, match="holds a different run"):
             assert Path(run(tmp_path / "run", FakeBackend(), **kw).attrs["run_dir"]) != tmp_path / "run"
+
+
+def test_changed_manifest_can_move_the_other_run_aside(tmp_path, reference):
+    "What the pipeline's stages use: the next stage reads the folder, so it must hold the current configuration."
+    run(tmp_path / "run", FakeBackend(), seed=8)
+    with pytest.warns(UserWarning, match=r"held a different run:\n  sampling.seed: 8 -> 7\nit was moved, whole, to .*run-"):
+        df = run(tmp_path / "run", FakeBackend(), seed=7, on_change="aside")
+    assert df.attrs["run_dir"] == str(tmp_path / "run") and read_manifest(tmp_path / "run")["sampling"]["seed"] == 7
+    assert by_key(read_samples(tmp_path / "run")).equals(reference)              # afresh, not mixed with seed 8
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run-")]
+    assert len(aside) == 1 and read_manifest(aside[0])["sampling"]["seed"] == 8 and len(read_samples(aside[0])) == N_KEYS
 
 
 def test_changed_manifest_can_raise_instead(tmp_path):
@@ -124,7 +210,8 @@ def test_duplicates_are_never_written(tmp_path):
     lines = (tmp_path / "r" / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["text"] == "Answer: A"
     # a file with duplicates (not written by the store) is refused on read
-    with open(tmp_path / "r" / "samples.jsonl", "a") as f: f.write(json.dumps(rec(s=0)) + "\n")
+    from calm.files import with_checksum
+    with open(tmp_path / "r" / "samples.jsonl", "a") as f: f.write(json.dumps(with_checksum(rec(s=0))) + "\n")
     with pytest.raises(DataError, match="duplicate keys"): read_samples(tmp_path / "r")
 
 

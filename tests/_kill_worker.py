@@ -1,0 +1,86 @@
+"""A calm job in a child process, with numbered kill points; `tests/test_kills.py` SIGKILLs it at chosen ones and resumes.
+
+Usage: python _kill_worker.py KILL_AT TRACE JOB OUT
+  KILL_AT: the event at which the process SIGKILLs itself (0: never); TRACE: a file each event is appended to ('-': none);
+  JOB: `evaluate` (`calm evaluate` on a tiny slice) or `demo` (`calm.demo.run_demo`, the main job, on a tiny slice).
+Events: `save` (a file written to its temporary path, not yet renamed into place: inside the save window), `append` (a
+batch about to go into a sample store; a kill here first writes half a record, a torn write), `appended`, `generate` (a
+generate call about to start), `adapter-save` / `adapter-saved` (around writing a trained adapter).
+"""
+import json
+import os
+import signal
+import sys
+from contextlib import contextmanager
+
+EVALUATE = ["evaluate", "--items", "demo:test", "--languages", "en", "fr", "--limit", "2", "--greedy", "--max-new-tokens", "12",
+            "--batch-size", "1"]
+DEMO = dict(languages=["en", "fr"], train_questions=3, test_questions=2, m=2, max_new_tokens=16, train_steps=1)
+
+
+def install(kill_at: int, trace: str | None):
+    import calm.files
+    import calm.sampling
+    import calm.store
+    import calm.training
+    from calm.files import with_checksum
+    count = [0]
+
+    def event(kind, what="", torn=None):
+        count[0] += 1
+        if trace:
+            with open(trace, "a") as f: f.write(json.dumps([count[0], kind, str(what)]) + "\n")
+        if count[0] == kill_at:
+            if torn is not None: torn()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_atomic = calm.files.atomic_path
+
+    @contextmanager
+    def atomic_path(path):
+        with real_atomic(path) as tmp:
+            yield tmp
+            event("save", path)
+    calm.files.atomic_path = atomic_path
+
+    real_append = calm.store.SampleStore.append
+
+    def append(self, records):
+        records = list(records)
+        def torn():
+            line = json.dumps(with_checksum(records[0]), ensure_ascii=False).encode()
+            with open(self.path, "ab") as f: f.write(line[:len(line) // 2]); f.flush(); os.fsync(f.fileno())
+        event("append", self.run_dir, torn if records else None)
+        n = real_append(self, records)
+        event("appended", self.run_dir)
+        return n
+    calm.store.SampleStore.append = append
+
+    real_generate = calm.sampling.TransformersBackend.generate
+
+    def generate(self, *a, **k):
+        event("generate")
+        return real_generate(self, *a, **k)
+    calm.sampling.TransformersBackend.generate = generate
+
+    real_save = calm.training._save_adapter
+
+    def save_adapter(model, tokenizer, out_dir):
+        event("adapter-save", out_dir)
+        real_save(model, tokenizer, out_dir)
+        event("adapter-saved", out_dir)
+    calm.training._save_adapter = save_adapter
+
+
+def main(kill_at: int, trace: str, job: str, out: str) -> int:
+    install(kill_at, None if trace == "-" else trace)
+    if job == "evaluate":
+        from calm.cli import main as calm
+        return calm(EVALUATE + ["--out", out])
+    from calm.demo import run_demo
+    run_demo(out, **DEMO)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]))
