@@ -172,7 +172,7 @@ def test_lora_served_by_vllm_equals_peft_in_transformers_and_adapters_do_not_mix
 
 @pytest.fixture(scope="module")
 def paper_run(engine, release, tmp_path_factory):
-    """`calm reproduce` of configs/paper.yaml cut down: `backend: vllm` as in the paper, the embedded model, X-CSQA from the
+    """`calm reproduce` of calm/profiles/paper.yaml cut down: `backend: vllm` as in the paper, the embedded model, X-CSQA from the
     release (2 train and 2 test questions in en and fr), m=3, short generations, 2 training steps, no notebooks (papermill is
     not in this environment): the stage runner's stages (sample, vote, pairs, train and evaluate per system, results) and
     the main report. Returns `(out, profile)`."""
