@@ -27,6 +27,7 @@ XCSQA_HUB = "INK-USC/xcsr"
 MEDQA_TRAIN_HUB = "GBaker/MedQA-USMLE-4-options"
 "Where a `release:medqa` dataset takes its (English) train questions; they are translated into the other languages."
 
+# %% ../nbs/85_stages.ipynb #08528a5a
 def medqa_items(release=None, group: str = "en", n: int | None = None, languages=None) -> tuple[list, list]:
     "The first `n` questions of a release MedQA group present in every language; `(items, languages)`, native language first."
     from calm.loaders import load_release_medqa, release_dir
@@ -45,6 +46,7 @@ def first_questions(items, n: int) -> list:
     keep = set(list(dict.fromkeys(it.qid for it in items))[:n])
     return [it for it in items if it.qid in keep]
 
+# %% ../nbs/85_stages.ipynb #1118f048
 def demo_split(split: str, n: int, languages) -> list:
     "The first `n` questions of a split of the bundled demo set, in `languages`."
     from calm.data import demo_items
@@ -69,6 +71,7 @@ def profile_items(dataset: dict, split: str, release=None, translator=None) -> l
     english = load_hub(MEDQA_TRAIN_HUB, split="train", lang="en")[:n]
     return translate_items(english, d.languages, translator, source_lang="en")
 
+# %% ../nbs/85_stages.ipynb #d27159bf
 def test_set(dataset: dict, release=None, group: str | None = None) -> tuple[list, list]:
     "`(items, languages)` a stage answers: the dataset's test questions, or a MedQA release `group` (`cn`: MCMLE) in its languages."
     if group is None: return profile_items(dataset, "test", release), list(dataset["languages"])
@@ -95,6 +98,7 @@ def profile_backend(kind: str, model: str, adapter=None):
     m, tok = load_adapter(model, adapter)
     return TransformersBackend(m, tok, name=f"{model}+{Path(adapter).name}")
 
+# %% ../nbs/85_stages.ipynb #c183ae5a
 def stage_builder(model: str, languages, rag: dict | None = None):
     "The prompt builder of a stage: by the model's tokenizer (chat or few-shot), with retrieved passages when `rag` is given."
     from transformers import AutoTokenizer
@@ -106,6 +110,7 @@ def stage_builder(model: str, languages, rag: dict | None = None):
     index = VectorIndex.open(rag["index"], embedder=Embedder(rag["embedder"]))
     return RetrievalPromptBuilder(index, k=rag["k"], style=rag["style"], scope=rag["scope"], base=base, model_id=model)
 
+# %% ../nbs/85_stages.ipynb #12c930b7
 def run_rag_index(corpus, index, embedder=None) -> Path:
     "Stage `rag:index`: the vector index of a folder of textbooks (reopened when unchanged, rebuilt when the corpus or model changed)."
     from calm.retrieval import Embedder, build_index
@@ -156,6 +161,7 @@ def run_vote(out, languages, tie: str) -> Path:
     st = run_state(out)
     return write_atomic(Path(out) / "votes.csv", vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(index=False))
 
+# %% ../nbs/85_stages.ipynb #a8224341
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
     from calm.pairs import build_pairs, prompt_messages, sft_from_votes, write_training_sets
@@ -178,10 +184,12 @@ def run_train(out, model: str, system: str, training: dict, languages, rag: dict
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     return train(TrainConfig(**{**training, "method": method, "model": model}), data, out / "adapters" / system).out_dir
 
+# %% ../nbs/85_stages.ipynb #eddfe658
 def curriculum_plan(languages, n: int = 3) -> list[list[str]]:
     "The curriculum of a run (Table 10): its first `n` languages, one more per stage; the others stay absent from training."
     return [list(languages[:i]) for i in range(1, min(n, len(languages)) + 1)]
 
+# %% ../nbs/85_stages.ipynb #8af557f9
 def run_curriculum(out, model: str, training: dict, languages) -> list:
     "Stage `train:curriculum`: CALM through `curriculum_plan(languages)` on the run's pairs, each stage saved to `out/adapters/<stage>`."
     from calm.pairs import read_pairs
@@ -231,6 +239,7 @@ def answers_of(out, store: str = "eval", systems=None) -> tuple[dict, list, list
     names = [s for s in (systems or sorted(p.name for p in d.iterdir() if p.is_dir())) if (d / s).is_dir()]
     return ({s: pd.DataFrame(extract_records(read_samples(d / s).to_dict("records"), by_key)) for s in names}, items, info["languages"], info)
 
+# %% ../nbs/85_stages.ipynb #d11ec33a
 def run_results(out, dataset: dict, systems, release=None) -> Path:
     "Stage `results`: Table 1 for the systems evaluated, to `out/results.{csv,md}`."
     from calm.evaluation import results_table
