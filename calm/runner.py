@@ -60,6 +60,7 @@ def check(self: Stage) -> str:
     needs = f" (needs {', '.join(self.needs)})" if self.needs else ""
     return f"wired: {self.model} / {self.dataset} / {self.name} -> calm.reproduce.{self.fn.__name__}{needs}"
 
+# %% ../nbs/86_runner.ipynb #d84edc92
 @patch
 def fingerprint(self: Stage) -> str | None:
     "A hash of the files the stage wrote (None when there are none yet)."
@@ -78,6 +79,7 @@ def test_sets(p: Profile, d) -> list[TestSet]:
     out = [TestSet("medqa-cn", "release:medqa", "cn")] if d.source == "release:medqa" else []
     return out + [TestSet(o.name, dataset=o.name) for o in p.datasets if o.name != d.name]
 
+# %% ../nbs/86_runner.ipynb #6de51ec8
 def curriculum_of(p: Profile, d) -> Curriculum | None:
     "The curriculum of dataset `d` (None: none): its declared one, or by default one on the profile's first dataset."
     if d.curriculum is not None: return d.curriculum
@@ -87,6 +89,7 @@ def curriculum_of(p: Profile, d) -> Curriculum | None:
 MEDQA_LANGUAGES = {"en": ["en", "zh", "fr"], "cn": ["zh", "en", "fr"]}
 "The languages of each MedQA test group, native first: a group test set is answered in all of them."
 
+# %% ../nbs/86_runner.ipynb #05cbf95a
 def _test_dataset(p: Profile, d, t: TestSet) -> dict:
     "The dataset (as a dict) whose test questions test set `t` asks."
     if t.dataset is not None:
@@ -94,6 +97,7 @@ def _test_dataset(p: Profile, d, t: TestSet) -> dict:
         return {**asdict(o), **({"test_questions": t.questions} if t.questions else {})}
     return {**asdict(d), "name": t.name, "source": t.source, "languages": MEDQA_LANGUAGES[t.group], "test_questions": t.questions or d.test_questions}
 
+# %% ../nbs/86_runner.ipynb #e935a63c
 def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     "The stages of one model and dataset, writing under `out/<model>/<dataset>/`."
     from calm.curriculum import stage_name
@@ -153,6 +157,7 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
     return stages
 
+# %% ../nbs/86_runner.ipynb #283ff9f4
 def profile_stages(p: Profile, out, release=None) -> list[Stage]:
     "Every stage of profile `p`, in order, writing under `out/<model>/<dataset>/` (Self-RAG runs under `out/rag/`)."
     stages = [st for model in p.models for d in p.datasets for st in run_stages_of(p, model, d, out, release)]
@@ -164,6 +169,7 @@ def read_stage_log(run_dir) -> dict:
     f = Path(run_dir) / "stages.json"
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
 
+# %% ../nbs/86_runner.ipynb #2b9a1fff
 def run_stages(stages, run_dir) -> dict:
     "Run `stages` in order; log each in `run_dir/stages.json`; returns `{stage key: seconds this call took}`."
     run_dir = make_dir(run_dir)
