@@ -114,6 +114,7 @@ class Sampling:
 
     def __getitem__(self, k): return getattr(self, k)
 
+# %% ../nbs/84_profile.ipynb #afe6f0b6
 @dataclass(frozen=True)
 class Evaluation:
     "How the systems answer test questions (the paper: one answer per question and language)."
@@ -126,6 +127,7 @@ class Evaluation:
 
     def __getitem__(self, k): return getattr(self, k)
 
+# %% ../nbs/84_profile.ipynb #11dab51a
 @dataclass(frozen=True)
 class Estimate:
     "The throughput assumption behind the plan's device-hours (an assumption, stated as such)."
@@ -157,6 +159,7 @@ class TestSet:
             raise ProfileError(file, f"{key}.group", f"a test group is a release:medqa group ({', '.join(MEDQA_GROUPS)}), got {self.source}/{self.group}")
         if self.questions is not None: _positive(file, f"{key}.questions", self.questions)
 
+# %% ../nbs/84_profile.ipynb #238e6924
 @dataclass(frozen=True)
 class Curriculum:
     "Table 10's curriculum: CALM trained on the first languages one more per stage, answered in `languages`."
