@@ -37,13 +37,16 @@ NON_IDENTITY_FIELDS = ("config_hash", "versions", "created", "command", "notes",
 SAMPLE_COLUMNS = ["qid", "lang", "sample", "text", "prompt_tokens", "completion_tokens", "finish_reason"]
 "Columns of a sample table, in order (extra record fields follow them)."
 
+# %% ../nbs/25_store.ipynb #0b2acf01
 def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
+# %% ../nbs/25_store.ipynb #1b5d326c
 def manifest_identity(manifest: dict) -> dict:
     "The fields of `manifest` that identify a run: everything but versions, times, command and notes."
     return {k: v for k, v in manifest.items() if k not in NON_IDENTITY_FIELDS}
 
+# %% ../nbs/25_store.ipynb #ceed83d5
 def config_hash(manifest: dict) -> str:
     "A 12-hex-digit SHA-256 of the manifest's identity fields (key order does not matter)."
     return hashlib.sha256(_canonical(manifest_identity(manifest)).encode()).hexdigest()[:12]
@@ -88,6 +91,7 @@ def manifest_diff(old: dict, new: dict) -> list[str]:
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
 "Weight-file patterns tried in order; the first that matches anything in a folder is hashed."
 
+# %% ../nbs/25_store.ipynb #33b77a7b
 def weights_sha256(path, cache_file=None) -> str:
     "SHA-256 over a weight file or a folder's weight files (names and digests), with per-file digests cached."
     path = Path(path)
@@ -113,6 +117,7 @@ def weights_sha256(path, cache_file=None) -> str:
         except OSError: pass   # a read-only cache only costs time
     return h.hexdigest()
 
+# %% ../nbs/25_store.ipynb #9a449bc0
 def model_weights_hash(model) -> str | None:
     "The weights hash of a loaded transformers model: `weights_sha256` of its local folder, else its hub commit, else None."
     src = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
