@@ -37,17 +37,20 @@ def make_dir(path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+# %% ../nbs/02_files.ipynb #13ff51dd
 def _alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
     return True
 
+# %% ../nbs/02_files.ipynb #00129f98
 def _sync_dir(folder: Path):
     fd = os.open(folder, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
+# %% ../nbs/02_files.ipynb #f1678c38
 @contextmanager
 def atomic_path(path):
     "A temporary path beside `path` (same suffix) to write to; moved onto `path`, durably, when the block ends without an error, removed when it raises."
@@ -68,6 +71,7 @@ def atomic_path(path):
         raise
     _sync_dir(path.parent)
 
+# %% ../nbs/02_files.ipynb #fbee9fac
 def write_atomic(path, data: str | bytes) -> Path:
     "Write `data` (text as UTF-8, or bytes) to `path` atomically (`atomic_path`); parents created."
     with atomic_path(path) as tmp: Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
@@ -78,6 +82,7 @@ def write_jsonl(rows: Iterable[dict], path) -> Path:
     "Write `rows` as UTF-8 JSONL to `path`, atomically; returns the path."
     return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
+# %% ../nbs/02_files.ipynb #e477ff66
 def read_jsonl(path) -> list[dict]:
     "Rows of a JSONL file (blank lines skipped); `DataError` names the row that is not valid JSON."
     path, out = Path(path), []
@@ -92,16 +97,19 @@ def read_jsonl(path) -> list[dict]:
 CHECKSUM_FIELD = "checksum"
 "The record field that holds `record_checksum`."
 
+# %% ../nbs/02_files.ipynb #eb036293
 def record_checksum(record: dict) -> str:
     "12 hex digits of the SHA-256 of `record`'s canonical JSON (keys sorted), its checksum field aside."
     body = {k: v for k, v in record.items() if k != CHECKSUM_FIELD}
     text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
+# %% ../nbs/02_files.ipynb #a76f8175
 def with_checksum(record: dict) -> dict:
     "`record` with its checksum as the last field."
     return {**{k: v for k, v in record.items() if k != CHECKSUM_FIELD}, CHECKSUM_FIELD: record_checksum(record)}
 
+# %% ../nbs/02_files.ipynb #71328529
 def checksum_ok(record: dict) -> bool:
     "Whether `record` matches its checksum (True for a record that has none)."
     return CHECKSUM_FIELD not in record or record[CHECKSUM_FIELD] == record_checksum(record)
