@@ -108,11 +108,13 @@ class MCItem:
 OPTION_LETTERS = "ABCDEFGHIJ"
 "The option letters that extraction reads and voting counts, in order."
 
+# %% ../nbs/00_data.ipynb #590cf5d0
 def fold_letter(label) -> str | None:
     "`label` as an option letter A-J with case and full-width forms folded (`ｂ` -> `B`), or None if it is no letter."
     s = unicodedata.normalize("NFKC", label).strip().upper() if isinstance(label, str) else None
     return s if s and len(s) == 1 and s in OPTION_LETTERS else None
 
+# %% ../nbs/00_data.ipynb #fe07f245
 def normalize_letter(label, file=None, row=None, field="label") -> str:
     "The option letter for `label` (case and full-width forms folded); `DataError` unless it is one of A-J."
     s = fold_letter(label)
@@ -129,6 +131,7 @@ def _text(v, err, field) -> str:
     except UnicodeEncodeError: raise err("text is not valid Unicode (a lone surrogate such as \\ud800)", field) from None
     return v.strip()
 
+# %% ../nbs/00_data.ipynb #5827dfc1
 def check_item(d: dict, file=None, row=None) -> MCItem:
     "Validate the JSONL record `d` and return it as an `MCItem`; `DataError` names what is wrong."
     def err(msg, field=None): return DataError(msg, file, row, field)
@@ -169,6 +172,7 @@ def write_items(items: Iterable[MCItem], path) -> Path:
     from calm.files import write_jsonl
     return write_jsonl((it.to_dict() for it in items), path)
 
+# %% ../nbs/00_data.ipynb #8097d8da
 def _raise_all(problems: list[DataError], what: str):
     if not problems: return
     head = "\n".join(f"  {p}" for p in problems[:20])
@@ -177,6 +181,7 @@ def _raise_all(problems: list[DataError], what: str):
     e.problems = problems
     raise e
 
+# %% ../nbs/00_data.ipynb #4529ccc7
 def read_items(path) -> list[MCItem]:
     "Read and validate a JSONL file of items; one `DataError` lists every bad row."
     path = Path(path)
@@ -206,6 +211,7 @@ def by_question(items: Iterable[MCItem]) -> dict[str, dict[str, MCItem]]:
     for it in items: out[it.qid][it.lang] = it
     return dict(out)
 
+# %% ../nbs/00_data.ipynb #e2943597
 def check_parallel(items: list[MCItem], languages: Iterable[str] | None = None, file=None) -> None:
     "Raise one `DataError` listing missing languages and cross-language gold/option mismatches."
     groups, problems = by_question(items), []
@@ -235,6 +241,7 @@ def summarize(items: Iterable[MCItem]) -> pd.DataFrame:
                      "gold_unknown": gold.get(None, 0), **{f"gold_{l}": gold.get(l, 0) for l in letters}})
     return pd.DataFrame(rows)
 
+# %% ../nbs/00_data.ipynb #c4e2a7a0
 def fingerprint(items: Iterable[MCItem]) -> str:
     "A 16-hex-digit SHA-256 of the items' canonical JSONL (order-sensitive)."
     h = hashlib.sha256()
