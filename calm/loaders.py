@@ -86,6 +86,7 @@ def read_release_rows(path) -> list[dict]:
     if not isinstance(rows, list): raise DataError(f"expected a JSON list of rows, got {type(rows).__name__}", file=path)
     return rows
 
+# %% ../nbs/01_loaders.ipynb #6d4374ab
 def release_item(row: dict, lang: str, qid: str, source: str, file=None, i=None) -> MCItem:
     "One release row (`instruction`, `input`, `output`) as an `MCItem`."
     if not isinstance(row, dict) or "input" not in row: raise DataError("missing field", file, i, "input")
@@ -95,6 +96,7 @@ def release_item(row: dict, lang: str, qid: str, source: str, file=None, i=None)
     return check_item({"qid": qid, "lang": lang, "question": q, "gold": gold, "source": source,
                        "options": [{"label": l, "text": t} for l, t in opts]}, file, i)
 
+# %% ../nbs/01_loaders.ipynb #3157ffb2
 def read_release_file(path, lang: str, prefix: str, source: str | None = None, skipped: list | None = None) -> list[MCItem]:
     "Items of one release file in `lang` (qids `{prefix}-{row}`); bad rows raise, or go to `skipped` when it is a list."
     path = Path(path); lang = normalize_lang(lang, path)
@@ -106,6 +108,7 @@ def read_release_file(path, lang: str, prefix: str, source: str | None = None, s
             skipped.append(e)
     return out
 
+# %% ../nbs/01_loaders.ipynb #f50f4482
 def row_of(item: MCItem) -> int:
     "The file row encoded in a release qid (`medqa-en-17` -> 17)."
     return int(item.qid.rsplit("-", 1)[1])
@@ -114,6 +117,7 @@ def row_of(item: MCItem) -> int:
 RELEASE_CODES = {"zh": "cn"}
 "ISO code -> the code the release uses in file names, where they differ."
 
+# %% ../nbs/01_loaders.ipynb #00d4e717
 def xcsqa_file(root, lang: str, split: str = "test", model: str = "llama") -> Path:
     "Path of the release's X-CSQA file for `lang` (`split` is `test` or `train`)."
     code = RELEASE_CODES.get(normalize_lang(lang), normalize_lang(lang))
@@ -122,6 +126,7 @@ def xcsqa_file(root, lang: str, split: str = "test", model: str = "llama") -> Pa
     suffix = "" if model == "llama" else f"_{model}"
     return root / "xcsqa" / "samples" / f"x_csqa_{code}_train{suffix}_sampled.json"
 
+# %% ../nbs/01_loaders.ipynb #dcc671cd
 def load_release_xcsqa(root=None, languages=("en", "zh", "fr", "de", "it", "ja"), split: str = "test", model: str = "llama") -> list[MCItem]:
     "X-CSQA items of the release in `languages`; qids `xcsqa-{split}-{row}`."
     root = release_dir(root)
@@ -152,12 +157,14 @@ class RowSignature:
     n_options: int
     numbers: frozenset
 
+# %% ../nbs/01_loaders.ipynb #17815d3e
 def row_signature(item: MCItem) -> RowSignature:
     "The translation-invariant signature of `item`."
     text = item.question + " " + " ".join(t for _, t in item.options)
     nums = Counter(n.replace(",", "") for n in _NUM.findall(text))
     return RowSignature(item.gold, len(item.options), frozenset(f"{k}#{i}" for k, c in nums.items() for i in range(c)))
 
+# %% ../nbs/01_loaders.ipynb #541edc90
 def signature_score(a: RowSignature, b: RowSignature) -> float:
     "Similarity of two signatures: +1/-1 for gold, -2 for different option counts, up to +2 for shared numbers."
     s = (1.0 if a.gold == b.gold else -1.0) + (0.0 if a.n_options == b.n_options else -2.0)
@@ -216,6 +223,7 @@ def medqa_group_files(group_dir) -> dict[str, Path]:
     (nl, np_), = native.items()
     return {nl: np_, **{l: p for l, p in trans.items() if l != nl}}
 
+# %% ../nbs/01_loaders.ipynb #2652f103
 @dataclass
 class MedQAGroup:
     "A MedQA group: parallel items, each translation's alignment to the native file (in file rows), and skipped rows."
@@ -230,6 +238,7 @@ class MedQAGroup:
         frames = [drift_report(a).assign(lang=l) for l, a in self.alignments.items()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+# %% ../nbs/01_loaders.ipynb #80fcc025
 def load_release_medqa(group_dir, on_drift: str = "realign") -> MedQAGroup:
     "Load one MedQA group; `on_drift` is `realign` (keep aligned rows), `raise`, or `position` (pair by row, unsafe)."
     if on_drift not in ("realign", "raise", "position"): raise ValueError(f"on_drift must be realign, raise or position, not {on_drift!r}")
@@ -266,6 +275,7 @@ def from_xcsr(rows, source: str = "hub:INK-USC/xcsr", file=None) -> list[MCItem]
                                "options": [{"label": l, "text": t} for l, t in zip(ch["label"], ch["text"])], "source": source}, file, i))
     return out
 
+# %% ../nbs/01_loaders.ipynb #02069150
 def from_medqa(rows, lang: str = "en", prefix: str = "medqa", source: str = "hub:medqa", file=None) -> list[MCItem]:
     "Items from rows in the MedQA Hub schema (`question`, `options` dict or key/value list, `answer_idx`)."
     out = []
@@ -277,6 +287,7 @@ def from_medqa(rows, lang: str = "en", prefix: str = "medqa", source: str = "hub
                                "options": [{"label": k, "text": v} for k, v in opts.items()], "source": source}, file, i))
     return out
 
+# %% ../nbs/01_loaders.ipynb #85efdd75
 def load_hub(name: str, config: str | None = None, split: str = "test", lang: str | None = None, **kw) -> list[MCItem]:
     "Load a Hub dataset with `datasets` (needs the network) and convert it by its schema."
     import datasets
