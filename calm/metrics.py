@@ -30,6 +30,7 @@ def _pred(pred) -> np.ndarray:
     if pred.shape[0] == 0: raise ValueError("no questions to score: the answers are empty")
     return pred
 
+# %% ../nbs/70_metrics.ipynb #4b9d60e3
 def correctness(pred, gold) -> np.ndarray:
     "Boolean (Q, L): the answer equals the gold letter (unparsed answers are wrong)."
     pred, gold = _pred(pred), np.asarray(gold)
@@ -40,10 +41,12 @@ def correctness(pred, gold) -> np.ndarray:
     if (gold < 0).any(): raise ValueError(f"gold is unknown (-1) for {int((gold < 0).sum())} question(s); drop them first")
     return (pred == gold[:, None]) & (pred >= 0)
 
+# %% ../nbs/70_metrics.ipynb #f914177e
 def accuracy(pred, gold) -> np.ndarray:
     "Accuracy of each language (column of `pred`) against `gold`, as an (L,) array."
     return correctness(pred, gold).mean(axis=0)
 
+# %% ../nbs/70_metrics.ipynb #581389cc
 def acc_avg(pred, gold) -> float:
     "ACC_avg: the mean of the per-language accuracies."
     return float(accuracy(pred, gold).mean())
@@ -53,11 +56,13 @@ def _comb_table(n_max: int, s_values: Sequence[int]) -> np.ndarray:
     "C(n, s) as floats, shaped (n_max + 1, len(s_values))."
     return np.array([[comb(n, s) for s in s_values] for n in range(n_max + 1)], dtype=np.float64)
 
+# %% ../nbs/70_metrics.ipynb #ed8b2a51
 def _check_s(s: int, L: int) -> int:
     "`s` as an int, or `ValueError` unless 1 <= s <= L."
     if not 1 <= int(s) <= L: raise ValueError(f"s must lie in 1..{L} (the number of languages), got {s}")
     return int(s)
 
+# %% ../nbs/70_metrics.ipynb #a72fa67c
 def consistency_at(pred, s: int, per_question: bool = False):
     "Consistency_s of (Q, L) answers: the share of s-language subsets that agree, averaged over questions (closed form)."
     pred = _pred(pred); Q, L = pred.shape
@@ -67,6 +72,7 @@ def consistency_at(pred, s: int, per_question: bool = False):
     hist = np.bincount(counts.ravel(), minlength=L + 1)
     return float(hist @ _comb_table(L, [s])[:, 0] / (Q * comb(L, s)))
 
+# %% ../nbs/70_metrics.ipynb #5a2c5e18
 def consistency_curve(pred, s_values: Sequence[int] | None = None) -> pd.Series:
     "Consistency_s for every s in `s_values` (default 2..L), as a Series indexed by s."
     pred = _pred(pred); Q, L = pred.shape
@@ -76,6 +82,7 @@ def consistency_curve(pred, s_values: Sequence[int] | None = None) -> pd.Series:
     denom = np.array([comb(L, s) for s in s_values], dtype=np.float64) * Q
     return pd.Series(hist @ _comb_table(L, s_values) / denom, index=pd.Index(s_values, name="s"), name="consistency")
 
+# %% ../nbs/70_metrics.ipynb #ca1e51e9
 def consistency_by_enumeration(pred, s: int, per_question: bool = False):
     "Consistency_s by visiting every subset of s languages (slow; the reference for the closed form)."
     pred = _pred(pred); Q, L = pred.shape
@@ -116,6 +123,7 @@ class CI:
     low: np.ndarray | float
     high: np.ndarray | float
 
+# %% ../nbs/70_metrics.ipynb #e61fbeea
 def bootstrap_means(values, n_boot: int = 1000, seed: int | None = 0, max_batch_cells: int = 1 << 22) -> np.ndarray:
     "Means over resampled questions (axis 0 of `values`), shaped (n_boot, *values.shape[1:])."
     v = np.asarray(values, dtype=np.float64)
@@ -132,6 +140,7 @@ def bootstrap_means(values, n_boot: int = 1000, seed: int | None = 0, max_batch_
         out[start:start + b] = weights @ flat / Q
     return out.reshape((n_boot,) + v.shape[1:])
 
+# %% ../nbs/70_metrics.ipynb #5cd2fdb8
 def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> CI:
     "Mean over questions of `values` (Q, ...) with a (1 - alpha) percentile bootstrap interval, resampling questions."
     v = np.asarray(values, dtype=np.float64)
@@ -150,6 +159,7 @@ class PairedBootstrap:
     high: float
     p_le_0: float  # share of resamples with diff <= 0
 
+# %% ../nbs/70_metrics.ipynb #859561b0
 def paired_bootstrap(correct_a, correct_b, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> PairedBootstrap:
     "Mean(a) - mean(b) over the same resampled questions, with a (1 - alpha) interval and the share of resamples <= 0."
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
