@@ -27,6 +27,7 @@ def gold_codes(items: Iterable[MCItem], file=None) -> dict:
         if gold.setdefault(it.qid, it.gold) != it.gold: raise DataError(f"question {it.qid!r} has different gold letters across languages", file, field="gold")
     return gold
 
+# %% ../nbs/71_evaluation.ipynb #59fac2fb
 def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0):
     "`(qids, pred (Q, L) codes, gold (Q,) codes)` for one sample index, questions in item order."
     items = list(items); gold = gold_codes(items)
@@ -46,6 +47,7 @@ def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int
     _, pred, gold = answer_matrix(records, items, languages, sample)
     return metrics_table(pred, gold, [normalize_lang(l) for l in languages], n_boot=n_boot, seed=seed)
 
+# %% ../nbs/71_evaluation.ipynb #2c649fed
 def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0) -> dict:
     "Table 1's row for one system (percent): accuracy per language, ACC_avg, Consistency_L and AC3_L."
     langs = [normalize_lang(l) for l in languages]
@@ -59,6 +61,7 @@ def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sampl
         row[f"AC3_{len(langs)}"] = 100 * float(ac3(acc.mean(), c))
     return row
 
+# %% ../nbs/71_evaluation.ipynb #75d90339
 def results_table(systems: Mapping[str, pd.DataFrame], items: Iterable[MCItem], languages, sample: int = 0) -> pd.DataFrame:
     "Table 1 for several systems: one `results_row` per named system."
     items = list(items)
