@@ -36,6 +36,7 @@ def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
         text = text[:-len(tail)]
     return text + label
 
+# %% ../nbs/72_likelihood.ipynb #dec8d5ac
 def option_continuation(builder: PromptBuilder, lang: str, letter: str) -> str:
     "The text scored for option `letter`: a space and the letter where `lang`'s separator ends with a space (`' A'`), else the letter."
     return (" " if builder.spec(lang).sep.endswith(" ") else "") + letter
@@ -238,6 +239,7 @@ def rankc_weights(n: int) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
 
+# %% ../nbs/72_likelihood.ipynb #b961f670
 def _rankings(r) -> np.ndarray:
     "Rankings as a (Q, N) integer array whose rows are permutations of 0..N-1; `ValueError` otherwise."
     r = np.asarray(r)
@@ -248,6 +250,7 @@ def _rankings(r) -> np.ndarray:
         raise ValueError(f"ranking {bad} is not a permutation of 0..{r.shape[1] - 1}: {r[bad].tolist()}")
     return r
 
+# %% ../nbs/72_likelihood.ipynb #2bc97a35
 def rankc_pair(rank_a, rank_b, per_question: bool = False):
     "RankC of two (Q, N) rankings of the same candidates (codes 0..N-1, best first): the weighted mean of P@1..P@N (closed form)."
     a, b = _rankings(rank_a), _rankings(rank_b)
@@ -263,6 +266,7 @@ def rankc_pair(rank_a, rank_b, per_question: bool = False):
     per_q = (overlap / np.arange(1, N + 1)) @ rankc_weights(N)
     return per_q if per_question else float(per_q.mean())
 
+# %% ../nbs/72_likelihood.ipynb #af483899
 def rankc_by_sets(rank_a, rank_b, per_question: bool = False):
     "RankC by the source code's sets, question by question (slow; the reference for `rankc_pair`)."
     a, b = _rankings(rank_a), _rankings(rank_b)
@@ -297,6 +301,7 @@ def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequ
             out[q, l] = codes[order]
     return np.asarray(qids), out
 
+# %% ../nbs/72_likelihood.ipynb #0da45274
 def _pairs(langs: list[str], reference: str | None) -> list[tuple[int, int]]:
     if reference is None: return list(itertools.combinations(range(len(langs)), 2))
     ref = normalize_lang(reference)
@@ -304,6 +309,7 @@ def _pairs(langs: list[str], reference: str | None) -> list[tuple[int, int]]:
     r = langs.index(ref)
     return [(r, j) for j in range(len(langs)) if j != r]
 
+# %% ../nbs/72_likelihood.ipynb #3592670a
 def rankc(rankings, languages: Sequence[str], reference: str | None = None, per_question: bool = False):
     "Mean RankC over language pairs of (Q, L, N) rankings: all pairs, or each language with `reference`."
     R = np.asarray(rankings); langs = [normalize_lang(l) for l in languages]
@@ -313,6 +319,7 @@ def rankc(rankings, languages: Sequence[str], reference: str | None = None, per_
     per_q = np.mean([rankc_pair(R[:, i], R[:, j], per_question=True) for i, j in pairs], axis=0)
     return per_q if per_question else float(per_q.mean())
 
+# %% ../nbs/72_likelihood.ipynb #5b9501e0
 def rankc_matrix(rankings, languages: Sequence[str]) -> pd.DataFrame:
     "RankC of every language pair (symmetric, 1 on the diagonal) as a DataFrame indexed by language."
     R = np.asarray(rankings); langs = [normalize_lang(l) for l in languages]
@@ -339,6 +346,7 @@ def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages:
     table.attrs.update(logprobs.attrs, evaluation=EVALUATION, questions=len(qids), languages=langs)
     return table
 
+# %% ../nbs/72_likelihood.ipynb #6618657b
 def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str]) -> dict:
     "Table 1's row (percent) from likelihood answers: accuracy per language, ACC_avg, Consistency_L, AC3_L, RankC; `evaluation`."
     from calm.evaluation import gold_codes, results_row
@@ -368,6 +376,7 @@ def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], lan
     out.attrs.update(logprobs.attrs, evaluation=EVALUATION)
     return out
 
+# %% ../nbs/72_likelihood.ipynb #9631f58a
 def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
                        s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     "System b minus system a (option log-probabilities of each) per metric, in percentage points, with paired bootstrap intervals."
