@@ -156,12 +156,14 @@ RUN_KEYS = ("data", "out_dir", "stages")
 
 _MISSING = object()
 
+# %% ../nbs/59_train_config.ipynb #410d0911
 def _plain(v):
     "A parsed value as plain data: enums as their values."
     if isinstance(v, Enum): return v.value
     if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
     return v
 
+# %% ../nbs/59_train_config.ipynb #73cab420
 class TrainConfig:
     "One run's settings as flat keys over a preset: fields of `CalmArgs`, `trl.ModelConfig` and `trl.DPOConfig`/`SFTConfig`, parsed once by TRL's parser."
     def __init__(self, **settings): self._parse(settings, ())
