@@ -68,6 +68,7 @@ def _where(frame: pd.DataFrame, i: int) -> str:
     parts = [f"{k} {frame[k].iloc[i]!r}" for k in ("qid", "lang") if k in frame.columns]
     return f" ({', '.join(parts)})" if parts else ""
 
+# %% ../nbs/60_training.ipynb #b82a299c
 def model_context(model, tokenizer=None) -> int | None:
     "The model's context length in tokens (its `max_position_embeddings`), else the tokenizer's, else None."
     cfg = getattr(model, "config", None)
@@ -77,6 +78,7 @@ def model_context(model, tokenizer=None) -> int | None:
     m = getattr(tokenizer, "model_max_length", None)
     return int(m) if m and m < 10**7 else None
 
+# %% ../nbs/60_training.ipynb #e25b4452
 def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_length: int | None = None,
                         context: int | None = None, file=None) -> pd.DataFrame:
     "`frame` if it can be trained on; `DataError` naming the first row whose chosen equals rejected or whose prompt is too long."
@@ -102,6 +104,7 @@ def trl_rows(frame: pd.DataFrame, method: str) -> list[dict]:
     "The rows TRL trains on: prompt/chosen/rejected (dpo) or prompt/completion (sft), plain strings."
     return to_trl_preference(frame) if method == "dpo" else to_trl_sft(frame)
 
+# %% ../nbs/60_training.ipynb #78e0a116
 def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
     "SHA-256 of the TRL JSONL of `frame` (equal to the sha256 of the `trl/*.jsonl` file `write_training_sets` writes)."
     h = hashlib.sha256()
@@ -125,6 +128,7 @@ def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) 
 VARIANTS = {"calm": "dpo", "calm_gold": "dpo", "sft": "sft", "sft_gold": "sft"}
 "Training variants of the paper's Table 2 and the method each is trained with."
 
+# %% ../nbs/60_training.ipynb #3dcca7be
 def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.DataFrame | None = None,
                  votes: pd.DataFrame | None = None, gold: dict | None = None, prompt_of=None) -> tuple[str, pd.DataFrame]:
     "`(method, frame)` for a Table 2 variant: `calm`/`calm_gold` from `pairs`; `sft` from `records`+`votes`; `sft_gold` from `records`+`gold`."
@@ -148,6 +152,7 @@ CONFIG_FILE = "calm_train_config.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 "The files of a saved PEFT adapter; the run record holds their SHA-256."
 
+# %% ../nbs/60_training.ipynb #49b22cad
 @dataclass
 class TrainRun:
     "What `train` returns: the run directory, its record and log, and (unless skipped) the trained model and trainer."
