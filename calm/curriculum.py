@@ -23,10 +23,12 @@ __all__ = ['DEFAULT_STAGES', 'stage_name', 'curriculum_stages', 'train_curriculu
 DEFAULT_STAGES = (("en",), ("en", "fr"), ("en", "fr", "zh"))
 "The paper's curriculum (Table 10): en, then en+fr, then en+fr+zh."
 
+# %% ../nbs/62_curriculum.ipynb #291df0df
 def stage_name(i: int, langs: Sequence[str]) -> str:
     "The folder of curriculum stage `i` (0-based) over `langs`, e.g. `01-en-fr`."
     return f"{i:02d}-{'-'.join(normalize_lang(l) for l in langs)}"   # language codes only: no path can come from the data
 
+# %% ../nbs/62_curriculum.ipynb #870906d9
 def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[list[str], pd.DataFrame]]:
     "`[(languages, rows)]` per stage, in order; `DataError` for a frame without `lang` or a stage without rows."
     if "lang" not in pairs.columns: raise DataError("a curriculum needs a lang column on the pairs", field="lang")
@@ -38,6 +40,7 @@ def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[
         out.append((langs, rows))
     return out
 
+# %% ../nbs/62_curriculum.ipynb #2f500067
 def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES, model=None, tokenizer=None,
                      skip_done: bool = True) -> list[TrainRun]:
     "Train one adapter through `stages` of growing language sets, in order, each stage continuing the previous one; each saved."
