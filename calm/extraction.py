@@ -363,6 +363,7 @@ RELEASE_SPLITS = {"en": ("Answer:",), "zh": ("答案:", "答案："), "fr": ("R�
                   "it": ("Risposta:",), "ja": ("答え:", "答え：")}
 "The labels the release's `get_ans` splits on, in its order, per language (its `cn` is our `zh`)."
 
+# %% ../nbs/30_extraction.ipynb #7af93c83
 def release_letter(text, lang: str) -> str | None:
     "The release script's reading of a completion (`get_ans`): quirks included; None where it appends nothing."
     lang = label_language(lang)
