@@ -43,6 +43,7 @@ LLM_TRANSLATE_INSTRUCTION = ("Translate the following text from {source} into {t
 LLM_TRANSLATE_PLAIN = "Translate from {source} to {target}.\n\n{source}: {text}\n{target}:"
 "The completion prompt for models without a chat template."
 
+# %% ../nbs/94_translation.ipynb #272cf312
 class LLMTranslator:
     "A causal LM translating by prompt: batched, left-padded, greedy."
     translates = True
@@ -116,6 +117,7 @@ NLLB_CODES = {"en": "eng_Latn", "zh": "zho_Hans", "fr": "fra_Latn", "de": "deu_L
 SEQ2SEQ_FAMILIES = ("nllb", "m2m100", "marian")
 "Seq2seq model families whose language codes `Seq2SeqTranslator` knows."
 
+# %% ../nbs/94_translation.ipynb #b2ace441
 def seq2seq_family(model_id: str) -> str:
     "The family (`nllb`, `m2m100`, `marian`) of an MT model id; `ValueError` when it cannot be told."
     s = model_id.lower()
@@ -124,6 +126,7 @@ def seq2seq_family(model_id: str) -> str:
     if "opus-mt" in s or "marian" in s: return "marian"
     raise ValueError(f"cannot tell the language-code scheme of {model_id!r}; pass family= one of {SEQ2SEQ_FAMILIES}")
 
+# %% ../nbs/94_translation.ipynb #dca3506c
 def mt_lang_code(family: str, lang: str) -> str:
     "The language code `family` uses for the ISO 639-1 code `lang`."
     lang = normalize_lang(lang)
@@ -254,6 +257,7 @@ def translation_key(text: str, source: str, target: str, backend: str) -> str:
     "The cache key of one translation: SHA-256 of backend name, source, target and text."
     return _sha(json.dumps([backend, source, target, text], ensure_ascii=False))
 
+# %% ../nbs/94_translation.ipynb #574f80eb
 class CachedTranslator:
     "An on-disk translation cache in front of any `Translator`."
     def __init__(self, backend: Translator, cache_dir=None):
@@ -313,6 +317,7 @@ class CachedTranslator:
 TRANSLATOR_KINDS = ("identity", "llm", "seq2seq", "web")
 "Kinds `make_translator` builds."
 
+# %% ../nbs/94_translation.ipynb #bd4fbaca
 def make_translator(kind: str = "llm", cache_dir=None, **kwargs) -> Translator:
     "A translator of `kind`, wrapped in a `CachedTranslator` (except `identity`)."
     if kind == "identity": return IdentityTranslator()
