@@ -38,12 +38,15 @@ MANIFEST_FILE, VECTORS_FILE, PASSAGES_FILE = "manifest.json", "index.faiss", "pa
 INDEX_TYPES = ("flat", "hnsw")
 PASSAGE_FIELDS = ("id", "book", "lang", "start", "end", "n_tokens", "text")
 
+# %% ../nbs/96_retrieval.ipynb #cc58b80f
 class IndexFileError(DataError):
     "A retrieval index file that is missing, unreadable, or out of step with its manifest."
 
+# %% ../nbs/96_retrieval.ipynb #27f62084
 class IndexMismatch(DataError):
     "A retrieval index built with another embedding model, chunking or corpus than the one asked for."
 
+# %% ../nbs/96_retrieval.ipynb #eabe9ea6
 @dataclass(frozen=True)
 class Passage:
     "One passage of a book: its row in the index, book, language, character span, token count, text, and a search score."
@@ -60,11 +63,13 @@ class Passage:
         "The `passages.jsonl` row (no score)."
         return {f: getattr(self, f) for f in PASSAGE_FIELDS}
 
+# %% ../nbs/96_retrieval.ipynb #382e9943
 def _replace_file(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
+# %% ../nbs/96_retrieval.ipynb #5302ca15
 def corpus_fingerprint(books: Iterable[dict], chunking: dict) -> str:
     "SHA-256 (16 hex digits) of the books' (id, language, SHA-256) and the chunking: equal fingerprints mean equal passages."
     key = {"books": sorted([b["id"], b["lang"], b["sha256"]] for b in books), "chunking": chunking}
@@ -334,10 +339,12 @@ def build_index(corpus, path, embedder=None, max_tokens: int = 128, overlap: int
 SCOPES = ("same", "all")
 "Named retrieval scopes; a language code or a list of codes is also a scope."
 
+# %% ../nbs/96_retrieval.ipynb #a0e8713f
 def question_query(item: MCItem) -> str:
     "The retrieval query for `item`: its question, then one `X. option` line per option."
     return item.question.strip() + "\n" + "\n".join(f"{l}. {t}" for l, t in item.options)
 
+# %% ../nbs/96_retrieval.ipynb #e825e1f6
 def scope_languages(scope, lang: str) -> list[str] | None:
     "The languages to search for a question in `lang` under `scope` (None: all)."
     if scope == "same": return [normalize_lang(lang)]
@@ -345,6 +352,7 @@ def scope_languages(scope, lang: str) -> list[str] | None:
     codes = scope.split(",") if isinstance(scope, str) else list(scope)
     return sorted({normalize_lang(c, field="scope") for c in codes})
 
+# %% ../nbs/96_retrieval.ipynb #a6470672
 def retrieve(index: VectorIndex, items: Sequence[MCItem], k: int = 3, scope="same") -> list[list[Passage]]:
     "The top-`k` passages for each item (question plus options as the query), searched in the languages `scope` names."
     items, out = list(items), {}
@@ -370,12 +378,15 @@ RAG_HEADERS = {
 }
 "The line above the passages in a plain RAG prompt, per language (English for others)."
 
+# %% ../nbs/96_retrieval.ipynb #22480761
 def is_selfrag_model(name) -> bool:
     "Whether the model name or path looks like a Self-RAG checkpoint (`selfrag/selfrag_llama2_7b`, `self-rag-...`)."
     return bool(name) and "selfrag" in re.sub(r"[\s_\-]", "", str(name).lower())
 
+# %% ../nbs/96_retrieval.ipynb #1503e13a
 def _clean(text: str) -> str: return " ".join(text.split())
 
+# %% ../nbs/96_retrieval.ipynb #80eba78e
 def passage_block(passages: Sequence[Passage], lang: str) -> str:
     "The header and numbered passages `[i] (book) text` of a plain RAG prompt."
     lang = normalize_lang(lang)
@@ -383,6 +394,7 @@ def passage_block(passages: Sequence[Passage], lang: str) -> str:
     sep = "：" if lang in ("zh", "ja") else ":"
     return head + sep + "\n" + "\n".join(f"[{i}] ({p.book}) {_clean(p.text)}" for i, p in enumerate(passages, 1))
 
+# %% ../nbs/96_retrieval.ipynb #79364366
 def rag_prompt(item: MCItem, passages: Sequence[Passage], style: str = "plain", builder: PromptBuilder | None = None) -> str:
     "The prompt for `item` with `passages` in it: `builder`'s prompt with a passage block (`plain`), or Self-RAG's format (`selfrag`)."
     if style not in STYLES: raise ValueError(f"style must be one of {STYLES}, not {style!r}")
