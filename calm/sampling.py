@@ -29,6 +29,7 @@ def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
     keys = list(keys)
     return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
 
+# %% ../nbs/20_sampling.ipynb #3a4aea06
 def batch_seed(seed: int, b: int) -> int:
     "The seed of batch `b` of a run seeded with `seed`: a 31-bit hash of both."
     return int.from_bytes(hashlib.sha256(f"calm-batch:{int(seed)}:{int(b)}".encode()).digest()[:4], "little") & 0x7FFFFFFF
