@@ -24,6 +24,7 @@ from importlib.resources import files
 CONFIGS_DIR = Path(str(files("calm") / "profiles"))
 "Where `--profile NAME` looks for `NAME.yaml`: the profiles shipped in the package (`calm/profiles/`)."
 
+# %% ../nbs/84_profile.ipynb #d6b08992
 NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Consistency, AC3",
              "table2": "Table 2: SFT and DPO trained with ground truth",
              "table3": "Table 3: cross-dataset generalization",
@@ -38,6 +39,7 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 "Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
+# %% ../nbs/84_profile.ipynb #8f413e2d
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2)."
 
