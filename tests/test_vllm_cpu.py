@@ -54,13 +54,13 @@ def engine(model_dir):
 
 
 def train_with_calm_train(model_dir, root, name, method, rows):
-    """An adapter trained by `calm train` (configs/train.yaml with a few overrides: `method`, 3 steps, a learning rate large
+    """An adapter trained by `calm train` (configs/train.yaml with a few overrides: `method`, `model_name_or_path`, 3 steps, a learning rate large
     enough that 3 steps change greedy answers) on `rows`; returns `(adapter folder, the PEFT model of it in transformers)`."""
     from calm.cli import main
     from calm.files import write_jsonl
     from calm.training import load_adapter
     run = yaml.safe_load((Path(__file__).parents[1] / "configs" / "train.yaml").read_text())   # the checkout's example run file
-    run.update(method=method, model=str(model_dir), data=str(write_jsonl(rows, root / f"{name}.jsonl")), out_dir=str(root / name),
+    run.update(method=method, model_name_or_path=str(model_dir), data=str(write_jsonl(rows, root / f"{name}.jsonl")), out_dir=str(root / name),
                learning_rate=2e-3, max_steps=3, seed=0)
     (root / f"{name}.yaml").write_text(yaml.safe_dump(run))
     assert main(["train", "--config", str(root / f"{name}.yaml")]) == 0
