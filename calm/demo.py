@@ -129,7 +129,7 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
         lines += ["## Training: does DPO learn? (CALM's held-out pairs)", "",
                   "`train_curves.png`: DPO's loss, reward margin and preference accuracy per step, on the pairs it trains on and on the "
                   "held-out pairs (whole train questions kept out of training). At step 0 the policy equals the reference, so the held-out loss "
-                  "is ln 2 = 0.693, the margin 0 and the accuracy 0.", "", (out / "training_curves.md").read_text(encoding="utf-8"), "",
+                  "is ln 2 = 0.693, the margin 0 and the accuracy 0.", "", curves.to_markdown(index=False, floatfmt=".4f"), "",
                   "![training curves](train_curves.png)", ""]
     parsed = pd.DataFrame({name: r.groupby("lang").letter.agg(lambda x: 100 * x.notna().mean()).reindex(L)
                            for name, r in systems.items()}).T.rename_axis("system").reset_index()
