@@ -20,7 +20,8 @@ from .runs import run_views
 from .stages import profile_items
 
 # %% auto #0
-__all__ = ['STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'write_main_report', 'run_demo']
+__all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'training_curves',
+           'write_main_report', 'run_demo']
 
 # %% ../nbs/89_demo.ipynb #c53184255
 def figure_results(table: pd.DataFrame, languages, path_stem, n: int | None = None, k: int | None = None):
@@ -55,6 +56,26 @@ def data_summary(p: Profile, out, release=None) -> Path:
     d = p.datasets[0]
     table = pd.concat([summarize(profile_items(asdict(d), s, release)).assign(split=s) for s in ("train", "test")], ignore_index=True)
     return write_table(table[["split"] + [c for c in table.columns if c != "split"]], Path(out) / "data_summary")[0]
+
+# %% ../nbs/89_demo.ipynb #c61735120
+HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin", "eval_rewards/accuracies": "held-out preference accuracy"}
+"DPO's held-out metrics (TRL's `eval_` log keys) the report shows before and after training."
+
+def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
+    "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder` (train and held-out loss, reward margin, preference accuracy) and its held-out metrics before (step 0: the policy is the reference, so loss ln 2, margin 0, accuracy 0) and after training."
+    import json, math
+    from calm.figures import plot_train_curves, run_title
+    d = Path(folder) / "adapters" / system
+    if not (d / "train_log.csv").is_file(): return pd.DataFrame()
+    log, info = pd.read_csv(d / "train_log.csv"), json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
+    fig = plot_train_curves(log, "dpo", title=run_title("dpo", system), n=info["data"]["train_rows"])
+    for ext in ("png", "pdf"): fig.savefig(Path(out) / f"train_curves.{ext}", dpi=110)
+    ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
+    start = {"eval_loss": math.log(2), "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.0}
+    return pd.DataFrame([{"metric": name, "held_out_pairs": info["data"]["eval_rows"], "step_0": start[k],
+                          "first_eval_step": int(ev.step.iloc[0]) if len(ev) else None, "first_eval": ev[k].iloc[0] if len(ev) else None,
+                          "last_step": int(ev.step.iloc[-1]) if len(ev) else None, "last_eval": ev[k].iloc[-1] if len(ev) else None}
+                         for k, name in HELD_OUT.items()])
 
 # %% ../nbs/89_demo.ipynb #c80132946
 def _comparison(systems, items, languages, seed: int) -> pd.DataFrame:
@@ -103,6 +124,14 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
               f"{pct(q.chosen_is_gold)} have a chosen answer that equals gold (gold is never used to build them), and "
               f"{int(q.untranslated)} had a chosen side in another language with no translation: those are kept apart "
               "(`data/calm_pairs_untranslated.jsonl`) and not trained on.", "", (out / "pair_quality.md").read_text(encoding="utf-8"), ""]
+    curves = training_curves(v.folder, out)
+    if len(curves):
+        write_table(curves.round(4), out / "training_curves")
+        lines += ["## Training: does DPO learn? (CALM's held-out pairs)", "",
+                  "`train_curves.png`: DPO's loss, reward margin and preference accuracy per step, on the pairs it trains on and on the "
+                  "held-out pairs (whole train questions kept out of training). At step 0 the policy equals the reference, so the held-out loss "
+                  "is ln 2 = 0.693, the margin 0 and the accuracy 0.", "", curves.to_markdown(index=False, floatfmt=".4f"), "",
+                  "![training curves](train_curves.png)", ""]
     parsed = pd.DataFrame({name: r.groupby("lang").letter.agg(lambda x: 100 * x.notna().mean()).reindex(L)
                            for name, r in systems.items()}).T.rename_axis("system").reset_index()
     write_table(parsed.round(1), out / "parse_rates")

@@ -33,7 +33,8 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
              "table10": "Table 10: language curriculum, with languages absent from training",
              "fig3": "Figure 3: monolingual accuracy vs multilingual majority vote",
              "rag": "retrieval-augmented prompts (Self-RAG rows of Tables 1 and 9)",
-             "release": "the label-free core on the paper's released samples"}
+             "release": "the label-free core on the paper's released samples",
+             "study": "the X-CSQA study: base, SFT and CALM in six languages, generation and option likelihood, paired intervals"}
 "Experiment notebooks (`nbs/experiments/{name}.ipynb`) `calm reproduce` can run."
 
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
@@ -182,6 +183,7 @@ class Dataset:
     test_questions: int
     tests: dict | None = None                # {name: TestSet}; None: the defaults described above
     curriculum: dict | None = None           # Curriculum fields; None: the default
+    test_languages: list | None = None       # languages the test questions are answered in; None: `languages` (trained on, voted across)
 
     def check(self, file, key):
         if self.source not in SOURCES: raise ProfileError(file, f"{key}.source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
@@ -191,6 +193,12 @@ class Dataset:
             except ValueError: raise ProfileError(file, f"{key}.languages[{j}]", f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
         if len(set(langs)) < 2: raise ProfileError(file, f"{key}.languages", "the vote needs at least two different languages")
         object.__setattr__(self, "languages", langs)
+        if self.test_languages is not None:
+            tl = []
+            for j, l in enumerate(self.test_languages):
+                try: tl.append(normalize_lang(str(l)))
+                except ValueError: raise ProfileError(file, f"{key}.test_languages[{j}]", f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
+            object.__setattr__(self, "test_languages", tl)
         for k in ("train_questions", "test_questions"): _positive(file, f"{key}.{k}", getattr(self, k))
         if self.source == "demo":
             for k, n in (("train_questions", 40), ("test_questions", 20)):

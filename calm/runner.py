@@ -109,14 +109,15 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     def S(name, fn, needs=(), outputs=(), tables=(), **kw): stages.append(Stage(model, d.name, name, fn, {"out": o, **kw}, needs, outputs, tables))
     ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.sampling.batch_size, release=rel)
     gold = lambda s: ("table2",) if s.endswith("_gold") else ()
+    test_ds = {**ds, "languages": list(d.test_languages or L)}   # the test questions in the test languages (default: the trained ones)
     S("sample", run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend, dataset=ds, sampling=asdict(p.sampling), release=rel)
     S("vote", run_vote, (), ("votes.csv",), languages=L, tie=p.sampling.tie)
     S("pairs", run_pairs, net, ("data",), model=model, languages=L)
     for s in p.systems:
         if s != "base": S(f"train:{s}", run_train, ("GPU",) + net, (f"adapters/{s}",), gold(s), model=model, system=s, training=dict(p.training), languages=L)
     for s in p.systems:
-        S(f"evaluate:{s}", run_evaluate, gpu + net, (f"eval/{s}",), gold(s), model=model, system=s, dataset=ds, **ev)
-    S("results", run_results, (), ("results.csv", "results.md"), dataset=ds, systems=list(p.systems), release=rel)
+        S(f"evaluate:{s}", run_evaluate, gpu + net, (f"eval/{s}",), gold(s), model=model, system=s, dataset=test_ds, **ev)
+    S("results", run_results, (), ("results.csv", "results.md"), dataset=test_ds, systems=list(p.systems), release=rel)
     for t in test_sets(p, d):                  # Tables 3 and 9: each system on more test sets
         td = _test_dataset(p, d, t)
         for s in t.systems or p.systems:

@@ -64,9 +64,9 @@ def test_bad_profile_exits_2_from_the_cli(tmp_path, capsys):
 def test_demo_dry_run_prints_the_plan(release, capsys):
     assert main(["reproduce", "--profile", "demo", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    # demo.yaml: 16 train questions x 3 languages x m=3 samples; 5 systems x 20 test questions x 3 languages x 1 answer;
+    # demo.yaml: 32 train questions x 3 languages x m=3 samples; 5 systems x 20 test questions x 3 languages x 1 answer;
     # the notebooks' own: MedQA 2 groups x 8 x 3 x 3 systems, curriculum 10 x 6 x 4, RAG 8 x 4; 96 tokens per completion at 25 tokens/s
-    gens = 16 * 3 * 3 + 5 * 20 * 3 + 2 * 8 * 3 * 3 + 10 * 6 * 4 + 8 * 4
+    gens = 32 * 3 * 3 + 5 * 20 * 3 + 2 * 8 * 3 * 3 + 10 * 6 * 4 + 8 * 4
     assert f"total: {gens} generations, {gens * 96} generated tokens, {gens * 96 / 25 / 3600:.3g} CPU-hours" in text
     assert "ok: notebook table1" in text and "not implemented" not in text
     assert "wired: smollm2-135m / demo / evaluate:CALM@MedQA-cn" in text and "wired: smollm2-135m / demo / train:curriculum" in text
