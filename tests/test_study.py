@@ -1,4 +1,4 @@
-"The X-CSQA study profile (configs/study.yaml): it validates, plans the six-language test, and (slow) runs end to end on a tiny slice."
+"The X-CSQA study profile (calm/profiles/study.yaml): it validates, plans the six-language test, and (slow) runs end to end on a tiny slice."
 import json
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from calm.reproduce import CONFIGS_DIR, ProfileError, load_profile, plan, profil
 
 
 def _study(tmp_path, name="s", **changes):
-    "A copy of configs/study.yaml with `changes` applied (dotted keys); returns its path."
+    "A copy of calm/profiles/study.yaml with `changes` applied (dotted keys); returns its path."
     raw = yaml.safe_load((CONFIGS_DIR / "study.yaml").read_text())
     for key, value in changes.items():
         *parents, last = key.split(".")
