@@ -44,6 +44,7 @@ def vote_stats(st: dict, languages) -> pd.DataFrame:
                              "parsed": float(recs.letter.notna().mean()), "first_sample_accuracy": float((votes.winner == votes.qid.map(gold)).mean())}
     return stats
 
+# %% ../nbs/89_demo.ipynb #cbfd6753
 def stage_times(run_dir, prefix: str) -> pd.DataFrame:
     "Seconds per stage of one run, as the run that computed each stage measured them (a rerun that reuses a stage keeps them)."
     log = {k[len(prefix):]: v for k, v in read_stage_log(run_dir).items() if k.startswith(prefix)}
@@ -61,6 +62,7 @@ def data_summary(p: Profile, out, release=None) -> Path:
 HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin", "eval_rewards/accuracies": "held-out preference accuracy"}
 "DPO's held-out metrics (TRL's `eval_` log keys) the report shows before and after training."
 
+# %% ../nbs/89_demo.ipynb #3d0b6bd3
 def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
     "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder` (train and held-out loss, reward margin, preference accuracy) and its held-out metrics before (step 0: the policy is the reference, so loss ln 2, margin 0, accuracy 0) and after training."
     import json, math
@@ -149,6 +151,7 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
 STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
 "Where `calm demo --until` may stop, in order (`evaluate` includes the run's results table)."
 
+# %% ../nbs/89_demo.ipynb #1934ae25
 def run_demo(out="reports/demo", profile="demo", until: str = "report", release=None, **overrides) -> dict:
     "Run the main stages of `profile` (with `overrides`, see `calm.profile.override`) into `out/_run` up to `until`, then the report; returns `{name: path}` and this call's stage seconds under `timings`."
     if until not in STAGES: raise ValueError(f"until must be one of {STAGES}, not {until!r}")
