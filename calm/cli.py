@@ -77,7 +77,7 @@ def demo_command(
     train_questions: int | None = None,                    # train questions to self-align on (default: the profile's; demo: 16 of 40)
     m: int | None = None,                                  # samples per question and language (default: the profile's; demo: 3)
     max_new_tokens: int | None = None,                     # tokens per completion, sampling and evaluation (default: the profile's; demo: 96)
-    steps: int | None = None,                              # training steps for DPO and for SFT (default: the profile's; demo: 4)
+    steps: int | None = None,                              # training steps for DPO and for SFT (default: the profile's; demo: 20)
     until: Literal[STAGES] = default_of(run_demo, "until"),  # stop after this stage
 ) -> dict:
     "Run the main job on the bundled demo set (or on another profile's first run). The main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) run exactly as `calm reproduce` runs them, then OUT/main_job.md is written. Resumes where a previous run stopped; the last line prints the report's path."
