@@ -69,7 +69,10 @@ def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
     from calm.figures import plot_train_curves, run_title
     d = Path(folder) / "adapters" / system
     if not (d / "train_log.csv").is_file(): return pd.DataFrame()
-    log, info = pd.read_csv(d / "train_log.csv"), json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
+    try: log = pd.read_csv(d / "train_log.csv")
+    except pd.errors.EmptyDataError: return pd.DataFrame()         # a run too short to log anything (e.g. one step)
+    if log.empty: return pd.DataFrame()
+    info = json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
     fig = plot_train_curves(log, "dpo", title=run_title("dpo", system), n=info["data"]["train_rows"])
     for ext in ("png", "pdf"): fig.savefig(Path(out) / f"train_curves.{ext}", dpi=110)
     ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
