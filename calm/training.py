@@ -216,7 +216,7 @@ def run_is_done(out_dir, config: TrainConfig, data_sha256: str) -> bool:
 def _skipped_run(out_dir: Path) -> TrainRun:
     "The `TrainRun` of a finished run directory, without a model."
     log_path = out_dir / "train_log.csv"
-    return TrainRun(out_dir, read_run_info(out_dir), pd.read_csv(log_path) if log_path.exists() else pd.DataFrame(), skipped=True)
+    return TrainRun(out_dir, read_run_info(out_dir), pd.read_csv(log_path) if log_path.exists() and log_path.stat().st_size > 1 else pd.DataFrame(), skipped=True)
 
 # %% ../nbs/60_training.ipynb #15a635a5
 def log_frame(log_history: list[dict]) -> pd.DataFrame:
