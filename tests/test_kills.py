@@ -48,6 +48,11 @@ def content(rel: str, path: Path):
     name = Path(rel).name
     if name == "stages.json" and rel.startswith("_run/"): return None
     if name == "main_job.md": return path.read_text(encoding="utf-8").split("## Stage times")[0]
+    if name == "train_log.csv":                           # TRL logs timings (train/eval runtime, samples per second): measurements
+        import pandas as pd
+        try: log = pd.read_csv(path)
+        except pd.errors.EmptyDataError: return []
+        return log[[c for c in log.columns if "runtime" not in c and "per_second" not in c]].to_dict("records")
     if name.endswith(".json") and ("manifest" in name or name == "calm_train_config.json"):
         d = json.loads(path.read_text(encoding="utf-8"))
         d = {k: v for k, v in d.items() if k not in RUN_FIELDS}
