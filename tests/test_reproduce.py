@@ -10,9 +10,9 @@ from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profi
 from calm.data import read_items
 
 
-def _profile(tmp_path, name="p", **changes):
-    "A copy of calm/profiles/demo.yaml with `changes` applied (dotted keys; None deletes); returns its path."
-    raw = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
+def _profile(tmp_path, name="p", profile="demo", **changes):
+    "A copy of calm/profiles/{profile}.yaml with `changes` applied (dotted keys; None deletes); returns its path."
+    raw = yaml.safe_load((CONFIGS_DIR / f"{profile}.yaml").read_text())
     for key, value in changes.items():
         *parents, last = key.split(".")
         d = raw

@@ -12,15 +12,8 @@ from calm.reproduce import CONFIGS_DIR, ProfileError, load_profile, plan, profil
 
 def _study(tmp_path, name="s", **changes):
     "A copy of calm/profiles/study.yaml with `changes` applied (dotted keys); returns its path."
-    raw = yaml.safe_load((CONFIGS_DIR / "study.yaml").read_text())
-    for key, value in changes.items():
-        *parents, last = key.split(".")
-        d = raw
-        for k in parents: d = d[k]
-        d[last] = value
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return f
+    from test_reproduce import _profile
+    return _profile(tmp_path, name, profile="study", **changes)
 
 
 def test_study_profile_validates_and_plans_a_six_language_test(release, capsys):
