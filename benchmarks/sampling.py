@@ -108,7 +108,8 @@ def vllm_worker(cfg: dict) -> None:
     import vllm  # noqa: F401
     import_s = time.perf_counter() - t0
     from calm.models import DEFAULT_MODEL, cached_model_dir
-    from calm.sampling import VLLMBackend, sample
+    from calm.sampling import sample
+    from calm.serving import VLLMBackend
     a = argparse.Namespace(**cfg)
     items, langs, _ = workload(a)
     t = time.perf_counter()
