@@ -172,6 +172,8 @@ def main(argv=None):
                     help="rounds of each engine beside --neighbours busy processes (`python -c 'while True: pass'`): the slowdown")
     ap.add_argument("--neighbours", type=int, default=1)
     ap.add_argument("--no-generate", action="store_true", help="leave the batched generate baseline out")
+    ap.add_argument("--loop-bfloat16", action="store_true",
+                    help="also run the hand-written loop on the model loaded in bfloat16 (`hand_written_loop_bfloat16`)")
     ap.add_argument("--naive-prompts", type=int, default=0, help="also run generate once per prompt and sample on this many prompts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
@@ -233,9 +235,20 @@ def main(argv=None):
         return n_tok, n
 
     engines = {"hand_written_loop": hand_written_loop}
+    if a.loop_bfloat16:
+        t = time.perf_counter(); model16, tok16 = load_model(DEFAULT_MODEL, device=dev, dtype=torch.bfloat16)
+        load16_s = time.perf_counter() - t
+        backend16 = TransformersBackend(model16, tok16, name=DEFAULT_MODEL)
+        backend16.generate(prompts[:1], 1, max_new_tokens=4, seed=0)
+
+        def hand_written_loop_bfloat16(seed):
+            recs = sample(items, langs, a.m, seed=seed, backend=backend16, batch_size=a.batch_size, progress=False, **kw)
+            return sum(r["completion_tokens"] for r in recs), len(recs)
+        engines["hand_written_loop_bfloat16"] = hand_written_loop_bfloat16
     if not a.no_generate: engines["batched_generate"] = batched_generate
     if a.naive_prompts: engines["naive_generate_per_sample"] = naive_loop
     startup = {name: {"model_load_s": round(load_s, 2)} for name in engines}
+    if a.loop_bfloat16: startup["hand_written_loop_bfloat16"] = {"model_load_s": round(load16_s, 2)}
     workers, log_path = {}, Path(tempfile.gettempdir()) / "calm-bench-sampling-vllm.log"     # vLLM's own log
     vpy = a.vllm_python and Path(a.vllm_python)
     if vpy and not cuda:
@@ -306,7 +319,9 @@ def main(argv=None):
             "decode_only_tokens_per_s": round(rows / step_s, 2), "decode_step_matmul_s": round(step_s, 5),
             "prefill_matmul_s": round(prefill_s, 4)}
 
-    def engine_dtype(name): return name.split("_")[2] if name.startswith("vllm_cpu_") else str(model.dtype).replace("torch.", "")
+    def engine_dtype(name):
+        if name.startswith("vllm_cpu_"): return name.split("_")[2]
+        return "bfloat16" if name.endswith("_bfloat16") else str(model.dtype).replace("torch.", "")
     ceiling = max(v["tokens_per_s"] for v in roof.values())          # the faster of torch's float32 and bfloat16 matmuls
     result = {"engines": {}}
     for name, rs in rounds.items():

@@ -22,7 +22,8 @@ from .files import file_sha256
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'EmbeddedModel', 'ModelNotInstalled', 'ModelNotFound',
            'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir', 'build_once',
-           'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'resolve_model', 'load_model']
+           'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'native_bfloat16',
+           'inference_dtype', 'resolve_model', 'load_model']
 
 # %% ../nbs/15_models.ipynb #4ad60b60
 @dataclass(frozen=True)
@@ -188,6 +189,22 @@ def default_device() -> str:
     "`cuda` when a CUDA GPU is available, else `cpu`."
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+# %% ../nbs/15_models.ipynb #8469342e
+def native_bfloat16(device: str | None = None) -> bool:
+    "Whether `device` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates it, slowly)."
+    import torch
+    device = str(device or default_device())
+    if device.startswith("cuda"): return True
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+# %% ../nbs/15_models.ipynb #7c6c52fc
+def inference_dtype(dtype: str | None = "auto", device: str | None = None) -> str:
+    "The dtype name a sampling or answering model loads in: `auto` is bfloat16 where `native_bfloat16(device)`, else float32; a name is checked and kept."
+    if dtype in (None, "auto"): return "bfloat16" if native_bfloat16(device) else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"): raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return dtype
 
 # %% ../nbs/15_models.ipynb #79eacaa5
 def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:

@@ -230,6 +230,7 @@ class Profile:
     notebooks: list
     parameters: dict = field(default_factory=dict)   # {notebook: {parameter: value}}: passed to that notebook by papermill
     rag: dict = field(default_factory=dict)          # retrieval-augmented runs: datasets, corpus, embedder, generator, k, scope, style
+    dtype: str = "auto"                              # the weights sampling and answering read: auto (calm.models.inference_dtype), float32, bfloat16
 
     def dataset(self, name: str) -> Dataset:
         "The dataset called `name`."
@@ -276,7 +277,7 @@ def find_profile(profile) -> Path:
 
 # %% ../nbs/84_profile.ipynb #c08529913
 _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "sampling", "training", "evaluation",
-        "systems", "estimate", "notebooks", "parameters", "rag"}
+        "systems", "estimate", "notebooks", "parameters", "rag", "dtype"}
 _RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 
 def _models(file, models) -> list:
@@ -334,6 +335,8 @@ def load_profile(profile) -> Profile:
     name = _typed(file, "name", raw["name"], str)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name): raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
     if raw["backend"] not in ("transformers", "vllm"): raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
+    dtype = raw.get("dtype", "auto")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"): raise ProfileError(file, "dtype", f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
     rd = raw.get("release_dir")
     if rd is not None:
         rd = _path(file, _typed(file, "release_dir", rd, str))
@@ -364,4 +367,4 @@ def load_profile(profile) -> Profile:
     for n in params:
         if n not in notebooks: raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
     return Profile(name, file, str(raw.get("description", "")), raw["backend"], rd, models, datasets, sampling, training,
-                   evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets))
+                   evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets), dtype)

@@ -107,10 +107,10 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     hub = ("network (MedQA train questions from the hub, translated)",) if d.source == "release:medqa" else ()
     stages = []
     def S(name, fn, needs=(), outputs=(), tables=(), **kw): stages.append(Stage(model, d.name, name, fn, {"out": o, **kw}, needs, outputs, tables))
-    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.sampling.batch_size, release=rel)
+    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.sampling.batch_size, release=rel, dtype=p.dtype)
     gold = lambda s: ("table2",) if s.endswith("_gold") else ()
     test_ds = {**ds, "languages": list(d.test_languages or L)}   # the test questions in the test languages (default: the trained ones)
-    S("sample", run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend, dataset=ds, sampling=asdict(p.sampling), release=rel)
+    S("sample", run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend, dataset=ds, sampling=asdict(p.sampling), release=rel, dtype=p.dtype)
     S("vote", run_vote, (), ("votes.csv",), languages=L, tie=p.sampling.tie)
     S("pairs", run_pairs, net, ("data",), model=model, languages=L)
     for s in p.systems:
@@ -146,7 +146,7 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     T = ("table1", "table9")
     stages = [Stage(g, d.name, "rag:index", run_rag_index, {"corpus": r["corpus"], "index": idx, "embedder": r["embedder"]}, net, (), T),
               Stage(g, d.name, "rag:sample", run_sample, {"out": o, "model": g, "backend": p.backend, "dataset": ds, "sampling": asdict(p.sampling),
-                                                          "release": rel, "rag": rag_kw}, gpu + net, ("samples",), T),
+                                                          "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net, ("samples",), T),
               Stage(g, d.name, "rag:vote", run_vote, {"out": o, "languages": L, "tie": p.sampling.tie}, (), ("votes.csv",), T),
               Stage(g, d.name, "rag:pairs", run_pairs, {"out": o, "model": g, "languages": L, "rag": rag_kw}, net, ("data",), T),
               Stage(g, d.name, "rag:train:CALM", run_train, {"out": o, "model": g, "system": "CALM", "training": dict(p.training), "languages": L,
@@ -154,7 +154,7 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     for s in ("base", "CALM"):
         stages.append(Stage(g, d.name, f"rag:evaluate:{s}", run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s, "dataset": ds,
                             "evaluation": asdict(p.evaluation), "seed": p.sampling.seed, "batch_size": p.sampling.batch_size, "release": rel,
-                            "rag": rag_kw}, gpu + net, (f"eval/{s}",), T))
+                            "rag": rag_kw, "dtype": p.dtype}, gpu + net, (f"eval/{s}",), T))
     stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
     return stages
 

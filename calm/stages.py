@@ -85,17 +85,21 @@ def run_slug(model: str) -> str:
 # %% ../nbs/85_stages.ipynb #c09518915
 _VLLM_ENGINES: dict = {}
 
-def profile_backend(kind: str, model: str, adapter=None):
-    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU, or vLLM's CPU build), with `adapter` if given."
+def profile_backend(kind: str, model: str, adapter=None, dtype: str = "auto"):
+    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU, or vLLM's CPU build), with `adapter` if given, in `dtype` (`calm.models.inference_dtype`)."
     from calm.sampling import TransformersBackend
     if kind == "vllm":                               # one engine per model for every stage, each adapter served through it
         from calm.serving import VLLMBackend
         from calm.models import resolve_model          # an embedded name (smollm2-135m) is served from its converted cache folder
-        if model not in _VLLM_ENGINES: _VLLM_ENGINES[model] = VLLMBackend(resolve_model(model), enable_lora=True)
-        return _VLLM_ENGINES[model].with_lora(adapter)
-    if adapter is None: return TransformersBackend.from_name(model)
+        auto = dtype in (None, "auto")                   # auto: VLLMBackend's own choice for the platform
+        key = model if auto else (model, dtype)
+        if key not in _VLLM_ENGINES: _VLLM_ENGINES[key] = VLLMBackend(resolve_model(model), enable_lora=True, **({} if auto else {"dtype": dtype}))
+        return _VLLM_ENGINES[key].with_lora(adapter)
+    from calm.models import inference_dtype
+    dtype = inference_dtype(dtype)
+    if adapter is None: return TransformersBackend.from_name(model, dtype=dtype)
     from calm.training import load_adapter
-    m, tok = load_adapter(model, adapter)
+    m, tok = load_adapter(model, adapter, dtype=dtype)
     return TransformersBackend(m, tok, name=f"{model}+{Path(adapter).name}")
 
 # %% ../nbs/85_stages.ipynb #c183ae5a
@@ -136,7 +140,7 @@ def run_state(out, items=None) -> dict:
     return {"items": items, "by_key": by_key, "records": recs, "votes": votes, "pairs": pairs, "gold": {it.qid: it.gold for it in items}}
 
 # %% ../nbs/85_stages.ipynb #c33266208
-def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None) -> Path:
+def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None, dtype: str = "auto") -> Path:
     "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`; the items to `out/train_items.jsonl`."
     from calm.data import write_items
     from calm.sampling import SamplingParams
@@ -148,7 +152,7 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
         translator = make_translator("llm", cache_dir=out / "translations", model_name=model)
     items = profile_items(dataset, "train", release, translator)
     write_items(items, out / "train_items.jsonl")
-    b = profile_backend(backend, model)
+    b = profile_backend(backend, model, dtype=dtype)
     params = SamplingParams(**{f.name: sampling[f.name] for f in fields(SamplingParams)})
     run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model,
                  on_change="aside")                   # the next stages read out/samples: it holds this configuration's samples
@@ -205,7 +209,7 @@ def run_curriculum(out, model: str, training: dict, languages) -> list:
 # %% ../nbs/85_stages.ipynb #c49562296
 def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, evaluation: dict, seed: int = 0,
                  batch_size: int = 8, release=None, rag: dict | None = None, group: str | None = None, store: str = "eval",
-                 label: str | None = None) -> Path | None:
+                 label: str | None = None, dtype: str = "auto") -> Path | None:
     "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
     from calm.data import write_items
     from calm.evaluation import evaluate_model, gold_codes
@@ -219,7 +223,7 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
     write_items(items, out / store / "items.jsonl")
     from calm.store import weights_sha256
-    b = profile_backend(backend, model, adapter)
+    b = profile_backend(backend, model, adapter, dtype)
     trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}   # a retrained adapter is answered again
     evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
                    seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model, extra=trained,

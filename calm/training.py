@@ -363,7 +363,7 @@ def trainer_reference_is_base(trainer) -> bool:
     return trainer.ref_model is None and bool(peft_config) and "ref" not in peft_config
 
 # %% ../nbs/60_training.ipynb #0849462c
-def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | None = None, is_trainable: bool = False):
+def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | None = None, is_trainable: bool = False, dtype=None):
     "`(PeftModel, tokenizer)`: the adapter in `adapter_dir` on its base model (a name/path for `load_model`, a model, or None: the recorded base)."
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -379,7 +379,7 @@ def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | 
         base = {hub: name for name, hub in HUB_IDS.items()}.get(base, base)   # a copied adapter names the hub id: use the embedded copy
     if isinstance(base, (str, Path)):
         from calm.models import load_model
-        base, tok = load_model(str(base), device=device)
+        base, tok = load_model(str(base), device=device, dtype=dtype)
     if (adapter_dir / "tokenizer_config.json").exists(): tok = AutoTokenizer.from_pretrained(str(adapter_dir))
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)
     return (model if is_trainable else model.eval()), tok

@@ -1,0 +1,60 @@
+"The weights sampling and answering read: a profile's `dtype`, checked before any model loads and carried to the backends."
+import pytest
+import torch
+import yaml
+
+from calm.profile import ProfileError, find_profile, load_profile
+from tiny_model import tiny_llama
+
+
+def _profile(tmp_path, **top):
+    raw = yaml.safe_load(find_profile("demo").read_text())
+    raw.update(top)
+    p = tmp_path / "p.yaml"; p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_profile_dtype_defaults_to_auto_and_keeps_a_given_one(tmp_path):
+    assert load_profile("demo").dtype in ("auto", "float32", "bfloat16")
+    assert load_profile(str(_profile(tmp_path, dtype="float32"))).dtype == "float32"
+    raw = yaml.safe_load(find_profile("demo").read_text()); raw.pop("dtype", None)
+    p = tmp_path / "q.yaml"; p.write_text(yaml.safe_dump(raw))
+    assert load_profile(str(p)).dtype == "auto"
+
+
+def test_a_misspelt_dtype_names_file_and_key(tmp_path):
+    with pytest.raises(ProfileError, match=r"p\.yaml.*dtype.*must be auto, float32, bfloat16 or float16, got 'fp32'"):
+        load_profile(str(_profile(tmp_path, dtype="fp32")))
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    model, tok = tiny_llama(["Question Answer A B C D E"])
+    d = tmp_path / "tiny"; model.save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("dtype,want", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_stage_backends_load_the_profile_dtype(dtype, want, tiny_dir, tmp_path):
+    from calm.stages import profile_backend
+    from calm.training import TrainConfig
+    assert profile_backend("transformers", str(tiny_dir), dtype=dtype).model.dtype == want
+    # an adapter is answered on its base model in the same dtype (its own LoRA weights may stay in float32)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    ad = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(ad)
+    b = profile_backend("transformers", str(tiny_dir), adapter=ad, dtype=dtype)
+    assert b.model.get_base_model().model.embed_tokens.weight.dtype == want
+    out = b.generate(["Question A B"], 2, max_new_tokens=3, seed=0)
+    assert len(out) == 1 and len(out[0]) == 2
+
+
+def test_auto_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
+    import calm.models as cm
+    monkeypatch.setattr(cm, "native_bfloat16", lambda device=None: False)
+    assert cm.inference_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(cm, "native_bfloat16", lambda device=None: True)
+    assert cm.inference_dtype("auto", "cpu") == "bfloat16"
+    assert cm.inference_dtype("float32", "cuda") == "float32"
