@@ -190,7 +190,7 @@ def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-# %% ../nbs/15_models.ipynb #8469342e
+# %% ../nbs/15_models.ipynb #cf0ab58d
 def native_bfloat16(device: str | None = None) -> bool:
     "Whether `device` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates it, slowly)."
     import torch
@@ -199,7 +199,7 @@ def native_bfloat16(device: str | None = None) -> bool:
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
-# %% ../nbs/15_models.ipynb #7c6c52fc
+# %% ../nbs/15_models.ipynb #29c79309
 def inference_dtype(dtype: str | None = "auto", device: str | None = None) -> str:
     "The dtype name a sampling or answering model loads in: `auto` is bfloat16 where `native_bfloat16(device)`, else float32; a name is checked and kept."
     if dtype in (None, "auto"): return "bfloat16" if native_bfloat16(device) else "float32"

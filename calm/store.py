@@ -316,6 +316,8 @@ def _backend_identity(backend) -> tuple[str, str | None, dict]:
         except DataError: pass
     lora = getattr(backend, "lora", None)
     extra = {"lora": str(lora), "lora_sha256": weights_sha256(lora)} if lora else {}
+    dtype = getattr(model, "dtype", None)             # the same weights read in bfloat16 sample other answers
+    if dtype is not None and str(dtype) != "torch.float32": extra["dtype"] = str(dtype).replace("torch.", "")   # float32 unrecorded: older stores stay valid
     return str(mid), wh, extra
 
 def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], params=None, backend=None, *, prompt_builder=None,

@@ -58,3 +58,22 @@ def test_auto_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(cm, "native_bfloat16", lambda device=None: True)
     assert cm.inference_dtype("auto", "cpu") == "bfloat16"
     assert cm.inference_dtype("float32", "cuda") == "float32"
+
+
+def test_a_store_sampled_in_float32_is_not_reused_in_bfloat16(tiny_dir, tmp_path):
+    "The same weights read in another dtype answer differently: the store moves the float32 run aside and samples again."
+    import json
+    from calm.data import demo_items
+    from calm.stages import profile_backend
+    from calm.store import run_sampling
+    items = [it for it in demo_items("train") if it.lang == "en"][:1]
+    run = tmp_path / "samples"
+    run_sampling(run, items, ["en"], 2, profile_backend("transformers", str(tiny_dir), dtype="float32"), max_new_tokens=2,
+                 on_change="aside", progress=False)
+    first = json.loads((run / "manifest.json").read_text())
+    assert "dtype" not in json.dumps(first.get("extra", {}))          # float32 is not recorded: stores written before stay valid
+    run_sampling(run, items, ["en"], 2, profile_backend("transformers", str(tiny_dir), dtype="bfloat16"), max_new_tokens=2,
+                 on_change="aside", progress=False)
+    assert json.loads((run / "manifest.json").read_text())["extra"]["dtype"] == "bfloat16"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("samples") and p != run]
+    assert len(aside) == 1 and json.loads((aside[0] / "manifest.json").read_text()) == first
