@@ -126,6 +126,7 @@ def main(argv=None):
         t = time.time(); m, tok = load()
         lp = option_logprobs(items, LANGS, prefix_scorer(m, tok), prompt_builder=builder)
         f.parent.mkdir(parents=True, exist_ok=True); lp.to_csv(f, index=False)
+        f.with_suffix(".seconds").write_text(f"{time.time() - t:.1f}\n")
         print(f"scored {name} on {a.val_questions} validation questions in {time.time() - t:.0f}s", flush=True)
         return lp
 
@@ -135,9 +136,7 @@ def main(argv=None):
     for s in chosen:
         training = setting_training(dict(p.training), s)
         data = pairs_of_questions(pairs, train_qids, s.get("questions"))
-        t = time.time()
         r = train(TrainConfig(**{**training, "method": "dpo", "model": model}), data, work / "adapters" / s["name"])
-        train_s = round(time.time() - t, 1)
 
         def load_merged(d=r.out_dir):
             m, tok = load_adapter(model, d, device="cpu")
@@ -148,7 +147,8 @@ def main(argv=None):
                "beta": training.get("beta", info["config"].get("beta")), "train_questions": len(set(data.qid)),
                "train_pairs": info["data"]["train_rows"], "held_out_pairs": info["data"]["eval_rows"],
                **held_out_metrics(r.out_dir), **sweep_row(base_lp, lp, items, LANGS, a.n_boot, p.sampling.seed),
-               "train_s": train_s, "score_s": score_s}
+               "train_wall_s": info["result"]["train_wall_s"], "train_cpu_s_per_step": info["result"].get("cpu_s_per_step"),
+               "score_wall_s": float((work / f"{s['name']}.seconds").read_text()) if (work / f"{s['name']}.seconds").is_file() else score_s}
         rows.append(row); print(json.dumps(row, default=str), flush=True)
         pick = write_tables(pd.DataFrame(rows), base_lp, items, out, len(pairs), len(set(train_qids)), a.val_questions, LANGS,
                             "PYTHONPATH=$PWD OMP_NUM_THREADS=1 python reports/study/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]))
