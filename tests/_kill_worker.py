@@ -3,6 +3,11 @@
 Usage: python _kill_worker.py KILL_AT TRACE JOB OUT
   KILL_AT: the event at which the process SIGKILLs itself (0: never); TRACE: a file each event is appended to ('-': none);
   JOB: `evaluate` (`calm evaluate` on a tiny slice) or `demo` (`calm.demo.run_demo`, the main job, on a tiny slice).
+   or: python _kill_worker.py serve
+  Reads one run a line from stdin (KILL_AT TRACE JOB OUT LOG, tab-separated) and runs each in a new process forked from
+  this one, which has only imported the modules a job imports (no model loaded, no job state): each run still starts
+  from what is on disk and dies by SIGKILL, but without paying torch's and transformers' import again (seconds of CPU
+  each time). The child's stdout and stderr go to LOG; the answer line is its exit status (-9: SIGKILL).
 Events: `save` (a file written to its temporary path, not yet renamed into place: inside the save window), `append` (a
 batch about to go into a sample store; a kill here first writes half a record, a torn write), `appended`, `generate` (a
 generate call about to start), `adapter-save` / `adapter-saved` (around writing a trained adapter).
@@ -82,5 +87,31 @@ def main(kill_at: int, trace: str, job: str, out: str) -> int:
     return 0
 
 
+# What a job imports, before the fork: the child then starts where a fresh process would be after its imports.
+PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "pandas", "safetensors.torch", "calm.cli", "calm.demo", "calm.files",
+           "calm.models", "calm.sampling", "calm.store", "calm.training", "transformers.models.llama.modeling_llama"]
+
+
+def serve():
+    "The fork server (see the module's docstring): returns the arguments of `main` in a child, None at the end of stdin."
+    import importlib
+    for m in PRELOAD: importlib.import_module(m)
+    for line in sys.stdin:
+        kill_at, trace, job, out, log = line.rstrip("\n").split("\t")
+        sys.stdout.flush(); sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
+            null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
+            return int(kill_at), trace, job, out
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
+    return None
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        args = serve()
+        sys.exit(0 if args is None else main(*args))   # a child leaves as the script would: through sys.exit
     sys.exit(main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]))

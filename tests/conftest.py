@@ -5,6 +5,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `make pytest` runs the suite in two pytest-xdist workers beside nbtest and the vLLM tests on a 2-core machine: one
+# OpenMP thread per worker (and per process a test starts) instead of one per core each, unless set otherwise. Set here,
+# before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _release():
     for p in (os.environ.get("CALM_RELEASE_DIR"), ROOT.parent / "shared" / "calm-release"):

@@ -19,6 +19,7 @@ from build_docs import apply_quarto_options, build_docs, render_reports, report_
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
 CHECK = ROOT / "tools" / "check_docs.py"
+pytestmark = pytest.mark.xdist_group("docs")      # one pytest-xdist worker builds each module fixture's site once
 
 
 def _expected_pages():

@@ -1,7 +1,8 @@
 """SIGKILL at seeded random points of the evaluation stage and of the main job, resume each time, and compare the final
 artifacts with an uninterrupted run byte for byte.
 
-The job runs in a child process (`_kill_worker.py`) that counts events: a file written to its temporary path and not yet
+The job runs in a child process (`_kill_worker.py`, each run a new process forked from a server that has only imported
+what the job imports, so that 26 runs do not import torch and transformers 26 times) that counts events: a file written to its temporary path and not yet
 renamed into place (the save window), a batch about to go into a sample store (a kill there first writes half a record:
 a torn write), a generate call, an adapter being saved. Each run of the chain dies at an event drawn from a seeded
 generator, then the next one resumes in the same folder; the last one runs to the end. Every drawn event exists in every
@@ -16,6 +17,7 @@ the hash of their weights (`adapter_model.safetensors`, byte for byte).
 import hashlib
 import json
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -29,14 +31,34 @@ RUN_FIELDS = {"created", "command"}
 TRAIN_MEASURES = {"train_wall_s", "s_per_step", "train_cpu_s", "cpu_s_per_step", "peak_memory_gb", "peak_memory_kind"}
 
 
-def run(kill_at: int, job: str, out: Path):
-    "The worker's completed process and the events it went through, the last one the event it was killed at."
-    trace = out.with_name(out.name + ".trace")
-    trace.unlink(missing_ok=True)
-    p = subprocess.run([sys.executable, str(WORKER), str(kill_at), str(trace), job, str(out)], cwd=WORKER.parent,
-                       capture_output=True, text=True, timeout=3600)
-    events = [json.loads(l) for l in trace.read_text().splitlines()] if trace.exists() else []
-    return p, events
+class Worker:
+    "`_kill_worker.py serve`: runs jobs, each in a new process forked after the imports; stopped by `close`."
+    def __init__(self, log: Path):
+        self.log = log
+        self.p = subprocess.Popen([sys.executable, str(WORKER), "serve"], cwd=WORKER.parent, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)
+
+    def run(self, kill_at: int, job: str, out: Path):
+        "The run's completed process (stderr: its output) and the events it went through, the last one the event it was killed at."
+        trace, log = out.with_name(out.name + ".trace"), out.with_name(out.name + ".log")
+        trace.unlink(missing_ok=True)
+        self.p.stdin.write(f"{kill_at}\t{trace}\t{job}\t{out}\t{log}\n"); self.p.stdin.flush()
+        if not select.select([self.p.stdout], [], [], 3600)[0]: raise TimeoutError(f"run {kill_at} {job} still going after an hour")
+        line = self.p.stdout.readline()
+        assert line, f"the worker died: {self.log.read_text()[-4000:]}"
+        events = [json.loads(l) for l in trace.read_text().splitlines()] if trace.exists() else []
+        return subprocess.CompletedProcess([kill_at, job, out], int(line), "", log.read_text() if log.exists() else ""), events
+
+    def close(self):
+        self.p.stdin.close()
+        assert self.p.wait(timeout=60) == 0, self.log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("worker") / "worker.log")
+    yield w
+    w.close()
 
 
 def files(root: Path) -> dict:
@@ -61,9 +83,9 @@ def content(rel: str, path: Path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def kill_chain(tmp_path: Path, job: str, kills: int, seed: int):
+def kill_chain(worker: Worker, tmp_path: Path, job: str, kills: int, seed: int):
     "An uninterrupted run (the reference), then `kills` runs killed at seeded random events and a last one, in one folder."
-    out = tmp_path / "job"
+    run, out = worker.run, tmp_path / "job"
     p, events = run(0, job, out)
     assert p.returncode == 0, p.stderr[-4000:]
     shutil.move(out, tmp_path / "reference")
@@ -92,8 +114,8 @@ def assert_same_artifacts(out: Path, reference: Path):
 
 
 @pytest.mark.slow
-def test_evaluation_killed_at_10_random_points_ends_like_an_uninterrupted_run(tmp_path):
-    out, reference, hits, n_events = kill_chain(tmp_path, "evaluate", kills=10, seed=14)
+def test_evaluation_killed_at_10_random_points_ends_like_an_uninterrupted_run(worker, tmp_path):
+    out, reference, hits, n_events = kill_chain(worker, tmp_path, "evaluate", kills=10, seed=14)
     assert {"save", "append"} <= set(hits), hits                      # inside a save window, and a torn write
     n = assert_same_artifacts(out, reference)
     assert {"results.csv", "metrics.csv", "samples/samples.jsonl"} <= set(files(out))
@@ -101,8 +123,8 @@ def test_evaluation_killed_at_10_random_points_ends_like_an_uninterrupted_run(tm
 
 
 @pytest.mark.slow
-def test_main_job_killed_at_10_random_points_ends_like_an_uninterrupted_run(tmp_path):
-    out, reference, hits, n_events = kill_chain(tmp_path, "demo", kills=10, seed=14)
+def test_main_job_killed_at_10_random_points_ends_like_an_uninterrupted_run(worker, tmp_path):
+    out, reference, hits, n_events = kill_chain(worker, tmp_path, "demo", kills=10, seed=14)
     assert "save" in hits, hits
     n = assert_same_artifacts(out, reference)
     assert {"main_job.md", "results.csv", "_run/smollm2-135m/demo/adapters/CALM/adapter_model.safetensors"} <= set(files(out))

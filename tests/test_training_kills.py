@@ -1,10 +1,14 @@
 """Kill test for training (issue 14): SIGKILL `python -m calm.train` at seeded random points, including inside the save window,
 run it again, and the adapter it ends with is byte for byte the one an uninterrupted run writes. After every kill the run folder is
-either absent or a complete run (its record parses and its adapter files hash to what the record says), never a mix."""
+either absent or a complete run (its record parses and its adapter files hash to what the record says), never a mix.
+
+Each run is a new process running `python -m calm.train`, forked by `_fork_server.py` after torch, transformers and TRL are
+imported (21 runs would otherwise import them 21 times); the random kill times fall within one run of that process."""
 import hashlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -22,7 +26,7 @@ ADAPTER = ("adapter_config.json", "adapter_model.safetensors")
 ROWS = [{"qid": f"q{i}", "lang": lang, "prompt": f"question {i} in {lang} answer : ", "chosen": f"B because {i} is right",
          "rejected": f"A because {i} is wrong"} for i in range(3) for lang in ("en", "fr")]
 
-pytestmark = pytest.mark.slow            # 21 runs of a process that imports TRL: minutes on a small machine
+pytestmark = pytest.mark.slow            # 21 runs of `python -m calm.train`: minutes on a small machine
 
 
 def _sha(p):
@@ -50,14 +54,70 @@ def _run_file(d, name, **kw):
     return p
 
 
-def _start(run_file):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "calm.train", "--config", str(run_file)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+SERVER = Path(__file__).with_name("_fork_server.py")
+PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "pandas", "yaml", "calm.training", "calm.curriculum",
+           "transformers.models.llama.modeling_llama"]
 
 
-def _finish(run_file):
-    p = _start(run_file)
+class Forked:
+    "A run of `python -m calm.train` forked by the server, with what tests use of `subprocess.Popen`."
+    def __init__(self, server, run_file, n):
+        self.server, self.rc = server, None
+        self.out, self.err = (server.dir / f"run{n}.{x}" for x in ("out", "err"))
+        req = {"module": "calm.train", "args": ["--config", str(run_file)], "stdout": str(self.out), "stderr": str(self.err)}
+        server.p.stdin.write(json.dumps(req) + "\n"); server.p.stdin.flush()
+        self.pid = server.answer(60)["pid"]
+
+    def poll(self):
+        if self.rc is None and select.select([self.server.p.stdout], [], [], 0)[0]: self.rc = self.server.answer(0)["rc"]
+        return self.rc
+
+    def wait(self, timeout):
+        if self.rc is None: self.rc = self.server.answer(timeout)["rc"]
+        return self.rc
+
+    def send_signal(self, sig):
+        if self.poll() is None: os.kill(self.pid, sig)
+
+    @property
+    def returncode(self): return self.rc
+
+    def communicate(self, timeout):
+        self.wait(timeout)
+        return self.out.read_text(), self.err.read_text()
+
+
+class Server:
+    def __init__(self, d):
+        self.dir, self.n = d, 0
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+        self.p = subprocess.Popen([sys.executable, str(SERVER), *PRELOAD], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=open(d / "server.err", "w"), text=True)
+
+    def answer(self, timeout):
+        if not select.select([self.p.stdout], [], [], timeout)[0]: raise subprocess.TimeoutExpired("calm.train", timeout)
+        line = self.p.stdout.readline()
+        assert line, f"the fork server died: {(self.dir / 'server.err').read_text()[-3000:]}"
+        return json.loads(line)
+
+    def start(self, run_file):
+        self.n += 1
+        return Forked(self, run_file, self.n)
+
+    def close(self):
+        self.p.stdin.close()
+        assert self.p.wait(timeout=60) == 0, (self.dir / "server.err").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("server"))
+    yield s
+    s.close()
+
+
+def _finish(server, run_file):
+    p = server.start(run_file)
     out, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -72,12 +132,12 @@ def _consistent(out):
     return info["config_sha256"]
 
 
-def _kill(run_file, out, how, rng):
+def _kill(server, run_file, out, how, rng):
     "Start a run and SIGKILL it: after a random time (`how` = seconds), or a random moment after it starts saving (`how` = 'save')."
     partial, adapter = out.parent / f".{out.name}.partial", out / "adapter_model.safetensors"
     before = adapter.stat().st_mtime_ns if adapter.exists() else None
     saving = lambda: (partial / "adapter_model.safetensors").exists() or (adapter.exists() and adapter.stat().st_mtime_ns != before)
-    p = _start(run_file)
+    p = server.start(run_file)
     if how == "save":
         while p.poll() is None and not saving(): time.sleep(0.002)
         time.sleep(rng.uniform(0, 0.4))
@@ -90,10 +150,10 @@ def _kill(run_file, out, how, rng):
     return in_save
 
 
-def test_killed_training_resumes_to_the_same_adapter(setup):
+def test_killed_training_resumes_to_the_same_adapter(setup, server):
     rng = random.Random(14)
     t0 = time.monotonic()
-    reference = _finish(_run_file(setup, "reference"))
+    reference = _finish(server, _run_file(setup, "reference"))
     whole = time.monotonic() - t0                                # kill times are drawn within one run's length
     assert reference["global_step"] == 3 and not reference["skipped"]
     want = _adapter(setup / "reference")
@@ -102,29 +162,29 @@ def test_killed_training_resumes_to_the_same_adapter(setup):
     rng.shuffle(points)
     in_save = 0
     for how in points:
-        in_save += _kill(run, out, how, rng)
+        in_save += _kill(server, run, out, how, rng)
         if _consistent(out) != "absent":                         # killed after the rename: the whole run, the right adapter
             assert _adapter(out) == want
             shutil.rmtree(out)                                   # so that the next kill lands in a run that trains
     assert in_save >= 1, "no kill landed inside the save window"
-    _finish(run)
+    _finish(server, run)
     assert _adapter(out) == want
-    again = _finish(run)
+    again = _finish(server, run)
     assert again["skipped"] and _adapter(out) == want
 
 
-def test_a_killed_other_run_into_the_same_folder_does_not_pass_for_a_finished_one(setup):
+def test_a_killed_other_run_into_the_same_folder_does_not_pass_for_a_finished_one(setup, server):
     "Issue 14's case: run X finished; run Y (another learning rate) into the same folder killed while saving; X again gives X's adapter."
     rng = random.Random(11)
     x, y = _run_file(setup, "shared"), _run_file(setup, "shared", learning_rate=5e-2)
     out = setup / "shared"
-    _finish(x)
+    _finish(server, x)
     want, x_hash = _adapter(out), _consistent(out)
     for _ in range(2):
-        _kill(y, out, "save", rng)
+        _kill(server, y, out, "save", rng)
         _consistent(out)
-    _finish(x)
+    _finish(server, x)
     assert _adapter(out) == want and _consistent(out) == x_hash
-    _finish(y)                                                   # Y's whole run in the folder: X trains again
+    _finish(server, y)                                                   # Y's whole run in the folder: X trains again
     assert _consistent(out) != x_hash
-    assert not _finish(x)["skipped"] and _adapter(out) == want
+    assert not _finish(server, x)["skipped"] and _adapter(out) == want
