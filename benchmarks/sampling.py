@@ -205,9 +205,13 @@ def main(argv=None):
     backend.generate(prompts[:1], 1, max_new_tokens=4, seed=0)          # warm-up (allocator, kernels)
     print(f"model loaded in {load_s:.1f} s on {dev}; {len(prompts)} prompts x {a.m}", file=sys.stderr, flush=True)
 
-    def hand_written_loop(seed):
-        recs = sample(items, langs, a.m, seed=seed, backend=backend, batch_size=a.batch_size, progress=False, **kw)
-        return sum(r["completion_tokens"] for r in recs), len(recs)
+    def loop_on(b):
+        "The hand-written loop (`calm.sampling.sample`) on backend `b`: `(generated tokens, samples)` of one round."
+        def run(seed):
+            recs = sample(items, langs, a.m, seed=seed, backend=b, batch_size=a.batch_size, progress=False, **kw)
+            return sum(r["completion_tokens"] for r in recs), len(recs)
+        return run
+    hand_written_loop = loop_on(backend)
 
     def batched_generate(seed):
         torch.manual_seed(seed); n_tok = n = 0
@@ -240,11 +244,7 @@ def main(argv=None):
         load16_s = time.perf_counter() - t
         backend16 = TransformersBackend(model16, tok16, name=DEFAULT_MODEL)
         backend16.generate(prompts[:1], 1, max_new_tokens=4, seed=0)
-
-        def hand_written_loop_bfloat16(seed):
-            recs = sample(items, langs, a.m, seed=seed, backend=backend16, batch_size=a.batch_size, progress=False, **kw)
-            return sum(r["completion_tokens"] for r in recs), len(recs)
-        engines["hand_written_loop_bfloat16"] = hand_written_loop_bfloat16
+        engines["hand_written_loop_bfloat16"] = loop_on(backend16)
     if not a.no_generate: engines["batched_generate"] = batched_generate
     if a.naive_prompts: engines["naive_generate_per_sample"] = naive_loop
     startup = {name: {"model_load_s": round(load_s, 2)} for name in engines}

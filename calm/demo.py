@@ -109,9 +109,9 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     write_table(quality.round(3), out / "pair_quality")
     steps = p.training.get("max_steps", -1)
     from calm.models import inference_dtype
-    _weights = lambda p: f"sampled and answered in {inference_dtype(p.dtype) if p.backend == 'transformers' else p.dtype}"
+    weights = f"sampled and answered in {inference_dtype(p.dtype) if p.backend == 'transformers' else p.dtype}"
     lines = ["# Demo report", "",
-             f"Model `{v.model}` ({_weights(p)}); languages {', '.join(L)}; {d.train_questions} train questions x m={p.sampling.m} samples; "
+             f"Model `{v.model}` ({weights}); languages {', '.join(L)}; {d.train_questions} train questions x m={p.sampling.m} samples; "
              f"{len(votes)} votes ({int(votes.tie.sum())} ties, policy `{p.sampling.tie}`); {len(st['pairs'])} DPO pairs; "
              f"{steps if steps > 0 else 'all'} training steps per method; evaluated on {n_q} held-out questions "
              f"({'greedy' if p.evaluation.greedy else 'sampled'}). Profile `{p.file.name}`.", "",

@@ -20,9 +20,9 @@ from pathlib import Path
 from .files import file_sha256
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'EmbeddedModel', 'ModelNotInstalled', 'ModelNotFound',
-           'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir', 'build_once',
-           'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'native_bfloat16',
+__all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'DTYPES', 'EmbeddedModel', 'ModelNotInstalled',
+           'ModelNotFound', 'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir',
+           'build_once', 'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'native_bfloat16',
            'inference_dtype', 'resolve_model', 'load_model']
 
 # %% ../nbs/15_models.ipynb #4ad60b60
@@ -200,10 +200,12 @@ def native_bfloat16(device: str | None = None) -> bool:
     return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 # %% ../nbs/15_models.ipynb #29c79309
+DTYPES = ("auto", "float32", "bfloat16", "float16")   # what a profile's `dtype` may say
+
 def inference_dtype(dtype: str | None = "auto", device: str | None = None) -> str:
     "The dtype name a sampling or answering model loads in: `auto` is bfloat16 where `native_bfloat16(device)`, else float32; a name is checked and kept."
+    if dtype not in (None, *DTYPES): raise ValueError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {dtype!r}")
     if dtype in (None, "auto"): return "bfloat16" if native_bfloat16(device) else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"): raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     return dtype
 
 # %% ../nbs/15_models.ipynb #79eacaa5

@@ -336,7 +336,9 @@ def load_profile(profile) -> Profile:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name): raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
     if raw["backend"] not in ("transformers", "vllm"): raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
     dtype = raw.get("dtype", "auto")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"): raise ProfileError(file, "dtype", f"must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    from calm.models import inference_dtype
+    try: inference_dtype(dtype, "cpu")              # checked only; "auto" is resolved where the model loads
+    except ValueError as e: raise ProfileError(file, "dtype", str(e).removeprefix("dtype ")) from None
     rd = raw.get("release_dir")
     if rd is not None:
         rd = _path(file, _typed(file, "release_dir", rd, str))

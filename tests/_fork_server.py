@@ -14,17 +14,24 @@ import runpy
 import sys
 
 
+def fork_into(stdout: str, stderr: str) -> int:
+    "`os.fork()`; in the child (0 returned) stdout and stderr go to the two files (truncated; may be the same) and stdin is empty."
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for fd, path in ((1, stdout), (2, stderr)):
+            if fd == 2 and path == stdout: os.dup2(1, 2); continue     # one file: one offset, as `2>&1`
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); os.dup2(f, fd); os.close(f)
+        null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
+    return pid
+
+
 def serve(preload):
     for m in preload: importlib.import_module(m)
     for line in sys.stdin:
         req = json.loads(line)
-        sys.stdout.flush(); sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-                f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644); os.dup2(f, fd); os.close(f)
-            null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
-            return req
+        pid = fork_into(req["stdout"], req["stderr"])
+        if pid == 0: return req
         print(json.dumps({"pid": pid}), flush=True)
         _, status = os.waitpid(pid, 0)
         print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)

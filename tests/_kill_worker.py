@@ -95,16 +95,12 @@ PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "pandas", "safete
 def serve():
     "The fork server (see the module's docstring): returns the arguments of `main` in a child, None at the end of stdin."
     import importlib
+    from _fork_server import fork_into
     for m in PRELOAD: importlib.import_module(m)
     for line in sys.stdin:
         kill_at, trace, job, out, log = line.rstrip("\n").split("\t")
-        sys.stdout.flush(); sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
-            null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
-            return int(kill_at), trace, job, out
+        pid = fork_into(log, log)
+        if pid == 0: return int(kill_at), trace, job, out
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status), flush=True)
     return None
