@@ -17,8 +17,8 @@ from .prompts import PromptBuilder
 # %% auto #0
 __all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pair', 'ContinuationScorer', 'TransformersScorer',
            'VLLMScorer', 'as_scorer', 'option_logprobs', 'likelihood_answers', 'rankc_weights', 'rankc_pair',
-           'rankc_by_sets', 'rankc_chance', 'option_rankings', 'rankc', 'rankc_matrix', 'likelihood_table',
-           'likelihood_row', 'likelihood_per_question', 'compare_likelihood']
+           'rankc_by_sets', 'rankc_chance', 'option_rankings', 'rankc', 'rankc_matrix', 'unaligned_rankc',
+           'excess_rankc', 'likelihood_table', 'likelihood_row', 'likelihood_per_question', 'compare_likelihood']
 
 # %% ../nbs/72_likelihood.ipynb #f6822ec0
 EVALUATION = "likelihood"
@@ -326,6 +326,23 @@ def rankc_matrix(rankings, languages: Sequence[str]) -> pd.DataFrame:
     M = np.ones((len(langs), len(langs)))
     for i, j in itertools.combinations(range(len(langs)), 2): M[i, j] = M[j, i] = rankc_pair(R[:, i], R[:, j])
     return pd.DataFrame(M, index=pd.Index(langs, name="lang"), columns=langs)
+
+# %% ../nbs/72_likelihood.ipynb #d8b2c002
+def unaligned_rankc(rankings, languages: Sequence[str]) -> float:
+    "Mean RankC over language pairs if each language's ranking came from an independently drawn question (closed form)."
+    R = np.asarray(rankings); langs = [normalize_lang(l) for l in languages]
+    if R.ndim != 3 or R.shape[1] != len(langs): raise ValueError(f"rankings must be shaped (Q, {len(langs)}, N), got {R.shape}")
+    Q, L, N = R.shape
+    pos = np.empty_like(R, dtype=np.int64)
+    np.put_along_axis(pos, R.astype(np.int64), np.broadcast_to(np.arange(N), R.shape), axis=2)     # pos[q, l, c]: rank of option c
+    top = (pos[:, :, None, :] < np.arange(1, N + 1)[None, None, :, None]).mean(axis=0)            # (L, depth j, option c): P(c in top j)
+    w = rankc_weights(N) / np.arange(1, N + 1)
+    return float(np.mean([w @ (top[i] * top[j]).sum(axis=1) for i, j in _pairs(langs, None)]))
+
+# %% ../nbs/72_likelihood.ipynb #d8b2c003
+def excess_rankc(rankings, languages: Sequence[str]) -> float:
+    "RankC beyond a preference among the options: `rankc` minus `unaligned_rankc`."
+    return rankc(rankings, languages) - unaligned_rankc(rankings, languages)
 
 # %% ../nbs/72_likelihood.ipynb #063c4887
 def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], n_boot: int = 1000,

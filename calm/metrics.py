@@ -17,8 +17,8 @@ from .voting import encode_letters, vote_counts
 
 # %% auto #0
 __all__ = ['correctness', 'accuracy', 'acc_avg', 'consistency_at', 'consistency_curve', 'consistency_by_enumeration',
-           'pairwise_consistency', 'ac3', 'CI', 'bootstrap_means', 'bootstrap_ci', 'PairedBootstrap',
-           'paired_bootstrap', 'metrics_table']
+           'pairwise_consistency', 'chance_consistency', 'excess_consistency', 'ac3', 'CI', 'bootstrap_means',
+           'bootstrap_ci', 'PairedBootstrap', 'paired_bootstrap', 'paired_bootstrap_stat', 'metrics_table']
 
 # %% ../nbs/70_metrics.ipynb #cdfeaa0b
 def _pred(pred) -> np.ndarray:
@@ -106,6 +106,20 @@ def pairwise_consistency(pred, per_question: bool = False):
     per_q = np.divide(pairs, n * (n - 1) / 2, out=np.zeros(len(n)), where=n >= 2)
     return per_q if per_question else float(per_q.mean())
 
+# %% ../nbs/70_metrics.ipynb #c7a1e002
+def chance_consistency(pred, s: int) -> float:
+    "Consistency_s expected if each language (column) drew its letters independently with its own frequencies over the questions."
+    pred = _pred(pred); Q, L = pred.shape
+    s = _check_s(s, L)
+    k = max(int(pred.max(initial=-1)) + 1, 1)
+    freq = np.stack([np.bincount(col[col >= 0], minlength=k) for col in pred.T.astype(np.int64)]) / Q   # (L, k); unparsed mass agrees with nothing
+    return float(np.mean([freq[list(S)].prod(axis=0).sum() for S in itertools.combinations(range(L), s)]))
+
+# %% ../nbs/70_metrics.ipynb #c7a1e007
+def excess_consistency(pred, s: int = 2) -> float:
+    "Consistency_s beyond what a letter preference gives: `consistency_at` minus `chance_consistency`."
+    return consistency_at(pred, s) - chance_consistency(pred, s)
+
 # %% ../nbs/70_metrics.ipynb #05063f3f
 def ac3(accuracy, consistency):
     "AC3: the harmonic mean 2AC / (A + C) of accuracy and consistency (0 when both are 0, NaN when either is NaN); works on arrays."
@@ -168,6 +182,17 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 1000, alpha: float = 0.
     boot = bootstrap_means(d, n_boot, seed)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return PairedBootstrap(float(d.mean()), float(low), float(high), float((boot <= 0).mean()))
+
+# %% ../nbs/70_metrics.ipynb #c7a1e010
+def paired_bootstrap_stat(stat, a, b, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> PairedBootstrap:
+    "stat(a) - stat(b) over the same resampled questions (rows), for a statistic of a whole set of answers rather than a mean of per-question values."
+    a, b = np.asarray(a), np.asarray(b)
+    if len(a) != len(b): raise ValueError(f"both systems must be scored on the same questions: {len(a)} vs {len(b)}")
+    if len(a) == 0: raise ValueError("no questions to resample")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    boot = np.array([stat(a[i]) - stat(b[i]) for i in idx])
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return PairedBootstrap(float(stat(a) - stat(b)), float(low), float(high), float((boot <= 0).mean()))
 
 # %% ../nbs/70_metrics.ipynb #bb33eaad
 def metrics_table(pred, gold, languages: Sequence[str], s_values: Sequence[int] | None = None,
