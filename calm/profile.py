@@ -124,9 +124,11 @@ class Evaluation:
     m: int
     greedy: bool
     max_new_tokens: int
+    batch_size: int | None = None   # prompts decoded side by side (None: sampling's); greedy answers decode one row a prompt, so a larger batch keeps a CPU as busy as sampling's m rows a prompt
 
     def check(self, file, key):
         for k in ("m", "max_new_tokens"): _positive(file, f"{key}.{k}", getattr(self, k))
+        if self.batch_size is not None: _positive(file, f"{key}.batch_size", self.batch_size)
 
     def __getitem__(self, k): return getattr(self, k)
 
