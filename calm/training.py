@@ -173,9 +173,9 @@ def _peak_memory_gb() -> tuple[float, str]:
 
 # %% ../nbs/60_training.ipynb #a32ebe90
 def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
-    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating only when rows are held out."
+    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating (also before the first step, with `eval_on_start`) only when rows are held out."
     a = config.args
-    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no",
+    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no", eval_on_start=a.eval_on_start and has_eval,
                    data_seed=a.seed if a.data_seed is None else a.data_seed,
                    per_device_eval_batch_size=a.per_device_eval_batch_size if "per_device_eval_batch_size" in config.given
                                               else a.per_device_train_batch_size)
