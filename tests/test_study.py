@@ -61,6 +61,10 @@ def test_study_runs_end_to_end_on_a_tiny_slice(release, tmp_path):
     assert set(lik.lang) == {"en", "zh", "fr", "de", "it", "ja"} and lik.groupby(["qid", "lang"]).size().eq(5).all()
     readme = (s / "README.md").read_text()
     assert "What changed" in readme and "How sure we are" in readme and "What it does not show" in readme
+    bias = pd.read_csv(s / "letter_bias.csv")                    # how much of each system's agreement a letter preference gives
+    assert len(bias) == 2 * bias.system.nunique() and "base" in set(bias.system) and bias.top_letter_share.between(0, 100).all()
+    excess = pd.read_csv(s / "excess_differences.csv")
+    assert {"excess_Consistency_2", "excess_RankC"} == set(excess.metric) and "Beyond a letter preference" in readme
 
 
 def _sweep():
@@ -86,6 +90,9 @@ def test_sweep_scores_a_setting_against_base_and_chooses_by_its_rule(tmp_path):
     assert row["d_Consistency_2"] == 100 and row["d_Consistency_3"] == 100 and row["d_ACC_avg"] == pytest.approx(200 / 3, abs=0.01)
     assert row["d_Consistency_2_excludes_0"] and row["Consistency_2"] == 100 and row["top_letter_share"] == 100
     assert sw.sweep_row(base, base, items, langs, n_boot=200)["d_RankC"] == 0
+    # answering A everywhere is all letter preference: no agreement beyond it, for either system
+    assert row["excess_Consistency_2"] == 0 and row["d_excess_Consistency_2"] == 0 and not row["d_excess_Consistency_2_excludes_0"]
+    assert row["excess_RankC"] == pytest.approx(0, abs=1e-9) and row["d_excess_RankC"] == pytest.approx(0, abs=1e-9)
     t = pd.DataFrame([{"name": "a", "max_steps": 60, "d_Consistency_2": 1.0}, {"name": "b", "max_steps": 20, "d_Consistency_2": 1.0},
                       {"name": "c", "max_steps": 20, "d_Consistency_2": -3.0}])
     assert sw.choose(t) == "b"                                # a tie goes to fewer steps
@@ -98,7 +105,7 @@ def test_sweep_scores_a_setting_against_base_and_chooses_by_its_rule(tmp_path):
 
 def test_sweep_settings_and_pair_subsets(tmp_path):
     sw = _sweep()
-    tr = sw.setting_training({"learning_rate": 2e-4, "max_steps": 20, "logging_steps": 10, "seed": 0},
+    tr = sw.setting_training({"learning_rate": 2e-4, "max_steps": 20, "logging_steps": 10, "seed": 0, "eval_on_start": True},
                              {"name": "x", "learning_rate": 2e-3, "max_steps": 60, "questions": 0.5})
     assert tr == {"learning_rate": 2e-3, "max_steps": 60, "logging_steps": 60, "seed": 0}
     pairs = pd.DataFrame({"qid": ["q1", "q1", "q2", "q3", "q4"], "x": range(5)})

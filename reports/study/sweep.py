@@ -47,6 +47,7 @@ def setting_training(training: dict, setting: dict) -> dict:
     "The `training` block of one setting: the profile's, with the setting's changes (`name` and `questions` are not training fields)."
     out = {**training, **{k: v for k, v in setting.items() if k not in ("name", "questions")}}
     out["logging_steps"] = out["max_steps"]      # one held-out evaluation, after the last step: the CPU budget
+    out.pop("eval_on_start", None)               # DPO before training is the reference (loss ln 2): not evaluated
     return out
 
 
@@ -77,8 +78,21 @@ def sweep_row(base_lp: pd.DataFrame, lp: pd.DataFrame, items, languages=LANGS, n
         r = c.loc[m]
         row.update({f"{m}": round(r.b, 2), f"d_{m}": round(r["diff"], 2), f"d_{m}_ci": f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]",
                     f"d_{m}_excludes_0": bool(r.ci_low > 0 or r.ci_high < 0)})
+    from calm.evaluation import answer_matrix
     from calm.likelihood import likelihood_answers
+    from calm.metrics import excess_consistency, paired_bootstrap_stat
     row["top_letter_share"] = round(100 * likelihood_answers(lp).letter.value_counts(normalize=True).iloc[0], 1)   # agreement by always answering one letter?
+    _, pred, _ = answer_matrix(likelihood_answers(lp), items, languages)
+    _, base_pred, _ = answer_matrix(likelihood_answers(base_lp), items, languages)
+    pb = paired_bootstrap_stat(excess_consistency, pred, base_pred, n_boot=n_boot, seed=seed)   # Consistency_2 beyond each language's letter frequencies
+    row.update({"excess_Consistency_2": round(100 * excess_consistency(pred), 2), "d_excess_Consistency_2": round(100 * pb.diff, 2),
+                "d_excess_Consistency_2_ci": f"[{100 * pb.low:+.1f}, {100 * pb.high:+.1f}]", "d_excess_Consistency_2_excludes_0": bool(pb.low > 0 or pb.high < 0)})
+    from calm.likelihood import excess_rankc, option_rankings
+    qids = [q for q in dict.fromkeys(it.qid for it in items)]
+    R, base_R = option_rankings(lp, languages, qids)[1], option_rankings(base_lp, languages, qids)[1]
+    pb = paired_bootstrap_stat(lambda r: excess_rankc(r, languages), R, base_R, n_boot=n_boot, seed=seed)   # RankC beyond a preference among options
+    row.update({"excess_RankC": round(100 * excess_rankc(R, languages), 2), "d_excess_RankC": round(100 * pb.diff, 2),
+                "d_excess_RankC_ci": f"[{100 * pb.low:+.1f}, {100 * pb.high:+.1f}]", "d_excess_RankC_excludes_0": bool(pb.low > 0 or pb.high < 0)})
     return row
 
 
@@ -165,14 +179,16 @@ def write_tables(table: pd.DataFrame, base_lp, items, out, n_pairs: int, n_train
     pick = choose(table)
     base_row = {m: float(v) for m, v in sweep_row(base_lp, base_lp, items, languages, 10, 0).items() if not m.startswith("d_")}
     show = table.assign(**{f"d_{m}": table[f"d_{m}"].map("{:+.1f}".format) + " " + table[f"d_{m}_ci"]
-                           for m in ["Consistency_2", f"Consistency_{len(languages)}", "RankC", "ACC_avg"]})
+                           for m in ["Consistency_2", f"Consistency_{len(languages)}", "RankC", "ACC_avg", "excess_Consistency_2", "excess_RankC"] if f"d_{m}" in table})
     show = show[[c for c in show.columns if not c.endswith(("_ci", "_excludes_0"))]]
     (out / "sweep.md").write_text(
         f"# Training sweep on the validation slice\n\nCALM (DPO, LoRA) trained on the study run's pairs ({n_pairs} pairs from "
         f"{n_train_questions} train questions) with each setting, scored by option likelihood on the last {val_questions} X-CSQA "
         f"train questions (never trained on, never the test questions) in {', '.join(languages)}. `d_*`: CALM minus base, percentage "
         f"points [95% paired bootstrap]; held-out: DPO's preference accuracy, reward margin and loss on whole train questions kept "
-        f"out of training (log 2 = 0.693 before training); `top_letter_share`: the share of answers that are the most frequent letter. "
+        f"out of training (log 2 = 0.693 before training); `top_letter_share`: the share of answers that are the most frequent letter; `excess_Consistency_2`: Consistency_2 minus what each "
+        f"language's own letter frequencies give by chance (`calm.metrics.excess_consistency`); `excess_RankC`: RankC minus that of rankings from unrelated questions "
+        f"(`calm.likelihood.excess_rankc`). "
         f"Base on the validation slice: {base_row}.\n\n"
         f"Rule, fixed before the sweep: {RULE}. Chosen: **{pick}** (of the {len(table)} settings run).\n\n"
         + show.to_markdown(index=False, floatfmt=".3g") + f"\n\nCommand: `{command}`\n",
