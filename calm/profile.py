@@ -358,6 +358,7 @@ def load_profile(profile) -> Profile:
     sampling = _build(Sampling, file, "sampling", raw.get("sampling"))
     training = _training(file, raw.get("training"))
     evaluation = _build(Evaluation, file, "evaluation", raw.get("evaluation"))
+    if evaluation.batch_size is None: evaluation = replace(evaluation, batch_size=sampling.batch_size)   # unset: sampling's
     systems = raw.get("systems", ["base", "SFT", "CALM"])
     if not isinstance(systems, list) or "base" not in systems: raise ProfileError(file, "systems", f"must be a list that includes base, got {systems!r}")
     systems = _listed(file, "systems", systems, SYSTEMS)

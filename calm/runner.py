@@ -107,7 +107,7 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     hub = ("network (MedQA train questions from the hub, translated)",) if d.source == "release:medqa" else ()
     stages = []
     def S(name, fn, needs=(), outputs=(), tables=(), **kw): stages.append(Stage(model, d.name, name, fn, {"out": o, **kw}, needs, outputs, tables))
-    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.evaluation.batch_size or p.sampling.batch_size, release=rel, dtype=p.dtype)
+    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.evaluation.batch_size, release=rel, dtype=p.dtype)
     gold = lambda s: ("table2",) if s.endswith("_gold") else ()
     test_ds = {**ds, "languages": list(d.test_languages or L)}   # the test questions in the test languages (default: the trained ones)
     S("sample", run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend, dataset=ds, sampling=asdict(p.sampling), release=rel, dtype=p.dtype)
@@ -153,7 +153,7 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
                                                              "rag": rag_kw}, ("GPU",) + net, ("adapters/CALM",), T)]
     for s in ("base", "CALM"):
         stages.append(Stage(g, d.name, f"rag:evaluate:{s}", run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s, "dataset": ds,
-                            "evaluation": asdict(p.evaluation), "seed": p.sampling.seed, "batch_size": p.evaluation.batch_size or p.sampling.batch_size, "release": rel,
+                            "evaluation": asdict(p.evaluation), "seed": p.sampling.seed, "batch_size": p.evaluation.batch_size, "release": rel,
                             "rag": rag_kw, "dtype": p.dtype}, gpu + net, (f"eval/{s}",), T))
     stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
     return stages

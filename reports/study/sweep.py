@@ -79,20 +79,18 @@ def sweep_row(base_lp: pd.DataFrame, lp: pd.DataFrame, items, languages=LANGS, n
         row.update({f"{m}": round(r.b, 2), f"d_{m}": round(r["diff"], 2), f"d_{m}_ci": f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]",
                     f"d_{m}_excludes_0": bool(r.ci_low > 0 or r.ci_high < 0)})
     from calm.evaluation import answer_matrix
-    from calm.likelihood import likelihood_answers
+    from calm.likelihood import excess_rankc, likelihood_answers, option_rankings
     from calm.metrics import excess_consistency, paired_bootstrap_stat
-    row["top_letter_share"] = round(100 * likelihood_answers(lp).letter.value_counts(normalize=True).iloc[0], 1)   # agreement by always answering one letter?
-    _, pred, _ = answer_matrix(likelihood_answers(lp), items, languages)
-    _, base_pred, _ = answer_matrix(likelihood_answers(base_lp), items, languages)
-    pb = paired_bootstrap_stat(excess_consistency, pred, base_pred, n_boot=n_boot, seed=seed)   # Consistency_2 beyond each language's letter frequencies
-    row.update({"excess_Consistency_2": round(100 * excess_consistency(pred), 2), "d_excess_Consistency_2": round(100 * pb.diff, 2),
-                "d_excess_Consistency_2_ci": f"[{100 * pb.low:+.1f}, {100 * pb.high:+.1f}]", "d_excess_Consistency_2_excludes_0": bool(pb.low > 0 or pb.high < 0)})
-    from calm.likelihood import excess_rankc, option_rankings
-    qids = [q for q in dict.fromkeys(it.qid for it in items)]
-    R, base_R = option_rankings(lp, languages, qids)[1], option_rankings(base_lp, languages, qids)[1]
-    pb = paired_bootstrap_stat(lambda r: excess_rankc(r, languages), R, base_R, n_boot=n_boot, seed=seed)   # RankC beyond a preference among options
-    row.update({"excess_RankC": round(100 * excess_rankc(R, languages), 2), "d_excess_RankC": round(100 * pb.diff, 2),
-                "d_excess_RankC_ci": f"[{100 * pb.low:+.1f}, {100 * pb.high:+.1f}]", "d_excess_RankC_excludes_0": bool(pb.low > 0 or pb.high < 0)})
+    answers, base_answers = likelihood_answers(lp), likelihood_answers(base_lp)
+    row["top_letter_share"] = round(100 * answers.letter.value_counts(normalize=True).iloc[0], 1)   # agreement by always answering one letter?
+    qids = list(dict.fromkeys(it.qid for it in items))
+    beyond_preference = {   # name: (statistic, CALM's input, base's input); each CALM minus base over the same resampled questions
+        "excess_Consistency_2": (excess_consistency, answer_matrix(answers, items, languages)[1], answer_matrix(base_answers, items, languages)[1]),
+        "excess_RankC": (lambda r: excess_rankc(r, languages), option_rankings(lp, languages, qids)[1], option_rankings(base_lp, languages, qids)[1])}
+    for m, (stat, x, base_x) in beyond_preference.items():
+        pb = paired_bootstrap_stat(stat, x, base_x, n_boot=n_boot, seed=seed)
+        row.update({m: round(100 * stat(x), 2), f"d_{m}": round(100 * pb.diff, 2), f"d_{m}_ci": f"[{100 * pb.low:+.1f}, {100 * pb.high:+.1f}]",
+                    f"d_{m}_excludes_0": bool(pb.low > 0 or pb.high < 0)})
     return row
 
 
