@@ -88,6 +88,7 @@ class MCItem:
     options: tuple[tuple[str, str], ...]  # ordered (letter, text) pairs
     gold: str | None = None               # the correct letter, None when unknown
     source: str = ""                      # where the item came from
+    option_ids: tuple[str, ...] = ()      # language-independent id of each option, in order; () when options are parallel by letter
 
     @property
     def letters(self) -> list[str]:
@@ -98,10 +99,24 @@ class MCItem:
         "The text of option `letter`."
         return dict(self.options)[letter]
 
+    def option_id(self, letter: str) -> str:
+        "The language-independent id of option `letter` (the letter itself when the item has no ids)."
+        return self.option_ids[self.letters.index(letter)] if self.option_ids else letter
+
+    def letter_of(self, option_id: str) -> str:
+        "The letter under which this language shows the option `option_id`."
+        return self.letters[self.option_ids.index(option_id)] if self.option_ids else option_id
+
+    @property
+    def gold_id(self) -> str | None:
+        "The language-independent id of the gold option (None when gold is unknown)."
+        return None if self.gold is None else self.option_id(self.gold)
+
     def to_dict(self) -> dict:
-        "The JSONL form of this item."
-        return {"qid": self.qid, "lang": self.lang, "question": self.question,
-                "options": [{"label": l, "text": t} for l, t in self.options],
+        "The JSONL form of this item (options carry an `id` only when the item has ids)."
+        ids = self.option_ids or [None] * len(self.options)
+        opts = [{"label": l, "text": t, **({"id": i} if i is not None else {})} for (l, t), i in zip(self.options, ids)]
+        return {"qid": self.qid, "lang": self.lang, "question": self.question, "options": opts,
                 "gold": self.gold, "source": self.source}
 
 # %% ../nbs/00_data.ipynb #3d5e8a41
@@ -150,21 +165,24 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
     if not isinstance(opts, list): raise err("expected a list of {label, text}", "options")
     if len(opts) < 2: raise err(f"fewer than two options ({len(opts)})", "options")
     if len(opts) > len(OPTION_LETTERS): raise err(f"{len(opts)} options; at most {len(OPTION_LETTERS)} (A-J) can be read and voted on", "options")
-    pairs = []
+    pairs, ids = [], []
     for k, o in enumerate(opts):
-        if isinstance(o, dict): l, t = o.get("label"), o.get("text")
+        if isinstance(o, dict): l, t = o.get("label"), o.get("text"); ids.append(o.get("id"))
         elif isinstance(o, (list, tuple)) and len(o) == 2: l, t = o
         else: raise err("expected {label, text}", f"options[{k}]")
         if l is None or (isinstance(l, str) and not l.strip()): raise err("empty label", f"options[{k}].label")
         pairs.append((normalize_letter(l, file, row, f"options[{k}].label"), _text(t, err, f"options[{k}].text")))
     dup = [l for l, n in Counter(l for l, _ in pairs).items() if n > 1]
     if dup: raise err(f"duplicate letters {dup}", "options")
+    given = [i for i in ids if i not in (None, "")]
+    if given and len(given) < len(pairs): raise err("some options have an id and some not: give every option an id, or none", "options")
+    if given and len(set(map(str, given))) < len(given): raise err(f"duplicate option ids {[str(i) for i in given]}", "options")
     gold = d.get("gold")
     if gold in (None, ""): gold = None
     else:
         gold = unicodedata.normalize("NFKC", str(gold)).strip().upper()
         if gold not in [l for l, _ in pairs]: raise err(f"gold {gold!r} is not among the options {[l for l, _ in pairs]}", "gold")
-    return MCItem(qid, lang, q, tuple(pairs), gold, str(d.get("source") or ""))
+    return MCItem(qid, lang, q, tuple(pairs), gold, str(d.get("source") or ""), tuple(str(i) for i in given))
 
 # %% ../nbs/00_data.ipynb #4ce4d122
 def write_items(items: Iterable[MCItem], path) -> Path:
@@ -221,8 +239,11 @@ def check_parallel(items: list[MCItem], languages: Iterable[str] | None = None, 
     for qid, g in groups.items():
         missing = [l for l in langs if l not in g]
         if missing: problems.append(DataError(f"question {qid!r} missing in {missing}", file, None, "lang"))
-        golds = {l: it.gold for l, it in g.items()}
-        if len(set(golds.values())) > 1: problems.append(DataError(f"question {qid!r} has different gold letters across languages: {golds}", file, None, "gold"))
+        golds = {l: it.gold_id for l, it in g.items()}
+        what = "gold options (by option id)" if any(it.option_ids for it in g.values()) else "gold letters"
+        if len(set(golds.values())) > 1: problems.append(DataError(f"question {qid!r} has different {what} across languages: {golds}", file, None, "gold"))
+        ids = {l: tuple(sorted(it.option_ids or it.letters)) for l, it in g.items()}
+        if len(set(ids.values())) > 1: problems.append(DataError(f"question {qid!r} has different option ids across languages: {ids}", file, None, "options"))
         nopt = {l: len(it.options) for l, it in g.items()}
         if len(set(nopt.values())) > 1: problems.append(DataError(f"question {qid!r} has different option counts across languages: {nopt}", file, None, "options"))
     _raise_all(problems, file or "parallel items")
