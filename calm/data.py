@@ -107,6 +107,14 @@ class MCItem:
         "The letter under which this language shows the option `option_id`."
         return self.letters[self.option_ids.index(option_id)] if self.option_ids else option_id
 
+    def canonical_letter(self, letter: str) -> str:
+        "Option `letter` renamed by its id's rank among the item's sorted ids: the same option has the same name in every language."
+        return OPTION_LETTERS[sorted(self.option_ids).index(self.option_id(letter))] if self.option_ids else letter
+
+    def shown_letter(self, canonical: str) -> str:
+        "The letter this language shows for the option whose canonical letter is `canonical` (inverse of `canonical_letter`)."
+        return self.letter_of(sorted(self.option_ids)[OPTION_LETTERS.index(canonical)]) if self.option_ids else canonical
+
     @property
     def gold_id(self) -> str | None:
         "The language-independent id of the gold option (None when gold is unknown)."
