@@ -59,7 +59,8 @@ def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sam
     pos = pd.Index(rq).get_indexer(qids)
     pred = np.full((len(qids), len(langs)), -1, np.int8)
     pred[pos >= 0] = codes[pos[pos >= 0], :, 0]
-    return np.asarray(qids), pred, _shown_gold(items, qids, langs, gold) if shown else encode_letters([gold[q] for q in qids])
+    shown_or_canonical = _shown_gold(items, qids, langs, gold) if shown else encode_letters([gold[q] for q in qids])
+    return np.asarray(qids), pred, shown_or_canonical
 
 # %% ../nbs/71_evaluation.ipynb #cded3fe8
 def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, n_boot: int = 1000, seed: int = 0,
@@ -109,7 +110,8 @@ def compare_systems(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], l
     tests = [(l, ca[:, i], cb[:, i]) for i, l in enumerate(langs)] + [("ACC_avg", ca.mean(1), cb.mean(1))]
     if len(langs) > 1:
         L = len(langs)
-        tests.append((f"Consistency_{L}", consistency_at(pa, L, per_question=True), consistency_at(pb, L, per_question=True)))
+        per_q = [consistency_at(p, L, per_question=True) for p in (pa, pb)]
+        tests.append((f"Consistency_{L}", *per_q))
     rows = []
     for name, x, y in tests:
         pbs = paired_bootstrap(y, x, n_boot=n_boot, seed=seed)   # mean(b) - mean(a)

@@ -294,7 +294,7 @@ def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequ
     sizes = {len(g) for g in groups.values()}
     if len(sizes) > 1: raise DataError(f"questions have different numbers of options {sorted(sizes)}: RankC compares equal candidate sets", field="option")
     N = sizes.pop() if sizes else 0
-    by_key = {(it.qid, normalize_lang(it.lang)): it for it in items or [] if it.option_ids} if agree_on == "option" else {}
+    by_key = {(it.qid, normalize_lang(it.lang)): it for it in (items or []) if it.option_ids and agree_on == "option"}
     out = np.empty((len(qids), len(langs), N), np.int8)
     for q, qid in enumerate(qids):
         for l, lang in enumerate(langs):
@@ -303,7 +303,8 @@ def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequ
             codes = encode_letters(g.option.to_numpy())
             order = np.lexsort((codes, -g.logprob.to_numpy(np.float64)))     # by log-prob, then by shown letter
             it = by_key.get((qid, lang))
-            out[q, l] = codes[order] if it is None else encode_letters([it.canonical_letter(x) for x in g.option.to_numpy()[order]])
+            shown = g.option.to_numpy()[order]
+            out[q, l] = codes[order] if it is None else encode_letters([it.canonical_letter(x) for x in shown])
     return np.asarray(qids), out
 
 # %% ../nbs/72_likelihood.ipynb #0da45274

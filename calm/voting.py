@@ -179,8 +179,9 @@ def canonical_records(records: pd.DataFrame, items: Iterable[MCItem]) -> pd.Data
         x = fold_letter(letter)
         return it.canonical_letter(x) if x in it.letters else None
     out = records.copy()
-    out["letter"] = pd.Series([x if (it := shuffled.get((q, l))) is None else rename(it, x)
-                               for q, l, x in zip(records["qid"], _record_langs(records), records["letter"])], index=records.index, dtype=object)
+    keys = zip(records["qid"], _record_langs(records), records["letter"])
+    out["letter"] = pd.Series([x if (it := shuffled.get((q, l))) is None else rename(it, x) for q, l, x in keys],
+                              index=records.index, dtype=object)
     return out
 
 # %% ../nbs/40_voting.ipynb #07d9d19a
