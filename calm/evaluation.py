@@ -12,75 +12,117 @@ import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
 from .extraction import extract_records
-from .metrics import ac3, accuracy, consistency_at, metrics_table, paired_bootstrap, correctness
-from .voting import answer_array, encode_letters
+from .metrics import (ac3, accuracy, consistency_at, correctness, excess_consistency, excess_consistency_ci, metrics_table,
+                          paired_bootstrap, paired_bootstrap_stat)
+from .voting import answer_array, canonical_records, encode_letters
 
 # %% auto #0
-__all__ = ['gold_codes', 'answer_matrix', 'score', 'results_row', 'results_table', 'compare_systems', 'evaluate_model']
+__all__ = ['AGREE_ON', 'check_agree_on', 'gold_codes', 'answer_matrix', 'score', 'results_row', 'results_table',
+           'compare_systems', 'evaluate_model']
+
+# %% ../nbs/71_evaluation.ipynb #de1c9a42
+AGREE_ON = ("option", "letter")
+"What agreement across languages counts: the same `option` (by option id, the default) or the same shown `letter` (the paper's)."
+
+def check_agree_on(agree_on: str) -> str:
+    "`agree_on` if it is one of `AGREE_ON`, else `ValueError`."
+    if agree_on not in AGREE_ON: raise ValueError(f"agree_on must be one of {AGREE_ON}, not {agree_on!r}")
+    return agree_on
 
 # %% ../nbs/71_evaluation.ipynb #b0ef9e76
 def gold_codes(items: Iterable[MCItem], file=None) -> dict:
-    "`{qid: gold letter}` of `items`; `DataError` (naming `file`, the items' source, if given) when a question lacks gold or languages disagree."
+    "`{qid: gold canonical letter}` of `items` (the gold letter when they have no option ids); `DataError` (naming `file`) when a question lacks gold or languages disagree on its gold option."
     gold: dict = {}
     for it in items:
         if it.gold is None: raise DataError(f"question {it.qid!r} has no gold letter in {it.lang!r}: it cannot be scored", file, field="gold")
-        if gold.setdefault(it.qid, it.gold) != it.gold: raise DataError(f"question {it.qid!r} has different gold letters across languages", file, field="gold")
-    return gold
+        g = (it.canonical_letter(it.gold), it.gold_id)
+        if gold.setdefault(it.qid, g) != g:
+            what = "gold options (by option id)" if it.option_ids else "gold letters"
+            raise DataError(f"question {it.qid!r} has different {what} across languages", file, field="gold")
+    return {q: g for q, (g, _) in gold.items()}
 
 # %% ../nbs/71_evaluation.ipynb #59fac2fb
-def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0):
-    "`(qids, pred (Q, L) codes, gold (Q,) codes)` for one sample index, questions in item order."
-    items = list(items); gold = gold_codes(items)
+def _shown_gold(items: list[MCItem], qids, langs, gold: dict) -> np.ndarray:
+    "Gold letter codes as each language shows them, (Q, L); the canonical gold where a language lacks the item."
+    by_key = {(it.qid, normalize_lang(it.lang)): it.gold for it in items}
+    return encode_letters([[by_key.get((q, l), gold[q]) for l in langs] for q in qids])
+
+def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, agree_on: str = "option"):
+    "`(qids, pred (Q, L) codes, gold codes)` for one sample index, questions in item order, options named by `agree_on` (`option`: canonical letters)."
+    items = list(items); gold = gold_codes(items); check_agree_on(agree_on)
     langs = [normalize_lang(l) for l in languages]
     qids = list(gold)
     recs = records[records.qid.isin(gold)]
     if recs.empty: raise DataError("no records for these questions", field="qid")
-    rq, codes = answer_array(recs, langs, samples=[sample])
+    shown = agree_on == "letter" and any(it.option_ids for it in items)
+    rq, codes = answer_array(recs if shown else canonical_records(recs, items), langs, samples=[sample])
     pos = pd.Index(rq).get_indexer(qids)
     pred = np.full((len(qids), len(langs)), -1, np.int8)
     pred[pos >= 0] = codes[pos[pos >= 0], :, 0]
-    return np.asarray(qids), pred, encode_letters([gold[q] for q in qids])
+    shown_or_canonical = _shown_gold(items, qids, langs, gold) if shown else encode_letters([gold[q] for q in qids])
+    return np.asarray(qids), pred, shown_or_canonical
 
 # %% ../nbs/71_evaluation.ipynb #cded3fe8
-def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Every metric of one system with bootstrap intervals (fractions), as `calm.metrics.metrics_table`."
-    _, pred, gold = answer_matrix(records, items, languages, sample)
-    return metrics_table(pred, gold, [normalize_lang(l) for l in languages], n_boot=n_boot, seed=seed)
+def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, n_boot: int = 1000, seed: int = 0,
+          agree_on: str = "option") -> pd.DataFrame:
+    "Every metric of one system with bootstrap intervals (fractions), as `calm.metrics.metrics_table`, with `excess_Consistency_2`."
+    langs = [normalize_lang(l) for l in languages]
+    _, pred, gold = answer_matrix(records, items, langs, sample, agree_on)
+    table = metrics_table(pred, gold, langs, n_boot=n_boot, seed=seed)
+    if len(langs) > 1:
+        ci = excess_consistency_ci(pred, 2, n_boot=n_boot, seed=seed)
+        table.loc["excess_Consistency_2"] = [ci.estimate, ci.low, ci.high]
+        at = list(table.index).index("Consistency_2") + 1
+        table = table.loc[list(table.index[:at]) + ["excess_Consistency_2"] + list(table.index[at:-1])]
+    return table.assign(agree_on=agree_on)
 
 # %% ../nbs/71_evaluation.ipynb #2c649fed
-def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0) -> dict:
-    "Table 1's row for one system (percent): accuracy per language, ACC_avg, Consistency_L and AC3_L."
+def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, agree_on: str = "option") -> dict:
+    "Table 1's row for one system (percent): accuracy per language, ACC_avg, Consistency_L, excess_Consistency_2, AC3_L; `agree_on`."
     langs = [normalize_lang(l) for l in languages]
-    _, pred, gold = answer_matrix(records, items, langs, sample)
+    _, pred, gold = answer_matrix(records, items, langs, sample, agree_on)
     acc = accuracy(pred, gold)
     row = {l: 100 * float(a) for l, a in zip(langs, acc)}
     row["ACC_avg"] = 100 * float(acc.mean())
     if len(langs) > 1:
         c = float(consistency_at(pred, len(langs)))
         row[f"Consistency_{len(langs)}"] = 100 * c
+        row["excess_Consistency_2"] = 100 * float(excess_consistency(pred, 2))
         row[f"AC3_{len(langs)}"] = 100 * float(ac3(acc.mean(), c))
+    row["agree_on"] = agree_on
     return row
 
 # %% ../nbs/71_evaluation.ipynb #75d90339
-def results_table(systems: Mapping[str, pd.DataFrame], items: Iterable[MCItem], languages, sample: int = 0) -> pd.DataFrame:
+def results_table(systems: Mapping[str, pd.DataFrame], items: Iterable[MCItem], languages, sample: int = 0,
+                  agree_on: str = "option") -> pd.DataFrame:
     "Table 1 for several systems: one `results_row` per named system."
     items = list(items)
-    return pd.DataFrame([{"system": name, **results_row(r, items, languages, sample)} for name, r in systems.items()])
+    return pd.DataFrame([{"system": name, **results_row(r, items, languages, sample, agree_on)} for name, r in systems.items()])
 
 # %% ../nbs/71_evaluation.ipynb #fb06c948
 def compare_systems(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0,
-                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Paired bootstrap of accuracy(b) - accuracy(a) per language and on average (percent points)."
+                    n_boot: int = 1000, seed: int = 0, agree_on: str = "option") -> pd.DataFrame:
+    "Paired bootstrap of b minus a (percent points): accuracy per language and on average, Consistency_L and excess_Consistency_2."
     items, langs = list(items), [normalize_lang(l) for l in languages]
-    qa, pa, gold = answer_matrix(a, items, langs, sample)
-    _, pb, _ = answer_matrix(b, items, langs, sample)
+    qa, pa, gold = answer_matrix(a, items, langs, sample, agree_on)
+    _, pb, _ = answer_matrix(b, items, langs, sample, agree_on)
     ca, cb = correctness(pa, gold).astype(float), correctness(pb, gold).astype(float)
+    tests = [(l, ca[:, i], cb[:, i]) for i, l in enumerate(langs)] + [("ACC_avg", ca.mean(1), cb.mean(1))]
+    if len(langs) > 1:
+        L = len(langs)
+        per_q = [consistency_at(p, L, per_question=True) for p in (pa, pb)]
+        tests.append((f"Consistency_{L}", *per_q))
     rows = []
-    for name, x, y in [(l, ca[:, i], cb[:, i]) for i, l in enumerate(langs)] + [("ACC_avg", ca.mean(1), cb.mean(1))]:
+    for name, x, y in tests:
         pbs = paired_bootstrap(y, x, n_boot=n_boot, seed=seed)   # mean(b) - mean(a)
         rows.append({"metric": name, "a": 100 * x.mean(), "b": 100 * y.mean(), "diff": 100 * pbs.diff,
                      "ci_low": 100 * pbs.low, "ci_high": 100 * pbs.high, "p_le_0": pbs.p_le_0, "n": len(x)})
-    return pd.DataFrame(rows)
+    if len(langs) > 1:
+        stat = lambda p: excess_consistency(p, 2)
+        pbs = paired_bootstrap_stat(stat, pb, pa, n_boot=n_boot, seed=seed)
+        rows.append({"metric": "excess_Consistency_2", "a": 100 * stat(pa), "b": 100 * stat(pb), "diff": 100 * pbs.diff,
+                     "ci_low": 100 * pbs.low, "ci_high": 100 * pbs.high, "p_le_0": pbs.p_le_0, "n": len(pa)})
+    return pd.DataFrame(rows).assign(agree_on=agree_on)
 
 # %% ../nbs/71_evaluation.ipynb #45fcfcae
 def evaluate_model(run_dir, items: Iterable[MCItem], languages, backend, m: int = 1, greedy: bool = False,

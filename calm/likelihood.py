@@ -281,9 +281,12 @@ def rankc_chance(n: int) -> float:
     return float(rankc_weights(n) @ (np.arange(1, n + 1) / n))
 
 # %% ../nbs/72_likelihood.ipynb #532c116c
-def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    "`(qids, rankings)`: each question's options in each language, most probable first, as a (Q, L, N) array of letter codes."
+def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequence[str] | None = None,
+                    items: Iterable[MCItem] | None = None, agree_on: str = "option") -> tuple[np.ndarray, np.ndarray]:
+    "`(qids, rankings)`: each question's options in each language, most probable first, as a (Q, L, N) array of letter codes (canonical with `items`)."
+    from calm.evaluation import check_agree_on
     from calm.voting import encode_letters
+    check_agree_on(agree_on)
     langs = [normalize_lang(l) for l in languages]
     df = logprobs[logprobs.lang.isin(langs)]
     qids = list(dict.fromkeys(df.qid)) if qids is None else list(qids)
@@ -291,14 +294,17 @@ def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequ
     sizes = {len(g) for g in groups.values()}
     if len(sizes) > 1: raise DataError(f"questions have different numbers of options {sorted(sizes)}: RankC compares equal candidate sets", field="option")
     N = sizes.pop() if sizes else 0
+    by_key = {(it.qid, normalize_lang(it.lang)): it for it in (items or []) if it.option_ids and agree_on == "option"}
     out = np.empty((len(qids), len(langs), N), np.int8)
     for q, qid in enumerate(qids):
         for l, lang in enumerate(langs):
             g = groups.get((qid, lang))
             if g is None: raise DataError(f"no option log-probabilities for question {qid!r} in {lang!r}", field="qid")
             codes = encode_letters(g.option.to_numpy())
-            order = np.lexsort((codes, -g.logprob.to_numpy(np.float64)))     # by log-prob, then by letter
-            out[q, l] = codes[order]
+            order = np.lexsort((codes, -g.logprob.to_numpy(np.float64)))     # by log-prob, then by shown letter
+            it = by_key.get((qid, lang))
+            shown = g.option.to_numpy()[order]
+            out[q, l] = codes[order] if it is None else encode_letters([it.canonical_letter(x) for x in shown])
     return np.asarray(qids), out
 
 # %% ../nbs/72_likelihood.ipynb #0da45274
@@ -346,65 +352,69 @@ def excess_rankc(rankings, languages: Sequence[str]) -> float:
 
 # %% ../nbs/72_likelihood.ipynb #063c4887
 def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], n_boot: int = 1000,
-                     seed: int = 0) -> pd.DataFrame:
-    "Accuracy, ACC_avg, Consistency_s, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with 95% bootstrap intervals."
+                     seed: int = 0, agree_on: str = "option") -> pd.DataFrame:
+    "Accuracy, ACC_avg, Consistency_s, excess_Consistency_2, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with 95% intervals."
     from calm.evaluation import gold_codes, score
     from calm.metrics import bootstrap_ci
     items, langs = list(items), [normalize_lang(l) for l in languages]
-    table = score(likelihood_answers(logprobs), items, langs, n_boot=n_boot, seed=seed)
+    table = score(likelihood_answers(logprobs), items, langs, n_boot=n_boot, seed=seed, agree_on=agree_on)
     qids = list(gold_codes(it for it in items if normalize_lang(it.lang) in langs))
-    _, R = option_rankings(logprobs, langs, qids)
+    _, R = option_rankings(logprobs, langs, qids, items=items, agree_on=agree_on)
     extra = {"RankC": None} if len(langs) > 1 else {}
     if "en" in langs and len(langs) > 2: extra["RankC_en"] = "en"
     for name, ref in extra.items():
         ci = bootstrap_ci(rankc(R, langs, reference=ref, per_question=True), n_boot=n_boot, seed=seed)   # same seed, same questions: score's resamples
-        table.loc[name] = [ci.estimate, ci.low, ci.high]
+        table.loc[name] = [ci.estimate, ci.low, ci.high, agree_on]
     table["evaluation"] = EVALUATION
-    table.attrs.update(logprobs.attrs, evaluation=EVALUATION, questions=len(qids), languages=langs)
+    table.attrs.update(logprobs.attrs, evaluation=EVALUATION, questions=len(qids), languages=langs, agree_on=agree_on)
     return table
 
 # %% ../nbs/72_likelihood.ipynb #6618657b
-def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str]) -> dict:
-    "Table 1's row (percent) from likelihood answers: accuracy per language, ACC_avg, Consistency_L, AC3_L, RankC; `evaluation`."
+def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], agree_on: str = "option") -> dict:
+    "Table 1's row (percent) from likelihood answers: accuracy per language, ACC_avg, Consistency_L, AC3_L, RankC, excess_RankC; `evaluation`, `agree_on`."
     from calm.evaluation import gold_codes, results_row
     items, langs = list(items), [normalize_lang(l) for l in languages]
-    row = {"evaluation": EVALUATION, **results_row(likelihood_answers(logprobs), items, langs)}
+    row = {"evaluation": EVALUATION, **results_row(likelihood_answers(logprobs), items, langs, agree_on=agree_on)}
     if len(langs) > 1:
-        _, R = option_rankings(logprobs, langs, list(gold_codes(it for it in items if normalize_lang(it.lang) in langs)))
+        qids = list(gold_codes(it for it in items if normalize_lang(it.lang) in langs))
+        _, R = option_rankings(logprobs, langs, qids, items=items, agree_on=agree_on)
         row["RankC"] = 100 * rankc(R, langs)
+        row["excess_RankC"] = 100 * excess_rankc(R, langs)
+    row["agree_on"] = row.pop("agree_on")
     return row
 
 # %% ../nbs/72_likelihood.ipynb #53e1364f
 def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
-                            s_values: Sequence[int] | None = None) -> pd.DataFrame:
+                            s_values: Sequence[int] | None = None, agree_on: str = "option") -> pd.DataFrame:
     "Per question (index qid): correct_<lang>, ACC_avg, Consistency_s (default s = L) and RankC (and RankC_en): their means are the metrics."
     from calm.evaluation import answer_matrix
     from calm.metrics import consistency_at, correctness
     items, langs = list(items), [normalize_lang(l) for l in languages]
-    qids, pred, gold = answer_matrix(likelihood_answers(logprobs), items, langs)
+    qids, pred, gold = answer_matrix(likelihood_answers(logprobs), items, langs, agree_on=agree_on)
     correct = correctness(pred, gold).astype(np.float64)
     out = pd.DataFrame(correct, index=pd.Index(qids, name="qid"), columns=[f"correct_{l}" for l in langs])
     out["ACC_avg"] = correct.mean(axis=1)
     if len(langs) > 1:
         for s in ([len(langs)] if s_values is None else s_values): out[f"Consistency_{s}"] = consistency_at(pred, s, per_question=True)
-        _, R = option_rankings(logprobs, langs, list(qids))
+        _, R = option_rankings(logprobs, langs, list(qids), items=items, agree_on=agree_on)
         out["RankC"] = rankc(R, langs, per_question=True)
         if "en" in langs and len(langs) > 2: out["RankC_en"] = rankc(R, langs, reference="en", per_question=True)
-    out.attrs.update(logprobs.attrs, evaluation=EVALUATION)
+    out.attrs.update(logprobs.attrs, evaluation=EVALUATION, agree_on=agree_on)
     return out
 
 # %% ../nbs/72_likelihood.ipynb #9631f58a
 def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
-                       s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+                       s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                       agree_on: str = "option") -> pd.DataFrame:
     "System b minus system a (option log-probabilities of each) per metric, in percentage points, with paired bootstrap intervals."
     from calm.metrics import paired_bootstrap
     items = list(items)
-    pa, pb = likelihood_per_question(a, items, languages, s_values), likelihood_per_question(b, items, languages, s_values)
+    pa, pb = (likelihood_per_question(x, items, languages, s_values, agree_on) for x in (a, b))
     rows = []
     for col in pa.columns:
         x, y = pa[col].to_numpy(), pb[col].to_numpy()
         bs = paired_bootstrap(y, x, n_boot=n_boot, alpha=alpha, seed=seed)          # mean(b) - mean(a)
         name = col.replace("correct_", "acc_")
         rows.append({"metric": name, "a": 100 * x.mean(), "b": 100 * y.mean(), "diff": 100 * bs.diff, "ci_low": 100 * bs.low,
-                     "ci_high": 100 * bs.high, "p_le_0": bs.p_le_0, "n": len(x), "evaluation": EVALUATION})
+                     "ci_high": 100 * bs.high, "p_le_0": bs.p_le_0, "n": len(x), "evaluation": EVALUATION, "agree_on": agree_on})
     return pd.DataFrame(rows)

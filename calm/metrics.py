@@ -18,7 +18,8 @@ from .voting import encode_letters, vote_counts
 # %% auto #0
 __all__ = ['correctness', 'accuracy', 'acc_avg', 'consistency_at', 'consistency_curve', 'consistency_by_enumeration',
            'pairwise_consistency', 'chance_consistency', 'excess_consistency', 'ac3', 'CI', 'bootstrap_means',
-           'bootstrap_ci', 'PairedBootstrap', 'paired_bootstrap', 'paired_bootstrap_stat', 'metrics_table']
+           'bootstrap_ci', 'PairedBootstrap', 'paired_bootstrap', 'paired_bootstrap_stat', 'bootstrap_stat',
+           'excess_consistency_ci', 'metrics_table']
 
 # %% ../nbs/70_metrics.ipynb #cdfeaa0b
 def _pred(pred) -> np.ndarray:
@@ -32,14 +33,14 @@ def _pred(pred) -> np.ndarray:
 
 # %% ../nbs/70_metrics.ipynb #4b9d60e3
 def correctness(pred, gold) -> np.ndarray:
-    "Boolean (Q, L): the answer equals the gold letter (unparsed answers are wrong)."
+    "Boolean (Q, L): the answer equals the gold letter, one per question (Q,) or one per question and language (Q, L); unparsed answers are wrong."
     pred, gold = _pred(pred), np.asarray(gold)
-    if gold.shape != (pred.shape[0],): raise ValueError(f"gold must be shaped ({pred.shape[0]},), got {gold.shape}")
+    if gold.shape not in ((pred.shape[0],), pred.shape): raise ValueError(f"gold must be shaped ({pred.shape[0]},) or {pred.shape}, got {gold.shape}")
     if not np.issubdtype(gold.dtype, np.integer):
         unknown = int(pd.isna(gold).sum()) if gold.dtype.kind in "fO" else 0
         raise ValueError(f"gold must be letter codes (integers), got {gold.dtype}" + (f" with {unknown} unknown (NaN/None) value(s); drop those questions first" if unknown else ""))
     if (gold < 0).any(): raise ValueError(f"gold is unknown (-1) for {int((gold < 0).sum())} question(s); drop them first")
-    return (pred == gold[:, None]) & (pred >= 0)
+    return (pred == (gold if gold.ndim == 2 else gold[:, None])) & (pred >= 0)
 
 # %% ../nbs/70_metrics.ipynb #f914177e
 def accuracy(pred, gold) -> np.ndarray:
@@ -193,6 +194,23 @@ def paired_bootstrap_stat(stat, a, b, n_boot: int = 1000, alpha: float = 0.05, s
     boot = np.array([stat(a[i]) - stat(b[i]) for i in idx])
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return PairedBootstrap(float(stat(a) - stat(b)), float(low), float(high), float((boot <= 0).mean()))
+
+# %% ../nbs/70_metrics.ipynb #08a7cd9f
+def bootstrap_stat(stat, values, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> CI:
+    "stat(values) with a (1 - alpha) percentile interval over resampled questions (rows), for a statistic of a whole set of answers."
+    v = np.asarray(values)
+    if len(v) == 0: raise ValueError("no questions to resample")
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    boot = np.array([stat(v[i]) for i in idx])
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return CI(float(stat(v)), float(low), float(high))
+
+# %% ../nbs/70_metrics.ipynb #d22b2742
+def excess_consistency_ci(pred, s: int = 2, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> CI:
+    "`excess_consistency` of one system's (Q, L) answers with a percentile bootstrap interval over questions."
+    pred = _pred(pred)
+    s = _check_s(s, pred.shape[1])
+    return bootstrap_stat(lambda p: excess_consistency(p, s), pred, n_boot=n_boot, alpha=alpha, seed=seed)
 
 # %% ../nbs/70_metrics.ipynb #bb33eaad
 def metrics_table(pred, gold, languages: Sequence[str], s_values: Sequence[int] | None = None,

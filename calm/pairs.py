@@ -91,9 +91,17 @@ PAIR_COLUMNS = ["qid", "lang", "prompt", "chosen", "rejected", "chosen_letter", 
 "Columns of a pair table, in order."
 
 # %% ../nbs/50_pairs.ipynb #959698a3
-def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame) -> dict:
-    "{qid: {lang: first winning record}} for questions that have a winner."
+def _with_winner(records: pd.DataFrame, votes: pd.DataFrame, items=None) -> pd.DataFrame:
+    "Records merged with their question's `winner`; with `items`, the canonical winner as each record's language shows it."
     w = records.merge(votes[["qid", "winner"]], on="qid")
+    by_key = {(it.qid, it.lang): it for it in items or [] if it.option_ids}
+    if by_key: w["winner"] = pd.Series([by_key[(q, l)].shown_letter(x) if (q, l) in by_key and isinstance(x, str) else x
+                                        for q, l, x in zip(w.qid, w.lang, w.winner)], index=w.index, dtype=object)
+    return w
+
+def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame, items=None) -> dict:
+    "{qid: {lang: first winning record}} for questions that have a winner."
+    w = _with_winner(records, votes, items)
     w = w[w.letter.notna() & (w.letter == w.winner)].sort_values(["qid", "lang", "sample"])
     out: dict = {}
     for r in w.itertuples(index=False): out.setdefault(r.qid, {}).setdefault(r.lang, r)
@@ -101,17 +109,17 @@ def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame) -> dict:
 
 def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                 translator: Translator | None = None, source_order: list[str] | None = None,
-                include_unparsed: bool = False, gold: dict | None = None) -> pd.DataFrame:
-    "DPO pairs: each sample disagreeing with its question's winner, against a winning explanation in its language."
+                include_unparsed: bool = False, gold: dict | None = None, items=None) -> pd.DataFrame:
+    "DPO pairs: each sample disagreeing with its question's winner, against a winning explanation in its language (`items`: canonical winners)."
     translator = translator or IdentityTranslator()
     need = {"qid", "lang", "sample", "text", "letter"} - set(records.columns)
     if need: raise DataError(f"sample records lack columns {sorted(need)}", field=",".join(sorted(need)))
     if not {"qid", "winner"} <= set(votes.columns): raise DataError("votes need columns qid, winner")
     order = source_order or list(dict.fromkeys(records.lang))
-    wins = _winners_by_lang(records, votes)
+    wins = _winners_by_lang(records, votes, items)
     vt = votes.set_index("qid")
     rows, todo = [], []          # todo: (row index, text, source, target) to translate in batches
-    rej = records.merge(votes[["qid", "winner"]], on="qid")
+    rej = _with_winner(records, votes, items)
     rej = rej[rej.winner.notna() & (rej.letter != rej.winner) & (rej.letter.notna() | include_unparsed)]
     for r in rej.sort_values(["qid", "lang", "sample"]).itertuples(index=False):
         w = wins.get(r.qid, {})
@@ -120,7 +128,7 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
         c = w[src]
         p = prompt_fields(prompt_of(r.qid, r.lang))
         rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": c.text, "rejected": r.text,
-                     "chosen_letter": c.letter, "rejected_letter": r.letter, "chosen_sample": int(c.sample),
+                     "chosen_letter": r.winner, "rejected_letter": r.letter, "chosen_sample": int(c.sample),
                      "chosen_source_lang": src, "translated": False, "translator": None, "rejected_sample": int(r.sample),
                      "tie": bool(vt.loc[r.qid, "tie"]) if "tie" in vt.columns else False,
                      "gold": (gold or {}).get(r.qid), "system": p["system"], "chat": p["chat"]})
@@ -159,19 +167,21 @@ SFT_COLUMNS = ["qid", "lang", "prompt", "completion", "letter", "source_lang", "
 # %% ../nbs/50_pairs.ipynb #6c998f3b
 def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                    languages: Iterable[str] | None = None, translator: Translator | None = None,
-                   source_order: list[str] | None = None) -> pd.DataFrame:
-    "SFT rows (qid, lang, prompt, completion, letter, source_lang, translated): one winning explanation per question and language."
+                   source_order: list[str] | None = None, items=None) -> pd.DataFrame:
+    "SFT rows (qid, lang, prompt, completion, letter, source_lang, translated): one winning explanation per question and language; `items`: as `build_pairs`."
     translator = translator or IdentityTranslator()
     langs = list(languages or dict.fromkeys(records.lang))
     order = source_order or langs
     rows = []
-    for qid, w in _winners_by_lang(records, votes).items():
+    shown, voted = {(it.qid, it.lang): it.shown_letter for it in items or []}, dict(zip(votes.qid, votes.winner))
+    for qid, w in _winners_by_lang(records, votes, items).items():
         for l in langs:
             src = l if l in w else next((s for s in order if s in w), None)
             if src is None: continue
             text = w[src].text if src == l else translator.translate([w[src].text], src, l)[0]
             p = prompt_fields(prompt_of(qid, l))
-            rows.append({"qid": qid, "lang": l, "prompt": p["prompt"], "completion": text, "letter": w[src].letter,
+            letter = shown.get((qid, l), str)(voted[qid])                       # the winner as this language shows it
+            rows.append({"qid": qid, "lang": l, "prompt": p["prompt"], "completion": text, "letter": letter,
                          "source_lang": src, "translated": src != l and bool(getattr(translator, "translates", True)),
                          "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

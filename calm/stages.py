@@ -160,10 +160,11 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
 
 # %% ../nbs/85_stages.ipynb #c23798286
 def run_vote(out, languages, tie: str) -> Path:
-    "Stage `vote`: the majority vote over all languages and samples, to `out/votes.csv`."
+    "Stage `vote`: the majority vote over all languages and samples, counting options (canonical letters), to `out/votes.csv`."
     from calm.voting import vote_table
     st = run_state(out)
-    return write_atomic(Path(out) / "votes.csv", vote_table(st["records"], languages, tie=tie, lang_order=languages).to_csv(index=False))
+    votes = vote_table(st["records"], languages, tie=tie, lang_order=languages, items=st["items"])   # options, not letters
+    return write_atomic(Path(out) / "votes.csv", votes.to_csv(index=False))
 
 # %% ../nbs/85_stages.ipynb #a8224341
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
@@ -172,8 +173,9 @@ def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
     prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])   # chat messages, not a template baked into text
-    pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"])
-    write_training_sets(out / "data", pairs, sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages))
+    pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"], items=st["items"])
+    sft = sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages, items=st["items"])
+    write_training_sets(out / "data", pairs, sft)
     return out / "data"
 
 # %% ../nbs/85_stages.ipynb #c78200139

@@ -6,16 +6,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .data import OPTION_LETTERS, DataError, fold_letter, normalize_lang
+from .data import OPTION_LETTERS, DataError, MCItem, fold_letter, normalize_lang
 
 # %% auto #0
 __all__ = ['LETTERS', 'TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult',
-           'majority_vote', 'answer_array', 'vote_table', 'winning_share_by_language', 'pair_share_by_language']
+           'majority_vote', 'answer_array', 'canonical_records', 'vote_table', 'winning_share_by_language',
+           'pair_share_by_language']
 
 # %% ../nbs/40_voting.ipynb #733cf095
 LETTERS = OPTION_LETTERS
@@ -168,14 +169,29 @@ def answer_array(records: pd.DataFrame, languages: Sequence[str], samples=None, 
     codes.reshape(-1)[flat] = encode_letters(records["letter"].to_numpy()[keep])
     return np.asarray(qids), codes
 
+# %% ../nbs/40_voting.ipynb #01d2f9b9
+def canonical_records(records: pd.DataFrame, items: Iterable[MCItem]) -> pd.DataFrame:
+    "`records` with each `letter` renamed to its option's canonical letter (`MCItem.canonical_letter`), None where it names no option."
+    shuffled = {(it.qid, normalize_lang(it.lang)): it for it in items if it.option_ids}
+    if not shuffled: return records
+    _check_columns(records, ("qid", "lang", "letter"))
+    def rename(it, letter):
+        x = fold_letter(letter)
+        return it.canonical_letter(x) if x in it.letters else None
+    out = records.copy()
+    keys = zip(records["qid"], _record_langs(records), records["letter"])
+    out["letter"] = pd.Series([x if (it := shuffled.get((q, l))) is None else rename(it, x) for q, l, x in keys],
+                              index=records.index, dtype=object)
+    return out
+
 # %% ../nbs/40_voting.ipynb #07d9d19a
 def vote_table(records: pd.DataFrame, languages: Sequence[str], tie: str = "drop", lang_order: Sequence[str] | None = None,
-               seed: int | None = None, samples=None, file=None) -> pd.DataFrame:
-    "Majority vote per question from sample records: qid, winner (letter or None), votes, n_valid, share, tie."
+               seed: int | None = None, samples=None, file=None, items: Iterable[MCItem] | None = None) -> pd.DataFrame:
+    "Majority vote per question from sample records: qid, winner (letter or None), votes, n_valid, share, tie; with `items`, by option (canonical letters)."
     langs = [normalize_lang(l) for l in languages]
     if tie == "release": lang_order = [l for l in RELEASE_TIE_ORDER if l in langs] + [l for l in langs if l not in RELEASE_TIE_ORDER]
     order = None if lang_order is None else [langs.index(normalize_lang(l)) for l in lang_order]
-    qids, codes = answer_array(records, langs, samples, file)
+    qids, codes = answer_array(records if items is None else canonical_records(records, items), langs, samples, file)
     res = majority_vote(codes, tie=tie, lang_order=order, seed=seed)
     return pd.DataFrame({"qid": qids, "winner": res.letters(), "votes": res.votes, "n_valid": res.n_valid,
                          "share": res.share, "tie": res.tie})

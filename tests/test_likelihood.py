@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from calm.data import DataError, MCItem, demo_items
-from calm.likelihood import (ContinuationScorer, rankc_chance, TransformersScorer, _score_rows, as_scorer, compare_likelihood, encode_pair,
+from calm.likelihood import (ContinuationScorer, excess_rankc, rankc_chance, TransformersScorer, _score_rows, as_scorer, compare_likelihood, encode_pair,
                              likelihood_answers, likelihood_context, likelihood_per_question, likelihood_row, likelihood_table,
                              option_continuation,
                              option_logprobs, option_rankings, rankc, rankc_by_sets, rankc_matrix, rankc_pair, rankc_weights)
@@ -266,3 +266,37 @@ def test_gemma_few_shot_prompts_score_exactly_the_options():
         ci, xi = encode_pair(tok, c, x)
         with torch.inference_mode(): lp = torch.log_softmax(model(torch.tensor([ci + xi])).logits[0].float(), -1)
         np.testing.assert_allclose(g, [float(lp[len(ci) - 1, xi[0]])], atol=1e-4)
+
+
+def _shuffled_items(n_questions=200, langs=("en", "fr", "de", "es", "it"), seed=0):
+    "4-option questions shown in an independently shuffled order per language, option ids recorded."
+    rng = np.random.default_rng(seed)
+    out = []
+    for q in range(n_questions):
+        g = int(rng.integers(4))
+        for lang in langs:
+            order = rng.permutation(4)
+            out.append(MCItem(f"q{q}", lang, "?", tuple(("ABCD"[i], f"o{k}") for i, k in enumerate(order)), "ABCD"[list(order).index(g)],
+                              option_ids=tuple(f"o{k}" for k in order)))
+    return out
+
+
+def test_fixed_letter_order_has_no_excess_rankc_by_option():
+    langs = ["en", "fr", "de", "es", "it"]
+    items = _shuffled_items(langs=langs)
+    lp = pd.DataFrame([(it.qid, it.lang, x, -1.0 - i) for it in items for i, x in enumerate(it.letters)], columns=["qid", "lang", "option", "logprob"])
+    _, by_letter = option_rankings(lp, langs, items=items, agree_on="letter")
+    _, by_option = option_rankings(lp, langs, items=items)
+    assert rankc(by_letter, langs) == pytest.approx(1.0) and excess_rankc(by_letter, langs) == pytest.approx(0.0, abs=1e-12)
+    assert abs(rankc(by_option, langs) - rankc_chance(4)) < 0.03 and abs(excess_rankc(by_option, langs)) < 0.02
+    row, row_l = likelihood_row(lp, items, langs), likelihood_row(lp, items, langs, agree_on="letter")
+    assert (row["agree_on"], row_l["agree_on"]) == ("option", "letter") and row["ACC_avg"] == row_l["ACC_avg"]
+    assert abs(row["excess_RankC"]) < 2 and abs(row["excess_Consistency_2"]) < 2 and row_l["Consistency_5"] == 100
+    tab = likelihood_table(lp, items, langs, n_boot=100)
+    assert set(tab.agree_on) == {"option"} and tab.loc["excess_Consistency_2", "ci_low"] <= 0 <= tab.loc["excess_Consistency_2", "ci_high"]
+    # a model that ranks the options the same way in every language, whatever letter shows them
+    lp_opt = pd.DataFrame([(it.qid, it.lang, x, -1.0 - int(it.option_id(x)[1:])) for it in items for x in it.letters],
+                          columns=["qid", "lang", "option", "logprob"])
+    assert rankc(option_rankings(lp_opt, langs, items=items)[1], langs) == pytest.approx(1.0)
+    assert excess_rankc(option_rankings(lp_opt, langs, items=items)[1], langs) == pytest.approx(0.0, abs=1e-12)   # one fixed option order: preference
+    assert rankc(option_rankings(lp_opt, langs, items=items, agree_on="letter")[1], langs) < 0.6

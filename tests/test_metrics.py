@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 from calm.metrics import (CI, ac3, acc_avg, accuracy, bootstrap_ci, bootstrap_means, consistency_at,
                           consistency_by_enumeration, consistency_curve, correctness, metrics_table,
                           paired_bootstrap, pairwise_consistency)
+from calm.metrics import bootstrap_stat, excess_consistency, excess_consistency_ci, paired_bootstrap_stat
 from calm.voting import encode_letters as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,3 +229,24 @@ def test_paper_consis_is_pairwise_consistency_over_fully_parsed_questions():
     full = encode_letters(letters[[all(x is not None for x in r) for r in letters]])
     assert row["questions_in_Consis"] == len(full)
     assert abs(row["Consis"] - pairwise_consistency(full)) < 1e-12 and abs(row["Consis"] - consistency_at(full, 2)) < 1e-12
+
+
+def test_correctness_takes_gold_per_language():
+    pred = E([["A", "B"], ["C", None]])
+    assert correctness(pred, E([["A", "A"], ["C", "B"]])).tolist() == [[True, False], [True, False]]
+    assert correctness(pred, E(["A", "C"])).tolist() == correctness(pred, E([["A", "A"], ["C", "C"]])).tolist()
+    with pytest.raises(ValueError, match="gold must be shaped"): correctness(pred, E([["A", "A"]]))
+
+
+def test_excess_consistency_ci_shares_paired_resamples():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, size=(150, 4)).astype(np.int8)
+    b = np.repeat(a[:, :1], 4, axis=1)
+    stat = lambda p: excess_consistency(p, 2)
+    ca, cb = excess_consistency_ci(a, n_boot=300, seed=5), excess_consistency_ci(b, n_boot=300, seed=5)
+    assert ca.estimate == pytest.approx(stat(a)) and ca.low <= 0 <= ca.high          # independent answers: no excess
+    assert cb.low > 0.6                                                               # the same varied answer in every language
+    zero = np.zeros_like(a)                                                           # stat(zero) = 0: the paired interval is the single one
+    pb = paired_bootstrap_stat(stat, b, zero, n_boot=300, seed=5)
+    assert (pb.diff, pb.low, pb.high) == pytest.approx((cb.estimate, cb.low, cb.high))
+    assert bootstrap_stat(np.mean, np.ones(10)) == CI(1.0, 1.0, 1.0)

@@ -134,3 +134,24 @@ def test_empty_pair_file_reads_back_with_columns(tmp_path):
     back = read_pairs(write_training_sets(tmp_path, empty)["pairs"])
     assert len(back) == 0 and {"gold", "chosen_letter", "lang"} <= set(back.columns)
     assert len(filter_by_gold(back)) == 0
+
+
+def test_pairs_from_votes_by_option_on_shuffled_items():
+    from calm.data import MCItem
+    from calm.pairs import build_pairs, sft_from_votes
+    from calm.voting import vote_table
+    items = [MCItem("q1", "en", "?", (("A", "x"), ("B", "y")), "A", option_ids=("x", "y")),
+             MCItem("q1", "zh", "?", (("A", "y"), ("B", "x")), "B", option_ids=("y", "x"))]
+    recs = pd.DataFrame({"qid": "q1", "lang": ["en", "en", "zh", "zh"], "sample": [0, 1, 0, 1], "letter": ["A", "B", "B", "A"],
+                         "text": ["en x", "en y", "zh x", "zh y"]})
+    votes = vote_table(recs, ["en", "zh"], tie="drop", items=items)          # by option: x twice (en A, zh B), y twice: a tie
+    assert votes.winner.tolist() == [None]
+    recs.loc[3, "letter"] = "B"                                              # zh's second sample now says x too
+    votes = vote_table(recs, ["en", "zh"], items=items)
+    assert votes.winner.tolist() == ["A"]                                    # canonical A = option x
+    pairs = build_pairs(recs, votes, lambda q, l: f"{q} {l}", items=items)
+    assert pairs[["lang", "chosen", "rejected", "chosen_letter", "rejected_letter"]].values.tolist() == [["en", "en x", "en y", "A", "B"]]
+    sft = sft_from_votes(recs, votes, lambda q, l: f"{q} {l}", items=items)
+    assert sft[["lang", "completion", "letter"]].values.tolist() == [["en", "en x", "A"], ["zh", "zh x", "B"]]
+    # without items the same records vote by letter: B (en y, zh x, zh x) wins, a different answer
+    assert vote_table(recs, ["en", "zh"]).winner.tolist() == ["B"]
