@@ -153,7 +153,8 @@ def delta_bars(table: pd.DataFrame, x: str, value: str, path_stem=None, title: s
 
 # %% ../nbs/83_figures.ipynb #58301c05
 CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
-          "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")]}
+          "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")],
+          "dco": [("loss", "loss"), ("dco/preference_gap", "preference gap"), ("dco/agreement", "preference agreement")]}
 "The panels of a training-curve figure per method: (log key, title)."
 
 # %% ../nbs/83_figures.ipynb #ab1f410c

@@ -41,8 +41,8 @@ NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 "Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
 # %% ../nbs/84_profile.ipynb #8f413e2d
-SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold")
-"Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2)."
+SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
+"Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2; `CALM-robust`: TRL's robust loss; `DCO`: `calm.dco`)."
 
 SOURCES = ("demo", "release:xcsqa", "release:medqa")
 "Dataset sources a profile may name."
@@ -233,6 +233,7 @@ class Profile:
     parameters: dict = field(default_factory=dict)   # {notebook: {parameter: value}}: passed to that notebook by papermill
     rag: dict = field(default_factory=dict)          # retrieval-augmented runs: datasets, corpus, embedder, generator, k, scope, style
     dtype: str = "auto"                              # the weights sampling and answering read: auto (calm.models.inference_dtype), float32, bfloat16
+    vote_error_rate: float | None = None             # CALM-robust's label_smoothing: the vote's error rate on validation questions
 
     def dataset(self, name: str) -> Dataset:
         "The dataset called `name`."
@@ -279,7 +280,7 @@ def find_profile(profile) -> Path:
 
 # %% ../nbs/84_profile.ipynb #c08529913
 _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "sampling", "training", "evaluation",
-        "systems", "estimate", "notebooks", "parameters", "rag", "dtype"}
+        "systems", "estimate", "notebooks", "parameters", "rag", "dtype", "vote_error_rate"}
 _RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 
 def _models(file, models) -> list:
@@ -321,6 +322,14 @@ def _rag(file, rag, datasets) -> dict:
     _positive(file, "rag.k", rag["k"])
     if rag["style"] not in ("plain", "selfrag", "auto"): raise ProfileError(file, "rag.style", f"must be plain, selfrag or auto, got {rag['style']!r}")
     return {**rag, "corpus": str(_path(file, rag["corpus"]))}
+
+# %% ../nbs/84_profile.ipynb #f33efaf6
+def _vote_error_rate(file, value) -> float | None:
+    "The profile's `vote_error_rate` (CALM-robust's label smoothing): null, or a number in [0, 0.5)."
+    if value is None: return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 0.5:
+        raise ProfileError(file, "vote_error_rate", f"must be null or a number in [0, 0.5), got {value!r}")
+    return float(value)
 
 # %% ../nbs/84_profile.ipynb #c93468512
 def load_profile(profile) -> Profile:
@@ -372,4 +381,5 @@ def load_profile(profile) -> Profile:
     for n in params:
         if n not in notebooks: raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
     return Profile(name, file, str(raw.get("description", "")), raw["backend"], rd, models, datasets, sampling, training,
-                   evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets), dtype)
+                   evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets), dtype,
+                   _vote_error_rate(file, raw.get("vote_error_rate")))

@@ -114,7 +114,9 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     S("vote", run_vote, (), ("votes.csv",), languages=L, tie=p.sampling.tie)
     S("pairs", run_pairs, net, ("data",), model=model, languages=L)
     for s in p.systems:
-        if s != "base": S(f"train:{s}", run_train, ("GPU",) + net, (f"adapters/{s}",), gold(s), model=model, system=s, training=dict(p.training), languages=L)
+        robust = {"vote_error_rate": p.vote_error_rate} if s == "CALM-robust" else {}
+        if s != "base": S(f"train:{s}", run_train, ("GPU",) + net, (f"adapters/{s}",), gold(s), model=model, system=s, training=dict(p.training),
+                          languages=L, **robust)
     for s in p.systems:
         S(f"evaluate:{s}", run_evaluate, gpu + net, (f"eval/{s}",), gold(s), model=model, system=s, dataset=test_ds, **ev)
     S("results", run_results, (), ("results.csv", "results.md"), dataset=test_ds, systems=list(p.systems), release=rel)

@@ -179,16 +179,22 @@ def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     return out / "data"
 
 # %% ../nbs/85_stages.ipynb #c78200139
-def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None) -> Path | None:
-    "Stage `train:<system>`: SFT, CALM (DPO) or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
+def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None,
+              vote_error_rate: float | None = None) -> Path | None:
+    "Stage `train:<system>`: SFT, CALM (DPO), CALM-robust, DCO or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
     from calm.pairs import prompt_messages
-    from calm.training import TrainConfig, train, variant_data
+    from calm.data import read_items
+    from calm.training import TrainConfig, train, variant_data, variant_settings
+    if system == "CALM-robust" and vote_error_rate is None:
+        print(f"{out}: CALM-robust needs the vote's error rate (the profile's vote_error_rate): not trained"); return None
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
     method, data = variant_data(system.lower(), pairs=st["pairs"], records=st["records"], votes=st["votes"], gold=st["gold"],
-                                prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]))
+                                prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]), prompt_builder=builder,
+                                items=read_items(out / "train_items.jsonl") if system == "DCO" else None)   # DCO: no vote, the questions
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
-    return train(TrainConfig(**{**training, "method": method, "model": model}), data, out / "adapters" / system).out_dir
+    settings = {**training, **variant_settings(system.lower(), vote_error_rate), "method": method, "model": model}
+    return train(TrainConfig(**settings), data, out / "adapters" / system).out_dir
 
 # %% ../nbs/85_stages.ipynb #eddfe658
 def curriculum_plan(languages, n: int = 3) -> list[list[str]]:

@@ -17,8 +17,8 @@ __all__ = ['METHODS', 'TABLE5', 'METHOD_DEFAULTS', 'CALM_DEFAULTS', 'PRESETS', '
            'canonical_settings', 'SettingError', 'check_train_args', 'parse_train_args', 'TrainConfig', 'config_sha256']
 
 # %% ../nbs/59_train_config.ipynb #72e44c1e
-METHODS = ("dpo", "sft")
-"Training methods: DPO on preference pairs (CALM) and SFT on prompt-completion rows (the baseline)."
+METHODS = ("dpo", "sft", "dco")
+"Training methods: DPO on preference pairs (CALM), SFT on prompt-completion rows (the baseline), DCO on pairs of languages (`calm.dco`)."
 
 TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "v_proj"],
           "num_train_epochs": 3, "lr_scheduler_type": "cosine", "per_device_train_batch_size": 1,
@@ -26,8 +26,9 @@ TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
 "The paper's Table 5 in TRL's and PEFT's names (what depends on the method: `METHOD_DEFAULTS`)."
 
 METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 0.1, "loss_type": ["sigmoid"]},
-                   "sft": {"learning_rate": 5e-5, "warmup_steps": 0.0}}
-"Table 5's learning rate and warmup (a `warmup_steps` below 1 is a ratio of the steps) for DPO (CALM) and the SFT baseline; DPO's beta and loss."
+                   "sft": {"learning_rate": 5e-5, "warmup_steps": 0.0},
+                   "dco": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 1.0}}
+"Table 5's learning rate and warmup (a `warmup_steps` below 1 is a ratio of the steps) for DPO (CALM) and the SFT baseline; DPO's beta and loss; DCO with DPO's rate and warmup (same budget as CALM) and the authors' beta of 1."
 
 CALM_DEFAULTS = {"model_name_or_path": "smollm2-135m", "seed": 42, "max_length": 1024, "logging_steps": 1, "eval_strategy": "epoch",
                  "save_strategy": "no", "report_to": "none", "activation_checkpointing": False}
@@ -45,8 +46,8 @@ ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules
 @dataclass
 class CalmArgs:
     "The settings of a run that are calm's, not TRL's: method, data, run folder, curriculum, DPO reference, held-out share, preset."
-    method: str = field(default="dpo", metadata={"help": "dpo (CALM, on preference pairs) or sft (the baseline, on prompt-completion rows)"})
-    data: str | None = field(default=None, metadata={"help": "the pairs (dpo) or SFT rows (sft): a JSONL file"})
+    method: str = field(default="dpo", metadata={"help": "dpo (CALM, on preference pairs), sft (the baseline, on prompt-completion rows) or dco (calm.dco rows)"})
+    data: str | None = field(default=None, metadata={"help": "the pairs (dpo), SFT rows (sft) or DCO rows (dco): a JSONL file"})
     out_dir: str | None = field(default=None, metadata={"help": "the run folder: adapter, record, log and curves"})
     stages: list[str] | None = field(default=None, metadata={"help": "a language curriculum, one stage per item: en en,fr en,fr,zh"})
     reference: str = field(default="base", metadata={"help": "DPO on an existing adapter: base (the adapter disabled) or start (a frozen copy)"})
@@ -64,11 +65,13 @@ class CalmArgs:
 
 # %% ../nbs/59_train_config.ipynb #2f974b6c
 def train_parser(method: str = "dpo"):
-    "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo) or `SFTConfig` (sft), and `ModelConfig`; a bad value raises `ValueError` instead of exiting."
+    "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo), `SFTConfig` (sft) or `calm.dco.DCOConfig` (dco), and `ModelConfig`; a bad value raises `ValueError`."
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
     class Parser(TrlParser):
         def error(self, message): raise ValueError(message)
-    return Parser([CalmArgs, DPOConfig if method == "dpo" else SFTConfig, ModelConfig], prog="python -m calm.train")
+    if method == "dco": from calm.dco import DCOConfig
+    config = {"dpo": DPOConfig, "sft": SFTConfig}.get(method) or DCOConfig
+    return Parser([CalmArgs, config, ModelConfig], prog="python -m calm.train")
 
 # %% ../nbs/59_train_config.ipynb #7a50faf0
 def canonical_settings(settings: dict) -> dict:
@@ -118,6 +121,8 @@ def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
     if args.max_length is not None: _number("max_length", args.max_length, int, low=1)
     _number("seed", args.seed, int)
     if hasattr(args, "beta"): _number("beta", args.beta, above=0)
+    if hasattr(args, "gamma_1"): _number("gamma_1", args.gamma_1, low=0)
+    if getattr(args, "gamma_2", None) is not None: _number("gamma_2", args.gamma_2, low=0)
     if not model_args.use_peft: raise SettingError("use_peft", "use_peft must be true: calm trains LoRA adapters")
     _number("lora_r", model_args.lora_r, int, low=1)
     _number("lora_alpha", model_args.lora_alpha, above=0)
@@ -143,9 +148,9 @@ def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> 
     parser.set_defaults_with_config(**defaults)
     unknown = parser.set_defaults_with_config(**settings)[::2]
     if unknown:
-        cls = "DPOConfig" if method == "dpo" else "SFTConfig"
+        cls = {"dpo": "trl.DPOConfig", "sft": "trl.SFTConfig"}.get(method, "calm.dco.DCOConfig")
         raise SettingError(unknown[0][2:], f"unknown training setting(s) {[u[2:] for u in unknown]}: not a TrainConfig field "
-                                           f"(a field of CalmArgs, trl.ModelConfig or trl.{cls}, for method {method!r})")
+                                           f"(a field of CalmArgs, trl.ModelConfig or {cls}, for method {method!r})")
     calm_args, args, model_args = parser.parse_args_into_dataclasses(args=list(argv))
     check_train_args(calm_args, args, model_args)
     return calm_args, args, model_args

@@ -35,11 +35,15 @@ warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is dep
 
 # %% auto #0
 __all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
-           'data_fingerprint', 'split_holdout', 'variant_data', 'TrainRun', 'trainer_args', 'peft_config',
-           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
-           'load_adapter']
+           'data_fingerprint', 'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args',
+           'peft_config', 'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train',
+           'trainer_reference_is_base', 'load_adapter']
 
 # %% ../nbs/60_training.ipynb #dbb6c516
+def _dco_columns() -> list[str]:
+    from calm.dco import DCO_COLUMNS
+    return list(DCO_COLUMNS)
+
 def training_frame(data, method: str) -> pd.DataFrame:
     "`data` (frame, rows, or JSONL path) as a frame with the columns `method` needs, plain strings; `DataError` otherwise."
     file = None
@@ -51,8 +55,8 @@ def training_frame(data, method: str) -> pd.DataFrame:
         conv = any(isinstance(r.get(k), list) for r in data[:1] for k in ("prompt", "chosen", "completion")) or any("messages" in r for r in data[:1])
         data = from_trl(data, file) if conv else pd.DataFrame(data)
     if not isinstance(data, pd.DataFrame): raise TypeError(f"expected a DataFrame, a list of rows or a JSONL path, got {type(data).__name__}")
-    need = ["prompt", "chosen", "rejected"] if method == "dpo" else ["prompt", "completion"]
-    if len(data) == 0: raise DataError(f"the training set is empty: no {'pairs' if method == 'dpo' else 'rows'} to train on", file=file)
+    need = ["prompt", "chosen", "rejected"] if method == "dpo" else ["prompt", "completion"] if method == "sft" else _dco_columns()
+    if len(data) == 0: raise DataError(f"the training set is empty: no {'pairs' if method != 'sft' else 'rows'} to train on", file=file)
     missing = [c for c in need if c not in data.columns]
     if missing:
         hint = " (an SFT set? use method='sft')" if method == "dpo" and "completion" in data.columns else \
@@ -83,25 +87,30 @@ def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_le
                         context: int | None = None, file=None) -> pd.DataFrame:
     "`frame` if it can be trained on; `DataError` naming the first row whose chosen equals rejected or whose prompt is too long."
     if len(frame) == 0: raise DataError("the training set is empty", file=file)
-    if method == "dpo":
-        same = [i for i, (c, r) in enumerate(zip(frame.chosen, frame.rejected)) if c.strip() == r.strip()]
+    for sfx in ("",) if method == "dpo" else ("_1", "_2") if method == "dco" else ():
+        same = [i for i, (c, r) in enumerate(zip(frame[f"chosen{sfx}"], frame[f"rejected{sfx}"])) if c.strip() == r.strip()]
         if same:
             i = same[0]
             raise DataError(f"chosen equals rejected{_where(frame, i)}: a pair with nothing to prefer "
-                            f"({len(same)} such pair{'s' if len(same) > 1 else ''}, rows {same[:10]})", file, i, "rejected")
+                            f"({len(same)} such pair{'s' if len(same) > 1 else ''}, rows {same[:10]})", file, i, f"rejected{sfx}")
     if tokenizer is not None and (max_length or context):
-        lengths = [len(ids) for ids in tokenizer(list(frame.prompt), add_special_tokens=False).input_ids]
-        for i, n in enumerate(lengths):
+        cols = ["prompt_1", "prompt_2"] if method == "dco" else ["prompt"]
+        counts = {c: [len(ids) for ids in tokenizer(list(frame[c]), add_special_tokens=False).input_ids] for c in cols}
+        for i in range(len(frame)):
+            n, col = max((counts[c][i], c) for c in cols)
             if context and n > context:
-                raise DataError(f"prompt is {n} tokens, longer than the model's context of {context}{_where(frame, i)}", file, i, "prompt")
+                raise DataError(f"prompt is {n} tokens, longer than the model's context of {context}{_where(frame, i)}", file, i, col)
             if max_length and n >= max_length:
                 raise DataError(f"prompt is {n} tokens, leaving no room for the completion within max_length={max_length}"
-                                f"{_where(frame, i)}; raise max_length or shorten the prompt", file, i, "prompt")
+                                f"{_where(frame, i)}; raise max_length or shorten the prompt", file, i, col)
     return frame
 
 # %% ../nbs/60_training.ipynb #b94974aa
 def trl_rows(frame: pd.DataFrame, method: str) -> list[dict]:
-    "The rows TRL trains on: prompt/chosen/rejected (dpo) or prompt/completion (sft), plain strings."
+    "The rows TRL trains on: prompt/chosen/rejected (dpo), prompt/completion (sft) or `calm.dco.DCO_COLUMNS` (dco)."
+    if method == "dco":
+        from calm.dco import dco_trl_rows
+        return dco_trl_rows(frame)
     return to_trl_preference(frame) if method == "dpo" else to_trl_sft(frame)
 
 # %% ../nbs/60_training.ipynb #78e0a116
@@ -125,25 +134,39 @@ def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) 
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 # %% ../nbs/60_training.ipynb #58f4e832
-VARIANTS = {"calm": "dpo", "calm_gold": "dpo", "sft": "sft", "sft_gold": "sft"}
-"Training variants of the paper's Table 2 and the method each is trained with."
+VARIANTS = {"calm": "dpo", "calm_gold": "dpo", "sft": "sft", "sft_gold": "sft", "calm-robust": "dpo", "dco": "dco"}
+"Training variants (the paper's Table 2, CALM with TRL's noise-robust DPO loss, and DCO) and the method each is trained with."
 
 # %% ../nbs/60_training.ipynb #3dcca7be
 def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.DataFrame | None = None,
-                 votes: pd.DataFrame | None = None, gold: dict | None = None, prompt_of=None) -> tuple[str, pd.DataFrame]:
-    "`(method, frame)` for a Table 2 variant: `calm`/`calm_gold` from `pairs`; `sft` from `records`+`votes`; `sft_gold` from `records`+`gold`."
+                 votes: pd.DataFrame | None = None, gold: dict | None = None, prompt_of=None, items=None,
+                 option_logprobs: pd.DataFrame | None = None, prompt_builder=None) -> tuple[str, pd.DataFrame]:
+    "`(method, frame)`: `calm`/`calm_gold`/`calm-robust` from `pairs`; `sft` from `records`+`votes`; `sft_gold` from `records`+`gold`; `dco` from `items`."
     if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     def need(**kw):
         missing = [k for k, v in kw.items() if v is None]
         if missing: raise ValueError(f"variant {variant!r} needs {', '.join(missing)}")
-    if variant in ("calm", "calm_gold"):
+    if variant in ("calm", "calm_gold", "calm-robust"):
         need(pairs=pairs)
-        return "dpo", (pairs.reset_index(drop=True) if variant == "calm" else filter_by_gold(pairs))
+        return "dpo", (filter_by_gold(pairs) if variant == "calm_gold" else pairs.reset_index(drop=True))
+    if variant == "dco":                         # no vote: two candidates per question and language pair (calm.dco)
+        need(items=items)
+        from calm.dco import dco_data
+        return dco_data(items, option_logprobs, prompt_builder)
     if variant == "sft":
         need(records=records, votes=votes, prompt_of=prompt_of)
         return "sft", split_untranslated(sft_from_votes(records, votes, prompt_of))[0]   # answers in their own language only
     need(records=records, gold=gold, prompt_of=prompt_of)
     return "sft", sft_from_gold(records, gold, prompt_of)
+
+# %% ../nbs/60_training.ipynb #0c1553c4
+def variant_settings(variant: str, vote_error_rate: float | None = None) -> dict:
+    "The settings a variant adds to its `TrainConfig`: `calm-robust` trains TRL's robust loss with `label_smoothing` = the vote's error rate."
+    if variant != "calm-robust": return {}
+    r = vote_error_rate
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 0.5:
+        raise ValueError(f"calm-robust needs the vote's error rate in [0, 0.5) (vote_error_rate), not {r!r}")
+    return {"loss_type": ["robust"], "label_smoothing": float(r)}
 
 # %% ../nbs/60_training.ipynb #a4387325
 CONFIG_FILE = "calm_train_config.json"
@@ -316,9 +339,10 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         continuing = isinstance(model, PeftModel)
         kw = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
                   peft_config=None if continuing else peft_config(config))
-        if config.method == "dpo":
-            from trl import DPOTrainer
-            trainer = DPOTrainer(ref_model=None, **kw)
+        if config.method in ("dpo", "dco"):
+            if config.method == "dpo": from trl import DPOTrainer as PreferenceTrainer
+            else: from calm.dco import DCOTrainer as PreferenceTrainer
+            trainer = PreferenceTrainer(ref_model=None, **kw)
             if continuing and config.reference == "base" and "ref" in trainer.model.peft_config:
                 trainer.model.delete_adapter("ref")          # reference = adapter disabled = the base model
                 trainer.model.set_adapter("default")
@@ -341,9 +365,11 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
                      "source_sha256": file_sha256(source) if source else None, "rows": len(frame),
                      "train_rows": len(train_frame), "eval_rows": len(eval_frame),
                      "eval_qids": sorted(set(map(str, eval_frame.qid))) if "qid" in eval_frame.columns else None,
-                     "languages": sorted(set(frame.lang)) if "lang" in frame.columns else None},
+                     "languages": sorted(set(frame.lang)) if "lang" in frame.columns else
+                                  sorted(set(frame.lang_1) | set(frame.lang_2)) if "lang_1" in frame.columns else None},
             "reference": ("adapter disabled (base model)" if trainer_reference_is_base(trainer) else "frozen copy of the starting adapter")
-                         if config.method == "dpo" else None,
+                         if config.method in ("dpo", "dco") else None,
+            **({"robust_label_smoothing": config.args.label_smoothing} if "robust" in (getattr(config.args, "loss_type", None) or []) else {}),
             "result": {"global_step": steps, "train_loss": float(result.training_loss), "train_wall_s": round(wall, 2),
                        "s_per_step": round(wall / steps, 3) if steps else None, "train_cpu_s": round(cpu, 2),
                        "cpu_s_per_step": round(cpu / steps, 3) if steps else None, "peak_memory_gb": round(peak, 3),

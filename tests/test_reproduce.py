@@ -76,20 +76,20 @@ def test_demo_dry_run_prints_the_plan(release, capsys):
 def test_paper_dry_run_validates_and_plans(release, capsys):
     assert main(["reproduce", "--profile", "paper", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    # per model: X-CSQA 899 x 6 x 3 samples + 5 systems x 1000 x 6; MedQA 1000 x 3 x 3 + 5 x 1000 x 3; two models
-    # plus, per model, Table 3 (5 systems on the other dataset: 1000 x 3 and 1000 x 6), Table 9's MCMLE group (5 x 1000 x 3) and
-    # Table 10's curriculum (3 stages x 1000 x 6); and the Self-RAG rows on MedQA: the generator samples 1000 x 3 x 3, then
-    # base and CALM answer 1000 x 3 each
-    gens = (2 * ((899 * 6 * 3 + 5 * 1000 * 6) + (1000 * 3 * 3 + 5 * 1000 * 3) + 5 * 1000 * 3 + 5 * 1000 * 6 + 5 * 1000 * 3 + 3 * 1000 * 6)
+    # per model: X-CSQA 899 x 6 x 3 samples + 7 systems (CALM-robust and DCO included) x 1000 x 6; MedQA 1000 x 3 x 3
+    # + 7 x 1000 x 3; two models plus, per model, Table 3 (7 systems on the other dataset: 1000 x 3 and 1000 x 6), Table 9's
+    # MCMLE group (7 x 1000 x 3) and Table 10's curriculum (3 stages x 1000 x 6); and the Self-RAG rows on MedQA: the generator
+    # samples 1000 x 3 x 3, then base and CALM answer 1000 x 3 each
+    gens = (2 * ((899 * 6 * 3 + 7 * 1000 * 6) + (1000 * 3 * 3 + 7 * 1000 * 3) + 7 * 1000 * 3 + 7 * 1000 * 6 + 7 * 1000 * 3 + 3 * 1000 * 6)
             + 1000 * 3 * 3 + 2 * 1000 * 3)
-    assert gens == 311364
+    assert gens == 395364
     assert f"total: {gens} generations, {gens * 256} generated tokens, {gens * 256 / 2500 / 3600:.3g} GPU-hours" in text
     assert "needs network: model meta-llama/Meta-Llama-3-8B-Instruct" in text and "mistralai/Mistral-7B-Instruct-v0.2" in text
     assert "ok: dataset xcsqa train: 6 release files, 899 questions each" in text
     wired = [l for l in text.splitlines() if l.startswith("wired: ")]
-    # per model and dataset: sample, vote, pairs, 4 train, 5 evaluate, results; per model 15 more evaluations (Tables 3 and 9)
+    # per model and dataset: sample, vote, pairs, 6 train, 7 evaluate, results; per model 21 more evaluations (Tables 3 and 9)
     # and the curriculum (1 train, 3 evaluate); 8 Self-RAG stages
-    assert len(wired) == 2 * 2 * 13 + 2 * (15 + 4) + 8
+    assert len(wired) == 2 * 2 * 17 + 2 * (21 + 4) + 8
     assert "wired: selfrag/selfrag_llama2_7b / medqa / rag:sample -> calm.reproduce.run_sample (needs GPU (vLLM)" in text
     assert "needs data: rag corpus" in text and "ok: rag prompts in the selfrag format" in text
     p = load_profile("paper")
