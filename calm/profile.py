@@ -14,9 +14,9 @@ from .data import LANGUAGES, normalize_lang
 from .voting import TIE_POLICIES
 
 # %% auto #0
-__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'ProfileError', 'Sampling',
-           'Evaluation', 'Estimate', 'TestSet', 'Curriculum', 'Dataset', 'Profile', 'override', 'find_profile',
-           'load_profile']
+__all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'TESTBED_SYSTEMS', 'ENDPOINTS',
+           'SETTINGS', 'ProfileError', 'Sampling', 'Evaluation', 'Estimate', 'TestSet', 'Curriculum', 'Dataset',
+           'TestbedSettings', 'check_testbed', 'Profile', 'override', 'find_profile', 'load_profile']
 
 # %% ../nbs/84_profile.ipynb #c00080893
 from importlib.resources import files
@@ -34,7 +34,8 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
              "fig3": "Figure 3: monolingual accuracy vs multilingual majority vote",
              "rag": "retrieval-augmented prompts (Self-RAG rows of Tables 1 and 9)",
              "release": "the label-free core on the paper's released samples",
-             "study": "the X-CSQA study: base, SFT and CALM in six languages, generation and option likelihood, paired intervals"}
+             "study": "the X-CSQA study: base, SFT and CALM in six languages, generation and option likelihood, paired intervals",
+             "testbed": "the testbed: gate, CALM against its controls with the same budget, pre-registered endpoints, rounds"}
 "Experiment notebooks (`nbs/experiments/{name}.ipynb`) `calm reproduce` can run."
 
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
@@ -213,6 +214,58 @@ class Dataset:
             if c.languages is not None: object.__setattr__(c, "languages", [normalize_lang(l) for l in c.languages])
             object.__setattr__(self, "curriculum", c)
 
+# %% ../nbs/84_profile.ipynb #tb000002
+@dataclass(frozen=True)
+class TestbedSettings:
+    "The `testbed` section of a profile: gate, vote, systems, rounds and the pre-registered endpoints."
+    validation_questions: int = 100
+    scorings: list = field(default_factory=lambda: ["letter", "cloze"])
+    best_min: float = 0.45                       # gate: the best language's validation accuracy at least this
+    gain_min: float = 0.05                       # gate: the vote at least this much above the mean language
+    vote: str = "prob"                           # calm.option_votes.VOTE_RULES
+    systems: list = field(default_factory=lambda: ["CALM", "permuted", "english", "gold", "SFT"])
+    rounds: int = 2
+    control: str = "permuted"                    # the endpoints compare CALM with this system
+    endpoints: list = field(default_factory=lambda: ["nonbest_acc", "excess_consistency_2"])
+    settings: list = field(default_factory=lambda: ["held_out", "self"])
+    alpha: float = 0.05
+    power: float = 0.8
+    n_boot: int = 2000
+    seed: int = 0
+
+# %% ../nbs/84_profile.ipynb #tb000003
+TESTBED_SYSTEMS = ("CALM", "permuted", "english", "gold", "SFT", "CALM-robust", "DCO")
+"Systems a testbed trains: CALM, its controls (permuted votes, English's answers, gold: the upper bound), SFT on the votes, noise-aware CALM, DCO."
+
+ENDPOINTS = {"nonbest_acc": "mean accuracy over the languages other than the best one (points)",
+             "excess_consistency_2": "Consistency_2 by option identity beyond each language's option frequencies (points)"}
+"The endpoints a profile may pre-register, and what each measures."
+
+SETTINGS = {"held_out": "test", "self": "train"}
+"Where systems are measured: held-out facts (the paper's setting), or the very questions CALM voted on (self-alignment at test time)."
+
+# %% ../nbs/84_profile.ipynb #tb000004
+def check_testbed(section: dict | None) -> TestbedSettings:
+    "The `TestbedSettings` of a profile's `testbed` section; `ValueError` naming the key that is wrong."
+    section = dict(section or {})
+    known = TestbedSettings.__dataclass_fields__
+    for k in section:
+        if k not in known: raise ValueError(f"testbed.{k}: unknown key (known: {', '.join(known)})")
+    s = TestbedSettings(**section)
+    for i, x in enumerate(s.systems):
+        if x not in TESTBED_SYSTEMS: raise ValueError(f"testbed.systems[{i}]: unknown system {x!r} (known: {', '.join(TESTBED_SYSTEMS)})")
+    if "CALM" not in s.systems or s.control not in s.systems:
+        raise ValueError(f"testbed.systems: must include CALM and the control {s.control!r}")
+    for i, e in enumerate(s.endpoints):
+        if e not in ENDPOINTS: raise ValueError(f"testbed.endpoints[{i}]: unknown endpoint {e!r} (known: {', '.join(ENDPOINTS)})")
+    for i, e in enumerate(s.settings):
+        if e not in SETTINGS: raise ValueError(f"testbed.settings[{i}]: unknown setting {e!r} (known: {', '.join(SETTINGS)})")
+    for i, x in enumerate(s.scorings):
+        if x not in ("letter", "cloze"): raise ValueError(f"testbed.scorings[{i}]: must be letter or cloze, got {x!r}")
+    if s.rounds not in (1, 2): raise ValueError(f"testbed.rounds: 1 or 2, got {s.rounds}")
+    if not 0 < s.alpha < 1: raise ValueError(f"testbed.alpha: must lie in (0, 1), got {s.alpha}")
+    return s
+
 # %% ../nbs/84_profile.ipynb #c84764328
 @dataclass
 class Profile:
@@ -234,6 +287,7 @@ class Profile:
     rag: dict = field(default_factory=dict)          # retrieval-augmented runs: datasets, corpus, embedder, generator, k, scope, style
     dtype: str = "auto"                              # the weights sampling and answering read: auto (calm.models.inference_dtype), float32, bfloat16
     vote_error_rate: float | None = None             # CALM-robust's label_smoothing: the vote's error rate on validation questions
+    testbed: TestbedSettings | None = None           # the testbed's gate, systems and pre-registered endpoints (None: not a testbed)
 
     def dataset(self, name: str) -> Dataset:
         "The dataset called `name`."
@@ -280,7 +334,7 @@ def find_profile(profile) -> Path:
 
 # %% ../nbs/84_profile.ipynb #c08529913
 _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "sampling", "training", "evaluation",
-        "systems", "estimate", "notebooks", "parameters", "rag", "dtype", "vote_error_rate"}
+        "systems", "estimate", "notebooks", "parameters", "rag", "dtype", "vote_error_rate", "testbed"}
 _RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 
 def _models(file, models) -> list:
@@ -380,6 +434,10 @@ def load_profile(profile) -> Profile:
         raise ProfileError(file, "parameters", "must map notebook names to mappings of parameter values")
     for n in params:
         if n not in notebooks: raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
+    try: testbed = check_testbed(raw["testbed"]) if raw.get("testbed") is not None else None
+    except (TypeError, ValueError) as e:
+        key, _, msg = str(e).partition(": ")
+        raise ProfileError(file, key if key.startswith("testbed") else "testbed", msg or str(e)) from None
     return Profile(name, file, str(raw.get("description", "")), raw["backend"], rd, models, datasets, sampling, training,
                    evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets), dtype,
-                   _vote_error_rate(file, raw.get("vote_error_rate")))
+                   _vote_error_rate(file, raw.get("vote_error_rate")), testbed)
