@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .data import LANGUAGES, normalize_lang
+from .testbed_data import TESTBED_LANGUAGES
 from .voting import TIE_POLICIES
 
 # %% auto #0
@@ -45,8 +46,8 @@ NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2; `CALM-robust`: TRL's robust loss; `DCO`: `calm.dco`)."
 
-SOURCES = ("demo", "release:xcsqa", "release:medqa")
-"Dataset sources a profile may name."
+SOURCES = ("demo", "release:xcsqa", "release:medqa", "testbed")
+"Dataset sources a profile may name (`testbed`: the set `calm.testbed_data` writes, shipped in `calm.datasets`)."
 
 MEDQA_GROUPS = {"en": "test_sft_en_q_1000", "cn": "test_sft_cn_q_1000"}
 "The release's MedQA test groups: USMLE (English native) and MCMLE (Chinese native), each with its translations."
@@ -187,6 +188,7 @@ class Dataset:
     tests: dict | None = None                # {name: TestSet}; None: the defaults described above
     curriculum: dict | None = None           # Curriculum fields; None: the default
     test_languages: list | None = None       # languages the test questions are answered in; None: `languages` (trained on, voted across)
+    shuffle_options: bool = False            # shuffle each item's options per language (`calm.testbed_data.shuffle_options`)
 
     def check(self, file, key):
         if self.source not in SOURCES: raise ProfileError(file, f"{key}.source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
@@ -203,6 +205,8 @@ class Dataset:
                 except ValueError: raise ProfileError(file, f"{key}.test_languages[{j}]", f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
             object.__setattr__(self, "test_languages", tl)
         for k in ("train_questions", "test_questions"): _positive(file, f"{key}.{k}", getattr(self, k))
+        if self.source == "testbed" and not set(langs) <= set(TESTBED_LANGUAGES):
+            raise ProfileError(file, f"{key}.languages", f"the testbed is in {', '.join(TESTBED_LANGUAGES)}, got {langs}")
         if self.source == "demo":
             for k, n in (("train_questions", 40), ("test_questions", 20)):
                 if getattr(self, k) > n: raise ProfileError(file, f"{key}.{k}", f"the demo set has {n} {k.split('_')[0]} questions, got {getattr(self, k)}")

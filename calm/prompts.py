@@ -86,6 +86,12 @@ PROMPTS: dict[str, PromptSpec] = {
         "次の多肢選択問題に答えてください。段階的に考えて理由を簡潔に説明し、選択肢の文字を一つだけ（{letters}）"
         "答えてください。日本語で、必ず次の形式で答えてください：\n{explanation}{sep}<短い段階的な説明>\n{answer}{sep}<文字一つ>",
         "質問", "「{option}」が質問に最も合っています。", sep=":"),
+    "es": PromptSpec(
+        "es",
+        "Responde a la pregunta de opción múltiple. Piensa paso a paso y explica brevemente tu razonamiento; "
+        "después, da UNA sola letra de opción ({letters}). Responde en español, exactamente con este "
+        "formato:\n{explanation}{sep}<una breve explicación paso a paso>\n{answer}{sep}<una letra>",
+        "Pregunta", "«{option}» es la opción que mejor responde a la pregunta."),
 }
 "ISO 639-1 code -> how questions are asked in that language."
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .files import make_dir, write_atomic
 from .profile import MEDQA_GROUPS, Dataset
+from .testbed_data import shuffle_options, testbed_items
 
 # %% auto #0
 __all__ = ['XCSQA_HUB', 'MEDQA_TRAIN_HUB', 'medqa_items', 'first_questions', 'demo_split', 'profile_items', 'test_set',
@@ -52,12 +53,12 @@ def demo_split(split: str, n: int, languages) -> list:
     from calm.data import demo_items
     return first_questions([it for it in demo_items(split) if it.lang in languages], n)
 
-# %% ../nbs/85_stages.ipynb #c17652628
-def profile_items(dataset: dict, split: str, release=None, translator=None) -> list:
-    "The `split` (train or test) items of a profile dataset (`asdict(Dataset)`): its first questions, in its languages."
-    d = dataset if isinstance(dataset, Dataset) else Dataset(**{k: v for k, v in dataset.items() if k not in ("tests", "curriculum")})
+# %% ../nbs/85_stages.ipynb #5ce1d7e3
+def _source_items(d: Dataset, split: str, release=None, translator=None) -> list:
+    "The `split` items of `d` as its source gives them (testbed: train, validation or test; others: train or test)."
     n = d.train_questions if split == "train" else d.test_questions
     if d.source == "demo": return demo_split(split, n, d.languages)
+    if d.source == "testbed": return first_questions(testbed_items(split, d.languages), n)
     if d.source == "release:xcsqa":
         from calm.loaders import load_hub, load_release_xcsqa, release_dir
         items = first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
@@ -70,6 +71,13 @@ def profile_items(dataset: dict, split: str, release=None, translator=None) -> l
     from calm.translation import translate_items
     english = load_hub(MEDQA_TRAIN_HUB, split="train", lang="en")[:n]
     return translate_items(english, d.languages, translator, source_lang="en")
+
+# %% ../nbs/85_stages.ipynb #c17652628
+def profile_items(dataset: dict, split: str, release=None, translator=None) -> list:
+    "The `split` items of a profile dataset (`asdict(Dataset)`): its first questions, in its languages, options shuffled if it asks."
+    d = dataset if isinstance(dataset, Dataset) else Dataset(**{k: v for k, v in dataset.items() if k not in ("tests", "curriculum")})
+    items = _source_items(d, split, release, translator)
+    return shuffle_options(items) if d.shuffle_options else items
 
 # %% ../nbs/85_stages.ipynb #d27159bf
 def test_set(dataset: dict, release=None, group: str | None = None) -> tuple[list, list]:

@@ -59,7 +59,8 @@ def test_an_installed_copy_works_outside_a_checkout(tmp_path):
     "pip-install a copy of the package (no checkout around it) and read the demo set, the corpus and a profile from an unrelated folder."
     src = tmp_path / "src"; src.mkdir()
     for f in ("pyproject.toml", "README.md"): shutil.copy(ROOT / f, src / f)
-    shutil.copytree(ROOT / "calm", src / "calm", ignore=shutil.ignore_patterns("__pycache__"))
+    for d in ("calm", "data"):                                  # data/ is installed as calm.datasets
+        shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
@@ -72,6 +73,8 @@ from calm.loaders import release_dir
 from calm.notebooks import notebook_path
 from calm.passages import bundled_questions
 from calm.profile import load_profile
+from calm.testbed_data import testbed_items
+assert len(testbed_items("validation", ["en", "es"])) > 0
 print(calm.__file__)
 print(len(demo_items("test")), len(bundled_questions()) > 0, load_profile("demo").name, load_profile("paper").name)
 with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()

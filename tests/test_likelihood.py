@@ -145,7 +145,7 @@ def test_answers_take_the_first_of_equal_maxima_and_renormalise():
 def test_bad_inputs_fail_clearly(items):
     sc = GoldScorer(items, right=LANGS)
     with pytest.raises(DataError, match="have no item"): option_logprobs([it for it in items if it.lang != "fr"], LANGS, sc)
-    with pytest.raises(DataError, match="no prompt for language 'es'"): option_logprobs(items, ["en", "es"], sc)
+    with pytest.raises(DataError, match="no prompt for language 'pt'"): option_logprobs(items, ["en", "pt"], sc)
     with pytest.raises(DataError, match="needs at least two options"):
         option_logprobs([replace(it, options=it.options[:1]) for it in items if it.lang == "en"][:1], ["en"], sc)
     lp = option_logprobs(items, LANGS, sc)

@@ -96,7 +96,7 @@ class CountingEcho(EchoBackend):
 
 @pytest.mark.parametrize("call, match", [
     (lambda it, b: sample(it, ["en", "tlh"], 2, backend=b), "unknown language code 'tlh'"),
-    (lambda it, b: sample(it, ["es"], 2, backend=b), "no prompt for language 'es'"),
+    (lambda it, b: sample(it, ["pt"], 2, backend=b), "no prompt for language 'pt'"),
     (lambda it, b: sample([replace(it[0], question="  ")] + it[1:], LANGS, 2, backend=b), "empty question"),
     (lambda it, b: sample(it, LANGS, 2, backend=b, prompt_mode="chat"), "'base-model' has no chat template"),
     (lambda it, b: sample(it, LANGS, 0, backend=b), r"m \(samples per question and language\) must be an integer >= 1"),
