@@ -10,7 +10,7 @@ import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
 from .likelihood import likelihood_context
-from .option_votes import gold_canonical
+from .option_votes import cloze_context, cloze_messages, gold_canonical
 from .pairs import PAIR_COLUMNS, SFT_COLUMNS, prompt_fields, prompt_messages
 from .prompts import PromptBuilder
 
@@ -19,16 +19,19 @@ __all__ = ['option_response', 'option_prompt', 'vote_choice', 'permuted_choice',
            'same_budget', 'option_sft_rows']
 
 # %% ../nbs/74_option_pairs.ipynb #d6dd5163
-def option_response(builder: PromptBuilder, item: MCItem, canonical: str) -> str:
-    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`."
+def option_response(builder: PromptBuilder, item: MCItem, canonical: str, scoring: str = "letter") -> str:
+    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`; cloze: the text as scored."
     spec, letter = builder.spec(item.lang), item.shown_letter(canonical)
-    return f"{spec.answer}{spec.sep}{letter}. {item.option_text(letter)}"
+    if scoring == "letter": return f"{spec.answer}{spec.sep}{letter}. {item.option_text(letter)}"
+    return item.option_text(letter) if builder.mode == "chat" else f"{spec.answer}{spec.sep}{item.option_text(letter)}"
 
 # %% ../nbs/74_option_pairs.ipynb #72ff04a8
-def option_prompt(builder: PromptBuilder, item: MCItem) -> list[dict] | str:
+def option_prompt(builder: PromptBuilder, item: MCItem, scoring: str = "letter") -> list[dict] | str:
     "The prompt of a pair for `item`: chat messages in chat mode, else the scored context without its answer label."
-    if builder.mode == "chat": return prompt_messages(builder, item)
-    ctx, label = likelihood_context(builder, item), builder.answer_prefix(item.lang).lstrip("\n")
+    cloze = scoring != "letter"
+    if builder.mode == "chat": return cloze_messages(builder, item) if cloze else prompt_messages(builder, item)
+    ctx = cloze_context(builder, item) if cloze else likelihood_context(builder, item)
+    label = builder.answer_prefix(item.lang).lstrip("\n")
     return ctx[:-len(label)]
 
 # %% ../nbs/74_option_pairs.ipynb #eb12e3ab
@@ -53,7 +56,8 @@ def gold_choice(items) -> dict:
     return gold_canonical(items)
 
 # %% ../nbs/74_option_pairs.ipynb #436bb33c
-def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, kind: str = "CALM") -> pd.DataFrame:
+def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, kind: str = "CALM",
+                 scoring: str = "letter") -> pd.DataFrame:
     "DPO pairs: each answer (qid, lang) that differs from `choice[qid]`, against the chosen option in its language."
     by_key = {(it.qid, it.lang): it for it in items}
     gold = {it.qid: it.canonical_letter(it.gold) for it in items if it.gold is not None}
@@ -63,9 +67,9 @@ def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuil
         if c is None or c == r.canonical: continue
         it = by_key.get((r.qid, r.lang))
         if it is None: raise DataError(f"no item for question {r.qid!r} in {r.lang!r}", field="qid")
-        p = prompt_fields(option_prompt(builder, it))
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": option_response(builder, it, c),
-                     "rejected": option_response(builder, it, r.canonical), "chosen_letter": c, "rejected_letter": r.canonical,
+        p = prompt_fields(option_prompt(builder, it, scoring))
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": option_response(builder, it, c, scoring),
+                     "rejected": option_response(builder, it, r.canonical, scoring), "chosen_letter": c, "rejected_letter": r.canonical,
                      "chosen_sample": None, "chosen_source_lang": r.lang, "translated": False, "translator": None,
                      "rejected_sample": int(getattr(r, "sample", 0)), "tie": False, "gold": gold.get(r.qid),
                      "system": p["system"], "chat": p["chat"], "kind": kind})
@@ -79,14 +83,14 @@ def same_budget(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     return frame.iloc[keep].reset_index(drop=True)
 
 # %% ../nbs/74_option_pairs.ipynb #c6676289
-def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder) -> pd.DataFrame:
+def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, scoring: str = "letter") -> pd.DataFrame:
     "SFT rows: every answered (qid, lang) with the chosen option stated in its language as the completion."
     by_key = {(it.qid, it.lang): it for it in items}
     rows = []
     for r in answers.sort_values(["qid", "lang"]).itertuples(index=False):
         c, it = choice.get(r.qid), by_key.get((r.qid, r.lang))
         if c is None or it is None: continue
-        p = prompt_fields(option_prompt(builder, it))
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c), "letter": c,
+        p = prompt_fields(option_prompt(builder, it, scoring))
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c, scoring), "letter": c,
                      "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

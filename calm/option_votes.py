@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
-import torch
 from tqdm.auto import tqdm
 
 from .likelihood import as_scorer, encode_pair, likelihood_context, option_logprobs
+from .pairs import default_system_message
 from .prompts import PROMPTS, PromptBuilder
 from .sampling import forward_spec, prefill
 
 # %% auto #0
-__all__ = ['SHORT_INSTRUCTIONS', 'SCORINGS', 'VOTE_RULES', 'short_prompts', 'cloze_continuation', 'cloze_logprobs',
-           'option_scores', 'option_probs', 'option_answers', 'option_vote', 'gold_canonical', 'gate_row',
-           'choose_by_gate']
+__all__ = ['SHORT_INSTRUCTIONS', 'SCORINGS', 'VOTE_RULES', 'short_prompts', 'cloze_messages', 'cloze_context',
+           'cloze_continuation', 'cloze_logprobs', 'option_scores', 'option_probs', 'option_answers', 'option_vote',
+           'gold_canonical', 'gate_row', 'choose_by_gate']
 
 # %% ../nbs/73_option_votes.ipynb #d5c64827
 SHORT_INSTRUCTIONS = {
@@ -45,18 +45,34 @@ def short_prompts(languages) -> dict:
         out[l] = replace(PROMPTS[l], instruction=SHORT_INSTRUCTIONS[l])
     return out
 
-# %% ../nbs/73_option_votes.ipynb #9aaf8712
-SCORINGS = ("letter", "cloze")
-"How an option is scored: by its letter, or by its text (cloze)."
+# %% ../nbs/73_option_votes.ipynb #daa5b75b
+SCORINGS = ("letter", "cloze", "cloze_sum")
+"How an option is scored: by its letter after the listed options, or by its text after the question (mean or sum per token)."
 
-# %% ../nbs/73_option_votes.ipynb #cfa9db52
+# %% ../nbs/73_option_votes.ipynb #f7c35962
+def cloze_messages(builder: PromptBuilder, item: MCItem) -> list[dict]:
+    "The chat messages of a cloze prompt: the model's system message, if any, then the question alone."
+    system = builder.system or default_system_message(builder.tokenizer)
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item.question.strip()}]
+
+def cloze_context(builder: PromptBuilder, item: MCItem) -> str:
+    "The text an option's words are scored after: the question alone (a chat turn, or after worked examples and before the answer label)."
+    if builder.mode == "chat":
+        return builder.tokenizer.apply_chat_template(cloze_messages(builder, item), tokenize=False, add_generation_prompt=True)
+    spec = builder.spec(item.lang)
+    shots = [f"{spec.question_label}{spec.sep}{d.question.strip()}\n{spec.answer}{spec.sep}{d.option_text(d.gold)}"
+             for d in builder.examples(item)]
+    return "\n\n".join(shots + [f"{spec.question_label}{spec.sep}{item.question.strip()}\n{spec.answer}{spec.sep.rstrip()}"])
+
+# %% ../nbs/73_option_votes.ipynb #0a56892b
 def cloze_continuation(builder: PromptBuilder, lang: str, text: str) -> str:
-    "The text scored for an option's words: a space and the text where `lang`'s separator ends with a space, else the text."
-    return (" " if builder.spec(lang).sep.endswith(" ") else "") + text.strip()
+    "The option's words as scored: bare after a chat prompt, after a space where `lang`'s separator ends with one, else bare."
+    return text.strip() if builder.mode == "chat" or not builder.spec(lang).sep.endswith(" ") else " " + text.strip()
 
-# %% ../nbs/73_option_votes.ipynb #e844c70b
+# %% ../nbs/73_option_votes.ipynb #366582e0
 def _option_rows(model, ctx_ids: list, options: list[list[int]]) -> list[list[float]]:
     "Log-probabilities of each option's tokens after its prompt: rows of (prompt ids, [option ids]) with equal option counts."
+    import torch                                  # where a model runs: importing calm.option_votes stays light
     k = len(options[0])
     cache, mask, last, first = prefill(model, ctx_ids, n=k)
     flat = [o for opts in options for o in opts]
@@ -81,6 +97,7 @@ def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]], batch_size: in
         flat = scorer.loglikelihood([(c, x) for c, xs in requests for x in xs])
         it = iter(flat)
         return [[next(it) for _ in xs] for _, xs in requests]
+    import torch
     tok, bs = scorer.tokenizer, batch_size or scorer.batch_size
     enc = [[encode_pair(tok, c, x) for x in xs] for c, xs in requests]
     out: list = [None] * len(requests)
@@ -95,7 +112,7 @@ def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]], batch_size: in
                 for j, i in enumerate(rows): out[i] = scored[j * len(enc[i]):(j + 1) * len(enc[i])]
     return out
 
-# %% ../nbs/73_option_votes.ipynb #b2aa65c6
+# %% ../nbs/73_option_votes.ipynb #ea67f032
 def _canonical(df: pd.DataFrame, by_key: dict) -> pd.DataFrame:
     "`df` with a `canonical` column: each shown letter renamed by its option id (`MCItem.canonical_letter`)."
     df["canonical"] = [by_key[(q, l)].canonical_letter(o) for q, l, o in zip(df.qid, df.lang, df.option)]
@@ -103,7 +120,7 @@ def _canonical(df: pd.DataFrame, by_key: dict) -> pd.DataFrame:
 
 def option_scores(items, languages, scorer, builder: PromptBuilder | None = None, scoring: str = "letter",
                   chunk: int = 256) -> pd.DataFrame:
-    "One row per (qid, lang, option): shown letter, `canonical` letter and `logprob` (letter: its log-prob; cloze: mean per token)."
+    "One row per (qid, lang, option): shown letter, `canonical` letter, `logprob` (letter; cloze: mean per token; cloze_sum: sum)."
     if scoring not in SCORINGS: raise ValueError(f"scoring must be one of {SCORINGS}, not {scoring!r}")
     langs = [normalize_lang(l) for l in languages]
     items = [it for it in items if it.lang in langs]
@@ -113,18 +130,18 @@ def option_scores(items, languages, scorer, builder: PromptBuilder | None = None
     if scoring == "letter":
         df = option_logprobs(items, langs, scorer, builder, chunk=chunk)
     else:
-        requests = [(likelihood_context(builder, it), [cloze_continuation(builder, it.lang, t) for _, t in it.options]) for it in items]
+        requests = [(cloze_context(builder, it), [cloze_continuation(builder, it.lang, t) for _, t in it.options]) for it in items]
         lps = [x for s in tqdm(range(0, len(requests), chunk), desc="cloze scores", unit="chunk", disable=len(requests) <= chunk)
                for per in cloze_logprobs(scorer, requests[s:s + chunk]) for x in per]
         df = pd.DataFrame([(it.qid, it.lang, l) for it in items for l, _ in it.options], columns=["qid", "lang", "option"])
-        df["logprob"] = [float(np.mean(x)) for x in lps]
+        df["logprob"] = [float(np.mean(x) if scoring == "cloze" else np.sum(x)) for x in lps]
         df["n_tokens"] = [len(x) for x in lps]
     df = _canonical(df, by_key)
     df["scoring"] = scoring
     df.attrs.update(scoring=scoring, model=str(getattr(scorer, "model_id", None)), prompt_template_hash=builder.template_hash)
     return df[["qid", "lang", "option", "canonical", "logprob", "n_tokens", "scoring"]]
 
-# %% ../nbs/73_option_votes.ipynb #3eee8776
+# %% ../nbs/73_option_votes.ipynb #7760c751
 def option_probs(scores: pd.DataFrame) -> pd.DataFrame:
     "`scores` with `prob`: each option's softmax probability among its question's options in that language."
     need = {"qid", "lang", "canonical", "logprob"} - set(scores.columns)
@@ -135,7 +152,7 @@ def option_probs(scores: pd.DataFrame) -> pd.DataFrame:
     out["prob"] = e / e.groupby([out.qid, out.lang], sort=False).transform("sum")
     return out
 
-# %% ../nbs/73_option_votes.ipynb #69166cb1
+# %% ../nbs/73_option_votes.ipynb #86a8d97d
 def option_answers(scores: pd.DataFrame) -> pd.DataFrame:
     "One row per (qid, lang): the most probable option (`letter` shown, `canonical`) and its probability `p_option`."
     p = option_probs(scores)
@@ -144,7 +161,7 @@ def option_answers(scores: pd.DataFrame) -> pd.DataFrame:
     out.insert(2, "sample", 0)
     return out.reset_index(drop=True)
 
-# %% ../nbs/73_option_votes.ipynb #f177a6c2
+# %% ../nbs/73_option_votes.ipynb #052f4167
 VOTE_RULES = ("prob", "majority")
 "How languages vote: `prob` adds option probabilities; `majority` counts each language's answer (ties to the larger summed probability)."
 
@@ -167,7 +184,7 @@ def option_vote(scores: pd.DataFrame, languages=None, rule: str = "prob") -> pd.
             for i, (q, o) in enumerate(zip(key.index, order))]
     return pd.DataFrame(rows, columns=["qid", "winner", "vote_share", "margin", "languages"])
 
-# %% ../nbs/73_option_votes.ipynb #f5bc15f4
+# %% ../nbs/73_option_votes.ipynb #14f93ed9
 def gold_canonical(items) -> dict:
     "`{qid: canonical gold letter}`; `DataError` when a question has no gold or its languages disagree on the gold option."
     gold = {}
@@ -177,7 +194,7 @@ def gold_canonical(items) -> dict:
         if gold.setdefault(it.qid, g) != g: raise DataError(f"question {it.qid!r} has different gold options across languages", field="gold")
     return gold
 
-# %% ../nbs/73_option_votes.ipynb #054b2f5e
+# %% ../nbs/73_option_votes.ipynb #8a71a0ae
 def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gain_min: float = 0.05, rule: str = "prob") -> dict:
     "Accuracy per language, best language, mean and vote accuracy, the vote's gain and error rate, and whether the gate passes."
     langs = [normalize_lang(l) for l in languages]
@@ -195,7 +212,7 @@ def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gai
     row["passes"] = bool(row["best_acc"] >= best_min and row["vote_gain"] >= gain_min)
     return row
 
-# %% ../nbs/73_option_votes.ipynb #72987f63
+# %% ../nbs/73_option_votes.ipynb #66a81b95
 def choose_by_gate(gate: pd.DataFrame) -> pd.Series | None:
     "The passing row with the largest vote gain (then vote accuracy); None when no row passes."
     ok = gate[gate.passes]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .data import LANGUAGES, normalize_lang
 from .testbed_data import TESTBED_LANGUAGES
+from .option_votes import SCORINGS
 from .voting import TIE_POLICIES
 
 # %% auto #0
@@ -265,7 +266,7 @@ def check_testbed(section: dict | None) -> TestbedSettings:
     for i, e in enumerate(s.settings):
         if e not in SETTINGS: raise ValueError(f"testbed.settings[{i}]: unknown setting {e!r} (known: {', '.join(SETTINGS)})")
     for i, x in enumerate(s.scorings):
-        if x not in ("letter", "cloze"): raise ValueError(f"testbed.scorings[{i}]: must be letter or cloze, got {x!r}")
+        if x not in SCORINGS: raise ValueError(f"testbed.scorings[{i}]: must be one of {', '.join(SCORINGS)}, got {x!r}")
     if s.rounds not in (1, 2): raise ValueError(f"testbed.rounds: 1 or 2, got {s.rounds}")
     if not 0 < s.alpha < 1: raise ValueError(f"testbed.alpha: must lie in (0, 1), got {s.alpha}")
     return s

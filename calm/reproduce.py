@@ -20,6 +20,8 @@ from .runner import Stage, profile_stages, run_stages, write_job_manifest
 from .runs import Answers, RunView, gold_systems, run_adapters, run_views, table3_answers, table9_answers, table10_answers
 from .stages import (MEDQA_TRAIN_HUB, XCSQA_HUB, curriculum_plan, medqa_items, profile_backend, profile_items, run_curriculum,
                          run_evaluate, run_pairs, run_rag_index, run_results, run_sample, run_slug, run_train, run_vote, test_set)
+from .testbed import run_gate, run_score
+from .testbed_data import testbed_items
 
 # %% auto #0
 __all__ = ['wanted', 'plan', 'format_plan', 'check_profile', 'reproduce']
@@ -39,6 +41,11 @@ def _generations(st: Stage, p: Profile) -> dict | None:
     if st.fn is run_evaluate:
         d = kw["dataset"]; L = len(d["languages"]); m = p.evaluation.m
         return {"questions": d["test_questions"], "languages": L, "m": m, "generations": d["test_questions"] * L * m}
+    if st.fn in (run_gate, run_score):                 # the testbed scores options: one prompt per question and language
+        d = kw["dataset"]; L = len(d["languages"])
+        n = kw["testbed"]["validation_questions"] if st.fn is run_gate else d[f"{kw['split']}_questions"]
+        k = len(kw["testbed"]["scorings"]) * len(kw["models"]) if st.fn is run_gate else 1
+        return {"questions": n, "languages": L, "m": k, "generations": n * L * k}
     return None
 
 def plan(profile, notebooks=None) -> pd.DataFrame:
@@ -88,6 +95,10 @@ def _check_data(p: Profile, names, root) -> list[str]:
                 have = len(read_release_rows(files[0]))
                 lines.append(f"ok: dataset {d.name} {split}: {len(files)} release files, {have} questions each"
                              + ("" if have >= want else f"; the plan counts {want}: the rest needs the network (the full X-CSQA)"))
+        elif d.source == "testbed":
+            n = {s: len({it.qid for it in testbed_items(s, d.languages)}) for s in ("train", "validation", "test")}
+            lines.append(f"ok: dataset {d.name}: the testbed set, {n['train']} train, {n['validation']} validation and {n['test']} test "
+                         f"questions in {', '.join(d.languages)}")
         elif d.source == "release:medqa":
             groups = sorted((root / "medqa" / "test").glob("test_sft_*")) if (root / "medqa" / "test").is_dir() else []
             if not groups: raise ProfileError(p.file, f"datasets.{d.name}", f"no MedQA groups under {root / 'medqa' / 'test'}")
@@ -179,7 +190,7 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
         from calm.demo import write_main_report
         stages = [st for st in profile_stages(p, run_dir, rd) if wanted(st, names)]
         timings.update(run_stages(stages, run_dir))
-        write_main_report(p, out, run_dir, rd)
+        if p.testbed is None: write_main_report(p, out, run_dir, rd)   # a testbed's report is its notebook's
         (out / "results").mkdir(exist_ok=True)                  # each model and dataset's Table 1, beside the index
         for f in sorted(run_dir.glob("*/*/results.*")):
             shutil.copy(f, out / "results" / ("__".join(f.relative_to(run_dir).parts[:-1]) + f.suffix))

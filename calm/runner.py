@@ -18,10 +18,11 @@ from .files import make_dir, write_atomic
 from .profile import Curriculum, Profile, ProfileError, TestSet, load_profile
 from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
                          run_slug, run_train, run_vote)
+from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
 
 # %% auto #0
-__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'profile_stages',
-           'read_stage_log', 'run_stages', 'write_job_manifest']
+__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_stages',
+           'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
 
 # %% ../nbs/86_runner.ipynb #c83440526
 @dataclass
@@ -160,9 +161,32 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
     return stages
 
+# %% ../nbs/86_runner.ipynb #tbst0002
+def testbed_stages(p: Profile, out) -> list[Stage]:
+    "The stages of a testbed profile, under `out/<candidate models>/<dataset>/`: gate, scores, pairs, training, scores, round 2."
+    d, s = p.datasets[0], p.testbed
+    label = "+".join(p.models)                          # the gate picks one of these models; every later stage uses it
+    o, ds, tb = str(Path(out) / run_slug(label) / d.name), asdict(d), asdict(s)
+    sc = dict(dataset=ds, backend=p.backend, dtype=p.dtype, batch_size=p.evaluation.batch_size)
+    stages = []
+    def S(name, fn, outputs, **kw): stages.append(Stage(label, d.name, name, fn, {"out": o, **kw}, (), outputs))
+    def score(x):
+        for split in ("test", "train"): S(f"score:{x}@{split}", run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
+    S("gate", run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
+    score("base")
+    S("pairs", run_testbed_pairs, ("votes.csv", "data/counts.csv"), dataset=ds, testbed=tb, round=1)
+    for x in s.systems: S(f"train:{x}", run_testbed_train, (f"adapters/{x}",), system=x, dataset=ds, training=dict(p.training), testbed=tb)
+    for x in s.systems: score(x)
+    if s.rounds == 2:                                   # CALM's own scores of the train questions vote again; CALM trains again
+        S("pairs:r2", run_testbed_pairs, ("votes_r2.csv", "data/counts_r2.csv"), dataset=ds, testbed=tb, round=2)
+        S("train:CALM-r2", run_testbed_train, ("adapters/CALM-r2",), system="CALM-r2", dataset=ds, training=dict(p.training), testbed=tb)
+        score("CALM-r2")
+    return stages
+
 # %% ../nbs/86_runner.ipynb #283ff9f4
 def profile_stages(p: Profile, out, release=None) -> list[Stage]:
     "Every stage of profile `p`, in order, writing under `out/<model>/<dataset>/` (Self-RAG runs under `out/rag/`)."
+    if p.testbed is not None: return testbed_stages(p, out)
     stages = [st for model in p.models for d in p.datasets for st in run_stages_of(p, model, d, out, release)]
     return stages + [st for d in p.datasets if d.name in p.rag.get("datasets", []) for st in rag_stages(p, d, out, release)]
 
