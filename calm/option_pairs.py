@@ -11,18 +11,12 @@ import pandas as pd
 from .data import DataError, MCItem, normalize_lang
 from .likelihood import likelihood_context
 from .option_votes import gold_canonical
-from .pairs import PAIR_COLUMNS, SFT_COLUMNS, prompt_fields, prompt_messages
+from .pairs import PAIR_COLUMNS, SFT_COLUMNS, option_response, prompt_fields, prompt_messages
 from .prompts import PromptBuilder
 
 # %% auto #0
-__all__ = ['option_response', 'option_prompt', 'vote_choice', 'permuted_choice', 'language_choice', 'gold_choice', 'option_pairs',
-           'same_budget', 'option_sft_rows']
-
-# %% ../nbs/74_option_pairs.ipynb #d6dd5163
-def option_response(builder: PromptBuilder, item: MCItem, canonical: str) -> str:
-    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`."
-    spec, letter = builder.spec(item.lang), item.shown_letter(canonical)
-    return f"{spec.answer}{spec.sep}{letter}. {item.option_text(letter)}"
+__all__ = ['option_prompt', 'vote_choice', 'permuted_choice', 'language_choice', 'gold_choice', 'option_pairs', 'same_budget',
+           'option_sft_rows']
 
 # %% ../nbs/74_option_pairs.ipynb #72ff04a8
 def option_prompt(builder: PromptBuilder, item: MCItem) -> list[dict] | str:
@@ -53,8 +47,8 @@ def gold_choice(items) -> dict:
     return gold_canonical(items)
 
 # %% ../nbs/74_option_pairs.ipynb #436bb33c
-def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, kind: str = "CALM") -> pd.DataFrame:
-    "DPO pairs: each answer (qid, lang) that differs from `choice[qid]`, against the chosen option in its language."
+def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, chosen_by: str = "CALM") -> pd.DataFrame:
+    "DPO pairs (kind `option`): each answer (qid, lang) that differs from `choice[qid]`, against the chosen option in its language."
     by_key = {(it.qid, it.lang): it for it in items}
     gold = {it.qid: it.canonical_letter(it.gold) for it in items if it.gold is not None}
     rows = []
@@ -68,8 +62,9 @@ def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuil
                      "rejected": option_response(builder, it, r.canonical), "chosen_letter": c, "rejected_letter": r.canonical,
                      "chosen_sample": None, "chosen_source_lang": r.lang, "translated": False, "translator": None,
                      "rejected_sample": int(getattr(r, "sample", 0)), "tie": False, "gold": gold.get(r.qid),
-                     "system": p["system"], "chat": p["chat"], "kind": kind})
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS + ["kind"])
+                     "system": p["system"], "chat": p["chat"], "kind": "option",
+                     "chosen_by": chosen_by})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS + ["chosen_by"])
 
 # %% ../nbs/74_option_pairs.ipynb #8ff67873
 def same_budget(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
@@ -88,5 +83,5 @@ def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptB
         if c is None or it is None: continue
         p = prompt_fields(option_prompt(builder, it))
         rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c), "letter": c,
-                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"]})
+                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"], "kind": "option"})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)
