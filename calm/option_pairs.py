@@ -47,8 +47,9 @@ def gold_choice(items) -> dict:
     return gold_canonical(items)
 
 # %% ../nbs/74_option_pairs.ipynb #436bb33c
-def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, chosen_by: str = "CALM") -> pd.DataFrame:
-    "DPO pairs (kind `option`): each answer (qid, lang) that differs from `choice[qid]`, against the chosen option in its language."
+def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder,
+                 chosen_by: str = "CALM") -> pd.DataFrame:
+    "DPO pairs (kind `option`): each answer differing from `choice[qid]`, against the chosen option in its language."
     by_key = {(it.qid, it.lang): it for it in items}
     gold = {it.qid: it.canonical_letter(it.gold) for it in items if it.gold is not None}
     rows = []
@@ -83,5 +84,6 @@ def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptB
         if c is None or it is None: continue
         p = prompt_fields(option_prompt(builder, it))
         rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c), "letter": c,
-                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"], "kind": "option"})
+                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"],
+                     "kind": "option"})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

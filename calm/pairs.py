@@ -109,14 +109,14 @@ def option_response(builder: PromptBuilder, item: MCItem, canonical: str) -> str
 _ANSWER_LETTER = re.compile(r"""[ \t*_`"'(\[（]*([A-J])(?![A-Za-z])""")
 
 def with_answer_letter(text: str, letter: str) -> str:
-    "`text` with the letter after its last answer label (`Answer: B`, `Réponse : **B**`) replaced by `letter`; else unchanged."
+    "`text` with the letter after its last answer label (`Answer: B`, `Réponse : **B**`) replaced by `letter`, if any."
     labels = find_labels(text, "answer")
     m = _ANSWER_LETTER.match(text, labels[-1][1]) if labels else None
     return text if m is None else text[:m.start(1)] + letter + text[m.end(1):]
 
 # %% ../nbs/50_pairs.ipynb #959698a3
 def _with_winner(records: pd.DataFrame, votes: pd.DataFrame, items=None) -> pd.DataFrame:
-    "Records merged with their question's `winner`; with `items`, their letters canonical (`calm.voting.canonical_records`)."
+    "Records merged with their question's `winner`; with `items`, their letters canonical (`canonical_records`)."
     return canonical_records(records, items or []).merge(votes[["qid", "winner"]], on="qid")
 
 def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame, items=None) -> dict:
@@ -137,7 +137,7 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
                 translator: Translator | None = None, source_order: list[str] | None = None,
                 include_unparsed: bool = False, gold: dict | None = None, items=None,
                 builder: PromptBuilder | None = None) -> pd.DataFrame:
-    "DPO pairs: each sample disagreeing with its question's winner, against a winning explanation in its language, else the option."
+    "DPO pairs: each sample disagreeing with the winner, against a winning explanation in its language, or the option."
     translator = translator or IdentityTranslator()
     translates = bool(getattr(translator, "translates", True))
     need = {"qid", "lang", "sample", "text", "letter"} - set(records.columns)
@@ -157,9 +157,10 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
         kind = "cot" if r.lang in w else "option" if src == r.lang else "translated" if translates else "untranslated"
         c = w.get(src)
         p = prompt_fields(prompt_of(r.qid, r.lang))
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"],
-                     "chosen": option_response(builder, it, r.winner) if kind == "option" else c.text, "rejected": r.text,
-                     "chosen_letter": r.winner, "rejected_letter": r.letter, "chosen_sample": None if c is None else int(c.sample),
+        chosen = option_response(builder, it, r.winner) if kind == "option" else c.text
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": chosen, "rejected": r.text,
+                     "chosen_letter": r.winner, "rejected_letter": r.letter,
+                     "chosen_sample": None if c is None else int(c.sample),
                      "chosen_source_lang": src, "translated": False, "translator": None, "rejected_sample": int(r.sample),
                      "tie": bool(vt.loc[r.qid, "tie"]) if "tie" in vt.columns else False,
                      "gold": (gold or {}).get(r.qid), "system": p["system"], "chat": p["chat"], "kind": kind})
@@ -171,7 +172,7 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
             text = _as_shown_in(text, rows[i]["qid"], src, tgt, rows[i]["chosen_letter"], by_key)
             rows[i].update(chosen=text, translator=translator.name, translated=translates)
     frame = pd.DataFrame(rows, columns=PAIR_COLUMNS)
-    if any(r["chosen_sample"] is None for r in rows):    # option rows have no chosen sample: keep the others' as integers
+    if any(r["chosen_sample"] is None for r in rows):    # option rows have no chosen sample: the others stay integers
         frame["chosen_sample"] = pd.Series([r["chosen_sample"] for r in rows], index=frame.index, dtype=object)
     return frame
 
@@ -202,38 +203,40 @@ SFT_COLUMNS = ["qid", "lang", "prompt", "completion", "letter", "source_lang", "
 # %% ../nbs/50_pairs.ipynb #6c998f3b
 def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[[str, str], str | list[dict]],
                    languages: Iterable[str] | None = None, translator: Translator | None = None,
-                   source_order: list[str] | None = None, items=None, builder: PromptBuilder | None = None) -> pd.DataFrame:
-    "SFT rows: one winning explanation per question and language, else (as `build_pairs`) the option stated or a translation."
+                   source_order: list[str] | None = None, items=None,
+                   builder: PromptBuilder | None = None) -> pd.DataFrame:
+    "SFT rows: a winning explanation per question and language, else (as `build_pairs`) the option or a translation."
     translator = translator or IdentityTranslator()
     translates = bool(getattr(translator, "translates", True))
     langs = list(languages or dict.fromkeys(records.lang))
     order = source_order or langs
     rows, by_key, voted = [], {(it.qid, it.lang): it for it in items or []}, dict(zip(votes.qid, votes.winner))
+    state_option = builder is not None and not translates
     for qid, w in _winners_by_lang(records, votes, items).items():
         for l in langs:
             it = by_key.get((qid, l))
-            src = l if l in w or (builder is not None and not translates and it is not None) else next((s for s in order if s in w), None)
+            src = l if l in w or (state_option and it is not None) else next((s for s in order if s in w), None)
             if src is None: continue
             kind = "cot" if l in w else "option" if src == l else "translated" if translates else "untranslated"
             text = (w[l].text if kind == "cot" else option_response(builder, it, voted[qid]) if kind == "option"
                     else _as_shown_in(translator.translate([w[src].text], src, l)[0], qid, src, l, voted[qid], by_key))
             p = prompt_fields(prompt_of(qid, l))
-            letter = voted[qid] if it is None else it.shown_letter(voted[qid])       # the winner as this language shows it
+            letter = voted[qid] if it is None else it.shown_letter(voted[qid])    # the winner as this language shows it
             rows.append({"qid": qid, "lang": l, "prompt": p["prompt"], "completion": text, "letter": letter,
-                         "source_lang": src, "translated": kind == "translated", "system": p["system"], "chat": p["chat"],
-                         "kind": kind})
+                         "source_lang": src, "translated": kind == "translated", "system": p["system"],
+                         "chat": p["chat"], "kind": kind})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)
 
 # %% ../nbs/50_pairs.ipynb #b8cb75d0
 def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, str], str | list[dict]],
                   items=None) -> pd.DataFrame:
-    "SFT rows from samples whose letter equals the gold letter (the ground-truth SFT set; with `items`, by option: `gold` canonical)."
+    "SFT rows from samples whose letter is the gold letter (ground-truth SFT; with `items` by option, `gold` canonical)."
     option = canonical_records(records, items or []).letter
     r = records[option.notna() & (option == records.qid.map(gold))]
     p = pd.DataFrame([prompt_fields(prompt_of(q, l)) for q, l in zip(r.qid, r.lang)], columns=["prompt", "system", "chat"])
     return pd.DataFrame({"qid": list(r.qid), "lang": list(r.lang), "prompt": list(p.prompt), "completion": list(r.text),
-                         "letter": list(r.letter), "source_lang": list(r.lang), "translated": False, "system": list(p.system),
-                         "chat": list(p.chat), "kind": "cot"}, columns=SFT_COLUMNS)
+                         "letter": list(r.letter), "source_lang": list(r.lang), "translated": False,
+                         "system": list(p.system), "chat": list(p.chat), "kind": "cot"}, columns=SFT_COLUMNS)
 
 # %% ../nbs/50_pairs.ipynb #613a2614
 def is_chat(frame: pd.DataFrame) -> bool:
@@ -402,8 +405,9 @@ def pair_kinds(frame: pd.DataFrame) -> pd.Series:
     "Each pair's (or SFT row's) `kind`: its column where written, else read off its source language and translation."
     src = "chosen_source_lang" if "chosen_source_lang" in frame.columns else "source_lang"
     done = frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns else False
-    read = pd.Series("cot", index=frame.index, dtype=object).where(frame[src].isna() | (frame[src] == frame["lang"]),
-                                                                   pd.Series(done, index=frame.index).map({True: "translated", False: "untranslated"}))
+    moved = pd.Series(done, index=frame.index).map({True: "translated", False: "untranslated"})
+    own = frame[src].isna() | (frame[src] == frame["lang"])
+    read = pd.Series("cot", index=frame.index, dtype=object).where(own, moved)
     return frame["kind"].where(frame["kind"].notna(), read) if "kind" in frame.columns else read
 
 # %% ../nbs/50_pairs.ipynb #1158c6b9
@@ -418,7 +422,7 @@ def _quality(p: pd.DataFrame) -> dict:
             "untranslated_chosen": share(bad), "untranslated": int(bad.sum()), "trainable": int(n - bad.sum())}
 
 def pair_quality(pairs, tie_policy: str, prefix: str = "calm") -> dict:
-    "Pair counts by kind and shares (tied votes, chosen = gold, untranslated chosen side) of a pair table or a run's data folder."
+    "Pair counts by kind, and shares (tied votes, chosen = gold, untranslated chosen side), of pairs or a run folder."
     if not isinstance(pairs, pd.DataFrame): pairs = read_all_pairs(pairs, prefix)
     if not isinstance(tie_policy, str) or not tie_policy: raise ValueError("name the tie policy the votes used (e.g. 'drop', 'order')")
     return {"tie_policy": tie_policy, **_quality(pairs)}

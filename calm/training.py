@@ -155,7 +155,7 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
         return dco_data(items, option_logprobs, prompt_builder)
     if variant == "sft":
         need(records=records, votes=votes, prompt_of=prompt_of)
-        rows = sft_from_votes(records, votes, prompt_of, items=items, builder=prompt_builder)   # with both: options stated
+        rows = sft_from_votes(records, votes, prompt_of, items=items, builder=prompt_builder)   # both: options stated
         return "sft", split_untranslated(rows)[0]   # answers in their own language only
     need(records=records, gold=gold, prompt_of=prompt_of)
     return "sft", sft_from_gold(records, gold, prompt_of, items=items)

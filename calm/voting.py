@@ -205,7 +205,7 @@ def _ordered(frame: pd.DataFrame, languages: Sequence[str] | None) -> pd.DataFra
 
 def winning_share_by_language(records: pd.DataFrame, votes: pd.DataFrame, languages: Sequence[str] | None = None,
                               items: Iterable[MCItem] | None = None) -> pd.DataFrame:
-    "Per language: samples on decided questions, how many agree with the winner (by option with `items`), and their shares."
+    "Per language: samples on decided questions, how many agree with the winner (by option with `items`), their shares."
     _check_columns(records, ("qid", "lang", "letter")); _check_columns(votes, ("qid", "winner"))
     if items is not None: records = canonical_records(records, items)      # the vote's canonical letters
     decided = votes.loc[votes["winner"].notna(), ["qid", "winner"]]
