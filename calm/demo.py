@@ -31,11 +31,11 @@ def figure_results(table: pd.DataFrame, languages, path_stem, n: int | None = No
 
 # %% ../nbs/89_demo.ipynb #c98118186
 def vote_stats(st: dict, languages) -> pd.DataFrame:
-    "Per language (and for the vote): decided samples, agreement with the vote, parse rate and first-sample accuracy."
-    from calm.voting import winning_share_by_language
-    recs, votes, gold = st["records"], st["votes"], st["gold"]
-    ws = winning_share_by_language(recs, votes, languages).set_index("lang")
-    first = recs[recs["sample"] == 0]
+    "Per language and for the vote: decided samples, agreement with the vote, parse rate, first-sample accuracy."
+    from calm.voting import canonical_records, winning_share_by_language
+    recs, votes, gold, items = st["records"], st["votes"], st["gold"], st.get("items")
+    ws = winning_share_by_language(recs, votes, languages, items=items).set_index("lang")
+    first = canonical_records(recs[recs["sample"] == 0], items or [])      # canonical letters, as the gold and the vote
     stats = pd.DataFrame({"decided_samples": ws.samples, "agree_with_vote": ws.share,
                           "parsed": recs.groupby("lang").letter.agg(lambda s: s.notna().mean()),
                           "first_sample_accuracy": (first.letter == first.qid.map(gold)).groupby(first.lang).mean()}).reindex(languages)
@@ -127,7 +127,10 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     q = quality.set_index("lang").loc["all"]
     pct = lambda x: "n/a" if x is None or pd.isna(x) else f"{100 * x:.0f}%"
     lines += ["## The DPO pairs", "",
-              f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {pct(q.from_tied_votes)} come from tied votes, "
+              f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {int(q.cot_pairs)} have a winning "
+              f"explanation in their own language as the chosen side, {int(q.option_pairs)} state the voted option in "
+              f"their language (no translator) and {int(q.translated_pairs)} a translated explanation; "
+              f"{pct(q.from_tied_votes)} come from tied votes, "
               f"{pct(q.chosen_is_gold)} have a chosen answer that equals gold (gold is never used to build them), and "
               f"{int(q.untranslated)} had a chosen side in another language with no translation: those are kept apart "
               "(`data/calm_pairs_untranslated.jsonl`) and not trained on.", "", (out / "pair_quality.md").read_text(encoding="utf-8"), ""]

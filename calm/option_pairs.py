@@ -11,21 +11,14 @@ import pandas as pd
 from .data import DataError, MCItem, normalize_lang
 from .likelihood import likelihood_context
 from .option_votes import cloze_context, cloze_messages, gold_canonical
-from .pairs import PAIR_COLUMNS, SFT_COLUMNS, prompt_fields, prompt_messages
+from .pairs import PAIR_COLUMNS, SFT_COLUMNS, option_response, prompt_fields, prompt_messages
 from .prompts import PromptBuilder
 
 # %% auto #0
-__all__ = ['option_response', 'option_prompt', 'vote_choice', 'permuted_choice', 'language_choice', 'gold_choice', 'option_pairs',
-           'same_budget', 'option_sft_rows']
+__all__ = ['option_prompt', 'vote_choice', 'permuted_choice', 'language_choice', 'gold_choice', 'option_pairs', 'same_budget',
+           'option_sft_rows']
 
-# %% ../nbs/74_option_pairs.ipynb #d6dd5163
-def option_response(builder: PromptBuilder, item: MCItem, canonical: str, scoring: str = "letter") -> str:
-    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`; cloze: the text as scored."
-    spec, letter = builder.spec(item.lang), item.shown_letter(canonical)
-    if scoring == "letter": return f"{spec.answer}{spec.sep}{letter}. {item.option_text(letter)}"
-    return item.option_text(letter) if builder.mode == "chat" else f"{spec.answer}{spec.sep}{item.option_text(letter)}"
-
-# %% ../nbs/74_option_pairs.ipynb #72ff04a8
+# %% ../nbs/74_option_pairs.ipynb #b21ba79c
 def option_prompt(builder: PromptBuilder, item: MCItem, scoring: str = "letter") -> list[dict] | str:
     "The prompt of a pair for `item`: chat messages in chat mode, else the scored context without its answer label."
     cloze = scoring != "letter"
@@ -34,7 +27,7 @@ def option_prompt(builder: PromptBuilder, item: MCItem, scoring: str = "letter")
     label = builder.answer_prefix(item.lang).lstrip("\n")
     return ctx[:-len(label)]
 
-# %% ../nbs/74_option_pairs.ipynb #eb12e3ab
+# %% ../nbs/74_option_pairs.ipynb #c6400a1c
 def vote_choice(votes: pd.DataFrame) -> dict:
     "`{qid: canonical winner}` of a vote table (`calm.option_votes.option_vote`)."
     return dict(zip(votes.qid, votes.winner))
@@ -50,15 +43,15 @@ def language_choice(answers: pd.DataFrame, lang: str = "en") -> dict:
     a = answers[answers.lang == normalize_lang(lang)]
     return dict(zip(a.qid, a.canonical))
 
-# %% ../nbs/74_option_pairs.ipynb #ca4a261c
+# %% ../nbs/74_option_pairs.ipynb #4dc7ff4a
 def gold_choice(items) -> dict:
     "`{qid: canonical gold}`: the upper bound, what a labelled set would choose."
     return gold_canonical(items)
 
-# %% ../nbs/74_option_pairs.ipynb #436bb33c
-def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, kind: str = "CALM",
+# %% ../nbs/74_option_pairs.ipynb #f473aeb1
+def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, chosen_by: str = "CALM",
                  scoring: str = "letter") -> pd.DataFrame:
-    "DPO pairs: each answer (qid, lang) that differs from `choice[qid]`, against the chosen option in its language."
+    "DPO pairs (kind `option`): each answer differing from `choice[qid]`, against the chosen option in its language."
     by_key = {(it.qid, it.lang): it for it in items}
     gold = {it.qid: it.canonical_letter(it.gold) for it in items if it.gold is not None}
     rows = []
@@ -72,17 +65,17 @@ def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuil
                      "rejected": option_response(builder, it, r.canonical, scoring), "chosen_letter": c, "rejected_letter": r.canonical,
                      "chosen_sample": None, "chosen_source_lang": r.lang, "translated": False, "translator": None,
                      "rejected_sample": int(getattr(r, "sample", 0)), "tie": False, "gold": gold.get(r.qid),
-                     "system": p["system"], "chat": p["chat"], "kind": kind})
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS + ["kind"])
+                     "system": p["system"], "chat": p["chat"], "kind": "option", "chosen_by": chosen_by})
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS + ["chosen_by"])
 
-# %% ../nbs/74_option_pairs.ipynb #8ff67873
+# %% ../nbs/74_option_pairs.ipynb #e8d60c82
 def same_budget(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     "At most `n` rows of `frame`: a seeded sample when it has more, every row otherwise; order kept."
     if len(frame) <= n: return frame.reset_index(drop=True)
     keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
     return frame.iloc[keep].reset_index(drop=True)
 
-# %% ../nbs/74_option_pairs.ipynb #c6676289
+# %% ../nbs/74_option_pairs.ipynb #250493d9
 def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, scoring: str = "letter") -> pd.DataFrame:
     "SFT rows: every answered (qid, lang) with the chosen option stated in its language as the completion."
     by_key = {(it.qid, it.lang): it for it in items}
@@ -92,5 +85,6 @@ def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptB
         if c is None or it is None: continue
         p = prompt_fields(option_prompt(builder, it, scoring))
         rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c, scoring), "letter": c,
-                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"]})
+                     "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"],
+                     "kind": "option"})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

@@ -131,7 +131,7 @@ def run_rag_index(corpus, index, embedder=None) -> Path:
 
 # %% ../nbs/85_stages.ipynb #c70730642
 def run_state(out, items=None) -> dict:
-    "Train items, extracted sample records, votes (None before the vote), pairs (empty before the pairs) and gold letters of run folder `out`."
+    "Train items, sample records, votes (None before the vote), pairs (empty before them), canonical gold of run `out`."
     from calm.data import read_items
     from calm.extraction import extract_records
     from calm.pairs import PAIR_COLUMNS, read_pairs
@@ -145,7 +145,8 @@ def run_state(out, items=None) -> dict:
     votes = pd.read_csv(out / "votes.csv", dtype={"qid": str}) if (out / "votes.csv").is_file() else None
     pf = out / "data" / "calm_pairs.jsonl"
     pairs = read_pairs(pf) if pf.is_file() else pd.DataFrame(columns=PAIR_COLUMNS)
-    return {"items": items, "by_key": by_key, "records": recs, "votes": votes, "pairs": pairs, "gold": {it.qid: it.gold for it in items}}
+    gold = {it.qid: it.gold if it.gold is None else it.canonical_letter(it.gold) for it in items}   # by option
+    return {"items": items, "by_key": by_key, "records": recs, "votes": votes, "pairs": pairs, "gold": gold}
 
 # %% ../nbs/85_stages.ipynb #c33266208
 def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None, dtype: str = "auto") -> Path:
@@ -176,13 +177,15 @@ def run_vote(out, languages, tie: str) -> Path:
 
 # %% ../nbs/85_stages.ipynb #a8224341
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
-    "Stage `pairs`: DPO pairs and voted SFT rows (the prompts as sampled), under `out/data`."
+    "Stage `pairs`: DPO pairs and voted SFT rows (prompts as sampled; no translator: options stated), in `out/data`."
     from calm.pairs import build_pairs, prompt_messages, sft_from_votes, write_training_sets
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
     prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])   # chat messages, not a template baked into text
-    pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"], items=st["items"])
-    sft = sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages, items=st["items"])
+    pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"],
+                        items=st["items"], builder=builder)
+    sft = sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages, items=st["items"],
+                         builder=builder)
     write_training_sets(out / "data", pairs, sft)
     return out / "data"
 
@@ -191,7 +194,6 @@ def run_train(out, model: str, system: str, training: dict, languages, rag: dict
               vote_error_rate: float | None = None) -> Path | None:
     "Stage `train:<system>`: SFT, CALM (DPO), CALM-robust, DCO or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
     from calm.pairs import prompt_messages
-    from calm.data import read_items
     from calm.training import TrainConfig, train, variant_data, variant_settings
     if system == "CALM-robust" and vote_error_rate is None:
         print(f"{out}: CALM-robust needs the vote's error rate (the profile's vote_error_rate): not trained"); return None
@@ -199,7 +201,7 @@ def run_train(out, model: str, system: str, training: dict, languages, rag: dict
     builder = stage_builder(model, languages, rag)
     method, data = variant_data(system.lower(), pairs=st["pairs"], records=st["records"], votes=st["votes"], gold=st["gold"],
                                 prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]), prompt_builder=builder,
-                                items=read_items(out / "train_items.jsonl") if system == "DCO" else None)   # DCO: no vote, the questions
+                                items=st["items"])          # DCO: the questions; SFT: options as shown
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     settings = {**training, **variant_settings(system.lower(), vote_error_rate), "method": method, "model": model}
     return train(TrainConfig(**settings), data, out / "adapters" / system).out_dir

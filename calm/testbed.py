@@ -147,7 +147,7 @@ def run_testbed_pairs(out, dataset: dict, testbed: dict, round: int = 1) -> Path
     choices = {"CALM": vote_choice(votes), "CALM-robust": vote_choice(votes), "permuted": permuted_choice(votes, s.seed),
                "english": language_choice(answers, "en"), "gold": gold_choice(items)}
     systems = [x for x in s.systems if x in choices] if round == 1 else ["CALM"]
-    frames = {x: option_pairs(answers, choices[x], items, builder, x, ch["scoring"]) for x in systems}
+    frames = {x: option_pairs(answers, choices[x], items, builder, chosen_by=x, scoring=ch["scoring"]) for x in systems}
     n = len(frames["CALM"])
     for x in systems:
         if x not in ("CALM", "CALM-robust"): frames[x] = same_budget(frames[x], n, s.seed)

@@ -155,9 +155,10 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
         return dco_data(items, option_logprobs, prompt_builder)
     if variant == "sft":
         need(records=records, votes=votes, prompt_of=prompt_of)
-        return "sft", split_untranslated(sft_from_votes(records, votes, prompt_of))[0]   # answers in their own language only
+        rows = sft_from_votes(records, votes, prompt_of, items=items, builder=prompt_builder)   # both: options stated
+        return "sft", split_untranslated(rows)[0]   # answers in their own language only
     need(records=records, gold=gold, prompt_of=prompt_of)
-    return "sft", sft_from_gold(records, gold, prompt_of)
+    return "sft", sft_from_gold(records, gold, prompt_of, items=items)
 
 # %% ../nbs/60_training.ipynb #0c1553c4
 def variant_settings(variant: str, vote_error_rate: float | None = None) -> dict:

@@ -203,9 +203,11 @@ def _ordered(frame: pd.DataFrame, languages: Sequence[str] | None) -> pd.DataFra
     langs = [normalize_lang(l) for l in languages]
     return frame.set_index("lang").reindex(langs).fillna(0).reset_index()
 
-def winning_share_by_language(records: pd.DataFrame, votes: pd.DataFrame, languages: Sequence[str] | None = None) -> pd.DataFrame:
-    "Per language: samples on decided questions, how many agree with the winner, and their shares."
+def winning_share_by_language(records: pd.DataFrame, votes: pd.DataFrame, languages: Sequence[str] | None = None,
+                              items: Iterable[MCItem] | None = None) -> pd.DataFrame:
+    "Per language: samples on decided questions, how many agree with the winner (by option with `items`), their shares."
     _check_columns(records, ("qid", "lang", "letter")); _check_columns(votes, ("qid", "winner"))
+    if items is not None: records = canonical_records(records, items)      # the vote's canonical letters
     decided = votes.loc[votes["winner"].notna(), ["qid", "winner"]]
     r = records.assign(lang=_record_langs(records)).merge(decided, on="qid", how="inner")
     r = r.assign(agree=(r["letter"] == r["winner"]).to_numpy())

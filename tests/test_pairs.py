@@ -104,8 +104,8 @@ def test_untranslated_pairs_are_kept_apart_and_counted(tmp_path):
     assert len(read_jsonl(paths["trl_preference"])) == 2
     assert len(json.loads((tmp_path / "llamafactory" / "calm_dpo.json").read_text())) == 2
     q = pair_quality(tmp_path, tie_policy="order")
-    assert q == {"tie_policy": "order", "pairs": 3, "from_tied_votes": 1.0, "chosen_is_gold": 0.0,
-                 "untranslated_chosen": 1 / 3, "untranslated": 1, "trainable": 2}
+    assert q == {"tie_policy": "order", "pairs": 3, "cot_pairs": 2, "translated_pairs": 0, "option_pairs": 0, "from_tied_votes": 1.0,
+                 "chosen_is_gold": 0.0, "untranslated_chosen": 1 / 3, "untranslated": 1, "trainable": 2}
     filled = build_pairs(records(), votes, lambda q, l: "p", Upper(), source_order=["en"])
     assert not untranslated(filled).any()                      # a translator fills them
     assert len(read_pairs(write_training_sets(tmp_path / "keep", p, keep_untranslated=True)["pairs"])) == 3
@@ -155,3 +155,90 @@ def test_pairs_from_votes_by_option_on_shuffled_items():
     assert sft[["lang", "completion", "letter"]].values.tolist() == [["en", "en x", "A"], ["zh", "zh x", "B"]]
     # without items the same records vote by letter: B (en y, zh x, zh x) wins, a different answer
     assert vote_table(recs, ["en", "zh"]).winner.tolist() == ["B"]
+
+
+def shuffled_items():
+    "Two questions in en, zh, fr, options shuffled per language (ids paris/rome/oslo; canonical A = oslo, B = paris, C = rome)."
+    opts = {"en": ("paris", "rome", "oslo"), "zh": ("rome", "oslo", "paris"), "fr": ("oslo", "paris", "rome")}
+    names = {"en": {"paris": "Paris", "rome": "Rome", "oslo": "Oslo"}, "zh": {"paris": "巴黎", "rome": "罗马", "oslo": "奥斯陆"},
+             "fr": {"paris": "Paris", "rome": "Rome", "oslo": "Oslo"}}
+    from calm.data import MCItem
+    return [MCItem(q, l, "?", tuple(zip("ABC", [names[l][i] for i in opts[l]])), "ABC"[opts[l].index("paris")], option_ids=opts[l])
+            for q in ("q1", "q2") for l in ("en", "zh", "fr")]
+
+
+def shuffled_records():
+    "en and zh answer Paris (their own letters A and C), each once Rome; fr never answers Paris: it has no winning explanation."
+    rows = [("q1", "en", 0, "Explanation: Paris.\nAnswer: A", "A"), ("q1", "en", 1, "Explanation: Rome.\nAnswer: B", "B"),
+            ("q1", "zh", 0, "解释: 巴黎。\n答案: C", "C"), ("q1", "zh", 1, "解释: 巴黎。\n答案: C", "C"),
+            ("q1", "fr", 0, "Explication: Oslo.\nRéponse: A", "A"), ("q1", "fr", 1, "Explication: Rome.\nRéponse: C", "C"),
+            ("q2", "en", 0, "Explanation: Paris.\nAnswer: A", "A"), ("q2", "zh", 0, "解释: 巴黎。\n答案: C", "C"),
+            ("q2", "zh", 1, "解释: 罗马。\n答案: A", "A"), ("q2", "fr", 0, "Explication: Oslo.\nRéponse: A", "A")]
+    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "text", "letter"])
+
+
+def test_no_translator_states_the_voted_option_and_gold_is_canonical():
+    from calm.prompts import PromptBuilder
+    from calm.voting import vote_table
+    items, recs = shuffled_items(), shuffled_records()
+    votes = vote_table(recs, ["en", "zh", "fr"], items=items)
+    assert votes.winner.tolist() == ["B", "B"]                               # canonical B = paris, in every language
+    gold = {it.qid: it.canonical_letter(it.gold) for it in items}            # as calm.stages.run_state gives it
+    p = build_pairs(recs, votes, lambda q, l: f"{q} {l}", items=items, builder=PromptBuilder("plain"), gold=gold)
+    assert p[["qid", "lang", "kind", "chosen", "chosen_letter", "rejected_letter"]].values.tolist() == [
+        ["q1", "en", "cot", "Explanation: Paris.\nAnswer: A", "B", "C"], ["q1", "fr", "option", "Réponse: B. Paris", "B", "A"],
+        ["q1", "fr", "option", "Réponse: B. Paris", "B", "C"], ["q2", "fr", "option", "Réponse: B. Paris", "B", "A"],
+        ["q2", "zh", "cot", "解释: 巴黎。\n答案: C", "B", "C"]]
+    assert not untranslated(p).any() and (p.gold == "B").all()
+    assert len(filter_by_gold(p)) == 5                                       # canonical chosen letters against canonical gold
+    q = pair_quality(p, "order")
+    assert (q["cot_pairs"], q["option_pairs"], q["translated_pairs"], q["chosen_is_gold"], q["trainable"]) == (2, 3, 0, 1.0, 5)
+    assert sft_from_gold(recs, gold, lambda q, l: l, items=items)[["lang", "letter"]].values.tolist() == [
+        ["en", "A"], ["zh", "C"], ["zh", "C"], ["en", "A"], ["zh", "C"]]     # Paris, as each sample shows it
+    assert sft_from_gold(recs, {"q1": "A", "q2": "A"}, lambda q, l: l).lang.tolist() == ["en", "fr", "en", "zh", "fr"]
+    sft = sft_from_votes(recs, votes, lambda q, l: l, ["en", "zh", "fr"], items=items, builder=PromptBuilder("plain"))
+    assert sft[["qid", "lang", "letter", "kind"]].values.tolist() == [
+        ["q1", "en", "A", "cot"], ["q1", "zh", "C", "cot"], ["q1", "fr", "B", "option"],
+        ["q2", "en", "A", "cot"], ["q2", "zh", "C", "cot"], ["q2", "fr", "B", "option"]]
+    old = build_pairs(recs, votes, lambda q, l: "", items=items, gold=gold)  # no builder: the English explanation, kept apart
+    assert old[old.lang == "fr"].kind.unique().tolist() == ["untranslated"] and untranslated(old).sum() == 3
+
+
+def test_translated_answers_name_the_letter_their_language_shows():
+    from calm.prompts import PromptBuilder
+    from calm.voting import vote_table
+    items, recs = shuffled_items(), shuffled_records()
+    votes = vote_table(recs, ["en", "zh", "fr"], items=items)
+    tr = Upper()
+    p = build_pairs(recs, votes, lambda q, l: "", tr, source_order=["en"], items=items, builder=PromptBuilder("plain"))
+    fr = p[p.lang == "fr"]
+    assert fr.kind.unique().tolist() == ["translated"] and fr.translated.all()
+    assert fr.chosen.tolist() == ["[fr] EXPLANATION: PARIS.\nANSWER: B"] * 3       # en shows Paris as A, fr as B
+    sft = sft_from_votes(recs, votes, lambda q, l: l, ["fr"], tr, source_order=["en"], items=items)
+    assert sft.completion.tolist() == ["[fr] EXPLANATION: PARIS.\nANSWER: B"] * 2 and sft.kind.unique().tolist() == ["translated"]
+    unshuffled = build_pairs(records(), pd.DataFrame({"qid": ["q1"], "winner": ["A"]}), lambda q, l: "", tr, source_order=["de"])
+    assert unshuffled.loc[unshuffled.lang == "ja", "chosen"].tolist() == ["[ja] DE A"]  # letters as they were: no rewrite
+
+
+def test_a_language_without_a_winner_gets_option_pairs_and_the_curriculum_runs(tmp_path, monkeypatch, capsys):
+    "A run folder like the demo's (en, zh, fr; French never wins): the pairs stage writes French pairs, Table 10's stages train."
+    from calm import curriculum, stages
+    from calm.pairs import PAIR_COLUMNS
+    from calm.prompts import PromptBuilder
+    from calm.voting import vote_table
+    items, recs, langs = shuffled_items(), shuffled_records(), ["en", "zh", "fr"]
+    st = {"items": items, "by_key": {(it.qid, it.lang): it for it in items}, "records": recs,
+          "votes": vote_table(recs, langs, tie="order", lang_order=langs, items=items), "pairs": pd.DataFrame(columns=PAIR_COLUMNS),
+          "gold": {it.qid: it.canonical_letter(it.gold) for it in items}}
+    monkeypatch.setattr(stages, "run_state", lambda out, items=None: st)
+    monkeypatch.setattr(stages, "stage_builder", lambda model, languages, rag=None: PromptBuilder("plain"))
+    data = stages.run_pairs(tmp_path, "tiny", langs)
+    pairs = read_pairs(data / "calm_pairs.jsonl")
+    assert pairs[pairs.lang == "fr"].kind.tolist() == ["option"] * 3 and len(read_pairs(data / "calm_pairs_untranslated.jsonl")) == 0
+    assert set(pairs.lang) == set(langs) and list(pairs.columns) == PAIR_COLUMNS
+    assert read_jsonl(data / "calm_sft.jsonl")[2]["kind"] == "option"
+    calls = []
+    monkeypatch.setattr(curriculum, "train_curriculum", lambda config, pairs, out, stages: calls.append(stages) or [])
+    stages.run_curriculum(tmp_path, "tiny", {}, langs)
+    assert "no pairs in some language" not in capsys.readouterr().out
+    assert calls == [[["en"], ["en", "zh"], ["en", "zh", "fr"]]]
