@@ -5,8 +5,10 @@
 # %% ../nbs/80_reports.ipynb #edc5bc0c
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
@@ -17,8 +19,8 @@ import pandas as pd
 from .files import make_dir, write_atomic
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'write_table', 'package_versions', 'write_manifest', 'project_root',
-           'notebook_parameters']
+__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'package_versions', 'determining_settings',
+           'settings_hash', 'code_version', 'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -52,15 +54,49 @@ def package_versions(names=TRACKED_PACKAGES) -> dict:
             except metadata.PackageNotFoundError: pass
     return out
 
+# %% ../nbs/80_reports.ipynb #422f75cf
+INFORMATIONAL_KEYS = ("job", "until", "profile", "file", "description", "estimate", "notebooks")
+"Config keys that say what ran or describe it, not what its numbers depend on: left out of `settings_hash`."
+
+# %% ../nbs/80_reports.ipynb #8ff238cf
+def determining_settings(config: dict) -> dict:
+    "A manifest `config`'s part that its numbers depend on: no `INFORMATIONAL_KEYS`, no empty value (None, {}, [])."
+    def strip(v):
+        if isinstance(v, dict): return {k: strip(x) for k, x in v.items() if x not in (None, {}, [])}
+        if isinstance(v, (list, tuple)): return [strip(x) for x in v]
+        return v
+    plain = json.loads(json.dumps(config, default=str))          # values as the manifest stores them
+    return strip({k: v for k, v in plain.items() if k not in INFORMATIONAL_KEYS})
+
+# %% ../nbs/80_reports.ipynb #8791e8bb
+def settings_hash(config: dict) -> str:
+    "A short SHA-256 of `determining_settings(config)`: equal for two configs that would produce the same numbers."
+    text = json.dumps(determining_settings(config), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+# %% ../nbs/80_reports.ipynb #44a22df0
+def code_version() -> dict:
+    "The calm checkout's git `commit` (None outside one) and whether it has `uncommitted_changes`: for information."
+    import calm
+    here = Path(calm.__file__).resolve().parent
+    def git(*args):
+        try: r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired): return None
+        return r.stdout.strip() if r.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
+
 # %% ../nbs/80_reports.ipynb #1211b66a
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:
-    "Write `manifest.json` (atomically) with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
+    "Write `manifest.json` (atomically): config and its hash, inputs, outputs (relative to it), versions, code, time."
     path = Path(path); make_dir(path.parent)
     def rel(o):                       # no absolute path of this machine for what the run wrote itself
         try: return Path(o).resolve().relative_to(path.parent.resolve()).as_posix()
         except ValueError: return str(o)
-    m = {"config": config, "inputs": inputs or {}, "outputs": [rel(o) for o in outputs or []],
-         "versions": package_versions(), "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
+    m = {"config": config, "settings_hash": settings_hash(config), "inputs": inputs or {},
+         "outputs": [rel(o) for o in outputs or []], "versions": package_versions(), "code": code_version(),
+         "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return write_atomic(path, json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n")
 
