@@ -11,6 +11,7 @@ import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from importlib import metadata
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import pandas as pd
 from .files import make_dir, write_atomic
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'package_versions', 'determining_settings',
-           'settings_hash', 'code_version', 'write_manifest', 'project_root', 'notebook_parameters']
+__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table',
+           'percent_text', 'package_versions', 'determining_settings', 'settings_hash', 'code_version',
+           'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -35,6 +37,23 @@ def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = "
         else: raise ValueError(f"unknown table format {fmt!r} (csv, md, tex)")
         out.append(write_atomic(p, text))
     return out
+
+# %% ../nbs/80_reports.ipynb #07ad3279
+def round_half_up(x, digits: int = 0):
+    "`x` to `digits` decimals, halves away from zero on its shortest decimal form (0.615 -> 0.62), as a reader rounds; None, NaN stay."
+    if x is None or pd.isna(x): return x
+    return float(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+# %% ../nbs/80_reports.ipynb #a07f7cef
+def round_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    "`df` with every float column through `round_half_up`: the table `write_table` writes and the prose beside it quotes."
+    return df.assign(**{c: df[c].map(lambda x: round_half_up(x, digits)) for c in df.columns if pd.api.types.is_float_dtype(df[c])})
+
+# %% ../nbs/80_reports.ipynb #9a33612e
+def percent_text(x, digits: int = 0, scale: int = 100) -> str:
+    "`x` (a share; `scale=1`: already in percent) as text like `62%`, by `round_half_up`; `n/a` for None or NaN."
+    if x is None or pd.isna(x): return "n/a"
+    return f"{round_half_up(Decimal(repr(float(x))) * scale, digits):.{digits}f}%"
 
 # %% ../nbs/80_reports.ipynb #258df185
 TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "numpy", "pandas")
