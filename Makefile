@@ -13,7 +13,7 @@ STAMP := $(VENV)/.calm-installed
 # built side by side by `make test`, take turns at it, and at nbdev_export (check-export), under this lock.
 EDITABLE_LOCK := .calm-install.lock
 
-.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv
+.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv check-reports chromium check-docs
 
 setup: $(STAMP)
 
@@ -53,7 +53,7 @@ LF ?= 1
 # PYTEST_WORKERS processes (pytest-xdist) share the suite; files whose tests share an expensive module fixture stay in
 # one worker (--dist loadgroup: tests marked xdist_group). PYTEST_WORKERS=0 runs it in this one process.
 PYTEST_WORKERS ?= 2
-pytest: setup $(if $(filter 1,$(LF)),lf-venv,)
+pytest: setup chromium $(if $(filter 1,$(LF)),lf-venv,)
 	time $(BIN)/python -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
 # `make test` runs its parts side by side: the three environments build at once (mostly downloads and unpacking), the
@@ -61,11 +61,28 @@ pytest: setup $(if $(filter 1,$(LF)),lf-venv,)
 # two cores are busy throughout (each part alone leaves one mostly idle: imports, process start-ups, single-threaded
 # Python). Each part's output is printed whole when it ends (--output-sync), with its time; a failing part fails
 # `make test`, and the others still run to the end (--keep-going) so that one run reports every failure.
-test: check-export nbtest pytest-vllm pytest
+test: check-export nbtest pytest-vllm pytest check-reports check-docs
 ifneq ($(filter test,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j4 --output-sync=target --keep-going
-nbtest pytest pytest-vllm: | check-export
+nbtest pytest pytest-vllm check-reports check-docs: | check-export
 endif
+
+# Every committed report under reports/ is still what its profile produces, or its README marks it `archived: REASON`.
+check-reports: setup
+	$(BIN)/calm check-reports
+
+# Debian's chromium for the browser check, installed when missing (needs root: apt-get; elsewhere install it or set CHROMIUM).
+chromium:
+	@if [ -n "$$CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then echo "chromium: apt-get install -y chromium (about 300 MB)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is missing: install Debian's chromium (apt-get install -y chromium, as root) or set CHROMIUM"; exit 1; fi
+
+# The docs' pages (built without running their examples, about a minute; `make docs` runs them) opened in headless Chromium.
+check-docs: setup chromium
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	time ($(BIN)/python tools/build_docs.py --no-execute --out $$tmp/_docs >$$tmp/build.log 2>&1 || { cat $$tmp/build.log; exit 1; }; \
+	$(BIN)/python tools/check_docs.py --docs $$tmp/_docs --shots reports/docs --require)
 
 # Docs into _docs/: Quarto's site via nbdev_docs where `quarto` is on PATH, otherwise the offline static build
 # (tools/build_docs.py: nbdev's processors + nbconvert, examples executed). tools/check_docs.py checks it in Chromium.

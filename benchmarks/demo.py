@@ -16,7 +16,8 @@ from pathlib import Path
 
 from calm.demo import run_demo
 from calm.profile import load_profile
-from calm.reports import package_versions
+from calm.report_check import profile_config
+from calm.reports import code_version, package_versions, settings_hash
 
 
 def main():
@@ -31,7 +32,9 @@ def main():
         res = run_demo(out, profile)
         wall = time.time() - t0
         results = (out / "results.md").read_text(encoding="utf-8")
+    settings = profile_config(profile)         # what `calm check-reports` compares with the demo profile of the day
     fig = {"wall_s": round(wall, 1), "stages_s": res["timings"], "profile": str(profile.file.name),
+           "settings": settings, "settings_hash": settings_hash(settings), "code": code_version(),
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "target_s": 600, "within_target": wall <= 600, "results_md": results,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m_at_end": os.getloadavg()[0]},

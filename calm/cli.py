@@ -32,8 +32,8 @@ from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['COMMANDS', 'default_of', 'option_type', 'add_command', 'demo_command', 'sample_command', 'evaluate_command',
-           'validate_command', 'drift_command', 'run_notebook', 'release_command', 'reproduce_command', 'parser',
-           'main']
+           'validate_command', 'drift_command', 'check_reports_command', 'run_notebook', 'release_command',
+           'reproduce_command', 'parser', 'main']
 
 # %% ../nbs/91_cli.ipynb #e48808e4
 def default_of(func, name: str):
@@ -216,6 +216,23 @@ def drift_command(
         write_atomic(csv, d.to_csv(index=False)); print(f"wrote {csv}")
     return d
 
+# %% ../nbs/91_cli.ipynb #d06c627c
+def check_reports_command(
+    reports: Path = Path("reports"),                       # the committed reports folder
+    profiles: Path | None = None,                          # look a named profile up in this folder first (default: calm's own)
+    release_dir: Path | None = None,                       # the release, to recompute recorded input fingerprints (default: as elsewhere)
+) -> int:
+    "List every committed report: current, stale (the profile it names now differs), missing or unchecked. Stale or missing reports fail the check (exit 1) unless their README marks them `archived: REASON`; each difference is named, `recorded -> now`."
+    from calm.report_check import check_reports, report_states_table
+    states = check_reports(reports, profiles, release_dir)
+    print(report_states_table(states, width=100).to_markdown(index=False))
+    failing = [s.report for s in states if s.failing]
+    counts = pd.Series([s.state + (" (archived)" if s.archived else "") for s in states]).value_counts()
+    print(f"\n{len(states)} reports: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if failing: print(f"FAILED: stale or missing, not archived: {', '.join(failing)} (regenerate them, or mark them "
+                      "`archived: REASON` in their README)", file=sys.stderr)
+    return 1 if failing else 0
+
 # %% ../nbs/91_cli.ipynb #453fd7c8
 def run_notebook(name: str, out, parameters: dict) -> Path:
     "Execute the experiment notebook `name` (found by `calm.notebooks.notebook_path`) with papermill; the executed copy goes to `out/{name}.ipynb`."
@@ -267,7 +284,8 @@ def reproduce_command(
     return res
 
 # %% ../nbs/91_cli.ipynb #be43d587
-COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, drift_command, release_command, reproduce_command)
+COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, drift_command, release_command, reproduce_command,
+            check_reports_command)
 "The commands `parser` builds from their signatures; `calm train` is handed to `calm.train.main` as it is."
 
 # %% ../nbs/91_cli.ipynb #2ae9b846

@@ -14,7 +14,7 @@ import pandas as pd
 from .data import fingerprint, summarize
 from .files import make_dir, write_atomic
 from .profile import Profile, load_profile, override
-from .reports import write_table
+from .reports import percent_text, round_table, write_table
 from .runner import profile_stages, read_stage_log, run_stages, write_job_manifest
 from .runs import run_views
 from .stages import profile_items
@@ -106,7 +106,8 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     figure_results(table, L, out / "results", n=n_q, k=options_k(v.test_items))
     from calm.pairs import pair_quality_table
     quality = pair_quality_table(v.folder / "data", p.sampling.tie)
-    write_table(quality.round(3), out / "pair_quality")
+    quality = round_table(quality, 2)                    # the prose below quotes this table
+    write_table(quality, out / "pair_quality")
     steps = p.training.get("max_steps", -1)
     from calm.models import inference_dtype
     weights = f"sampled and answered in {inference_dtype(p.dtype) if p.backend == 'transformers' else p.dtype}"
@@ -125,7 +126,7 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
                   f"With {n_q} questions and a small model trained for {steps if steps > 0 else 'a few'} steps, differences of a few points are "
                   "noise: this run checks that the pipeline works end to end, not the paper's claim.", ""]
     q = quality.set_index("lang").loc["all"]
-    pct = lambda x: "n/a" if x is None or pd.isna(x) else f"{100 * x:.0f}%"
+    pct = percent_text
     lines += ["## The DPO pairs", "",
               f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {int(q.cot_pairs)} have a winning "
               f"explanation in their own language as the chosen side, {int(q.option_pairs)} state the voted option in "

@@ -23,7 +23,7 @@ from .files import file_sha256
 __all__ = ['EMBEDDED_MODELS', 'DEFAULT_MODEL', 'MARKER', 'CHECK_TEXT', 'DTYPES', 'EmbeddedModel', 'ModelNotInstalled',
            'ModelNotFound', 'package_dir', 'embedded_model', 'require_installed', 'embedded_gguf', 'models_cache_dir',
            'build_once', 'convert_gguf', 'cached_model_dir', 'conversion_info', 'default_device', 'native_bfloat16',
-           'inference_dtype', 'resolve_model', 'load_model']
+           'inference_dtype', 'resolve_model', 'hub_reachable', 'model_not_found', 'require_hub_model', 'load_model']
 
 # %% ../nbs/15_models.ipynb #4ad60b60
 @dataclass(frozen=True)
@@ -217,12 +217,47 @@ def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:
     if Path(src).expanduser().exists(): raise ValueError(f"{src!r} is a file but not a .gguf model")
     return src
 
+# %% ../nbs/15_models.ipynb #74f46575
+_HUB_REACHABLE: dict = {}   # endpoint -> whether it answered, asked once per process
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    "Whether the Hugging Face hub at `endpoint` (default: `HF_ENDPOINT`'s) answers one HEAD request within `timeout` seconds; asked once per process, never retried."
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+    endpoint = endpoint or constants.ENDPOINT
+    if endpoint not in _HUB_REACHABLE:
+        try: get_session().head(endpoint, timeout=timeout); _HUB_REACHABLE[endpoint] = True
+        except Exception: _HUB_REACHABLE[endpoint] = False    # refused, timed out, no DNS, proxy error: all unreachable
+    return _HUB_REACHABLE[endpoint]
+
+# %% ../nbs/15_models.ipynb #637ddd78
+def model_not_found(name, reason) -> ModelNotFound:
+    "The one `ModelNotFound` message for a model that cannot be loaded, saying `reason` and what `name` may be instead."
+    return ModelNotFound(f"cannot load model {str(name)!r}: {reason}\n(embedded models: {', '.join(EMBEDDED_MODELS)}; "
+                         "otherwise give a local folder, a .gguf file, or a Hugging Face id with the hub reachable)")
+
+# %% ../nbs/15_models.ipynb #43a67665
+def require_hub_model(repo_id: str, timeout: float = 3.0) -> str:
+    "`repo_id` when the Hugging Face cache has it or the hub answers (checked once, `timeout` seconds); else `ModelNotFound` at once, also under `HF_HUB_OFFLINE`."
+    from huggingface_hub import constants, try_to_load_from_cache
+    try: cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception: cached = False                              # not a valid repo id: not in the cache either
+    if cached: return repo_id
+    offline = constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline:                                                 # the constant is read at import; the variable now
+        raise model_not_found(repo_id, "not in the Hugging Face cache, and HF_HUB_OFFLINE is set")
+    if not hub_reachable(timeout=timeout):
+        raise model_not_found(repo_id, f"not in the Hugging Face cache, and the hub ({constants.ENDPOINT}) did not answer "
+                                       f"within {timeout:g} s")
+    return repo_id
+
 # %% ../nbs/15_models.ipynb #e8b37dff
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None, trust_remote_code: bool = False):
     "`(model, tokenizer)` for an embedded name, a local folder or `.gguf`, or a hub id; left padding, eval mode."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     src = resolve_model(name_or_path)
+    if src == str(name_or_path) and not Path(src).expanduser().exists(): require_hub_model(src)   # a hub id
     device = device or default_device()
     if dtype is None: dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     elif isinstance(dtype, str): dtype = getattr(torch, dtype)
@@ -230,8 +265,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise ModelNotFound(f"cannot load model {name_or_path!r}: {e}\n(embedded models: {', '.join(EMBEDDED_MODELS)}; "
-                      "otherwise give a local folder, a .gguf file, or a Hugging Face id with the hub reachable)") from None
+        raise model_not_found(name_or_path, e) from None
     tok.padding_side = "left"
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     model = model.to(device).eval()

@@ -5,10 +5,13 @@
 # %% ../nbs/80_reports.ipynb #edc5bc0c
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from importlib import metadata
 from pathlib import Path
 
@@ -17,8 +20,9 @@ import pandas as pd
 from .files import make_dir, write_atomic
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'write_table', 'package_versions', 'write_manifest', 'project_root',
-           'notebook_parameters']
+__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table',
+           'percent_text', 'package_versions', 'determining_settings', 'settings_hash', 'code_version',
+           'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -33,6 +37,23 @@ def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = "
         else: raise ValueError(f"unknown table format {fmt!r} (csv, md, tex)")
         out.append(write_atomic(p, text))
     return out
+
+# %% ../nbs/80_reports.ipynb #07ad3279
+def round_half_up(x, digits: int = 0):
+    "`x` to `digits` decimals, halves away from zero on its shortest decimal form (0.615 -> 0.62), as a reader rounds; None, NaN stay."
+    if x is None or pd.isna(x): return x
+    return float(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+# %% ../nbs/80_reports.ipynb #a07f7cef
+def round_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    "`df` with every float column through `round_half_up`: the table `write_table` writes and the prose beside it quotes."
+    return df.assign(**{c: df[c].map(lambda x: round_half_up(x, digits)) for c in df.columns if pd.api.types.is_float_dtype(df[c])})
+
+# %% ../nbs/80_reports.ipynb #9a33612e
+def percent_text(x, digits: int = 0, scale: int = 100) -> str:
+    "`x` (a share; `scale=1`: already in percent) as text like `62%`, by `round_half_up`; `n/a` for None or NaN."
+    if x is None or pd.isna(x): return "n/a"
+    return f"{round_half_up(Decimal(repr(float(x))) * scale, digits):.{digits}f}%"
 
 # %% ../nbs/80_reports.ipynb #258df185
 TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "numpy", "pandas")
@@ -52,15 +73,49 @@ def package_versions(names=TRACKED_PACKAGES) -> dict:
             except metadata.PackageNotFoundError: pass
     return out
 
+# %% ../nbs/80_reports.ipynb #422f75cf
+INFORMATIONAL_KEYS = ("job", "until", "profile", "file", "description", "estimate", "notebooks")
+"Config keys that say what ran or describe it, not what its numbers depend on: left out of `settings_hash`."
+
+# %% ../nbs/80_reports.ipynb #8ff238cf
+def determining_settings(config: dict) -> dict:
+    "A manifest `config`'s part that its numbers depend on: no `INFORMATIONAL_KEYS`, no empty value (None, {}, [])."
+    def strip(v):
+        if isinstance(v, dict): return {k: strip(x) for k, x in v.items() if x not in (None, {}, [])}
+        if isinstance(v, (list, tuple)): return [strip(x) for x in v]
+        return v
+    plain = json.loads(json.dumps(config, default=str))          # values as the manifest stores them
+    return strip({k: v for k, v in plain.items() if k not in INFORMATIONAL_KEYS})
+
+# %% ../nbs/80_reports.ipynb #8791e8bb
+def settings_hash(config: dict) -> str:
+    "A short SHA-256 of `determining_settings(config)`: equal for two configs that would produce the same numbers."
+    text = json.dumps(determining_settings(config), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+# %% ../nbs/80_reports.ipynb #44a22df0
+def code_version() -> dict:
+    "The calm checkout's git `commit` (None outside one) and whether it has `uncommitted_changes`: for information."
+    import calm
+    here = Path(calm.__file__).resolve().parent
+    def git(*args):
+        try: r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired): return None
+        return r.stdout.strip() if r.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
+
 # %% ../nbs/80_reports.ipynb #1211b66a
 def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list | None = None) -> Path:
-    "Write `manifest.json` (atomically) with config, input fingerprints, outputs (relative to the manifest's folder when inside it), package versions and the creation time."
+    "Write `manifest.json` (atomically): config and its hash, inputs, outputs (relative to it), versions, code, time."
     path = Path(path); make_dir(path.parent)
     def rel(o):                       # no absolute path of this machine for what the run wrote itself
         try: return Path(o).resolve().relative_to(path.parent.resolve()).as_posix()
         except ValueError: return str(o)
-    m = {"config": config, "inputs": inputs or {}, "outputs": [rel(o) for o in outputs or []],
-         "versions": package_versions(), "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
+    m = {"config": config, "settings_hash": settings_hash(config), "inputs": inputs or {},
+         "outputs": [rel(o) for o in outputs or []], "versions": package_versions(), "code": code_version(),
+         "command": " ".join(sys.argv[:1] + sys.argv[1:]) if sys.argv else None,
          "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return write_atomic(path, json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n")
 

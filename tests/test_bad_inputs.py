@@ -3,6 +3,10 @@
 One case per defect class seen by adversarial users (issue: nothing silently wrong); before these checks the
 first six passed validation and every answer then became "missing" downstream, silently."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -324,3 +328,33 @@ def test_unknown_model_offline_exits_2_from_the_command(tmp_path, monkeypatch, c
     assert main(["sample", "--model", "no-such-org/no-such-model", "--limit", "1", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "cannot load model 'no-such-org/no-such-model'" in err and "Traceback" not in err
+
+
+def test_unknown_model_with_the_hub_unreachable_fails_after_one_request(monkeypatch):
+    import huggingface_hub.constants
+    import huggingface_hub.utils
+    import transformers
+    import calm.models
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")   # a closed port: no network
+    monkeypatch.setattr(calm.models, "_HUB_REACHABLE", {})
+    session, heads, loads = huggingface_hub.utils.get_session(), [], []
+    class CountingSession:
+        def head(self, *args, **kwargs): heads.append(args); return session.head(*args, **kwargs)
+    monkeypatch.setattr(huggingface_hub.utils, "get_session", CountingSession)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: loads.append(a))
+    for _ in range(2):
+        with pytest.raises(calm.models.ModelNotFound, match="did not answer within 3 s"):
+            calm.models.load_model("no-such-model-xyz", device="cpu")
+    assert len(heads) == 1 and loads == []        # asked once, remembered; transformers' retrying download never starts
+
+
+def test_cli_unknown_model_with_the_hub_unreachable_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", "import sys; from calm.cli import main; sys.exit(main(sys.argv[1:]))", "sample", "--model", "no-such-model-xyz", "--items", "demo:train",
+                        "--limit", "1", "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "cannot load model 'no-such-model-xyz': not in the Hugging Face cache, and the hub (http://127.0.0.1:9)" in r.stderr
+    assert "Traceback" not in r.stderr

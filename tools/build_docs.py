@@ -227,7 +227,7 @@ _page_template = """<!doctype html>
 </nav>
 <main>
 <header class="page-header">
-<h1 class="title">{title}</h1>
+<h1 class="title">{title_html}</h1>
 {summary}
 </header>
 {body}
@@ -274,7 +274,7 @@ def site_style() -> str:
     return _style + HtmlFormatter(style="default").get_style_defs(".highlight")
 
 def _nav(pages: list[Page], current: str, up: str, heading: str) -> str:
-    items = "".join(f'<li class="{"current" if p.href == current else ""}"><a href="{up}{html.escape(p.href)}">{html.escape(p.title)}</a></li>'
+    items = "".join(f'<li class="{"current" if p.href == current else ""}"><a href="{up}{html.escape(p.href)}">{html.escape(_plain(p.title))}</a></li>'
                     for p in pages)
     return f"<h2>{heading}</h2><ol>{items}</ol>" if pages else ""
 
@@ -283,11 +283,16 @@ def page_html(page: Page, body: str, site: str, nbs_pages: list[Page], report_pa
     up = "../" * page.href.count("/")
     nav = _nav([p for p in nbs_pages if p.href != "index.html"], page.href, up, "Notebooks") + _nav(list(report_pages), page.href, up, "Reports")
     summary = f'<p class="summary">{_inline_md(page.summary)}</p>' if page.summary else ""
-    return _page_template.format(title=html.escape(page.title), site=html.escape(site), up=up, nav=nav, summary=summary, body=body, src=html.escape(page.src))
+    return _page_template.format(title=html.escape(_plain(page.title)), title_html=_inline_md(page.title), site=html.escape(site), up=up,
+                                 nav=nav, summary=summary, body=body, src=html.escape(page.src))
+
+def _plain(title: str) -> str:
+    "A Markdown title as plain text (for the window title and the sidebar): code spans without their backticks."
+    return re.sub(r"`([^`]*)`", r"\1", title)
 
 def _inline_md(text: str) -> str:
     from markdown_it import MarkdownIt
-    return MarkdownIt("commonmark").renderInline(text)
+    return MarkdownIt("commonmark", {"html": False}).renderInline(text)
 
 def markdown_html(text: str) -> str:
     "CommonMark plus tables and strikethrough (markdown-it-py) as HTML; raw HTML in the text is escaped."
@@ -347,7 +352,7 @@ def _clear_out(out: Path):
     (out / _marker).write_text("made by tools/build_docs.py; the folder is replaced on each build\n")
 
 def _toc(pages: list[Page], up: str = "") -> str:
-    items = "".join(f'<li><a href="{up}{html.escape(p.href)}">{html.escape(p.title)}</a>'
+    items = "".join(f'<li><a href="{up}{html.escape(p.href)}">{html.escape(_plain(p.title))}</a>'
                     f'{" – " + _inline_md(p.summary) if p.summary else ""} <span class="src">{html.escape(p.src)}</span></li>' for p in pages)
     return f'<ol class="toc">{items}</ol>'
 
