@@ -32,7 +32,8 @@ from .training import TrainConfig, train
 __all__ = ['testbed_builder', 'split_items', 'cached_scores', 'score_split', 'read_choice', 'run_gate', 'system_adapter',
            'run_score', 'read_scores', 'round_name', 'run_testbed_pairs', 'read_rows', 'system_method',
            'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect', 'compare_endpoint',
-           'endpoint_table', 'verdict', 'systems_table']
+           'endpoint_table', 'verdict', 'systems_table', 'run_answers', 'exploratory_table', 'held_out_table',
+           'vote_accuracy']
 
 # %% ../nbs/85_testbed.ipynb #5166dced
 def testbed_builder(tokenizer, dataset: dict) -> PromptBuilder:
@@ -296,4 +297,64 @@ def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.D
             if sc is None: continue
             for agree in ("option", "letter"):
                 rows.append({"system": x, "split": split, **likelihood_row(sc, items, dataset["languages"], agree_on=agree)})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/85_testbed.ipynb #1d540995
+def run_answers(out, dataset: dict, systems) -> dict:
+    "`{(system, split): (qids, pred, gold)}` for every system and split the run scored."
+    got = {}
+    for split in ("test", "train"):
+        items = split_items(dataset, split)
+        for x in systems:
+            sc = read_scores(out, x, split)
+            if sc is not None: got[(x, split)] = answer_codes(sc, items, dataset["languages"])
+    return got
+
+# %% ../nbs/85_testbed.ipynb #275422d8
+def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettings, against=("base",)) -> pd.DataFrame:
+    "Every system minus each of `against` on every endpoint and setting (points), unadjusted paired intervals: exploratory."
+    rows = []
+    for setting, split in SETTINGS.items():
+        for ref in against:
+            a = answers.get((ref, split))
+            if a is None: continue
+            for (x, sp), b in answers.items():
+                if sp != split or x == ref: continue
+                for e in ENDPOINTS:
+                    r = compare_endpoint(e, a, b, languages, best_lang, s.alpha, s.n_boot, s.seed)
+                    rows.append({"setting": setting, "system": x, "against": ref, **r})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/85_testbed.ipynb #21a0a716
+def held_out_table(out, systems) -> pd.DataFrame:
+    "Per trained system: held-out rows and its held-out loss, preference accuracy and margin at the first and last evaluation."
+    rows = []
+    for x in systems:
+        d = Path(out) / "adapters" / x
+        if not (d / "train_log.csv").is_file(): continue
+        log = pd.read_csv(d / "train_log.csv")
+        info = json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
+        ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
+        row = {"system": x, "method": info.get("method"), "train_rows": info["data"].get("train_rows"),
+               "held_out_rows": info["data"].get("eval_rows"), "steps": int(log.step.max()) if "step" in log and len(log) else None}
+        for k, name in (("eval_loss", "loss"), ("eval_rewards/accuracies", "pref_acc"), ("eval_rewards/margins", "margin")):
+            if k in ev.columns and len(ev): row.update({f"{name}_first": ev[k].iloc[0], f"{name}_last": ev[k].iloc[-1]})
+        if len(ev): row.update(first_step=int(ev.step.iloc[0]), last_step=int(ev.step.iloc[-1]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/85_testbed.ipynb #a6a8a33a
+def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
+    "Per round: how often the vote on the train questions named the gold option, and how often English's answer did (read after the run)."
+    items = split_items(dataset, "train"); gold = gold_canonical(items)
+    rows = []
+    for rnd, (f, system) in enumerate((("votes.csv", "base"), ("votes_r2.csv", "CALM")), 1):
+        p = Path(out) / f
+        if not p.is_file(): continue
+        v = pd.read_csv(p, dtype={"qid": str})
+        a = option_answers(read_scores(out, system, "train"))
+        en = a[a.lang == dataset["languages"][0]]
+        rows.append({"round": rnd, "scores_of": system, "questions": len(v), "vote_acc": float((v.winner == v.qid.map(gold)).mean()),
+                     f"{dataset['languages'][0]}_acc": float((en.canonical == en.qid.map(gold)).mean()),
+                     "mean_vote_share": float(v.vote_share.mean())})
     return pd.DataFrame(rows)
