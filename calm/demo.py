@@ -15,9 +15,10 @@ from .data import fingerprint, summarize
 from .files import make_dir, write_atomic
 from .profile import Profile, load_profile, override
 from .reports import percent_text, round_table, write_table
-from .runner import profile_stages, read_stage_log, run_stages, write_job_manifest
+from .runner import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
 from .runs import run_views
 from .stages import profile_items
+from .testbed import write_testbed_report
 
 # %% auto #0
 __all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'training_curves',
@@ -167,13 +168,16 @@ def run_demo(out="reports/demo", profile="demo", until: str = "report", release=
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
     p = override(profile if isinstance(profile, Profile) else load_profile(profile), **overrides)
     out = make_dir(out); run_dir = out / "_run"
-    paths = {"data_summary": data_summary(p, out, release)}
+    paths = {} if p.testbed is not None else {"data_summary": data_summary(p, out, release)}
     stop = STAGES.index(until)
     first = (p.models[0], p.datasets[0].name)
-    stages = [st for st in profile_stages(p, run_dir, release)
-              if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.name.split(":")[0], st.name.split(":")[0])) <= stop]
+    stages = profile_stages(p, run_dir) if p.testbed is not None else \
+        [st for st in profile_stages(p, run_dir, release)
+         if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.name.split(":")[0], st.name.split(":")[0])) <= stop]
     took = run_stages(stages, run_dir) if stages else {}
-    if until == "report": paths["report"] = write_main_report(p, out, run_dir, release)
+    if until == "report":
+        paths["report"] = write_testbed_report(testbed_folder(p, run_dir), p, out) if p.testbed is not None \
+            else write_main_report(p, out, run_dir, release)
     d = p.datasets[0]
     inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)), "questions": n}
               for s, n in (("train", d.train_questions), ("test", d.test_questions))}

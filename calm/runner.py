@@ -21,8 +21,8 @@ from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, r
 from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
 
 # %% auto #0
-__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_stages',
-           'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
+__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_folder',
+           'testbed_stages', 'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
 
 # %% ../nbs/86_runner.ipynb #c83440526
 @dataclass
@@ -161,12 +161,17 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
     return stages
 
+# %% ../nbs/86_runner.ipynb #tbst0003
+def testbed_folder(p: Profile, out) -> Path:
+    "The run folder of testbed profile `p` under `out`: named by its candidate models, then its dataset."
+    return Path(out) / run_slug("+".join(p.models)) / p.datasets[0].name
+
 # %% ../nbs/86_runner.ipynb #tbst0002
 def testbed_stages(p: Profile, out) -> list[Stage]:
     "The stages of a testbed profile, under `out/<candidate models>/<dataset>/`: gate, scores, pairs, training, scores, round 2."
     d, s = p.datasets[0], p.testbed
     label = "+".join(p.models)                          # the gate picks one of these models; every later stage uses it
-    o, ds, tb = str(Path(out) / run_slug(label) / d.name), asdict(d), asdict(s)
+    o, ds, tb = str(testbed_folder(p, out)), asdict(d), asdict(s)
     sc = dict(dataset=ds, backend=p.backend, dtype=p.dtype, batch_size=p.evaluation.batch_size)
     stages = []
     def S(name, fn, outputs, **kw): stages.append(Stage(label, d.name, name, fn, {"out": o, **kw}, (), outputs))
