@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	@echo "setup done: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
 
 demo: setup
-	$(BIN)/calm demo --out reports/demo
+	$(BIN)/calm demo --profile testbed_demo --out reports/testbed_demo
 
 # calm/ must be exactly what the notebooks export.
 check-export: setup

@@ -205,10 +205,13 @@ def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gai
     acc = {l: acc.get(l, float("nan")) for l in langs}
     v = option_vote(scores[scores.qid.isin(gold)], langs, rule)
     vote_acc = float((v.winner == v.qid.map(gold)).mean())
+    winner = dict(zip(v.qid, v.winner))
+    rejected = a[a.canonical != a.qid.map(winner)]                  # the answers CALM would train against
+    flip = float((rejected.canonical == rejected.qid.map(gold)).mean()) if len(rejected) else 0.0
     best = max(langs, key=lambda l: acc[l])
     mean = float(np.mean(list(acc.values())))
     row = {**{f"acc_{l}": acc[l] for l in langs}, "best_lang": best, "best_acc": acc[best], "mean_acc": mean,
-           "vote_acc": vote_acc, "vote_gain": vote_acc - mean, "vote_error": 1 - vote_acc, "questions": len(v)}
+           "vote_acc": vote_acc, "vote_gain": vote_acc - mean, "vote_error": 1 - vote_acc, "pair_flip": flip, "questions": len(v)}
     row["passes"] = bool(row["best_acc"] >= best_min and row["vote_gain"] >= gain_min)
     return row
 

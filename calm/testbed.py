@@ -108,7 +108,7 @@ def run_gate(out, models, dataset: dict, testbed: dict, backend: str = "transfor
     choice = {"passes": best is not None, "best_min": s.best_min, "gain_min": s.gain_min, "questions": len({it.qid for it in items})}
     if best is not None:
         choice.update(model=best.model, scoring=best.scoring, best_lang=best.best_lang, vote_error=float(best.vote_error),
-                      vote_acc=float(best.vote_acc), mean_acc=float(best.mean_acc))
+                      pair_flip=float(best.pair_flip), vote_acc=float(best.vote_acc), mean_acc=float(best.mean_acc))
     write_atomic(out / "gate" / "choice.json", json.dumps(choice, indent=1) + "\n")
     print("gate:", "passes: " + f"{choice['model']} ({choice['scoring']})" if best is not None else "no model and scoring passes", flush=True)
     return out / "gate"
@@ -200,8 +200,8 @@ def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: 
     else:
         frame = read_rows(out, "CALM" if system.startswith("CALM-robust") else system)
         if system.startswith("CALM-robust"):
-            rate = ch["vote_error"]
-            if not 0 <= rate < 0.5: print(f"{out}: the vote's validation error rate {rate:.3f} is not below 0.5: robust DPO cannot use it"); return None
+            rate = ch["pair_flip"]
+            if not 0 <= rate < 0.5: print(f"{out}: the pairs' validation flip rate {rate:.3f} is not below 0.5: robust DPO cannot use it"); return None
             extra = {"loss_type": ["robust"], "label_smoothing": rate}
     if len(frame) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     cfg = TrainConfig(**{**training, **extra, "method": method, "model": ch["model"]})
@@ -409,7 +409,8 @@ def _md(t: pd.DataFrame, digits: int = 2) -> str:
 def testbed_readme(t: dict, p) -> str:
     "The README of a testbed report: the verdict first, then the gate, the endpoints and every table, exploratory marked."
     s, g = p.testbed, t["choice"]
-    chose = (f"{g['model']} ({g['scoring']} scoring), best language {g['best_lang']}, vote error rate {100 * g['vote_error']:.1f}%"
+    chose = (f"{g['model']} ({g['scoring']} scoring), best language {g['best_lang']}, vote error rate {100 * g['vote_error']:.1f}%, "
+             f"pair flip rate {100 * g['pair_flip']:.1f}% (CALM-robust's label smoothing)"
              if g["passes"] else f"none (the gate asks the best language >= {100 * g['best_min']:.0f}% and the vote >= "
              f"{100 * g['gain_min']:.0f} points above the mean language): nothing was trained")
     ends = "; ".join(f"`{e}`: {ENDPOINTS[e]}" for e in s.endpoints)
