@@ -175,8 +175,10 @@ def testbed_stages(p: Profile, out) -> list[Stage]:
     sc = dict(dataset=ds, backend=p.backend, dtype=p.dtype, batch_size=p.evaluation.batch_size)
     stages = []
     def S(name, fn, outputs, **kw): stages.append(Stage(label, d.name, name, fn, {"out": o, **kw}, (), outputs))
-    def score(x):
-        for split in ("test", "train"): S(f"score:{x}@{split}", run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
+    def score(x):                                       # every system on the test questions; on the train questions (the
+        own = x in ("base", "CALM", s.control) or x.startswith("CALM-r")   # self setting) those the endpoints and round 2 read
+        for split in ("test", "train") if own and "self" in s.settings or x == "base" else ("test",):
+            S(f"score:{x}@{split}", run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
     S("gate", run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
     score("base")
     S("pairs", run_testbed_pairs, ("votes.csv", "data/counts.csv"), dataset=ds, testbed=tb, round=1)
