@@ -37,12 +37,17 @@ def _adapter(out):
     return {f: _sha(out / f) for f in ADAPTER}
 
 
+DCO_ROWS = [{"qid": f"q{i}", "lang_1": "en", "lang_2": "fr", "prompt_1": f"question {i} in en answer : ", "chosen_1": "B",
+             "rejected_1": "A", "prompt_2": f"question {i} in fr answer : ", "chosen_2": "B", "rejected_2": "A"} for i in range(3)]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("kills")
-    m, t = tiny_llama([w for r in ROWS for v in r.values() for w in str(v).split()])
+    m, t = tiny_llama([w for r in ROWS + DCO_ROWS for v in r.values() for w in str(v).split()])
     m.save_pretrained(d / "tiny"); t.save_pretrained(d / "tiny")
     (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (d / "dco.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DCO_ROWS))
     return d
 
 
@@ -55,7 +60,7 @@ def _run_file(d, name, **kw):
 
 
 SERVER = Path(__file__).with_name("_fork_server.py")
-PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "pandas", "yaml", "calm.training", "calm.curriculum",
+PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "pandas", "yaml", "calm.training", "calm.curriculum", "calm.dco",
            "transformers.models.llama.modeling_llama"]
 
 
@@ -150,15 +155,17 @@ def _kill(server, run_file, out, how, rng):
     return in_save
 
 
-def test_killed_training_resumes_to_the_same_adapter(setup, server):
+@pytest.mark.parametrize("method,kills", [("dpo", 6), ("dco", 2)])
+def test_killed_training_resumes_to_the_same_adapter(setup, server, method, kills):
     rng = random.Random(14)
+    kw = {} if method == "dpo" else {"method": "dco", "data": str(setup / "dco.jsonl")}
     t0 = time.monotonic()
-    reference = _finish(server, _run_file(setup, "reference"))
+    reference = _finish(server, _run_file(setup, f"reference-{method}", **kw))
     whole = time.monotonic() - t0                                # kill times are drawn within one run's length
     assert reference["global_step"] == 3 and not reference["skipped"]
-    want = _adapter(setup / "reference")
-    run, out = _run_file(setup, "killed"), setup / "killed"
-    points = [rng.uniform(0.5, whole) for _ in range(6)] + ["save"] * 6
+    want = _adapter(setup / f"reference-{method}")
+    run, out = _run_file(setup, f"killed-{method}", **kw), setup / f"killed-{method}"
+    points = [rng.uniform(0.5, whole) for _ in range(kills)] + ["save"] * kills
     rng.shuffle(points)
     in_save = 0
     for how in points:
