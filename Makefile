@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  `make demo` (set up + main job)  and  `make test` (set up + tests).
-# TORCH picks the torch build installed before the project; GPU users pass a CUDA build (see README).
+# TORCH picks the torch build installed before the project; GPU users pass a CUDA build (nbs/22_vllm.ipynb, "GPUs and clusters").
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
