@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  `make demo` (set up + main job)  and  `make test` (set up + tests).
-# TORCH picks the torch build installed before the project; GPU users pass a CUDA build (see README).
+# TORCH picks the torch build installed before the project; GPU users pass a CUDA build (nbs/22_vllm.ipynb, "GPUs and clusters").
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ STAMP := $(VENV)/.calm-installed
 # built side by side by `make test`, take turns at it, and at nbdev_export (check-export), under this lock.
 EDITABLE_LOCK := .calm-install.lock
 
-.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv check-reports chromium check-docs
+.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv check-reports chromium check-docs readme
 
 setup: $(STAMP)
 
@@ -90,6 +90,11 @@ docs: setup
 	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev_docs; \
 	else echo "quarto not on PATH: offline build with tools/build_docs.py (runs the notebooks' examples; a few minutes)"; \
 	$(BIN)/python tools/build_docs.py --out _docs; fi
+
+# README.md is rendered from the front page, nbs/index.ipynb (settings.ini's readme_nb), as nbdev_readme would with Quarto;
+# tests/test_readme.py fails when README.md is out of step with it.
+readme:
+	$(PYTHON) tools/readme.py
 
 # LLaMA-Factory's own loader for the export round trip in tests/test_exports.py (skipped without it). Its pins
 # (transformers<=5.6, trl<=0.24, datasets<=4, peft<=0.18) conflict with calm's, so it has its own environment.

@@ -15,6 +15,7 @@ import calm.data
 import calm.voting
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from build_docs import apply_quarto_options, build_docs, render_reports, report_pages  # noqa: E402
+from readme import readme_notebook, render as render_readme  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / "nbs"
@@ -220,16 +221,12 @@ def test_front_page_lists_every_notebook_in_pipeline_order():
     assert listed == numbered + experiments
 
 
-def test_nbdev_readme_leaves_the_hand_written_readme_alone(tmp_path, monkeypatch):
-    "settings.ini's readme_nb names no notebook, so nbdev_readme (run by nbdev_docs and nbdev_prepare) skips README.md."
+def test_nbdev_readme_renders_the_front_page():
+    "settings.ini's readme_nb is the front page, index.ipynb: nbdev_readme (where Quarto exists) and tools/readme.py render it."
     from nbdev.config import get_config
-    from nbdev.quarto import _doc_mtime_not_older, nbdev_readme
-    for f in ("settings.ini", "README.md"): (tmp_path / f).write_bytes((ROOT / f).read_bytes())
-    (tmp_path / "nbs").mkdir(); (tmp_path / "nbs" / "index.ipynb").write_bytes((NBS / "index.ipynb").read_bytes())
-    os.utime(tmp_path / "README.md", (0, 0))                      # the front page is newer than README.md
-    monkeypatch.chdir(tmp_path)
-    cfg = get_config()
-    assert cfg.readme_nb != "index.ipynb" and not (tmp_path / "nbs" / cfg.readme_nb).exists()
-    assert not _doc_mtime_not_older(tmp_path / "README.md", tmp_path / "nbs" / "index.ipynb")   # with index.ipynb, nbdev would render it
-    nbdev_readme.__wrapped__(chk_time=True)
-    assert (tmp_path / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
+    from nbdev.quarto import _doc_mtime_not_older
+    cfg = get_config(path=ROOT)
+    assert cfg.readme_nb == "index.ipynb" and (NBS / cfg.readme_nb).is_file()
+    assert not _doc_mtime_not_older(ROOT / "missing-README.md", NBS / cfg.readme_nb)   # nbdev finds it, so it would render it
+    assert readme_notebook(ROOT) == NBS / cfg.readme_nb
+    assert (ROOT / "README.md").read_text(encoding="utf-8") == render_readme(json.loads((NBS / cfg.readme_nb).read_text()))
