@@ -23,17 +23,19 @@ from .data import DataError, normalize_lang
 from .demo import STAGES, run_demo
 from .evaluation import evaluate_model
 from .models import DEFAULT_MODEL
+from .notebooks import execute_notebook
 from .prompts import MODES
 from .release import PROTOCOLS, run_release
 from .sampling import SamplingParams
 from .serving import VLLMBackend
+from .stages import run_slug
 from .store import run_sampling
 from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['COMMANDS', 'default_of', 'option_type', 'add_command', 'demo_command', 'sample_command', 'evaluate_command',
-           'validate_command', 'drift_command', 'check_reports_command', 'run_notebook', 'release_command',
-           'reproduce_command', 'parser', 'main']
+           'validate_command', 'drift_command', 'check_reports_command', 'release_command', 'reproduce_command',
+           'parser', 'main']
 
 # %% ../nbs/91_cli.ipynb #e48808e4
 def default_of(func, name: str):
@@ -88,8 +90,6 @@ def demo_command(
     return res
 
 # %% ../nbs/91_cli.ipynb #aa358b9f
-def _slug(s) -> str: return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(str(s)).name).strip("-") or "run"
-
 def sample_command(
     items: str = "demo:train",                             # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
     out: Path | None = None,                               # run directory (default: runs/<model>_<items>)
@@ -122,7 +122,7 @@ def sample_command(
     langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     prompt_keys(its, langs)
     if lora and not vllm: raise ValueError("LoRA adapters are served through vLLM (--vllm); for transformers, merge the adapter first")
-    out = Path(out) if out else Path("runs") / f"{_slug(model)}_{_slug(items)}"
+    out = Path(out) if out else Path("runs") / f"{run_slug(Path(str(model)).name)}_{run_slug(Path(str(items)).name)}"
     if model == "echo": backend = "echo"
     elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora, seed=params.seed,
                                      trust_remote_code=trust_remote_code)
@@ -233,19 +233,6 @@ def check_reports_command(
                       "`archived: REASON` in their README)", file=sys.stderr)
     return 1 if failing else 0
 
-# %% ../nbs/91_cli.ipynb #453fd7c8
-def run_notebook(name: str, out, parameters: dict) -> Path:
-    "Execute the experiment notebook `name` (found by `calm.notebooks.notebook_path`) with papermill; the executed copy goes to `out/{name}.ipynb`."
-    import papermill as pm
-    from calm.notebooks import notebook_path
-    src = notebook_path(name)
-    out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
-    dest = out / f"{name}.ipynb"
-    pm.execute_notebook(str(src), str(dest), parameters={**parameters, "out": str(out)}, kernel_name="python3", language="python",
-                        cwd=str(src.parent), progress_bar=False)
-    print(f"executed {src.name} -> {dest}")
-    return dest
-
 # %% ../nbs/91_cli.ipynb #fe03455a
 def release_command(
     release_dir: Path | None = None,                       # the release's data folder (default: $CALM_RELEASE_DIR or ../shared/calm-release)
@@ -260,9 +247,12 @@ def release_command(
 ):
     "Reproduce the label-free core on the paper's released samples. Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation and ours side by side, parse rates, pairs against the release's DPO files) into --out."
     if notebook:
-        return run_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
-                                             "languages": list(languages), "tie": tie, "protocol": protocol,
-                                             "dpo_dir": str(dpo_dir) if dpo_dir else None, "strict_samples": strict_samples})
+        dest = execute_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
+                                                 "languages": list(languages), "tie": tie, "protocol": protocol,
+                                                 "dpo_dir": str(dpo_dir) if dpo_dir else None,
+                                                 "strict_samples": strict_samples}, subfolder=False)
+        print(f"executed release.ipynb -> {dest}")
+        return dest
     return run_release(release_dir, out, model, languages, tie=tie, protocol=protocol, dpo_dir=dpo_dir,
                        strict_samples=(0,) if strict_samples == "first" else None)
 

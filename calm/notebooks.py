@@ -42,11 +42,12 @@ class NotebookFailed(RuntimeError):
         super().__init__(f"notebook {name} failed ({reason}); the partial executed notebook is {executed}")
 
 # %% ../nbs/88_notebooks.ipynb #f0c1b261
-def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None) -> Path:
-    "Execute experiment notebook `name` with papermill into `out/name/name.ipynb`; `NotebookFailed` when a cell raises."
-    import papermill as pm
+def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None, subfolder: bool = True) -> Path:
+    "Execute experiment notebook `name` with papermill into `out/name/name.ipynb` (`out/name.ipynb` without `subfolder`)."
+    import papermill as pm  # heavy, and only needed here: imported when a notebook runs
     src = notebook_path(name, notebooks_dir)
-    dest_dir = Path(out).resolve() / name; dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir = Path(out).resolve() / name if subfolder else Path(out).resolve()
+    dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{name}.ipynb"
     declared = pm.inspect_notebook(str(src))                     # pass only what the notebook's parameters cell declares
     parameters = {k: v for k, v in {**parameters, "out": str(dest_dir)}.items() if k in declared}

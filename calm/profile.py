@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .data import LANGUAGES, normalize_lang
 from .testbed_data import TESTBED_LANGUAGES
@@ -17,8 +18,8 @@ from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'TESTBED_SYSTEMS', 'ENDPOINTS',
-           'SETTINGS', 'ProfileError', 'Sampling', 'Evaluation', 'Estimate', 'TestSet', 'Curriculum', 'Dataset',
-           'TestbedSettings', 'check_testbed', 'Profile', 'override', 'find_profile', 'load_profile']
+           'SETTINGS', 'MedQAGroup', 'ProfileError', 'Sampling', 'Evaluation', 'Estimate', 'TestSet', 'Curriculum',
+           'Dataset', 'TestbedSettings', 'check_testbed', 'Profile', 'override', 'find_profile', 'load_profile']
 
 # %% ../nbs/84_profile.ipynb #c00080893
 from importlib.resources import files
@@ -43,6 +44,12 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 "Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
+# %% ../nbs/84_profile.ipynb #a0e4987c
+class MedQAGroup(NamedTuple):
+    "A MedQA test group of the release: its folder under `medqa/test/` and its languages, native first."
+    folder: str
+    languages: tuple
+
 # %% ../nbs/84_profile.ipynb #8f413e2d
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2; `CALM-robust`: TRL's robust loss; `DCO`: `calm.dco`)."
@@ -50,7 +57,8 @@ SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
 SOURCES = ("demo", "release:xcsqa", "release:medqa", "testbed")
 "Dataset sources a profile may name (`testbed`: the set `calm.testbed_data` writes, shipped in `calm.datasets`)."
 
-MEDQA_GROUPS = {"en": "test_sft_en_q_1000", "cn": "test_sft_cn_q_1000"}
+MEDQA_GROUPS = {"en": MedQAGroup("test_sft_en_q_1000", ("en", "zh", "fr")),
+                "cn": MedQAGroup("test_sft_cn_q_1000", ("zh", "en", "fr"))}
 "The release's MedQA test groups: USMLE (English native) and MCMLE (Chinese native), each with its translations."
 
 # %% ../nbs/84_profile.ipynb #c27384527

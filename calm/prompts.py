@@ -240,10 +240,13 @@ def prompt_template_hash(prompts) -> str:
 
 # %% ../nbs/10_prompts.ipynb #b3f19d64
 def model_context(model=None, tokenizer=None) -> int | None:
-    "Context length in tokens of `model` (config `max_position_embeddings`) or else `tokenizer` (`model_max_length`); None if unknown."
-    n = getattr(getattr(model, "config", model), "max_position_embeddings", None)
-    if not n: n = getattr(tokenizer, "model_max_length", None)
-    return int(n) if n and n < 10**7 else None   # tokenizers without a limit report ~1e30
+    "Context length in tokens of `model` (or its config), else of `tokenizer`; None if unknown."
+    cfg = getattr(model, "config", model)
+    if cfg is not None and hasattr(cfg, "get_text_config"): cfg = cfg.get_text_config()
+    n = getattr(cfg, "max_position_embeddings", None)
+    if n: return int(n)
+    m = getattr(tokenizer, "model_max_length", None)
+    return int(m) if m and m < 10**7 else None   # tokenizers without a limit report ~1e30
 
 # %% ../nbs/10_prompts.ipynb #66bc0e9b
 def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], tokenizer, max_new_tokens: int,

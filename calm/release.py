@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, DataError, normalize_lang
+from .data import DEMO_LANGUAGES, OPTION_LETTERS, DataError, normalize_lang
 from .extraction import extract_answer, extract_records, release_letter, release_reading
 from .loaders import RELEASE_CODES, read_release_rows, read_release_samples, release_dir
 from .metrics import ac3, accuracy, consistency_at
 from .pairs import build_pairs
 from .reports import write_manifest, write_table
-from .voting import LETTERS, answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
+from .voting import answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
 
 # %% auto #0
 __all__ = ['RELEASE_MODELS', 'PROTOCOLS', 'PAPER_ACC_LANGUAGES', 'PAPER_COLUMNS', 'PROTOCOL_DIFFERENCES', 'release_samples',
@@ -224,7 +224,7 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
     v_all = vote_table(recs, languages, tie=tie, lang_order=languages)
     pos = winning_share_by_language(recs, v_all, languages)
     prompts = {(q, l): p for q, l, p in zip(recs.qid, recs.lang, recs.prompt)}
-    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(LETTERS)), None))  # the release's "." is no letter
+    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(OPTION_LETTERS)), None))  # the release's "." is no letter
     pairs = build_pairs(letters_only, v_all, lambda q, l: prompts[(q, l)], source_order=languages, gold=gold)
     both = protocol_table(rows["paper"], rows["strict"], languages)
     rates = parse_rates(strict_recs, languages)

@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from .files import make_dir, write_atomic
-from .profile import Curriculum, Profile, ProfileError, TestSet, load_profile
+from .profile import MEDQA_GROUPS, Curriculum, Profile, ProfileError, TestSet, load_profile
 from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
                          run_slug, run_train, run_vote)
 from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
 
 # %% auto #0
-__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_stages',
-           'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
+__all__ = ['Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_stages', 'profile_stages',
+           'read_stage_log', 'run_stages', 'write_job_manifest']
 
 # %% ../nbs/86_runner.ipynb #c83440526
 @dataclass
@@ -86,17 +86,14 @@ def curriculum_of(p: Profile, d) -> Curriculum | None:
     if d.curriculum is not None: return d.curriculum
     return Curriculum() if d is p.datasets[0] and len(d.languages) > 1 else None
 
-# %% ../nbs/86_runner.ipynb #c47878250
-MEDQA_LANGUAGES = {"en": ["en", "zh", "fr"], "cn": ["zh", "en", "fr"]}
-"The languages of each MedQA test group, native first: a group test set is answered in all of them."
-
 # %% ../nbs/86_runner.ipynb #05cbf95a
 def _test_dataset(p: Profile, d, t: TestSet) -> dict:
     "The dataset (as a dict) whose test questions test set `t` asks."
     if t.dataset is not None:
         o = p.dataset(t.dataset)
         return {**asdict(o), **({"test_questions": t.questions} if t.questions else {})}
-    return {**asdict(d), "name": t.name, "source": t.source, "languages": MEDQA_LANGUAGES[t.group], "test_questions": t.questions or d.test_questions}
+    return {**asdict(d), "name": t.name, "source": t.source, "languages": list(MEDQA_GROUPS[t.group].languages),
+            "test_questions": t.questions or d.test_questions}
 
 # %% ../nbs/86_runner.ipynb #e935a63c
 def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:

@@ -33,7 +33,7 @@ def medqa_items(release=None, group: str = "en", n: int | None = None, languages
     "The first `n` questions of a release MedQA group present in every language; `(items, languages)`, native language first."
     from calm.loaders import load_release_medqa, release_dir
     if group not in MEDQA_GROUPS: raise ValueError(f"MedQA group must be one of {', '.join(MEDQA_GROUPS)}, not {group!r}")
-    g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group])
+    g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group].folder)
     langs = [l for l in dict.fromkeys(it.lang for it in g.items) if not languages or l in languages]
     by_q = {}
     for it in g.items:

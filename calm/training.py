@@ -25,6 +25,7 @@ from .files import file_sha256, write_atomic
 from .figures import plot_train_curves, run_title
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
+from .prompts import model_context
 from .reports import package_versions
 from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
                                SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
@@ -34,10 +35,10 @@ from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRE
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
-           'data_fingerprint', 'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args',
-           'peft_config', 'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train',
-           'trainer_reference_is_base', 'load_adapter']
+__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'check_training_rows', 'trl_rows', 'data_fingerprint',
+           'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args', 'peft_config',
+           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
+           'load_adapter']
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def _dco_columns() -> list[str]:
@@ -71,16 +72,6 @@ def training_frame(data, method: str) -> pd.DataFrame:
 def _where(frame: pd.DataFrame, i: int) -> str:
     parts = [f"{k} {frame[k].iloc[i]!r}" for k in ("qid", "lang") if k in frame.columns]
     return f" ({', '.join(parts)})" if parts else ""
-
-# %% ../nbs/60_training.ipynb #b82a299c
-def model_context(model, tokenizer=None) -> int | None:
-    "The model's context length in tokens (its `max_position_embeddings`), else the tokenizer's, else None."
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "get_text_config"): cfg = cfg.get_text_config()
-    n = getattr(cfg, "max_position_embeddings", None)
-    if n: return int(n)
-    m = getattr(tokenizer, "model_max_length", None)
-    return int(m) if m and m < 10**7 else None
 
 # %% ../nbs/60_training.ipynb #e25b4452
 def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_length: int | None = None,
