@@ -19,17 +19,24 @@ import pandas as pd
 from fastcore.docments import docments
 from fastcore.script import Param
 
-from .data import DataError, normalize_lang
+from .data import DataError, check_parallel, normalize_lang, read_items, summarize
 from .demo import STAGES, run_demo
-from .evaluation import evaluate_model
-from .models import DEFAULT_MODEL
+from .evaluation import evaluate_model, gold_codes, results_table, score
+from .files import make_dir, write_atomic
+from .loaders import load_release_medqa
+from .models import DEFAULT_MODEL, ModelNotInstalled, resolve_model
 from .notebooks import execute_notebook
 from .prompts import MODES
-from .release import PROTOCOLS, run_release
-from .sampling import SamplingParams
+from .release import PROTOCOLS, paper_row, run_release
+from .report_check import check_reports, report_states_table
+from .reports import write_table
+from .reproduce import NotebookFailed, reproduce
+from .sampling import SamplingParams, TransformersBackend, prompt_keys
 from .serving import VLLMBackend
 from .stages import run_slug
-from .store import run_sampling
+from .store import load_items, run_sampling
+from .train import main as train_main
+from .training import load_adapter
 from .voting import TIE_POLICIES
 
 # %% auto #0
@@ -114,9 +121,6 @@ def sample_command(
     progress: bool = True,                                 # a progress bar with counts and an ETA (--no-progress hides it)
 ) -> pd.DataFrame:
     "Sample m explained answers per question and language into a resumable run directory. Every question is asked in every language, into an append-only samples.jsonl with a manifest; re-running the same command resumes, a changed configuration goes to a sibling run directory (or stops, with --on-change raise). Returns the run's records."
-    from calm.models import resolve_model
-    from calm.sampling import TransformersBackend, prompt_keys
-    from calm.store import load_items
     params = SamplingParams(m, temperature, top_p, max_new_tokens, seed, batch_size)
     its = load_items(items, languages, limit)
     langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
@@ -152,11 +156,6 @@ def evaluate_command(
 ) -> pd.DataFrame:
     "Answer test questions in every language and score them. The paper's protocol for a model (or a model with a LoRA adapter): one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
     import pandas as pd
-    from calm.evaluation import gold_codes, results_table, score
-    from calm.reports import write_table
-    from calm.sampling import TransformersBackend
-    from calm.store import load_items
-    from calm.files import make_dir
     its = load_items(items, languages, limit)
     langs = [normalize_lang(l, field="--languages") for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     its = [it for it in its if it.lang in langs]
@@ -164,7 +163,6 @@ def evaluate_command(
     gold_codes(its, file=items)                            # before the model loads
     out = make_dir(out)                                    # a file in the way is an error now, not after generation
     if adapter:
-        from calm.training import load_adapter
         base, tok = load_adapter(model, adapter)
         backend = TransformersBackend(base, tok, name=f"{model}+{adapter}")
     else: backend = TransformersBackend.from_name(model)
@@ -174,7 +172,6 @@ def evaluate_command(
     write_table(results_table({name: recs}, its, langs).round(2), out / "results", ("csv", "md", "tex"))
     write_table(score(recs, its, langs).reset_index().round(4), out / "metrics")
     if protocol == "paper":  # the release's parser, first parsed sample, ACC_avg over en/zh/fr, pairwise Consis
-        from calm.release import paper_row
         row = paper_row(recs, {it.qid: it.gold for it in its}, langs)
         write_table(pd.DataFrame([{"metric": k, "value": v} for k, v in row.items()]).round(4), out / "metrics_paper")
     print((out / "results.md").read_text(encoding="utf-8"))
@@ -187,7 +184,6 @@ def validate_command(
     languages: list[str] | None = None,                    # languages every question must have (with --parallel; default: those present)
 ) -> dict:
     "Check JSONL item files (calm's format). Every bad row is reported with file, row and field. Returns `{file: items}`."
-    from calm.data import check_parallel, read_items, summarize
     found = {}
     for f in files:
         items = found[f] = read_items(f)
@@ -203,7 +199,6 @@ def drift_command(
     max_rows: int = 20,                                    # rows of the table to print
 ) -> pd.DataFrame:
     "Report the rows of a release MedQA group that are out of line. Each translation is aligned to its native file; rows that are shifted, extra, missing or unreadable are listed. Returns the drift table."
-    from calm.loaders import load_release_medqa
     g = load_release_medqa(group_dir)
     d = g.drift()
     print(f"{g.name}: native {g.native}, {len(g.items)} aligned items; {len(d)} rows out of line, {len(g.skipped)} unreadable rows")
@@ -212,7 +207,6 @@ def drift_command(
         print(d.groupby(["lang", "status"]).size().to_string())
         print(d.to_string(index=False, max_rows=max_rows))
     if csv:
-        from calm.files import write_atomic
         write_atomic(csv, d.to_csv(index=False)); print(f"wrote {csv}")
     return d
 
@@ -223,7 +217,6 @@ def check_reports_command(
     release_dir: Path | None = None,                       # the release, to recompute recorded input fingerprints (default: as elsewhere)
 ) -> int:
     "List every committed report: current, stale (the profile it names now differs), missing or unchecked. Stale or missing reports fail the check (exit 1) unless their README marks them `archived: REASON`; each difference is named, `recorded -> now`."
-    from calm.report_check import check_reports, report_states_table
     states = check_reports(reports, profiles, release_dir)
     print(report_states_table(states, width=100).to_markdown(index=False))
     failing = [s.report for s in states if s.failing]
@@ -265,7 +258,6 @@ def reproduce_command(
     notebooks: Path | None = None,                         # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
 ) -> dict:
     "Regenerate the paper's tables and figures from a profile. Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
-    from calm.reproduce import NotebookFailed, reproduce
     try: res = reproduce(profile, only=only, dry_run=dry_run, out=out, notebooks_dir=notebooks)
     except NotebookFailed as e:
         print(f"calm reproduce: {e}", file=sys.stderr); sys.exit(1)
@@ -298,7 +290,6 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/91_cli.ipynb #1a21dc3f
 def _run(command: str, call, debug: bool) -> int:
     "`call()`'s exit status: its int result, else 0; a known error prints `calm COMMAND: error: ...` and gives 2 (raises with `debug`)."
-    from calm.models import ModelNotInstalled
     try: res = call()
     except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         if debug: raise
@@ -318,7 +309,6 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))     # the command, after the global flags
     if argv[at:at + 1] == ["train"]:
-        from calm.train import main as train_main
         return _run("train", lambda: train_main(argv[at + 1:]), "--debug" in argv[:at])
     a = vars(parser().parse_args(argv))
     command, func, debug = a.pop("command"), a.pop("func"), a.pop("debug")

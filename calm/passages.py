@@ -109,7 +109,7 @@ class Embedder:
         "The model's tokenizer (loaded alone when the model is not loaded yet)."
         if self._model is not None: return self._model.tokenizer
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
             self._tokenizer = AutoTokenizer.from_pretrained(embedding_model_path(self.name))
         return self._tokenizer
 

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .data import LANGUAGES, normalize_lang
+from .models import EMBEDDED_MODELS, inference_dtype
 from .testbed_data import TESTBED_LANGUAGES
 from .option_votes import SCORINGS
+from .sampling import SamplingParams
+from .training import TrainConfig
 from .voting import TIE_POLICIES
 
 # %% auto #0
@@ -123,7 +126,6 @@ class Sampling:
     @property
     def params(self):
         "The `calm.sampling.SamplingParams` of this section (validated there, once)."
-        from calm.sampling import SamplingParams
         return SamplingParams(self.m, self.temperature, self.top_p, self.max_new_tokens, self.seed, self.batch_size)
 
     def __getitem__(self, k): return getattr(self, k)
@@ -351,7 +353,6 @@ _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "
 _RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 
 def _models(file, models) -> list:
-    from calm.models import EMBEDDED_MODELS
     if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
         raise ProfileError(file, "models", f"must be a non-empty list of model names, got {models!r}")
     for i, m in enumerate(models):
@@ -362,7 +363,6 @@ def _models(file, models) -> list:
     return list(models)
 
 def _training(file, training) -> dict:
-    from calm.training import TrainConfig
     training = training or {}
     if not isinstance(training, dict): raise ProfileError(file, "training", "must be a mapping of TrainConfig fields")
     try: TrainConfig(**training)
@@ -414,7 +414,6 @@ def load_profile(profile) -> Profile:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name): raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
     if raw["backend"] not in ("transformers", "vllm"): raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
     dtype = raw.get("dtype", "auto")
-    from calm.models import inference_dtype
     try: inference_dtype(dtype, "cpu")              # checked only; "auto" is resolved where the model loads
     except ValueError as e: raise ProfileError(file, "dtype", str(e).removeprefix("dtype ")) from None
     rd = raw.get("release_dir")

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .data import ANSWER_LABELS, DataError, MCItem, fingerprint, normalize_lang
+from .data import ANSWER_LABELS, DataError, MCItem, demo_items, fingerprint, normalize_lang
+from .loaders import read_release_rows, release_dir, xcsqa_file
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item', 'format_question', 'format_worked_example',
@@ -164,7 +165,6 @@ class PromptBuilder:
         if self.mode == "fewshot":
             if self.shots < 1: raise ValueError(f"a few-shot prompt needs shots >= 1, got {self.shots}")
             if self.demos is None:
-                from calm.data import demo_items
                 self.demos = demo_items("train")
             self.demos = list(self.demos)
         if self.languages is not None: self.languages = [normalize_lang(l) for l in self.languages]
@@ -267,7 +267,6 @@ def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], t
 # %% ../nbs/10_prompts.ipynb #a55d1b27
 def load_release_prompts(root=None, lang: str = "en", split: str = "train") -> PromptSpec:
     "A `PromptSpec` whose instruction is the release's own `instruction` text for `lang` (verbatim)."
-    from calm.loaders import read_release_rows, release_dir, xcsqa_file
     code = normalize_lang(lang)
     path = xcsqa_file(release_dir(root), code, split)
     rows = read_release_rows(path)
