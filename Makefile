@@ -13,7 +13,7 @@ STAMP := $(VENV)/.calm-installed
 # built side by side by `make test`, take turns at it, and at nbdev_export (check-export), under this lock.
 EDITABLE_LOCK := .calm-install.lock
 
-.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv check-reports chromium check-docs readme
+.PHONY: setup demo test check-export nbtest pytest docs release clean-venv lf-venv check-reports chromium check-docs readme code-stats
 
 setup: $(STAMP)
 
@@ -61,11 +61,16 @@ pytest: setup chromium $(if $(filter 1,$(LF)),lf-venv,)
 # two cores are busy throughout (each part alone leaves one mostly idle: imports, process start-ups, single-threaded
 # Python). Each part's output is printed whole when it ends (--output-sync), with its time; a failing part fails
 # `make test`, and the others still run to the end (--keep-going) so that one run reports every failure.
-test: check-export nbtest pytest-vllm pytest check-reports check-docs
+test: check-export nbtest pytest-vllm pytest check-reports check-docs code-stats
 ifneq ($(filter test,$(MAKECMDGOALS)),)
 MAKEFLAGS += -j4 --output-sync=target --keep-going
-nbtest pytest pytest-vllm check-reports check-docs: | check-export
+nbtest pytest pytest-vllm check-reports check-docs code-stats: | check-export
 endif
+
+# No new in-function import of a calm module, import cycle, upward import (to a later notebook) or export cell over 80
+# lines beyond those listed in tools/code_stats_baseline.json; prints the counts (standard library only).
+code-stats:
+	$(PYTHON) tools/code_stats.py --check
 
 # Every committed report under reports/ is still what its profile produces, or its README marks it `archived: REASON`.
 check-reports: setup

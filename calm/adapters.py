@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .models import EMBEDDED_MODELS
+
 # %% auto #0
 __all__ = ['HUB_IDS', 'hub_id', 'adapter_card', 'publish_adapter']
 
@@ -23,7 +25,6 @@ def hub_id(model) -> str | None:
     "The hub id `model` (embedded name, hub id, or local model folder) stands for; None when it cannot be told."
     if model is None: return None
     name = str(model)
-    from calm.models import EMBEDDED_MODELS
     if name in EMBEDDED_MODELS: return getattr(EMBEDDED_MODELS[name], "hub_id", None) or HUB_IDS.get(name)
     if _is_hub_id(name): return name
     p = Path(name).expanduser()

@@ -19,21 +19,30 @@ import pandas as pd
 from fastcore.docments import docments
 from fastcore.script import Param
 
-from .data import DataError, normalize_lang
+from .data import DataError, check_parallel, normalize_lang, read_items, summarize
 from .demo import STAGES, run_demo
-from .evaluation import evaluate_model
-from .models import DEFAULT_MODEL
+from .evaluation import evaluate_model, gold_codes, results_table, score
+from .files import make_dir, write_atomic
+from .loaders import load_release_medqa
+from .models import DEFAULT_MODEL, ModelNotInstalled, resolve_model
+from .notebooks import execute_notebook
 from .prompts import MODES
-from .release import PROTOCOLS, run_release
-from .sampling import SamplingParams
+from .release import PROTOCOLS, paper_row, run_release
+from .report_check import check_reports, report_states_table
+from .reports import write_table
+from .reproduce import NotebookFailed, reproduce
+from .sampling import SamplingParams, TransformersBackend, prompt_keys
 from .serving import VLLMBackend
-from .store import run_sampling
+from .stages import run_slug
+from .store import load_items, run_sampling
+from .train import main as train_main
+from .training import load_adapter
 from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['COMMANDS', 'default_of', 'option_type', 'add_command', 'demo_command', 'sample_command', 'evaluate_command',
-           'validate_command', 'drift_command', 'check_reports_command', 'run_notebook', 'release_command',
-           'reproduce_command', 'parser', 'main']
+           'validate_command', 'drift_command', 'check_reports_command', 'release_command', 'reproduce_command',
+           'parser', 'main']
 
 # %% ../nbs/91_cli.ipynb #e48808e4
 def default_of(func, name: str):
@@ -88,8 +97,6 @@ def demo_command(
     return res
 
 # %% ../nbs/91_cli.ipynb #aa358b9f
-def _slug(s) -> str: return "".join(c if c.isalnum() or c in "-." else "-" for c in Path(str(s)).name).strip("-") or "run"
-
 def sample_command(
     items: str = "demo:train",                             # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
     out: Path | None = None,                               # run directory (default: runs/<model>_<items>)
@@ -114,15 +121,12 @@ def sample_command(
     progress: bool = True,                                 # a progress bar with counts and an ETA (--no-progress hides it)
 ) -> pd.DataFrame:
     "Sample m explained answers per question and language into a resumable run directory. Every question is asked in every language, into an append-only samples.jsonl with a manifest; re-running the same command resumes, a changed configuration goes to a sibling run directory (or stops, with --on-change raise). Returns the run's records."
-    from calm.models import resolve_model
-    from calm.sampling import TransformersBackend, prompt_keys
-    from calm.store import load_items
     params = SamplingParams(m, temperature, top_p, max_new_tokens, seed, batch_size)
     its = load_items(items, languages, limit)
     langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     prompt_keys(its, langs)
     if lora and not vllm: raise ValueError("LoRA adapters are served through vLLM (--vllm); for transformers, merge the adapter first")
-    out = Path(out) if out else Path("runs") / f"{_slug(model)}_{_slug(items)}"
+    out = Path(out) if out else Path("runs") / f"{run_slug(Path(str(model)).name)}_{run_slug(Path(str(items)).name)}"
     if model == "echo": backend = "echo"
     elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora, seed=params.seed,
                                      trust_remote_code=trust_remote_code)
@@ -152,11 +156,6 @@ def evaluate_command(
 ) -> pd.DataFrame:
     "Answer test questions in every language and score them. The paper's protocol for a model (or a model with a LoRA adapter): one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
     import pandas as pd
-    from calm.evaluation import gold_codes, results_table, score
-    from calm.reports import write_table
-    from calm.sampling import TransformersBackend
-    from calm.store import load_items
-    from calm.files import make_dir
     its = load_items(items, languages, limit)
     langs = [normalize_lang(l, field="--languages") for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     its = [it for it in its if it.lang in langs]
@@ -164,7 +163,6 @@ def evaluate_command(
     gold_codes(its, file=items)                            # before the model loads
     out = make_dir(out)                                    # a file in the way is an error now, not after generation
     if adapter:
-        from calm.training import load_adapter
         base, tok = load_adapter(model, adapter)
         backend = TransformersBackend(base, tok, name=f"{model}+{adapter}")
     else: backend = TransformersBackend.from_name(model)
@@ -174,7 +172,6 @@ def evaluate_command(
     write_table(results_table({name: recs}, its, langs).round(2), out / "results", ("csv", "md", "tex"))
     write_table(score(recs, its, langs).reset_index().round(4), out / "metrics")
     if protocol == "paper":  # the release's parser, first parsed sample, ACC_avg over en/zh/fr, pairwise Consis
-        from calm.release import paper_row
         row = paper_row(recs, {it.qid: it.gold for it in its}, langs)
         write_table(pd.DataFrame([{"metric": k, "value": v} for k, v in row.items()]).round(4), out / "metrics_paper")
     print((out / "results.md").read_text(encoding="utf-8"))
@@ -187,7 +184,6 @@ def validate_command(
     languages: list[str] | None = None,                    # languages every question must have (with --parallel; default: those present)
 ) -> dict:
     "Check JSONL item files (calm's format). Every bad row is reported with file, row and field. Returns `{file: items}`."
-    from calm.data import check_parallel, read_items, summarize
     found = {}
     for f in files:
         items = found[f] = read_items(f)
@@ -203,7 +199,6 @@ def drift_command(
     max_rows: int = 20,                                    # rows of the table to print
 ) -> pd.DataFrame:
     "Report the rows of a release MedQA group that are out of line. Each translation is aligned to its native file; rows that are shifted, extra, missing or unreadable are listed. Returns the drift table."
-    from calm.loaders import load_release_medqa
     g = load_release_medqa(group_dir)
     d = g.drift()
     print(f"{g.name}: native {g.native}, {len(g.items)} aligned items; {len(d)} rows out of line, {len(g.skipped)} unreadable rows")
@@ -212,7 +207,6 @@ def drift_command(
         print(d.groupby(["lang", "status"]).size().to_string())
         print(d.to_string(index=False, max_rows=max_rows))
     if csv:
-        from calm.files import write_atomic
         write_atomic(csv, d.to_csv(index=False)); print(f"wrote {csv}")
     return d
 
@@ -223,7 +217,6 @@ def check_reports_command(
     release_dir: Path | None = None,                       # the release, to recompute recorded input fingerprints (default: as elsewhere)
 ) -> int:
     "List every committed report: current, stale (the profile it names now differs), missing or unchecked. Stale or missing reports fail the check (exit 1) unless their README marks them `archived: REASON`; each difference is named, `recorded -> now`."
-    from calm.report_check import check_reports, report_states_table
     states = check_reports(reports, profiles, release_dir)
     print(report_states_table(states, width=100).to_markdown(index=False))
     failing = [s.report for s in states if s.failing]
@@ -232,19 +225,6 @@ def check_reports_command(
     if failing: print(f"FAILED: stale or missing, not archived: {', '.join(failing)} (regenerate them, or mark them "
                       "`archived: REASON` in their README)", file=sys.stderr)
     return 1 if failing else 0
-
-# %% ../nbs/91_cli.ipynb #453fd7c8
-def run_notebook(name: str, out, parameters: dict) -> Path:
-    "Execute the experiment notebook `name` (found by `calm.notebooks.notebook_path`) with papermill; the executed copy goes to `out/{name}.ipynb`."
-    import papermill as pm
-    from calm.notebooks import notebook_path
-    src = notebook_path(name)
-    out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
-    dest = out / f"{name}.ipynb"
-    pm.execute_notebook(str(src), str(dest), parameters={**parameters, "out": str(out)}, kernel_name="python3", language="python",
-                        cwd=str(src.parent), progress_bar=False)
-    print(f"executed {src.name} -> {dest}")
-    return dest
 
 # %% ../nbs/91_cli.ipynb #fe03455a
 def release_command(
@@ -260,9 +240,12 @@ def release_command(
 ):
     "Reproduce the label-free core on the paper's released samples. Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation and ours side by side, parse rates, pairs against the release's DPO files) into --out."
     if notebook:
-        return run_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
-                                             "languages": list(languages), "tie": tie, "protocol": protocol,
-                                             "dpo_dir": str(dpo_dir) if dpo_dir else None, "strict_samples": strict_samples})
+        dest = execute_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
+                                                 "languages": list(languages), "tie": tie, "protocol": protocol,
+                                                 "dpo_dir": str(dpo_dir) if dpo_dir else None,
+                                                 "strict_samples": strict_samples}, subfolder=False)
+        print(f"executed release.ipynb -> {dest}")
+        return dest
     return run_release(release_dir, out, model, languages, tie=tie, protocol=protocol, dpo_dir=dpo_dir,
                        strict_samples=(0,) if strict_samples == "first" else None)
 
@@ -275,7 +258,6 @@ def reproduce_command(
     notebooks: Path | None = None,                         # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
 ) -> dict:
     "Regenerate the paper's tables and figures from a profile. Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
-    from calm.reproduce import NotebookFailed, reproduce
     try: res = reproduce(profile, only=only, dry_run=dry_run, out=out, notebooks_dir=notebooks)
     except NotebookFailed as e:
         print(f"calm reproduce: {e}", file=sys.stderr); sys.exit(1)
@@ -308,7 +290,6 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/91_cli.ipynb #1a21dc3f
 def _run(command: str, call, debug: bool) -> int:
     "`call()`'s exit status: its int result, else 0; a known error prints `calm COMMAND: error: ...` and gives 2 (raises with `debug`)."
-    from calm.models import ModelNotInstalled
     try: res = call()
     except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         if debug: raise
@@ -328,7 +309,6 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))     # the command, after the global flags
     if argv[at:at + 1] == ["train"]:
-        from calm.train import main as train_main
         return _run("train", lambda: train_main(argv[at + 1:]), "--debug" in argv[:at])
     a = vars(parser().parse_args(argv))
     command, func, debug = a.pop("command"), a.pop("func"), a.pop("debug")

@@ -195,7 +195,7 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
 # %% ../nbs/00_data.ipynb #4ce4d122
 def write_items(items: Iterable[MCItem], path) -> Path:
     "Write `items` as UTF-8 JSONL to `path` atomically (parents created); returns the path."
-    from calm.files import write_jsonl
+    from calm.files import write_jsonl  # calm.files imports calm.data, so importing it at the top would make a cycle
     return write_jsonl((it.to_dict() for it in items), path)
 
 # %% ../nbs/00_data.ipynb #8097d8da

@@ -17,7 +17,8 @@ from trl import DPOConfig, DPOTrainer
 
 from .data import DataError, MCItem, by_question, normalize_lang
 from .likelihood import likelihood_context, option_continuation
-from .pairs import row_messages
+from .pairs import prompt_fields, prompt_messages, row_messages
+from .prompts import PromptBuilder
 
 # %% auto #0
 __all__ = ['DCO_COLUMNS', 'DCO_PICKS', 'dco_targets', 'dco_loss', 'DCOConfig', 'DCOCollator', 'DCOTrainer', 'option_id_of',
@@ -170,7 +171,6 @@ def dco_candidates(a: MCItem, b: MCItem, pick: str, rng: random.Random, logprobs
 # %% ../nbs/64_dco.ipynb #a0bbf3c4
 def dco_prompt(builder, item: MCItem, letter: str, completion: str = "letter") -> tuple[str, str | None, bool, str]:
     "`(prompt, system, chat, answer)` for candidate `letter` of `item`: the prompt likelihood evaluation scores after, and the answer."
-    from calm.pairs import prompt_fields, prompt_messages
     cont = option_continuation(builder, item.lang, letter)
     if completion == "text": cont += f". {item.option_text(letter)}"
     elif completion != "letter": raise ValueError(f"completion must be 'letter' or 'text', not {completion!r}")
@@ -184,7 +184,6 @@ def dco_rows(items: Iterable[MCItem], prompt_builder=None, languages: Sequence[s
              pick: str = "random", draws: int = 1, option_logprobs: pd.DataFrame | None = None, completion: str = "letter",
              seed: int = 0) -> pd.DataFrame:
     "DCO rows: per question, language pair (default: every pair of `languages`, in order) and draw, two shared options in each language's text."
-    from calm.prompts import PromptBuilder
     if pick not in DCO_PICKS: raise ValueError(f"pick must be one of {DCO_PICKS}, not {pick!r}")
     if pick == "top" and option_logprobs is None: raise ValueError("pick='top' needs the model's option log-probabilities (option_logprobs)")
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1: raise ValueError(f"draws must be an integer >= 1, not {draws!r}")

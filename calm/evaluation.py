@@ -14,6 +14,7 @@ from .data import DataError, MCItem, normalize_lang
 from .extraction import extract_records
 from .metrics import (ac3, accuracy, consistency_at, correctness, excess_consistency, excess_consistency_ci, metrics_table,
                           paired_bootstrap, paired_bootstrap_stat)
+from .store import run_sampling
 from .voting import answer_array, canonical_records, encode_letters
 
 # %% auto #0
@@ -129,7 +130,6 @@ def evaluate_model(run_dir, items: Iterable[MCItem], languages, backend, m: int 
                    temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 512, seed: int = 0,
                    batch_size: int = 8, prompt_builder=None, progress: bool = True, **kw) -> pd.DataFrame:
     "Answer every item with `backend` into the store at `run_dir` (resumable) and return records with letters; items without gold are refused before anything is generated."
-    from calm.store import run_sampling
     items = list(items)
     gold_codes(items)                          # what cannot be scored is not generated
     recs = run_sampling(run_dir, items, languages, m, backend, temperature=0.0 if greedy else temperature, top_p=top_p,

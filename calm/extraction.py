@@ -16,8 +16,8 @@ import pandas as pd
 from .data import ANSWER_LABELS, LANGUAGE_ALIASES, DataError, MCItem
 
 # %% auto #0
-__all__ = ['RELEASE_SPLITS', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'release_letter', 'release_reading',
-           'release_only_readings', 'extract_records', 'extraction_summary']
+__all__ = ['CJK_CHARS', 'RELEASE_SPLITS', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'release_letter',
+           'release_reading', 'release_only_readings', 'extract_records', 'extraction_summary']
 
 # %% ../nbs/30_extraction.ipynb #344e1d04
 def label_language(code: str, file=None, row=None, field="lang") -> str:
@@ -29,15 +29,17 @@ def label_language(code: str, file=None, row=None, field="lang") -> str:
     return c
 
 # %% ../nbs/30_extraction.ipynb #f07811c1
-_CJK = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af\uff66-\uff9f"
-_WORDY = rf"[^\W{_CJK}]"  # a letter or digit of a script that puts spaces between words
+# Characters of the CJK scripts, as regex class ranges: kana, CJK ideographs (extension A, unified, compatibility),
+# Hangul syllables and half-width katakana. A Latin answer letter may touch them with no space ("答案是A", "A입니다").
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff66-\uff9f"
+_WORDY = rf"[^\W{CJK_CHARS}]"  # a letter or digit of a script that puts spaces between words
 _LETTER_START = rf"(?<!{_WORDY})(?<!['’])"
 _LETTER_END = rf"(?!{_WORDY}|['’]\w|[-‐‑][^\W\d_])"  # not the start of a word: "Because", "C'est", "E-Mail"
 
 
 def _is_spaced(label: str) -> bool:
     "Whether `label` is written in a script with spaces between words (so must start a word)."
-    return not re.match(f"[{_CJK}]", label)
+    return not re.match(f"[{CJK_CHARS}]", label)
 
 
 def _reversed_alternation(labels: Iterable[str]) -> str:

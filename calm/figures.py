@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 import pandas as pd
 
+from .files import atomic_path
+
 # %% auto #0
 __all__ = ['SYSTEM_COLORS', 'OTHER_COLORS', 'VOTE_COLOR', 'CURVES', 'system_color', 'palette', 'options_k', 'wilson_interval',
            'accuracy_bars', 'vote_bars', 'delta_bars', 'run_title', 'plot_train_curves']
@@ -63,14 +65,13 @@ def _title(ax, *parts, width_in: float):
 
 def _save(fig, path_stem, formats=("png", "pdf"), dpi: int = 150):
     if path_stem is None: return
-    from calm.files import atomic_path
     for ext in formats:
         with atomic_path(Path(path_stem).with_suffix(f".{ext}")) as tmp: fig.savefig(tmp, dpi=dpi)
 
 def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None = None, path_stem=None, title: str | None = None,
                   system_col: str = "system", avg_col: str | None = "ACC_avg", n_label: str = "questions per language"):
     "Grouped accuracy bars (percent) per group and system: system colours, 95% Wilson intervals, value labels, chance line, n in the title."
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     groups = list(groups) + ([avg_col] if avg_col and avg_col in table.columns and avg_col not in groups else [])
     systems = list(table[system_col])
     n_of = (lambda g: n.get(g)) if isinstance(n, Mapping) else (lambda g: n * (len(groups) - 1) if g == avg_col else n)
@@ -104,7 +105,7 @@ VOTE_COLOR = "#333333"
 # %% ../nbs/83_figures.ipynb #207e96f6
 def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = None, path_stem=None, title: str | None = None):
     "Per-language first-sample accuracy (`base`: lang, accuracy) beside majority-vote accuracy (`votes`: languages, accuracy), percent."
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     b = base[base.lang != "avg"]
     labels = list(b.lang) + ["vote\n" + v.replace("+", " ") if v.count("+") < 3 else f"vote\n{v.count('+') + 1} languages" for v in votes.languages]
     vals = list(b.accuracy) + list(votes.accuracy)
@@ -117,7 +118,7 @@ def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = N
     for x, v, e in zip(range(len(labels)), vals, err[1]):
         ax.annotate(f"{v:.1f}", (x, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
     if k: ax.axhline(100 / k, color="#444444", ls="--", lw=0.9, label=f"chance (1/{k})")
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # heavy: loaded only when a figure is drawn
     handles = [Patch(color=SYSTEM_COLORS["base"], label="single language (first sample)"), Patch(color=VOTE_COLOR, label="majority vote (all samples)")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, frameon=False, loc="upper left")
     ax.set_xticks(range(len(labels)), labels, fontsize=8); ax.set_ylim(0, 105); ax.set_ylabel("accuracy (%)")
@@ -129,7 +130,7 @@ def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = N
 def delta_bars(table: pd.DataFrame, x: str, value: str, path_stem=None, title: str | None = None, n=None,
                system_col: str = "system", ylabel: str = "points"):
     "Bars of a difference (`value`, in points) per `x` and system, in system colours, with a zero line, labels and n."
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     xs, systems = list(dict.fromkeys(table[x])), list(dict.fromkeys(table[system_col]))
     fig = Figure(figsize=(max(5, 1.4 * len(xs) + 2.5), 3.6), layout="constrained")
     ax = fig.subplots()
@@ -167,7 +168,7 @@ def run_title(method: str, name: str | None = None) -> str:
 # %% ../nbs/83_figures.ipynb #db5005b6
 def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
     "Training and held-out curves for `method` with integer step axes, accuracies from 0 to 1 and honest loss scales (saved to `path` when given)."
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     from matplotlib.ticker import MaxNLocator
     panels = CURVES[method]
     fig = Figure(figsize=(4 * len(panels), 3.3), layout="constrained")

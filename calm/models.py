@@ -134,7 +134,7 @@ CHECK_TEXT = "Question: Where do you keep milk? A. oven B. fridge\nAnswer: B\nç­
 # %% ../nbs/15_models.ipynb #d66627c6
 def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None, source: str | None = None) -> dict:
     "Save GGUF model `gguf_path` as safetensors + tokenizer in `out_dir`, check the logits, write and return `conversion.json`."
-    import torch, transformers
+    import torch, transformers  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file(): raise FileNotFoundError(f"no GGUF file at {gguf_path}")
@@ -187,13 +187,13 @@ def conversion_info(name_or_gguf: str = DEFAULT_MODEL) -> dict:
 # %% ../nbs/15_models.ipynb #7888f879
 def default_device() -> str:
     "`cuda` when a CUDA GPU is available, else `cpu`."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 # %% ../nbs/15_models.ipynb #cf0ab58d
 def native_bfloat16(device: str | None = None) -> bool:
     "Whether `device` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates it, slowly)."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     device = str(device or default_device())
     if device.startswith("cuda"): return True
     cpu = getattr(torch, "cpu", None)
@@ -222,7 +222,7 @@ _HUB_REACHABLE: dict = {}   # endpoint -> whether it answered, asked once per pr
 
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
     "Whether the Hugging Face hub at `endpoint` (default: `HF_ENDPOINT`'s) answers one HEAD request within `timeout` seconds; asked once per process, never retried."
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # loaded only when the hub is asked
     from huggingface_hub.utils import get_session
     endpoint = endpoint or constants.ENDPOINT
     if endpoint not in _HUB_REACHABLE:
@@ -239,7 +239,7 @@ def model_not_found(name, reason) -> ModelNotFound:
 # %% ../nbs/15_models.ipynb #43a67665
 def require_hub_model(repo_id: str, timeout: float = 3.0) -> str:
     "`repo_id` when the Hugging Face cache has it or the hub answers (checked once, `timeout` seconds); else `ModelNotFound` at once, also under `HF_HUB_OFFLINE`."
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache  # loaded only when the hub is asked
     try: cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception: cached = False                              # not a valid repo id: not in the cache either
     if cached: return repo_id
@@ -254,7 +254,7 @@ def require_hub_model(repo_id: str, timeout: float = 3.0) -> str:
 # %% ../nbs/15_models.ipynb #e8b37dff
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None, trust_remote_code: bool = False):
     "`(model, tokenizer)` for an embedded name, a local folder or `.gguf`, or a hub id; left padding, eval mode."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
     src = resolve_model(name_or_path)
     if src == str(name_or_path) and not Path(src).expanduser().exists(): require_hub_model(src)   # a hub id

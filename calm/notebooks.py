@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .files import write_atomic
 from .profile import CONFIGS_DIR, NOTEBOOKS, Profile
 
 # %% auto #0
@@ -31,7 +32,7 @@ def notebook_parameter(p: Profile, name: str, key: str):
     "The value notebook `name` runs with for parameter `key`: the profile's, else the default in the notebook's parameters cell."
     if key in p.parameters.get(name, {}): return p.parameters[name][key]
     import ast
-    import papermill as pm
+    import papermill as pm  # heavy: loaded only when a notebook runs
     return ast.literal_eval(pm.inspect_notebook(str(notebook_path(name)))[key]["default"])
 
 # %% ../nbs/88_notebooks.ipynb #c87494271
@@ -42,11 +43,12 @@ class NotebookFailed(RuntimeError):
         super().__init__(f"notebook {name} failed ({reason}); the partial executed notebook is {executed}")
 
 # %% ../nbs/88_notebooks.ipynb #f0c1b261
-def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None) -> Path:
-    "Execute experiment notebook `name` with papermill into `out/name/name.ipynb`; `NotebookFailed` when a cell raises."
-    import papermill as pm
+def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None, subfolder: bool = True) -> Path:
+    "Execute experiment notebook `name` with papermill into `out/name/name.ipynb` (`out/name.ipynb` without `subfolder`)."
+    import papermill as pm  # heavy, and only needed here: imported when a notebook runs
     src = notebook_path(name, notebooks_dir)
-    dest_dir = Path(out).resolve() / name; dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir = Path(out).resolve() / name if subfolder else Path(out).resolve()
+    dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{name}.ipynb"
     declared = pm.inspect_notebook(str(src))                     # pass only what the notebook's parameters cell declares
     parameters = {k: v for k, v in {**parameters, "out": str(dest_dir)}.items() if k in declared}
@@ -91,5 +93,4 @@ def write_index(out: Path, p: Profile, done: list, failed: dict | None = None, t
         for png in sorted((out / name).glob("*.png")): lines += ["", f"![{png.stem}]({png.relative_to(out).as_posix()})"]
         lines.append("")
     lines += ["## Manifest", "", "[manifest.json](manifest.json): the profile, the inputs and the package versions that produced these files.", ""]
-    from calm.files import write_atomic
     return write_atomic(out / "README.md", "\n".join(lines))

@@ -13,7 +13,7 @@ import pandas as pd
 from .data import DataError, MCItem
 from .extraction import find_labels
 from .files import read_jsonl, write_atomic, write_jsonl
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, check_prompt_item
 from .voting import canonical_records
 
 # %% auto #0
@@ -60,7 +60,6 @@ def default_system_message(tokenizer) -> str | None:
 def prompt_messages(builder, item) -> list[dict] | str:
     "What a pair stores as the prompt of `item`: chat messages (system, user) when `builder` is in chat mode, else the prompt text."
     if getattr(builder, "mode", None) != "chat": return builder(item)
-    from calm.prompts import check_prompt_item
     check_prompt_item(item, builder.prompts)
     system = builder.system or default_system_message(builder.tokenizer)
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": builder.user_message(item)}]

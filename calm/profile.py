@@ -9,16 +9,20 @@ import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .data import LANGUAGES, normalize_lang
+from .models import EMBEDDED_MODELS, inference_dtype
 from .testbed_data import TESTBED_LANGUAGES
 from .option_votes import SCORINGS
+from .sampling import SamplingParams
+from .training import TrainConfig
 from .voting import TIE_POLICIES
 
 # %% auto #0
 __all__ = ['CONFIGS_DIR', 'NOTEBOOKS', 'NEEDS_RELEASE', 'SYSTEMS', 'SOURCES', 'MEDQA_GROUPS', 'TESTBED_SYSTEMS', 'ENDPOINTS',
-           'SETTINGS', 'ProfileError', 'Sampling', 'Evaluation', 'Estimate', 'TestSet', 'Curriculum', 'Dataset',
-           'TestbedSettings', 'check_testbed', 'Profile', 'override', 'find_profile', 'load_profile']
+           'SETTINGS', 'MedQAGroup', 'ProfileError', 'Sampling', 'Evaluation', 'Estimate', 'TestSet', 'Curriculum',
+           'Dataset', 'TestbedSettings', 'check_testbed', 'Profile', 'override', 'find_profile', 'load_profile']
 
 # %% ../nbs/84_profile.ipynb #c00080893
 from importlib.resources import files
@@ -43,6 +47,12 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
 "Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
 
+# %% ../nbs/84_profile.ipynb #a0e4987c
+class MedQAGroup(NamedTuple):
+    "A MedQA test group of the release: its folder under `medqa/test/` and its languages, native first."
+    folder: str
+    languages: tuple
+
 # %% ../nbs/84_profile.ipynb #8f413e2d
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
 "Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2; `CALM-robust`: TRL's robust loss; `DCO`: `calm.dco`)."
@@ -50,7 +60,8 @@ SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
 SOURCES = ("demo", "release:xcsqa", "release:medqa", "testbed")
 "Dataset sources a profile may name (`testbed`: the set `calm.testbed_data` writes, shipped in `calm.datasets`)."
 
-MEDQA_GROUPS = {"en": "test_sft_en_q_1000", "cn": "test_sft_cn_q_1000"}
+MEDQA_GROUPS = {"en": MedQAGroup("test_sft_en_q_1000", ("en", "zh", "fr")),
+                "cn": MedQAGroup("test_sft_cn_q_1000", ("zh", "en", "fr"))}
 "The release's MedQA test groups: USMLE (English native) and MCMLE (Chinese native), each with its translations."
 
 # %% ../nbs/84_profile.ipynb #c27384527
@@ -115,7 +126,6 @@ class Sampling:
     @property
     def params(self):
         "The `calm.sampling.SamplingParams` of this section (validated there, once)."
-        from calm.sampling import SamplingParams
         return SamplingParams(self.m, self.temperature, self.top_p, self.max_new_tokens, self.seed, self.batch_size)
 
     def __getitem__(self, k): return getattr(self, k)
@@ -343,7 +353,6 @@ _TOP = {"name", "description", "backend", "release_dir", "models", "datasets", "
 _RAG = {"datasets": list, "corpus": str, "embedder": str, "generator": str, "k": int, "scope": str, "style": str}
 
 def _models(file, models) -> list:
-    from calm.models import EMBEDDED_MODELS
     if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
         raise ProfileError(file, "models", f"must be a non-empty list of model names, got {models!r}")
     for i, m in enumerate(models):
@@ -354,7 +363,6 @@ def _models(file, models) -> list:
     return list(models)
 
 def _training(file, training) -> dict:
-    from calm.training import TrainConfig
     training = training or {}
     if not isinstance(training, dict): raise ProfileError(file, "training", "must be a mapping of TrainConfig fields")
     try: TrainConfig(**training)
@@ -406,7 +414,6 @@ def load_profile(profile) -> Profile:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name): raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
     if raw["backend"] not in ("transformers", "vllm"): raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
     dtype = raw.get("dtype", "auto")
-    from calm.models import inference_dtype
     try: inference_dtype(dtype, "cpu")              # checked only; "auto" is resolved where the model loads
     except ValueError as e: raise ProfileError(file, "dtype", str(e).removeprefix("dtype ")) from None
     rd = raw.get("release_dir")

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .data import ANSWER_LABELS, DataError, MCItem, fingerprint, normalize_lang
+from .data import ANSWER_LABELS, DataError, MCItem, demo_items, fingerprint, normalize_lang
+from .loaders import read_release_rows, release_dir, xcsqa_file
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item', 'format_question', 'format_worked_example',
@@ -164,7 +165,6 @@ class PromptBuilder:
         if self.mode == "fewshot":
             if self.shots < 1: raise ValueError(f"a few-shot prompt needs shots >= 1, got {self.shots}")
             if self.demos is None:
-                from calm.data import demo_items
                 self.demos = demo_items("train")
             self.demos = list(self.demos)
         if self.languages is not None: self.languages = [normalize_lang(l) for l in self.languages]
@@ -240,10 +240,13 @@ def prompt_template_hash(prompts) -> str:
 
 # %% ../nbs/10_prompts.ipynb #b3f19d64
 def model_context(model=None, tokenizer=None) -> int | None:
-    "Context length in tokens of `model` (config `max_position_embeddings`) or else `tokenizer` (`model_max_length`); None if unknown."
-    n = getattr(getattr(model, "config", model), "max_position_embeddings", None)
-    if not n: n = getattr(tokenizer, "model_max_length", None)
-    return int(n) if n and n < 10**7 else None   # tokenizers without a limit report ~1e30
+    "Context length in tokens of `model` (or its config), else of `tokenizer`; None if unknown."
+    cfg = getattr(model, "config", model)
+    if cfg is not None and hasattr(cfg, "get_text_config"): cfg = cfg.get_text_config()
+    n = getattr(cfg, "max_position_embeddings", None)
+    if n: return int(n)
+    m = getattr(tokenizer, "model_max_length", None)
+    return int(m) if m and m < 10**7 else None   # tokenizers without a limit report ~1e30
 
 # %% ../nbs/10_prompts.ipynb #66bc0e9b
 def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], tokenizer, max_new_tokens: int,
@@ -264,7 +267,6 @@ def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], t
 # %% ../nbs/10_prompts.ipynb #a55d1b27
 def load_release_prompts(root=None, lang: str = "en", split: str = "train") -> PromptSpec:
     "A `PromptSpec` whose instruction is the release's own `instruction` text for `lang` (verbatim)."
-    from calm.loaders import read_release_rows, release_dir, xcsqa_file
     code = normalize_lang(lang)
     path = xcsqa_file(release_dir(root), code, split)
     rows = read_release_rows(path)

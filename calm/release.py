@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, DataError, normalize_lang
+from .data import DEMO_LANGUAGES, OPTION_LETTERS, DataError, normalize_lang
 from .extraction import extract_answer, extract_records, release_letter, release_reading
+from .figures import vote_bars
 from .loaders import RELEASE_CODES, read_release_rows, read_release_samples, release_dir
 from .metrics import ac3, accuracy, consistency_at
 from .pairs import build_pairs
 from .reports import write_manifest, write_table
-from .voting import LETTERS, answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
+from .voting import answer_array, encode_letters, pair_share_by_language, vote_table, winning_share_by_language
 
 # %% auto #0
 __all__ = ['RELEASE_MODELS', 'PROTOCOLS', 'PAPER_ACC_LANGUAGES', 'PAPER_COLUMNS', 'PROTOCOL_DIFFERENCES', 'release_samples',
@@ -76,7 +77,6 @@ def first_sample_consistency(records: pd.DataFrame, gold: dict, languages) -> pd
 def figure3(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = 5, path_stem=None,
             title: str = "Monolingual accuracy vs multilingual majority vote"):
     "The paper's Figure 3: per-language accuracy beside majority-vote accuracy over `n` questions, drawn by `calm.figures.vote_bars` (PNG and PDF at `path_stem`)."
-    from calm.figures import vote_bars
     return vote_bars(base, votes, n=n, k=k, path_stem=path_stem, title=title)
 
 # %% ../nbs/81_release.ipynb #ccf46cc6
@@ -224,7 +224,7 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
     v_all = vote_table(recs, languages, tie=tie, lang_order=languages)
     pos = winning_share_by_language(recs, v_all, languages)
     prompts = {(q, l): p for q, l, p in zip(recs.qid, recs.lang, recs.prompt)}
-    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(LETTERS)), None))  # the release's "." is no letter
+    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(OPTION_LETTERS)), None))  # the release's "." is no letter
     pairs = build_pairs(letters_only, v_all, lambda q, l: prompts[(q, l)], source_order=languages, gold=gold)
     both = protocol_table(rows["paper"], rows["strict"], languages)
     rates = parse_rates(strict_recs, languages)
@@ -246,7 +246,7 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
     lines += ["", "## Parse rates (per completion)", "", rates.round(2).to_markdown(index=False), "",
               "## Pairs per language", "", dpo_note + ".", "", dpo.to_markdown(index=False), ""]
     paths["report"] = out / "protocols_report.md"; paths["report"].write_text("\n".join(lines), encoding="utf-8")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded only when a figure is drawn
     plt.close(figure3(base, votes, len(gold), path_stem=out / "fig3")); paths["fig3"] = out / "fig3.png"
     extraction = strict_recs.groupby("lang", sort=False).rule.value_counts().unstack(fill_value=0).reset_index()
     paths["extraction"] = write_table(extraction, out / "extraction")[0]

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .data import fingerprint
 from .profile import Profile, load_profile
 from .reports import determining_settings, project_root, settings_hash
+from .stages import profile_items
 
 # %% auto #0
 __all__ = ['ARCHIVED', 'report_files', 'archive_marks', 'archived_reason', 'profile_config', 'named_profile', 'recorded_profile',
@@ -101,8 +103,6 @@ def setting_differences(recorded, current, at: str = "") -> list[str]:
 # %% ../nbs/82_report_check.ipynb #57c7b827
 def input_differences(inputs: dict, p: Profile, release=None) -> tuple[list[str], list[str]]:
     "`(differences, notes)`: recorded input fingerprints (`NAME_train`, `NAME_test`) against those of `p`'s items now; notes say what could not be read here."
-    from calm.data import fingerprint
-    from calm.stages import profile_items
     diffs, notes = [], []
     for d in p.datasets:
         for split in ("train", "test"):

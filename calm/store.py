@@ -18,8 +18,11 @@ from typing import Iterable
 
 import pandas as pd
 
-from .data import DataError, MCItem, fingerprint, normalize_lang
+from .data import DEMO_LANGUAGES, DataError, MCItem, demo_items, fingerprint, normalize_lang, read_items
 from .files import CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir, with_checksum, write_atomic
+from .loaders import load_release_xcsqa
+from .reports import package_versions
+from .sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
 
 
 # %% auto #0
@@ -57,8 +60,6 @@ def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[st
                   **fields) -> dict:
     "The manifest of a sampling run (`params`: a `calm.sampling.SamplingParams`, or m with `fields`): identity fields, then package versions, command and creation time."
     from dataclasses import asdict
-    from calm.reports import package_versions
-    from calm.sampling import as_params
     items = list(items)
     langs = [normalize_lang(l) for l in languages]
     return {"format": STORE_FORMAT,
@@ -325,7 +326,6 @@ def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], par
                  prompt_hash: str | None = None, on_change: str = "new", extra: dict | None = None,
                  progress: bool = True, **fields) -> pd.DataFrame:
     "Sample into the store at `run_dir` with `params` (a `calm.sampling.SamplingParams`, or m with `fields`), skipping keys already there; returns every record of the run."
-    from calm.sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
     items, languages = list(items), [normalize_lang(l) for l in languages]
     params = as_params(params, **fields)
     prompt_keys(items, languages, getattr(prompt_builder, "prompts", None))      # bad items fail before any work
@@ -345,11 +345,9 @@ def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], par
 # %% ../nbs/25_store.ipynb #66019171
 def load_items(spec: str, languages: Iterable[str] | None = None, limit: int | None = None) -> list[MCItem]:
     "Items from `demo[:train|test]`, `xcsqa[:train|test]` (the release) or a JSONL file; the first `limit` questions."
-    from calm.data import DEMO_LANGUAGES, demo_items, read_items
     name, _, split = str(spec).partition(":")
     if name == "demo": items = demo_items(split or "train")
     elif name == "xcsqa":
-        from calm.loaders import load_release_xcsqa
         items = load_release_xcsqa(languages=[normalize_lang(l) for l in languages or DEMO_LANGUAGES], split=split or "train")
     else: items = read_items(spec)
     if limit is not None:

@@ -66,10 +66,11 @@ class CalmArgs:
 # %% ../nbs/59_train_config.ipynb #2f974b6c
 def train_parser(method: str = "dpo"):
     "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo), `SFTConfig` (sft) or `calm.dco.DCOConfig` (dco), and `ModelConfig`; a bad value raises `ValueError`."
+    # heavy: loaded when a model runs, not when `calm` starts
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
     class Parser(TrlParser):
         def error(self, message): raise ValueError(message)
-    if method == "dco": from calm.dco import DCOConfig
+    if method == "dco": from calm.dco import DCOConfig  # calm.dco imports torch and trl at its top: loaded only for DCO
     config = {"dpo": DPOConfig, "sft": SFTConfig}.get(method) or DCOConfig
     return Parser([CalmArgs, config, ModelConfig], prog="python -m calm.train")
 
@@ -131,7 +132,7 @@ def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
 # %% ../nbs/59_train_config.ipynb #9cfe4708
 def _device_defaults() -> dict:
     "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     gpu = torch.cuda.is_available()
     return {"bf16": bool(gpu and torch.cuda.is_bf16_supported()), "use_cpu": not gpu}
 

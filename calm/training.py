@@ -20,11 +20,14 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from .adapters import HUB_IDS, publish_adapter
 from .data import DataError
 from .files import file_sha256, write_atomic
 from .figures import plot_train_curves, run_title
+from .models import load_model
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
+from .prompts import model_context
 from .reports import package_versions
 from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
                                SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
@@ -34,14 +37,14 @@ from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRE
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'model_context', 'check_training_rows', 'trl_rows',
-           'data_fingerprint', 'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args',
-           'peft_config', 'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train',
-           'trainer_reference_is_base', 'load_adapter']
+__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'check_training_rows', 'trl_rows', 'data_fingerprint',
+           'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args', 'peft_config',
+           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
+           'load_adapter']
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def _dco_columns() -> list[str]:
-    from calm.dco import DCO_COLUMNS
+    from calm.dco import DCO_COLUMNS  # calm.dco imports torch and trl at its top: loaded only for DCO
     return list(DCO_COLUMNS)
 
 def training_frame(data, method: str) -> pd.DataFrame:
@@ -72,16 +75,6 @@ def _where(frame: pd.DataFrame, i: int) -> str:
     parts = [f"{k} {frame[k].iloc[i]!r}" for k in ("qid", "lang") if k in frame.columns]
     return f" ({', '.join(parts)})" if parts else ""
 
-# %% ../nbs/60_training.ipynb #b82a299c
-def model_context(model, tokenizer=None) -> int | None:
-    "The model's context length in tokens (its `max_position_embeddings`), else the tokenizer's, else None."
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "get_text_config"): cfg = cfg.get_text_config()
-    n = getattr(cfg, "max_position_embeddings", None)
-    if n: return int(n)
-    m = getattr(tokenizer, "model_max_length", None)
-    return int(m) if m and m < 10**7 else None
-
 # %% ../nbs/60_training.ipynb #e25b4452
 def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_length: int | None = None,
                         context: int | None = None, file=None) -> pd.DataFrame:
@@ -109,7 +102,7 @@ def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_le
 def trl_rows(frame: pd.DataFrame, method: str) -> list[dict]:
     "The rows TRL trains on: prompt/chosen/rejected (dpo), prompt/completion (sft) or `calm.dco.DCO_COLUMNS` (dco)."
     if method == "dco":
-        from calm.dco import dco_trl_rows
+        from calm.dco import dco_trl_rows  # calm.dco imports torch and trl at its top: loaded only for DCO
         return dco_trl_rows(frame)
     return to_trl_preference(frame) if method == "dpo" else to_trl_sft(frame)
 
@@ -151,7 +144,7 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
         return "dpo", (filter_by_gold(pairs) if variant == "calm_gold" else pairs.reset_index(drop=True))
     if variant == "dco":                         # no vote: two candidates per question and language pair (calm.dco)
         need(items=items)
-        from calm.dco import dco_data
+        from calm.dco import dco_data  # calm.dco imports torch and trl at its top: loaded only for DCO
         return dco_data(items, option_logprobs, prompt_builder)
     if variant == "sft":
         need(records=records, votes=votes, prompt_of=prompt_of)
@@ -191,7 +184,7 @@ class TrainRun:
 # %% ../nbs/60_training.ipynb #18fbedb8
 def _peak_memory_gb() -> tuple[float, str]:
     "Peak memory of this process so far: CUDA allocations when on a GPU, else the resident set size."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0: return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process_max_rss"
 
@@ -207,7 +200,7 @@ def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
 # %% ../nbs/60_training.ipynb #87dfe76e
 def peft_config(config: TrainConfig):
     "The PEFT `LoraConfig` of a run, by TRL's `get_peft_config` from its `ModelConfig` (rank, alpha, dropout, target modules; no bias)."
-    from trl import get_peft_config
+    from trl import get_peft_config  # heavy: loaded when a model runs, not when `calm` starts
     return get_peft_config(config.model_args)
 
 # %% ../nbs/60_training.ipynb #9eb7bbdd
@@ -289,7 +282,6 @@ def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: 
     record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     record()
     if info["base_model"]:                 # a model built in memory has no base to name
-        from calm.adapters import publish_adapter
         publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
         info.update(read_run_info(partial))
     info["adapter"] = {"files": adapter_hashes(partial)}
@@ -300,7 +292,7 @@ def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: 
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     from peft import PeftModel
     from transformers import set_seed
     out_dir = Path(out_dir)
@@ -314,7 +306,6 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     partial = _partial_dir(out_dir)
     if _is_main_process() and partial.exists(): shutil.rmtree(partial)     # what a killed run left
     if model is None:
-        from calm.models import load_model
         dtype = torch.bfloat16 if config.args.bf16 else torch.float32
         model, loaded_tok = load_model(config.model, device="cpu", dtype=dtype)
         if tokenizer is None: tokenizer = loaded_tok
@@ -331,6 +322,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     args = trainer_args(config, partial, has_eval=len(eval_frame) > 0)
     args.max_length = max_length
     set_seed(config.seed)
+    # heavy: loaded only when a hub dataset is read
     from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
     bars = is_progress_bar_enabled()
     if config.disable_tqdm: disable_progress_bars()
@@ -348,7 +340,7 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
                 trainer.model.delete_adapter("ref")          # reference = adapter disabled = the base model
                 trainer.model.set_adapter("default")
         else:
-            from trl import SFTTrainer
+            from trl import SFTTrainer  # heavy: loaded when a model runs, not when `calm` starts
             trainer = SFTTrainer(**kw)
         t0, cpu0 = time.time(), time.process_time()
         result = trainer.train()
@@ -392,7 +384,7 @@ def trainer_reference_is_base(trainer) -> bool:
 # %% ../nbs/60_training.ipynb #0849462c
 def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | None = None, is_trainable: bool = False, dtype=None):
     "`(PeftModel, tokenizer)`: the adapter in `adapter_dir` on its base model (a name/path for `load_model`, a model, or None: the recorded base)."
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoTokenizer
     if adapter_dir is None: raise ValueError("pass adapter_dir")
     adapter_dir = Path(adapter_dir)
@@ -402,10 +394,8 @@ def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | 
         info = read_run_info(adapter_dir) or {}
         base = info.get("base_model") or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base: raise ValueError(f"{adapter_dir} does not record its base model (trained on a model built in memory): pass the base model")
-        from calm.adapters import HUB_IDS
         base = {hub: name for name, hub in HUB_IDS.items()}.get(base, base)   # a copied adapter names the hub id: use the embedded copy
     if isinstance(base, (str, Path)):
-        from calm.models import load_model
         base, tok = load_model(str(base), device=device, dtype=dtype)
     if (adapter_dir / "tokenizer_config.json").exists(): tok = AutoTokenizer.from_pretrained(str(adapter_dir))
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=is_trainable)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Iterable
 
 from .data import LANGUAGES, DataError, MCItem, check_item, normalize_lang
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, load_model
 from .pairs import IdentityTranslator, Translator
+from .store import cache_dir as default_cache
 
 # %% auto #0
 __all__ = ['LLM_TRANSLATE_INSTRUCTION', 'LLM_TRANSLATE_PLAIN', 'NLLB_CODES', 'SEQ2SEQ_FAMILIES', 'TRANSLATOR_KINDS',
@@ -58,7 +59,6 @@ class LLMTranslator:
 
     def _load(self):
         if self.model is None:
-            from calm.models import load_model
             self.model, self.tokenizer = load_model(self.model_name)
         return self.model, self.tokenizer
 
@@ -84,7 +84,7 @@ class LLMTranslator:
 
     def translate(self, texts: list[str], source: str, target: str) -> list[str]:
         "Translate `texts` from `source` to `target` (ISO 639-1), longest first in batches."
-        import torch
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         source, target = _check_pair(source, target)
         texts = list(texts)
         out = [""] * len(texts)
@@ -159,6 +159,7 @@ class Seq2SeqTranslator:
 
     def _load(self, model_id: str):
         if model_id in self._loaded: return self._loaded[model_id]
+        # heavy: loaded when a model runs, not when `calm` starts
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
         lfo = self.local_files_only if self.local_files_only is not None else os.environ.get("HF_HUB_OFFLINE") == "1"
         try:
@@ -185,7 +186,7 @@ class Seq2SeqTranslator:
 
     def translate(self, texts: list[str], source: str, target: str) -> list[str]:
         "Translate `texts` from `source` to `target` (ISO 639-1) in batches."
-        import torch
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         source, target = _check_pair(source, target)
         texts = list(texts)
         if source == target or not texts: return texts
@@ -261,7 +262,6 @@ def translation_key(text: str, source: str, target: str, backend: str) -> str:
 class CachedTranslator:
     "An on-disk translation cache in front of any `Translator`."
     def __init__(self, backend: Translator, cache_dir=None):
-        from calm.store import cache_dir as default_cache
         self.backend = backend
         self.name, self.translates = backend.name, getattr(backend, "translates", True)
         self.path = Path(cache_dir or default_cache() / "translations") / "translations.jsonl"

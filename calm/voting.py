@@ -14,16 +14,13 @@ import pandas as pd
 from .data import OPTION_LETTERS, DataError, MCItem, fold_letter, normalize_lang
 
 # %% auto #0
-__all__ = ['LETTERS', 'TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult',
-           'majority_vote', 'answer_array', 'canonical_records', 'vote_table', 'winning_share_by_language',
-           'pair_share_by_language']
+__all__ = ['TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult', 'majority_vote',
+           'answer_array', 'canonical_records', 'vote_table', 'winning_share_by_language', 'pair_share_by_language']
 
 # %% ../nbs/40_voting.ipynb #733cf095
-LETTERS = OPTION_LETTERS
-"The option letters `calm` knows, in code order: `A` is 0, `J` is 9; -1 means no answer."
-
-_CODE = {l: i for i, l in enumerate(LETTERS)}
-_DECODE = np.array(list(LETTERS) + [None], dtype=object)  # index -1 -> None
+# Letter codes follow `calm.data.OPTION_LETTERS`: `A` is 0, `J` is 9; -1 means no answer.
+_CODE = {l: i for i, l in enumerate(OPTION_LETTERS)}
+_DECODE = np.array(list(OPTION_LETTERS) + [None], dtype=object)  # index -1 -> None
 
 # %% ../nbs/40_voting.ipynb #9d8dacbf
 def encode_letters(seq) -> np.ndarray:
@@ -37,8 +34,8 @@ def encode_letters(seq) -> np.ndarray:
 def decode_letters(codes) -> np.ndarray:
     "Int codes back to an object array of letters, with None for -1."
     codes = np.asarray(codes)
-    if codes.size and (codes.min() < -1 or codes.max() >= len(LETTERS)):
-        raise ValueError(f"letter codes must lie in -1..{len(LETTERS) - 1}, got {codes.min()}..{codes.max()}")
+    if codes.size and (codes.min() < -1 or codes.max() >= len(OPTION_LETTERS)):
+        raise ValueError(f"letter codes must lie in -1..{len(OPTION_LETTERS) - 1}, got {codes.min()}..{codes.max()}")
     return _DECODE[codes.astype(np.intp)]
 
 # %% ../nbs/40_voting.ipynb #57870c65
@@ -48,8 +45,8 @@ def _flat_codes(codes) -> np.ndarray:
     if codes.ndim == 3: codes = codes.reshape(codes.shape[0], codes.shape[1] * codes.shape[2])
     if codes.ndim != 2: raise ValueError(f"codes must be shaped (Q, N) or (Q, L, S), got {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer): raise ValueError(f"codes must be integers, got {codes.dtype}")
-    if codes.size and (codes.min() < -1 or codes.max() >= len(LETTERS)):
-        raise ValueError(f"letter codes must lie in -1..{len(LETTERS) - 1} (A-J, -1 for none), got {codes.min()}..{codes.max()}")
+    if codes.size and (codes.min() < -1 or codes.max() >= len(OPTION_LETTERS)):
+        raise ValueError(f"letter codes must lie in -1..{len(OPTION_LETTERS) - 1} (A-J, -1 for none), got {codes.min()}..{codes.max()}")
     return codes
 
 def vote_counts(codes, k: int | None = None, chunk: int = 1 << 15) -> np.ndarray:

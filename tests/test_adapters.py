@@ -1,4 +1,4 @@
-"""Adapters point at their base model's hub id and carry a filled model card (issue 16)."""
+"""Adapters point at their base model's hub id and carry a filled model card."""
 import json
 
 import pytest

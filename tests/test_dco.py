@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from calm.data import DataError, MCItem
 from calm.dco import DCO_COLUMNS, dco_data, dco_loss, dco_rows, dco_trl_rows
 from calm.training import TrainConfig, check_training_rows, data_fingerprint, read_run_info, train, variant_data, variant_settings
-from tiny_model import tiny_llama
+from conftest import save_tiny_llama
 
 
 def authors_dco_loss(chosen_1_logps, rejected_1_logps, chosen_2_logps, rejected_2_logps, ref_chosen_1_logps,
@@ -138,10 +138,7 @@ def test_rows_with_nothing_to_prefer_are_refused():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    m, t = tiny_llama([*ROWS.prompt_1, *ROWS.prompt_2, "A B C"])
-    m.save_pretrained(d); t.save_pretrained(d)
-    return d
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", [*ROWS.prompt_1, *ROWS.prompt_2, "A B C"])
 
 
 def test_dco_trains_two_steps_and_a_second_call_reuses_the_run(tiny_dir, tmp_path):

@@ -3,35 +3,24 @@ import pytest
 import torch
 import yaml
 
-from calm.profile import ProfileError, find_profile, load_profile
-from tiny_model import tiny_llama
-
-
-def _profile(tmp_path, **top):
-    raw = yaml.safe_load(find_profile("demo").read_text())
-    raw.update(top)
-    p = tmp_path / "p.yaml"; p.write_text(yaml.safe_dump(raw))
-    return p
+from calm.profile import ProfileError, load_profile
+from conftest import profile_copy, save_tiny_llama
 
 
 def test_profile_dtype_defaults_to_auto_and_keeps_a_given_one(tmp_path):
     assert load_profile("demo").dtype in ("auto", "float32", "bfloat16")
-    assert load_profile(str(_profile(tmp_path, dtype="float32"))).dtype == "float32"
-    raw = yaml.safe_load(find_profile("demo").read_text()); raw.pop("dtype", None)
-    p = tmp_path / "q.yaml"; p.write_text(yaml.safe_dump(raw))
-    assert load_profile(str(p)).dtype == "auto"
+    assert load_profile(str(profile_copy(tmp_path, dtype="float32"))).dtype == "float32"
+    assert load_profile(str(profile_copy(tmp_path, "q", dtype=None))).dtype == "auto"
 
 
 def test_a_misspelt_dtype_names_file_and_key(tmp_path):
     with pytest.raises(ProfileError, match=r"p\.yaml.*dtype.*must be auto, float32, bfloat16 or float16, got 'fp32'"):
-        load_profile(str(_profile(tmp_path, dtype="fp32")))
+        load_profile(str(profile_copy(tmp_path, dtype="fp32")))
 
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    model, tok = tiny_llama(["Question Answer A B C D E"])
-    d = tmp_path / "tiny"; model.save_pretrained(d); tok.save_pretrained(d)
-    return d
+    return save_tiny_llama(tmp_path / "tiny", ["Question Answer A B C D E"])
 
 
 @pytest.mark.parametrize("dtype,want", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])

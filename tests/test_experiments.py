@@ -1,4 +1,4 @@
-"""Experiment notebooks open and run from anywhere with checked parameters (issue 16)."""
+"""Experiment notebooks open and run from anywhere with checked parameters."""
 import json
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""The exported training sets, read back by the libraries that train on them (issue 16).
+"""The exported training sets, read back by the libraries that train on them.
 
 TRL: its own data utilities (`is_conversational`, `maybe_apply_chat_template`) on the JSONL loaded with
 `datasets`, with the embedded SmolLM2 tokenizer. LLaMA-Factory: its own `get_dataset` with template

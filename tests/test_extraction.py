@@ -72,7 +72,7 @@ def test_rule_option_text():
     # x_csqa_de row 603, sample 0
     opts = [("A", "australien"), ("B", "Wildnisgebiet"), ("C", "Fallstudie"), ("D", "offene Ebene"), ("E", "Elfenbeinküste")]
     text = "…in Kalifornien.\n\nAntwort:<Australien>\n\nDie beste Antwort ist A. Australien, da die Gazelle …"
-    # issue 12: the concluding sentence after the label is the last statement, so it decides (same letter)
+    # the concluding sentence after the label is the last statement, so it decides (same letter)
     assert extract_answer(text, "de", opts) == Extraction("A", "parsed", "sentence")
     assert extract_answer("…in Kalifornien.\n\nAntwort:<Australien>", "de", opts) == Extraction("A", "option_text", "option_text")
     assert extract_answer("Antwort: E-Mail senden", "de", [("A", "Post"), ("B", "E-Mail senden")]).letter == "B"
@@ -224,7 +224,7 @@ def test_whole_release(release):
         assert abs(summary.loc[lang, "sample0_accuracy_%"] - MEASURED_SAMPLE0_ACCURACY[lang]) <= 1.0, lang
 
 
-# --- issue 12: what a careful reader reads (hand-written adversarial cases, Mistral-style completions) ---
+# --- what a careful reader reads (hand-written adversarial cases, Mistral-style completions) ---
 
 @pytest.mark.parametrize("text,lang,letter", [
     ("Explanation: Classrooms have desks.\n\nTherefore, the correct answer is C. classroom", "en", "C"),
@@ -271,7 +271,7 @@ def test_careful_reader_reads(text, lang, letter):
     ("Answer: C. feel full or D. feeling satisfied.", "en"),
     ("Answer: D\n\nExplanation: …\n\nAnswer: none of the above", "en"),  # no fall back to the earlier D
     ("Explanation: None of the options fit.\n\nAnswer: None of the above (N/A)", "en"),
-    ("A. town\nB. michigan\nC. hospital\nD. schools\nE. office building", "en"),  # issue 16: re-listed options
+    ("A. town\nB. michigan\nC. hospital\nD. schools\nE. office building", "en"),  # the options re-listed: no answer
     ("Answer: A is wrong.", "en"), ("答案:A. 朋友家 (错误)", "zh"),
     ("Answer: a dog would do it", "en"), ("Answer: e.g. a shop", "en"),
     ("Explanation: A lot of people think so, but I am not sure.", "en"),
@@ -292,7 +292,7 @@ def test_correction_and_statement_rules_are_named():
     assert extract_answer("A. town\nB. michigan\nC. hospital", "en").rule == "no_label"
 
 
-# --- issue 12, audit of the Llama files: a letter the model itself marks wrong in an aside is no answer ---
+# --- from an audit of the Llama files: a letter the model itself marks wrong in an aside is no answer ---
 
 @pytest.mark.parametrize("text,lang,letter", [
     # real (Llama-3, en row 197; Mistral, ja rows 810, 267, 839; zh 57; fr 216; de 223; it 214)

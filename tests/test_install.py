@@ -1,5 +1,5 @@
-"""Install output (issue 16): the license is an SPDX string (no setuptools deprecation), `make setup` says what it installs;
-package data (issue 11): an installed calm reads its demo set, corpus and profiles without a checkout."""
+"""Install output: the license is an SPDX string (no setuptools deprecation), `make setup` says what it installs;
+package data: an installed calm reads its demo set, corpus and profiles without a checkout."""
 import os
 import re
 import shutil
@@ -37,7 +37,7 @@ def test_setup_says_what_it_installs():
         if "pip install" in line: assert line.strip().startswith("@")
 
 
-# --- package data (issue 11): what calm reads ships inside the package and is found without a checkout ---
+# --- package data: what calm reads ships inside the package and is found without a checkout ---
 RESOURCE_MODULES = ("cli", "data", "loaders", "notebooks", "passages", "profile")
 
 

@@ -20,12 +20,6 @@ LANGS = ["en", "zh", "fr"]
 ALL = ["en", "zh", "fr", "de", "it", "ja"]
 
 
-@pytest.fixture(scope="module")
-def items():
-    qids = sorted({it.qid for it in demo_items("test")})[:3]
-    return [it for it in demo_items("test") if it.qid in qids]
-
-
 # ---- RankC ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])

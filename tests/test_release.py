@@ -40,7 +40,7 @@ def test_release_notebook_runs_with_papermill(release, tmp_path):
 
 
 def test_protocol_paper_prints_the_papers_table1_base_row(release, tmp_path, capsys):
-    # issue 12: `calm release --protocol paper --model llama` gives the paper's Table 1 base row to the second decimal
+    # `calm release --protocol paper --model llama` gives the paper's Table 1 base row to the second decimal
     assert main(["release", "--release-dir", str(release), "--out", str(tmp_path), "--protocol", "paper", "--model", "llama"]) == 0
     out = capsys.readouterr().out
     assert "acc (en zh fr it de ja) 73.08 / 52.06 / 60.85 / 59.84 / 57.51 / 49.17" in out
@@ -56,7 +56,7 @@ def test_protocol_paper_prints_the_papers_table1_base_row(release, tmp_path, cap
 
 
 def test_strict_reads_at_least_every_sound_release_reading(release, tmp_path):
-    # issue 12: our parse rate against the release script's; the release's readings that a careful reader would not
+    # our parse rate against the release script's; the release's readings that a careful reader would not
     # make (a word's first letter, a line naming several options, an option marked wrong) are counted apart
     assert main(["release", "--release-dir", str(release), "--out", str(tmp_path)]) == 0
     r = pd.read_csv(tmp_path / "parse_rates.csv").set_index("lang")

@@ -8,20 +8,7 @@ import yaml
 from calm.cli import main
 from calm.reproduce import CONFIGS_DIR, NotebookFailed, ProfileError, load_profile, plan, profile_stages, reproduce
 from calm.data import read_items
-
-
-def _profile(tmp_path, name="p", profile="demo", **changes):
-    "A copy of calm/profiles/{profile}.yaml with `changes` applied (dotted keys; None deletes); returns its path."
-    raw = yaml.safe_load((CONFIGS_DIR / f"{profile}.yaml").read_text())
-    for key, value in changes.items():
-        *parents, last = key.split(".")
-        d = raw
-        for k in parents: d = d[k]
-        if value is None: d.pop(last, None)
-        else: d[last] = value
-    f = tmp_path / f"{name}.yaml"
-    f.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return f
+from conftest import profile_copy
 
 
 @pytest.mark.parametrize("changes, key, words", [
@@ -46,14 +33,14 @@ def _profile(tmp_path, name="p", profile="demo", **changes):
     ({"estimate.tokens_per_s": -1}, "estimate.tokens_per_s", "> 0"),
 ])
 def test_profile_errors_name_file_and_key(tmp_path, changes, key, words):
-    f = _profile(tmp_path, **changes)
+    f = profile_copy(tmp_path, **changes)
     with pytest.raises(ProfileError) as e:
         load_profile(f)
     assert e.value.key == key and str(f) in str(e.value) and words in str(e.value)
 
 
 def test_bad_profile_exits_2_from_the_cli(tmp_path, capsys):
-    f = _profile(tmp_path, **{"sampling.m": -3})
+    f = profile_copy(tmp_path, **{"sampling.m": -3})
     assert main(["reproduce", "--profile", str(f), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and "sampling.m" in err
@@ -98,7 +85,7 @@ def test_paper_dry_run_validates_and_plans(release, capsys):
 
 
 def test_plan_counts_follow_the_profile(tmp_path):
-    f = _profile(tmp_path, **{"sampling.m": 5, "datasets.demo.train_questions": 7, "systems": ["base", "CALM"], "notebooks": ["table1"],
+    f = profile_copy(tmp_path, **{"sampling.m": 5, "datasets.demo.train_questions": 7, "systems": ["base", "CALM"], "notebooks": ["table1"],
                               "parameters": None})
     t = plan(f)
     assert t.stage.tolist()[:3] == ["sample", "evaluate:base", "evaluate:CALM"]
@@ -131,7 +118,7 @@ def _notebook(path, code):
 def test_failing_notebook_stops_with_nonzero_exit_and_keeps_the_partial_notebook(tmp_path, capsys):
     nbs = tmp_path / "nbs"; nbs.mkdir()
     _notebook(nbs / "release.ipynb", 'print("before the failure")\nraise RuntimeError("boom from the notebook")')
-    f = _profile(tmp_path, notebooks=["release"], parameters=None)
+    f = profile_copy(tmp_path, notebooks=["release"], parameters=None)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "--profile", str(f), "--out", str(out), "--notebooks", str(nbs)])
@@ -148,7 +135,7 @@ def test_failing_notebook_stops_with_nonzero_exit_and_keeps_the_partial_notebook
 
 @pytest.mark.slow
 def test_reduced_demo_reproduce_writes_every_artifact(release, tmp_path):
-    f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 2,
+    f = profile_copy(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 2,
                                       "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 16,
                                       "evaluation.max_new_tokens": 16, "training.max_steps": 1,
                                       "datasets.demo.tests.MedQA-en.questions": 1, "datasets.demo.tests.MedQA-cn.questions": 1,
@@ -209,7 +196,7 @@ def check_reduced_outputs(out):
 @pytest.mark.slow
 def test_release_profile_runs_every_stage_on_cpu(release, tmp_path):
     "The stages of a non-demo profile (the paper's wiring) run end to end with the transformers backend on a tiny X-CSQA slice."
-    f = _profile(tmp_path, "xtiny", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
+    f = profile_copy(tmp_path, "xtiny", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
                                                           "test_questions": 2},
                                                     "d": {"source": "demo", "languages": ["en", "fr"], "train_questions": 2, "test_questions": 2}},
                                        "systems": ["base", "SFT", "CALM", "SFT_gold"], "sampling.m": 2, "sampling.max_new_tokens": 12,
@@ -244,13 +231,13 @@ def test_release_profile_runs_every_stage_on_cpu(release, tmp_path):
 
 
 def test_notebook_parameters_and_notebooks_are_checked(tmp_path):
-    f = _profile(tmp_path, **{"parameters": {"table10": {"questoins": 3}}})
+    f = profile_copy(tmp_path, **{"parameters": {"table10": {"questoins": 3}}})
     with pytest.raises(ProfileError, match=r"parameters\.table10\.questoins: not a parameter of table10.ipynb"):
         reproduce(f, only="table10", dry_run=True)
-    f = _profile(tmp_path, "x", **{"parameters": {"table4": {}}})
+    f = profile_copy(tmp_path, "x", **{"parameters": {"table4": {}}})
     with pytest.raises(ProfileError, match="parameters.table4: not one of this profile's notebooks"):
         load_profile(f)
-    f = _profile(tmp_path, "y", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
+    f = profile_copy(tmp_path, "y", **{"datasets": {"x": {"source": "release:xcsqa", "languages": ["en", "fr"], "train_questions": 2,
                                                        "test_questions": 2}}, "parameters": None})
     with pytest.raises(ProfileError, match="reads a demo run"):
         load_profile(f)
@@ -280,7 +267,7 @@ def test_medqa_train_questions_come_from_the_hub_and_are_translated(release, mon
 
 
 def test_demo_plan_counts_what_the_tables_answer(tmp_path):
-    f = _profile(tmp_path, **{"datasets.demo.tests.MedQA-en.questions": 5, "datasets.demo.tests.MedQA-cn.questions": 5,
+    f = profile_copy(tmp_path, **{"datasets.demo.tests.MedQA-en.questions": 5, "datasets.demo.tests.MedQA-cn.questions": 5,
                               "datasets.demo.curriculum.questions": 2, "notebooks": ["table9", "table10"]})
     t = plan(f)
     total = lambda pat: int(t[t.stage.str.contains(pat, regex=False)].generations.sum())
@@ -324,7 +311,7 @@ def _store_files(run):
 @pytest.mark.slow
 def test_demo_and_reproduce_write_identical_stores(tmp_path):
     "`calm demo` and `calm reproduce` run the same stages: on a reduced demo profile, the stores they share are identical."
-    f = _profile(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 3,
+    f = profile_copy(tmp_path, "tiny", **{"datasets.demo.languages": ["en", "fr"], "datasets.demo.train_questions": 3,
                                       "datasets.demo.test_questions": 2, "sampling.m": 2, "sampling.max_new_tokens": 24,
                                       "evaluation.max_new_tokens": 24, "training.max_steps": 1, "notebooks": [], "parameters": None})
     assert main(["demo", "--profile", str(f), "--out", str(tmp_path / "a")]) == 0

@@ -18,7 +18,7 @@ from calm.prompts import PromptBuilder
 from calm.retrieval import (
     MANIFEST_FILE, PASSAGES_FILE, VECTORS_FILE, Embedder, HashEmbedder, IndexFileError, IndexMismatch,
     RetrievalPromptBuilder, VectorIndex, book_language, build_index, bundled_corpus, bundled_questions, chunk_text,
-    chunk_windows, find_books, rag_prompt, read_book, resolve_model, retrieve,
+    chunk_windows, find_books, rag_prompt, read_book, embedding_model_path, retrieve,
 )
 
 QUERIES = ["metformin lactic acidosis", "rice-water stool cholera toxin", "Hashimoto thyroiditis", "异烟肼 维生素B6",
@@ -96,8 +96,8 @@ def test_chunks_respect_model_token_limit_and_overlap(max_tokens, overlap):
         assert parts[0]["start"] == 0 and parts[-1]["end"] == len(text.rstrip())
 
 
-def test_resolve_model_is_the_bundled_folder():
-    assert (resolve_model() + "/modules.json").endswith("model/modules.json")
+def test_embedding_model_path_is_the_bundled_folder():
+    assert (embedding_model_path() + "/modules.json").endswith("model/modules.json")
 
 
 # ----------------------------------------------------------------------------- books

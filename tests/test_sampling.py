@@ -10,17 +10,14 @@ from calm.prompts import PromptBuilder
 from calm.sampling import (EchoBackend, _cut_at_stop, batch_seed, check_sampling_args, plan_batches, prompt_keys,
                            sample)
 from calm.serving import split_evenly
+from conftest import first_demo_questions, sample_key
 
 LANGS = ["en", "zh", "fr"]
 
 
 @pytest.fixture(scope="module")
 def items():
-    qids = sorted({it.qid for it in demo_items("test")})[:5]
-    return [it for it in demo_items("test") if it.qid in qids]
-
-
-def key(r): return (r["qid"], r["lang"], r["sample"])
+    return first_demo_questions(5)
 
 
 def run(items, backend=None, **kw):
@@ -44,7 +41,7 @@ def test_key_order_is_items_then_languages(items):
 def test_records_and_seeds(items):
     echo = EchoBackend()
     recs = run(items, echo)
-    assert len(recs) == 5 * 3 * 3 and len({key(r) for r in recs}) == len(recs)
+    assert len(recs) == 5 * 3 * 3 and len({sample_key(r) for r in recs}) == len(recs)
     assert [c["seed"] for c in echo.calls] == [batch_seed(11, b) for b in range(4)]   # 15 prompts in batches of 4
     assert all(c["n"] == 3 for c in echo.calls)
     assert {r["finish_reason"] for r in recs} == {"stop"}
@@ -56,11 +53,11 @@ def test_records_and_seeds(items):
 def test_any_done_subset_resumes_to_the_uninterrupted_run(items, trial):
     full = run(items)
     rng = random.Random(trial)
-    done = {key(r) for r in full if rng.random() < rng.choice([0.1, 0.5, 0.9])}
+    done = {sample_key(r) for r in full if rng.random() < rng.choice([0.1, 0.5, 0.9])}
     echo, batches = EchoBackend(), []
     new = run(items, echo, done=done, on_batch=batches.append)
-    assert {key(r) for r in new}.isdisjoint(done)
-    assert new == [r for r in full if key(r) not in done]           # exactly the missing records, identical
+    assert {sample_key(r) for r in new}.isdisjoint(done)
+    assert new == [r for r in full if sample_key(r) not in done]           # exactly the missing records, identical
     assert sum(batches, []) == new and all(batches)
     expected = {b for b, batch in enumerate(plan_batches(prompt_keys(items, LANGS)[0], 4))
                 if any((q, l, j) not in done for q, l in batch for j in range(3))}
@@ -79,9 +76,9 @@ def test_interrupted_run_resumes(items, stop_after):
         if len(store) >= stop_after * 12: raise Interrupted
         store.extend(recs)
     with pytest.raises(Interrupted): run(items, on_batch=append)
-    rest = run(items, done={key(r) for r in store}, on_batch=store.extend)
-    assert sorted(map(key, store)) == sorted(map(key, run(items)))
-    assert sorted(store, key=key) == sorted(run(items), key=key)
+    rest = run(items, done={sample_key(r) for r in store}, on_batch=store.extend)
+    assert sorted(map(sample_key, store)) == sorted(map(sample_key, run(items)))
+    assert sorted(store, key=sample_key) == sorted(run(items), key=sample_key)
     assert len(rest) == 45 - stop_after * 12
 
 
@@ -147,7 +144,7 @@ def test_real_model_is_deterministic_and_resumes(items, smol):
     full = sample(its, ["en", "de"], backend=smol, **kw)
     assert len(full) == 8 and len({r["text"] for r in full}) > 2
     assert all(r["finish_reason"] in ("stop", "length") and 0 < r["completion_tokens"] <= 24 for r in full)
-    done = {key(r) for r in full[:3]}                             # killed after one sample of the second batch
+    done = {sample_key(r) for r in full[:3]}                             # killed after one sample of the second batch
     again = sample(its, ["en", "de"], backend=smol, done=done, **kw)
     assert again == full[3:]
 

@@ -25,6 +25,7 @@ from calm.curriculum import DEFAULT_STAGES, curriculum_stages, train_curriculum
 from calm.training import (TrainConfig, adapter_hashes, check_training_rows, config_sha256, data_fingerprint, file_sha256,
                            load_adapter, peft_config, read_run_info, split_holdout, train, trainer_args, trainer_reference_is_base,
                            variant_data)
+from conftest import save_tiny_llama
 from tiny_model import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,10 +56,7 @@ def fast(**kw):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     "The tiny random model and its tokenizer saved to a folder, so it can be loaded by path like a real model."
-    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    m, t = tiny_llama(TEXTS)
-    m.save_pretrained(d); t.save_pretrained(d)
-    return d
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", TEXTS)
 
 
 def tiny(tiny_dir):
@@ -296,7 +294,7 @@ def test_a_finished_run_is_skipped_and_a_changed_one_is_not(tiny_dir, tmp_path):
 
 
 def test_resume_trusts_the_adapter_files_not_the_record(tiny_dir, tmp_path):
-    "Issue 14: run X is done; run Y (another learning rate) into the same folder dies right after saving its adapter; X again retrains."
+    "Run X is done; run Y (another learning rate) into the same folder dies right after saving its adapter; X again retrains."
     x, y = fast(model=str(tiny_dir), warmup_ratio=0.0), fast(model=str(tiny_dir), warmup_ratio=0.0, learning_rate=5e-2)
     train(x, PAIRS, tmp_path / "x")
     x_adapter = adapter_hashes(tmp_path / "x")

@@ -1,4 +1,4 @@
-"""Bad training inputs (issue 14, items 4 and 5): settings that would silently change a run and run files that cannot be read
+"""Bad training inputs: settings that would silently change a run and run files that cannot be read
 are errors that exit 2 and name the file, line or key, before any model loads, with no traceback."""
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Kill test for training (issue 14): SIGKILL `python -m calm.train` at seeded random points, including inside the save window,
+"""Kill test for training: SIGKILL `python -m calm.train` at seeded random points, including inside the save window,
 run it again, and the adapter it ends with is byte for byte the one an uninterrupted run writes. After every kill the run folder is
 either absent or a complete run (its record parses and its adapter files hash to what the record says), never a mix.
 
@@ -181,7 +181,7 @@ def test_killed_training_resumes_to_the_same_adapter(setup, server, method, kill
 
 
 def test_a_killed_other_run_into_the_same_folder_does_not_pass_for_a_finished_one(setup, server):
-    "Issue 14's case: run X finished; run Y (another learning rate) into the same folder killed while saving; X again gives X's adapter."
+    "Run X finished; run Y (another learning rate) into the same folder killed while saving; X again gives X's adapter."
     rng = random.Random(11)
     x, y = _run_file(setup, "shared"), _run_file(setup, "shared", learning_rate=5e-2)
     out = setup / "shared"

@@ -25,24 +25,10 @@ import yaml
 from calm.data import demo_items
 from calm.sampling import default_prompt_builder, sample
 from calm.serving import VLLMBackend, require_vllm, vllm_on_cpu
+from conftest import sample_key
 
 LANGS = ["en", "fr"]
 RANK = 8
-
-
-def key(r): return (r["qid"], r["lang"], r["sample"])
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    from calm.models import cached_model_dir
-    return str(cached_model_dir())
-
-
-@pytest.fixture(scope="module")
-def items():
-    qids = sorted({it.qid for it in demo_items("test")})[:3]
-    return [it for it in demo_items("test") if it.qid in qids]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def test_require_vllm_accepts_the_cpu_platform():
 def test_sample_m_per_prompt_and_seeded(engine, items):
     kw = dict(m=3, max_new_tokens=16, batch_size=4, seed=5, progress=False)
     a = sample(items, LANGS, backend=engine, **kw)
-    assert sorted(map(key, a)) == sorted((it.qid, l, j) for it in items if it.lang == "en" for l in LANGS for j in range(3))
+    assert sorted(map(sample_key, a)) == sorted((it.qid, l, j) for it in items if it.lang == "en" for l in LANGS for j in range(3))
     assert all(r["prompt_tokens"] > 20 and 0 < r["completion_tokens"] <= 16 for r in a)
     assert {r["finish_reason"] for r in a} <= {"stop", "length"}
     by = {}

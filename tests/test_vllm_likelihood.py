@@ -14,7 +14,6 @@ if os.environ.get("CALM_REQUIRE_VLLM") != "1":
 
 import numpy as np
 
-from calm.data import demo_items
 from calm.likelihood import (TransformersScorer, VLLMScorer, encode_pair, likelihood_answers, likelihood_context,
                              option_logprobs, option_rankings)
 from calm.prompts import PromptBuilder
@@ -25,18 +24,6 @@ LANGS = ["en", "zh", "fr", "ja"]
 # while still catching a wrong token or position (those move log-probs by whole units).
 ATOL = 1e-3
 RANK = 8
-
-
-@pytest.fixture(scope="module")
-def model_dir():
-    from calm.models import cached_model_dir
-    return str(cached_model_dir())
-
-
-@pytest.fixture(scope="module")
-def items():
-    qids = sorted({it.qid for it in demo_items("test")})[:3]
-    return [it for it in demo_items("test") if it.qid in qids]
 
 
 @pytest.fixture(scope="module")

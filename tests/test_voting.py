@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calm.data import DataError
-from calm.voting import (LETTERS, TIE_POLICIES, answer_array, decode_letters, encode_letters, majority_vote,
+from calm.data import OPTION_LETTERS, DataError
+from calm.voting import (TIE_POLICIES, answer_array, decode_letters, encode_letters, majority_vote,
                          pair_share_by_language, vote_counts, vote_table, winning_share_by_language)
 
 
@@ -16,7 +16,7 @@ def E(x):
 
 # ---------------------------------------------------------------- codes and counts
 def test_encode_decode_roundtrip():
-    letters = list(LETTERS) + [None]
+    letters = list(OPTION_LETTERS) + [None]
     codes = E(letters)
     assert codes.dtype == np.int8
     assert codes.tolist() == list(range(10)) + [-1]

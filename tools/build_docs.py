@@ -5,7 +5,7 @@
 `make docs` runs it where Quarto is absent (with Quarto, `nbdev_docs` builds the Quarto site). Examples are
 executed while building, as Quarto does (cells flagged with the project's `tst_flags`, e.g. `slow`, are not
 run); `--no-execute` renders the notebooks as stored. `tools/check_docs.py` checks the result in headless
-Chromium. The builder lives here, not in the `calm` package: it is a development tool (issue 11).
+Chromium. The builder lives here, not in the `calm` package: it is a development tool, not shipped in the wheel.
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"tools/code_stats.py --check: passes on the repository as it is, fails on each kind of new violation."
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def copy(tmp_path):
+    "The modules, notebooks, README and baseline that tools/code_stats.py reads, copied to a temporary root."
+    (tmp_path / "calm").mkdir()
+    for py in (ROOT / "calm").glob("*.py"):
+        shutil.copy(py, tmp_path / "calm" / py.name)
+    shutil.copytree(ROOT / "nbs", tmp_path / "nbs", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "_*"))
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "code_stats_baseline.json", tmp_path / "tools" / "code_stats_baseline.json")
+    return tmp_path
+
+
+def check(root):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "code_stats.py"), "--root", str(root), "--check"],
+                          capture_output=True, text=True)
+
+
+def add_in_function_import(root):
+    with open(root / "calm" / "prompts.py", "a") as f:
+        f.write("\n\ndef _added():\n    from .data import DataError\n    return DataError\n")
+
+
+def add_cycle(root):
+    p = root / "calm" / "data.py"
+    p.write_text(p.read_text().replace("from __future__ import annotations\n",
+                                       "from __future__ import annotations\nfrom .prompts import PromptTemplate\n", 1))
+
+
+def add_big_cell(root):
+    p = root / "nbs" / "10_prompts.ipynb"
+    nb = json.loads(p.read_text())
+    body = "#| export\ndef added():\n" + "".join(f"    x{i} = {i}\n" for i in range(90))
+    nb["cells"].append({"cell_type": "code", "id": "added0cell", "metadata": {}, "execution_count": None,
+                        "outputs": [], "source": body.splitlines(keepends=True)})
+    p.write_text(json.dumps(nb))
+
+
+def test_repository_passes(copy):
+    r = check(copy)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "code-stats check passed" in r.stdout
+
+
+@pytest.mark.parametrize("violate,message", [(add_in_function_import, "new in function calm imports: prompts._added"),
+                                             (add_cycle, "new cycles: data <-> "),
+                                             (add_big_cell, "new export cells over 80: 10_prompts.ipynb added0cell")])
+def test_new_violation_fails(copy, violate, message):
+    violate(copy)
+    r = check(copy)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert message in r.stdout
