@@ -288,12 +288,72 @@ def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: 
     record()
     _replace_dir(partial, out_dir)
 
+# %% ../nbs/60_training.ipynb #127a1e3a
+def _model_to_train(config: TrainConfig, model, tokenizer) -> tuple:
+    "`(model, tokenizer, base_name)`: the model given, or `config.model` loaded on the CPU (`base_name`: its id)."
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
+    if model is None:
+        dtype = torch.bfloat16 if config.args.bf16 else torch.float32
+        model, loaded_tok = load_model(config.model, device="cpu", dtype=dtype)
+        if tokenizer is None: tokenizer = loaded_tok
+        base_name = config.model
+    else: base_name = None
+    if tokenizer is None: raise ValueError("pass the tokenizer with the model")
+    return model, tokenizer, base_name
+
+# %% ../nbs/60_training.ipynb #9c850ce2
+def _train_eval_frames(frame: pd.DataFrame, eval_data, config: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`(train, eval)` rows: a held-out split of `frame`, or `frame` and `eval_data` (an empty frame: no evaluation)."
+    if eval_data is None: return split_holdout(frame, config.val_ratio, config.seed)
+    if isinstance(eval_data, pd.DataFrame) and len(eval_data) == 0: return frame, frame.iloc[:0]
+    return frame, training_frame(eval_data, config.method)
+
+# %% ../nbs/60_training.ipynb #1e490a6f
+def _make_trainer(config: TrainConfig, model, tokenizer, args, train_frame: pd.DataFrame, eval_frame: pd.DataFrame):
+    "A TRL trainer for `config.method`: DPO, DCO or SFT, with a new LoRA adapter or on a PEFT model's own adapter."
+    from datasets import Dataset  # heavy: loaded only when a model trains
+    from peft import PeftModel
+    train_ds = Dataset.from_list(trl_rows(train_frame, config.method))
+    eval_ds = Dataset.from_list(trl_rows(eval_frame, config.method)) if len(eval_frame) else None
+    continuing = isinstance(model, PeftModel)
+    kw = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+              peft_config=None if continuing else peft_config(config))
+    if config.method not in ("dpo", "dco"):
+        from trl import SFTTrainer  # heavy: loaded when a model runs, not when `calm` starts
+        return SFTTrainer(**kw)
+    if config.method == "dpo": from trl import DPOTrainer as PreferenceTrainer
+    else: from calm.dco import DCOTrainer as PreferenceTrainer
+    trainer = PreferenceTrainer(ref_model=None, **kw)
+    if continuing and config.reference == "base" and "ref" in trainer.model.peft_config:
+        trainer.model.delete_adapter("ref")          # reference = adapter disabled = the base model
+        trainer.model.set_adapter("default")
+    return trainer
+
+# %% ../nbs/60_training.ipynb #9b043128
+def _data_info(frame: pd.DataFrame, train_frame: pd.DataFrame, eval_frame: pd.DataFrame, source, sha: str) -> dict:
+    "The record's `data` entry: fingerprints, row counts, held-out questions and languages."
+    return {"trl_sha256": sha, "source": str(source) if source else None,
+            "source_sha256": file_sha256(source) if source else None, "rows": len(frame),
+            "train_rows": len(train_frame), "eval_rows": len(eval_frame),
+            "eval_qids": sorted(set(map(str, eval_frame.qid))) if "qid" in eval_frame.columns else None,
+            "languages": sorted(set(frame.lang)) if "lang" in frame.columns else
+                         sorted(set(frame.lang_1) | set(frame.lang_2)) if "lang_1" in frame.columns else None}
+
+# %% ../nbs/60_training.ipynb #a67a1586
+def _result_info(trainer, result, wall: float, cpu: float) -> dict:
+    "The record's `result` entry: steps, loss, wall and CPU time (in all and per step), peak memory, device."
+    steps = int(trainer.state.global_step)
+    peak, peak_kind = _peak_memory_gb()
+    return {"global_step": steps, "train_loss": float(result.training_loss), "train_wall_s": round(wall, 2),
+            "s_per_step": round(wall / steps, 3) if steps else None, "train_cpu_s": round(cpu, 2),
+            "cpu_s_per_step": round(cpu / steps, 3) if steps else None, "peak_memory_gb": round(peak, 3),
+            "peak_memory_kind": peak_kind, "device": str(trainer.args.device), "bf16": bool(trainer.args.bf16),
+            "world_size": int(trainer.args.world_size)}
+
 # %% ../nbs/60_training.ipynb #bdecbc9e
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
-    import torch  # heavy: loaded when a model runs, not when `calm` starts
-    from peft import PeftModel
     from transformers import set_seed
     out_dir = Path(out_dir)
     source = Path(data) if isinstance(data, (str, Path)) else None
@@ -305,43 +365,21 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
         return _skipped_run(out_dir)
     partial = _partial_dir(out_dir)
     if _is_main_process() and partial.exists(): shutil.rmtree(partial)     # what a killed run left
-    if model is None:
-        dtype = torch.bfloat16 if config.args.bf16 else torch.float32
-        model, loaded_tok = load_model(config.model, device="cpu", dtype=dtype)
-        if tokenizer is None: tokenizer = loaded_tok
-        base_name = config.model
-    else: base_name = None
-    if tokenizer is None: raise ValueError("pass the tokenizer with the model")
+    model, tokenizer, base_name = _model_to_train(config, model, tokenizer)
     ctx = model_context(model, tokenizer)
     max_length = min(config.max_length, ctx) if ctx else config.max_length
-    if eval_data is None: train_frame, eval_frame = split_holdout(frame, config.val_ratio, config.seed)
-    elif isinstance(eval_data, pd.DataFrame) and len(eval_data) == 0: train_frame, eval_frame = frame, frame.iloc[:0]
-    else: train_frame, eval_frame = frame, training_frame(eval_data, config.method)
+    train_frame, eval_frame = _train_eval_frames(frame, eval_data, config)
     check_training_rows(train_frame, config.method, tokenizer, max_length, ctx, file=source)
     if len(eval_frame): check_training_rows(eval_frame, config.method, tokenizer, max_length, ctx, file=source)
     args = trainer_args(config, partial, has_eval=len(eval_frame) > 0)
     args.max_length = max_length
     set_seed(config.seed)
     # heavy: loaded only when a hub dataset is read
-    from datasets import Dataset, disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+    from datasets import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
     bars = is_progress_bar_enabled()
     if config.disable_tqdm: disable_progress_bars()
     try:
-        train_ds = Dataset.from_list(trl_rows(train_frame, config.method))
-        eval_ds = Dataset.from_list(trl_rows(eval_frame, config.method)) if len(eval_frame) else None
-        continuing = isinstance(model, PeftModel)
-        kw = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                  peft_config=None if continuing else peft_config(config))
-        if config.method in ("dpo", "dco"):
-            if config.method == "dpo": from trl import DPOTrainer as PreferenceTrainer
-            else: from calm.dco import DCOTrainer as PreferenceTrainer
-            trainer = PreferenceTrainer(ref_model=None, **kw)
-            if continuing and config.reference == "base" and "ref" in trainer.model.peft_config:
-                trainer.model.delete_adapter("ref")          # reference = adapter disabled = the base model
-                trainer.model.set_adapter("default")
-        else:
-            from trl import SFTTrainer  # heavy: loaded when a model runs, not when `calm` starts
-            trainer = SFTTrainer(**kw)
+        trainer = _make_trainer(config, model, tokenizer, args, train_frame, eval_frame)
         t0, cpu0 = time.time(), time.process_time()
         result = trainer.train()
         wall, cpu = time.time() - t0, time.process_time() - cpu0
@@ -350,24 +388,13 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     peft_model = trainer.model
     peft_model.eval()
     log = log_frame(trainer.state.log_history)
-    steps = int(trainer.state.global_step)
-    peak, peak_kind = _peak_memory_gb()
     info = {"config": config.to_dict(), "config_sha256": config_sha256(config),
             "base_model": getattr(peft_model.get_base_model().config, "_name_or_path", None) or base_name,
-            "data": {"trl_sha256": sha, "source": str(source) if source else None,
-                     "source_sha256": file_sha256(source) if source else None, "rows": len(frame),
-                     "train_rows": len(train_frame), "eval_rows": len(eval_frame),
-                     "eval_qids": sorted(set(map(str, eval_frame.qid))) if "qid" in eval_frame.columns else None,
-                     "languages": sorted(set(frame.lang)) if "lang" in frame.columns else
-                                  sorted(set(frame.lang_1) | set(frame.lang_2)) if "lang_1" in frame.columns else None},
+            "data": _data_info(frame, train_frame, eval_frame, source, sha),
             "reference": ("adapter disabled (base model)" if trainer_reference_is_base(trainer) else "frozen copy of the starting adapter")
                          if config.method in ("dpo", "dco") else None,
             **({"robust_label_smoothing": config.args.label_smoothing} if "robust" in (getattr(config.args, "loss_type", None) or []) else {}),
-            "result": {"global_step": steps, "train_loss": float(result.training_loss), "train_wall_s": round(wall, 2),
-                       "s_per_step": round(wall / steps, 3) if steps else None, "train_cpu_s": round(cpu, 2),
-                       "cpu_s_per_step": round(cpu / steps, 3) if steps else None, "peak_memory_gb": round(peak, 3),
-                       "peak_memory_kind": peak_kind, "device": str(trainer.args.device), "bf16": bool(trainer.args.bf16),
-                       "world_size": int(trainer.args.world_size)},
+            "result": _result_info(trainer, result, wall, cpu),
             "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra_info or {})}
