@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from fastcore.basics import patch
+
 from .data import ANSWER_LABELS, DataError, MCItem, demo_items, fingerprint, normalize_lang
 from .loaders import read_release_rows, release_dir, xcsqa_file
 
@@ -179,55 +181,67 @@ class PromptBuilder:
         "The `PromptSpec` used for `lang`."
         return prompt_spec(lang, self.prompts)
 
-    def examples(self, item: MCItem) -> list[MCItem]:
-        "The worked examples of a few-shot prompt for `item`: the first `shots` demos in its language, other questions, with gold."
-        if self.mode != "fewshot": return []
-        ex = [d for d in self.demos if d.lang == item.lang and d.qid != item.qid and d.gold is not None][:self.shots]
-        if len(ex) < self.shots:
-            raise DataError(f"only {len(ex)} worked example(s) in {item.lang!r} for a {self.shots}-shot prompt", field="lang")
-        return ex
-
-    def user_message(self, item: MCItem) -> str:
-        "The instruction and the question: the user turn of a chat, or the whole plain prompt."
-        spec = self.spec(item.lang)
-        return f"{spec.render_instruction(item.letters)}\n\n{format_question(item, spec)}"
-
-    def __call__(self, item: MCItem) -> str:
-        "The prompt text for `item`."
-        check_prompt_item(item, self.prompts)
-        if self.mode == "plain": return self.user_message(item)
-        if self.mode == "chat":
-            msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": self.user_message(item)}]
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        spec = self.spec(item.lang)
-        parts = [spec.render_instruction(item.letters)] + [format_worked_example(d, spec) for d in self.examples(item)]
-        return "\n\n".join(parts + [f"{format_question(item, spec)}\n{spec.explanation}{spec.sep.rstrip()}"])
-
-    def stop_strings(self, lang: str) -> list[str]:
-        "Strings that end a completion in `lang`: the next question label in few-shot mode, none otherwise."
-        if self.mode != "fewshot": return []
-        spec = self.spec(lang)
-        return [f"\n{spec.question_label}{spec.sep.rstrip()}"]
-
-    def answer_prefix(self, lang: str) -> str:
-        "What follows a completion when the answer is forced: a new line, the answer label and its separator (trimmed)."
-        spec = self.spec(lang)
-        return f"\n{spec.answer}{spec.sep.rstrip()}"
-
-    def describe(self) -> dict:
-        "Everything that decides the prompt text, as plain data (what `template_hash` hashes)."
-        langs = self.languages if self.languages is not None else list(self.prompts)
-        d = {"mode": self.mode, "specs": {l: self.spec(l).to_dict() for l in langs}, "system": self.system}
-        if self.mode == "chat": d["chat_template"] = self.tokenizer.chat_template
-        if self.mode == "fewshot":
-            d["shots"] = self.shots
-            d["demos"] = fingerprint(x for x in self.demos if x.lang in langs)
-        return d
-
     @property
     def template_hash(self) -> str:
         "A 16-hex-digit SHA-256 of `describe()`: equal hashes mean equal prompts for equal items."
         return prompt_template_hash(self)
+
+# %% ../nbs/10_prompts.ipynb #caab8cdf
+@patch
+def examples(self: PromptBuilder, item: MCItem) -> list[MCItem]:
+    "The worked examples of a few-shot prompt for `item`: the first `shots` demos in its language, other questions, with gold."
+    if self.mode != "fewshot": return []
+    ex = [d for d in self.demos if d.lang == item.lang and d.qid != item.qid and d.gold is not None][:self.shots]
+    if len(ex) < self.shots:
+        raise DataError(f"only {len(ex)} worked example(s) in {item.lang!r} for a {self.shots}-shot prompt", field="lang")
+    return ex
+
+# %% ../nbs/10_prompts.ipynb #4759a25d
+@patch
+def user_message(self: PromptBuilder, item: MCItem) -> str:
+    "The instruction and the question: the user turn of a chat, or the whole plain prompt."
+    spec = self.spec(item.lang)
+    return f"{spec.render_instruction(item.letters)}\n\n{format_question(item, spec)}"
+
+# %% ../nbs/10_prompts.ipynb #e3830581
+@patch
+def __call__(self: PromptBuilder, item: MCItem) -> str:
+    "The prompt text for `item`."
+    check_prompt_item(item, self.prompts)
+    if self.mode == "plain": return self.user_message(item)
+    if self.mode == "chat":
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": self.user_message(item)}]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    spec = self.spec(item.lang)
+    parts = [spec.render_instruction(item.letters)] + [format_worked_example(d, spec) for d in self.examples(item)]
+    return "\n\n".join(parts + [f"{format_question(item, spec)}\n{spec.explanation}{spec.sep.rstrip()}"])
+
+# %% ../nbs/10_prompts.ipynb #3beb65ee
+@patch
+def stop_strings(self: PromptBuilder, lang: str) -> list[str]:
+    "Strings that end a completion in `lang`: the next question label in few-shot mode, none otherwise."
+    if self.mode != "fewshot": return []
+    spec = self.spec(lang)
+    return [f"\n{spec.question_label}{spec.sep.rstrip()}"]
+
+# %% ../nbs/10_prompts.ipynb #bebf8a20
+@patch
+def answer_prefix(self: PromptBuilder, lang: str) -> str:
+    "What follows a completion when the answer is forced: a new line, the answer label and its separator (trimmed)."
+    spec = self.spec(lang)
+    return f"\n{spec.answer}{spec.sep.rstrip()}"
+
+# %% ../nbs/10_prompts.ipynb #10f421ce
+@patch
+def describe(self: PromptBuilder) -> dict:
+    "Everything that decides the prompt text, as plain data (what `template_hash` hashes)."
+    langs = self.languages if self.languages is not None else list(self.prompts)
+    d = {"mode": self.mode, "specs": {l: self.spec(l).to_dict() for l in langs}, "system": self.system}
+    if self.mode == "chat": d["chat_template"] = self.tokenizer.chat_template
+    if self.mode == "fewshot":
+        d["shots"] = self.shots
+        d["demos"] = fingerprint(x for x in self.demos if x.lang in langs)
+    return d
 
 # %% ../nbs/10_prompts.ipynb #cbe74a0d
 def prompt_template_hash(prompts) -> str:
