@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from fastcore.basics import patch
 import pandas as pd
 
 from .data import DEMO_LANGUAGES, DataError, MCItem, demo_items, fingerprint, normalize_lang, read_items
@@ -23,7 +24,6 @@ from .files import CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir
 from .loaders import load_release_xcsqa
 from .reports import package_versions
 from .sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
-
 
 # %% auto #0
 __all__ = ['STORE_FORMAT', 'NON_IDENTITY_FIELDS', 'SAMPLE_COLUMNS', 'WEIGHT_PATTERNS', 'manifest_identity', 'config_hash',
@@ -186,97 +186,12 @@ class SampleStore:
         try: self._open()
         except BaseException: self.close(); raise
 
-    def _lock_dir(self, run_dir: Path):
-        "Take the exclusive lock `run_dir/.lock` (the folder is made), or `DataError` when another process holds it."
-        make_dir(run_dir)
-        lock = open(run_dir / ".lock", "a")
-        try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise DataError("another process is writing to this run directory", file=run_dir) from None
-        self._lock = lock
-
-    def _open(self):
-        "Write the manifest of a new run, or read the stored one; load the stored keys, dropping a partial last line."
-        mpath, self.path = self.run_dir / "manifest.json", self.run_dir / "samples.jsonl"
-        self.resumed = mpath.exists()
-        if self.resumed: self.manifest = read_manifest(self.run_dir)
-        elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
-        else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
-        records, self.dropped_bytes, damaged = _scan_samples(self.path, repair=True, checksums=bool(self.manifest.get("record_checksums")))
-        self.damaged_records = len(damaged)       # dropped from the file: unreadable, or not matching their checksum
-        self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
-        self.duplicates_skipped = 0
-
-    def _move_aside(self, run_dir: Path, diff: list[str]) -> Path:
-        "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole; this run starts afresh in `run_dir`."
-        old = read_manifest(run_dir)
-        stem, i = f"{run_dir.name}-{old.get('config_hash') or config_hash(old)}", 1
-        aside = run_dir.with_name(stem)
-        while aside.exists(): i += 1; aside = run_dir.with_name(f"{stem}-{i}")
-        os.replace(run_dir, aside)            # one rename: the other run is never half moved
-        self.close()
-        self._lock_dir(run_dir)
-        if self._differs(run_dir): self.close(); raise DataError("another run started here meanwhile", file=run_dir)
-        warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff) + f"\nit was moved, whole, to {aside}; this run starts afresh")
-        return run_dir
-
-    def _differs(self, run_dir: Path) -> list[str]:
-        "How the run in `run_dir` differs from this one (empty: the same run, or none yet)."
-        return manifest_diff(read_manifest(run_dir), self.manifest) if (run_dir / "manifest.json").exists() else []
-
-    def _claim(self, run_dir: Path, on_change: str) -> Path:
-        "Lock `run_dir` when it is empty or holds this run, checked under the lock; otherwise lock the sibling named by the config hash, or raise."
-        diff = self._differs(run_dir)         # a manifest never changes once written: a different one is seen without the lock
-        if not diff or on_change == "aside":
-            self._lock_dir(run_dir)
-            diff = self._differs(run_dir)     # again under the lock: another run may have written its manifest meanwhile
-            if not diff: return run_dir
-            if on_change == "aside": return self._move_aside(run_dir, diff)
-            self.close()
-        what = "holds a different run:\n  " + "\n  ".join(diff)
-        if on_change == "raise":
-            raise DataError(what + "\nuse another run directory, or on_change='new' to start a sibling run", file=run_dir)
-        alt = run_dir.with_name(f"{run_dir.name}-{self.manifest['config_hash']}")
-        self._lock_dir(alt)
-        if self._differs(alt):
-            self.close(); raise DataError(f"{alt} also holds a different run (hash collision?)", file=alt)
-        warnings.warn(f"{run_dir} {what}\nwriting this run to {alt} instead")
-        return alt
-
     @property
     def done(self) -> frozenset:
         "The (qid, lang, sample) keys already stored."
         return frozenset(self.keys)
 
     def __len__(self): return len(self.keys)
-
-    def _check(self, r: dict) -> tuple[str, str, int]:
-        if not _is_key_record(r) or "text" not in r:
-            raise DataError(f"a sample record needs qid, lang, sample and text; got keys {sorted(r) if isinstance(r, dict) else type(r).__name__}")
-        k = _key(r)
-        m = self.manifest["sampling"]["m"]
-        if k[1] not in self.manifest["languages"]:
-            raise DataError(f"record {k} is in language {k[1]!r}, not one of this run's {self.manifest['languages']}", field="lang")
-        if not 0 <= k[2] < m: raise DataError(f"record {k} has sample index {k[2]}, outside 0..{m - 1}", field="sample")
-        if not isinstance(r["text"], str): raise DataError(f"record {k} has non-text text {type(r['text']).__name__}", field="text")
-        return k
-
-    def append(self, records: Iterable[dict]) -> int:
-        "Validate a batch, skip keys already stored, write the rest durably; returns the number written."
-        batch, keys = [], set()
-        for r in records:
-            k = self._check(r)
-            if k in self.keys or k in keys: self.duplicates_skipped += 1; continue
-            keys.add(k); batch.append(with_checksum({**r, "qid": k[0], "lang": k[1], "sample": k[2]}))
-        if not batch: return 0
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode("utf-8")
-        try:
-            with open(self.path, "ab") as f: f.write(data); f.flush(); os.fsync(f.fileno())
-        except OSError as e:                      # a full disk: what did land is a torn last line, dropped on resume
-            raise OSError(e.errno, e.strerror, str(self.path)) from e
-        self.keys |= keys
-        return len(batch)
 
     def close(self):
         "Release the run directory's lock."
@@ -286,6 +201,105 @@ class SampleStore:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
     def __repr__(self): return f"SampleStore({str(self.run_dir)!r}, {len(self.keys)} samples)"
+
+# %% ../nbs/25_store.ipynb #b068d49e
+@patch
+def _lock_dir(self: SampleStore, run_dir: Path):
+    "Take the exclusive lock `run_dir/.lock` (the folder is made), or `DataError` when another process holds it."
+    make_dir(run_dir)
+    lock = open(run_dir / ".lock", "a")
+    try: fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise DataError("another process is writing to this run directory", file=run_dir) from None
+    self._lock = lock
+
+# %% ../nbs/25_store.ipynb #6ef4daed
+@patch
+def _differs(self: SampleStore, run_dir: Path) -> list[str]:
+    "How the run in `run_dir` differs from this one (empty: the same run, or none yet)."
+    return manifest_diff(read_manifest(run_dir), self.manifest) if (run_dir / "manifest.json").exists() else []
+
+# %% ../nbs/25_store.ipynb #eb5eb206
+@patch
+def _move_aside(self: SampleStore, run_dir: Path, diff: list[str]) -> Path:
+    "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole; this run starts afresh in `run_dir`."
+    old = read_manifest(run_dir)
+    stem, i = f"{run_dir.name}-{old.get('config_hash') or config_hash(old)}", 1
+    aside = run_dir.with_name(stem)
+    while aside.exists(): i += 1; aside = run_dir.with_name(f"{stem}-{i}")
+    os.replace(run_dir, aside)            # one rename: the other run is never half moved
+    self.close()
+    self._lock_dir(run_dir)
+    if self._differs(run_dir): self.close(); raise DataError("another run started here meanwhile", file=run_dir)
+    warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff) + f"\nit was moved, whole, to {aside}; this run starts afresh")
+    return run_dir
+
+# %% ../nbs/25_store.ipynb #12450df8
+@patch
+def _claim(self: SampleStore, run_dir: Path, on_change: str) -> Path:
+    "Lock `run_dir` when it is empty or holds this run, checked under the lock; otherwise lock the sibling named by the config hash, or raise."
+    diff = self._differs(run_dir)         # a manifest never changes once written: a different one is seen without the lock
+    if not diff or on_change == "aside":
+        self._lock_dir(run_dir)
+        diff = self._differs(run_dir)     # again under the lock: another run may have written its manifest meanwhile
+        if not diff: return run_dir
+        if on_change == "aside": return self._move_aside(run_dir, diff)
+        self.close()
+    what = "holds a different run:\n  " + "\n  ".join(diff)
+    if on_change == "raise":
+        raise DataError(what + "\nuse another run directory, or on_change='new' to start a sibling run", file=run_dir)
+    alt = run_dir.with_name(f"{run_dir.name}-{self.manifest['config_hash']}")
+    self._lock_dir(alt)
+    if self._differs(alt):
+        self.close(); raise DataError(f"{alt} also holds a different run (hash collision?)", file=alt)
+    warnings.warn(f"{run_dir} {what}\nwriting this run to {alt} instead")
+    return alt
+
+# %% ../nbs/25_store.ipynb #244eab35
+@patch
+def _open(self: SampleStore):
+    "Write the manifest of a new run, or read the stored one; load the stored keys, dropping a partial last line."
+    mpath, self.path = self.run_dir / "manifest.json", self.run_dir / "samples.jsonl"
+    self.resumed = mpath.exists()
+    if self.resumed: self.manifest = read_manifest(self.run_dir)
+    elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
+    else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    records, self.dropped_bytes, damaged = _scan_samples(self.path, repair=True, checksums=bool(self.manifest.get("record_checksums")))
+    self.damaged_records = len(damaged)       # dropped from the file: unreadable, or not matching their checksum
+    self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
+    self.duplicates_skipped = 0
+
+# %% ../nbs/25_store.ipynb #243e783b
+@patch
+def _check(self: SampleStore, r: dict) -> tuple[str, str, int]:
+    if not _is_key_record(r) or "text" not in r:
+        raise DataError(f"a sample record needs qid, lang, sample and text; got keys {sorted(r) if isinstance(r, dict) else type(r).__name__}")
+    k = _key(r)
+    m = self.manifest["sampling"]["m"]
+    if k[1] not in self.manifest["languages"]:
+        raise DataError(f"record {k} is in language {k[1]!r}, not one of this run's {self.manifest['languages']}", field="lang")
+    if not 0 <= k[2] < m: raise DataError(f"record {k} has sample index {k[2]}, outside 0..{m - 1}", field="sample")
+    if not isinstance(r["text"], str): raise DataError(f"record {k} has non-text text {type(r['text']).__name__}", field="text")
+    return k
+
+# %% ../nbs/25_store.ipynb #9f755b45
+@patch
+def append(self: SampleStore, records: Iterable[dict]) -> int:
+    "Validate a batch, skip keys already stored, write the rest durably; returns the number written."
+    batch, keys = [], set()
+    for r in records:
+        k = self._check(r)
+        if k in self.keys or k in keys: self.duplicates_skipped += 1; continue
+        keys.add(k); batch.append(with_checksum({**r, "qid": k[0], "lang": k[1], "sample": k[2]}))
+    if not batch: return 0
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in batch).encode("utf-8")
+    try:
+        with open(self.path, "ab") as f: f.write(data); f.flush(); os.fsync(f.fileno())
+    except OSError as e:                      # a full disk: what did land is a torn last line, dropped on resume
+        raise OSError(e.errno, e.strerror, str(self.path)) from e
+    self.keys |= keys
+    return len(batch)
 
 # %% ../nbs/25_store.ipynb #ba6e7321
 def read_samples(run_dir) -> pd.DataFrame:
