@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 
 from .data import DataError, MCItem, normalize_lang, read_items
 from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
@@ -83,61 +84,6 @@ class VectorIndex:
         self._selectors: dict = {}
         self.last_build: dict | None = None
 
-    # ---- creating and opening
-    @classmethod
-    def create(cls, path, embedder=None, max_tokens: int = 128, overlap: int = 32, index_type: str = "flat",
-               hnsw_m: int = 32) -> "VectorIndex":
-        "A new, empty index at `path` (a folder that must not hold an index yet); written when passages are added."
-        path, embedder = Path(path), embedder or Embedder()
-        if (path / MANIFEST_FILE).exists(): raise IndexFileError("an index already exists here; open it or build_index(..., rebuild=True)", file=path / MANIFEST_FILE)
-        if index_type not in INDEX_TYPES: raise ValueError(f"index_type must be one of {INDEX_TYPES}, not {index_type!r}")
-        chunk_windows([], max_tokens, overlap)          # checks the two numbers
-        limit = getattr(embedder, "max_tokens", None)
-        if isinstance(limit, int) and max_tokens > limit - 2:
-            raise ValueError(f"max_tokens={max_tokens} exceeds what {embedder.name} reads ({limit} tokens with 2 special ones)")
-        chunking = {"max_tokens": int(max_tokens), "overlap": int(overlap), "tokenizer": embedder.name}
-        manifest = {"format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated": None,
-                    "embedding": {**embedder.identity(), "dim": None, "normalized": True},
-                    "chunking": chunking, "index": {"type": index_type, "metric": "inner_product", "hnsw_m": int(hnsw_m)},
-                    "n_passages": 0, "books": [], "corpus_fingerprint": corpus_fingerprint([], chunking), "files": {}}
-        return cls(path, manifest, None, [], embedder)
-
-    @classmethod
-    def open(cls, path, embedder=None, verify: bool = True) -> "VectorIndex":
-        "Read the index at `path` without embedding anything; `IndexFileError` if a file is bad, `IndexMismatch` if `embedder` is not the index's."
-        faiss = require("faiss")
-        path = Path(path); mpath = path / MANIFEST_FILE
-        if not mpath.exists(): raise IndexFileError("no manifest.json: not a calm retrieval index (build one with build_index)", file=mpath)
-        try: manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexFileError(f"not valid JSON ({e}); the index is corrupted: build_index(..., rebuild=True)", file=mpath) from None
-        if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-            raise IndexFileError(f"not a {INDEX_FORMAT} manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})", file=mpath, field="format")
-        missing = [k for k in ("embedding", "chunking", "index", "n_passages", "books", "files", "corpus_fingerprint") if k not in manifest]
-        if missing: raise IndexFileError(f"manifest lacks {missing}", file=mpath)
-        if embedder is not None:
-            want, have = embedder.identity(), {k: manifest["embedding"].get(k, "") for k in ("name", "query_prefix", "passage_prefix")}
-            if want != have:
-                raise IndexMismatch(f"the index was built with embedder {have}, not {want}: vectors of two models cannot be mixed; "
-                                    "open it without an embedder, or rebuild it", file=mpath, field="embedding")
-        n = manifest["n_passages"]
-        for name in (VECTORS_FILE, PASSAGES_FILE) if n else ():
-            f = path / name
-            if not f.exists(): raise IndexFileError("missing; the index is incomplete: build_index(..., rebuild=True)", file=f)
-            if verify and file_sha256(f) != manifest["files"].get(name):
-                raise IndexFileError("changed since the manifest was written (corrupted, or an interrupted write): "
-                                     "build_index(..., rebuild=True)", file=f)
-        index, passages = None, []
-        if n:
-            try: index = faiss.read_index(str(path / VECTORS_FILE))
-            except RuntimeError as e: raise IndexFileError(f"FAISS cannot read it ({str(e).splitlines()[-1][:200]})", file=path / VECTORS_FILE) from None
-            if index.ntotal != n or index.d != manifest["embedding"]["dim"]:
-                raise IndexFileError(f"holds {index.ntotal} vectors of dimension {index.d}; the manifest says {n} of "
-                                     f"{manifest['embedding']['dim']}", file=path / VECTORS_FILE)
-            passages = _read_passages(path / PASSAGES_FILE, n)
-        return cls(path, manifest, index, passages, embedder or make_embedder(manifest["embedding"]))
-
-    # ---- what it holds
     def __len__(self) -> int: return len(self.passages)
 
     @property
@@ -161,121 +107,26 @@ class VectorIndex:
         return {"embedding": m["embedding"], "chunking": m["chunking"], "index": m["index"],
                 "corpus_fingerprint": m["corpus_fingerprint"], "n_passages": m["n_passages"]}
 
-    # ---- adding
-    def add_books(self, books: Iterable[Book], save: bool = True, progress: bool = False) -> int:
-        "Cut, embed and append `books` (none may be in the index yet); returns the number of passages added."
-        books = list(books)
-        have = {b["id"] for b in self.books}
-        dup = [b.id for b in books if b.id in have]
-        if dup: raise IndexMismatch(f"books {dup} are already in the index; a changed book needs build_index (which rebuilds)", file=self.path / MANIFEST_FILE, field="books")
-        ch = self.manifest["chunking"]
-        added, start = 0, len(self.passages)
-        for b in books:
-            text = read_book(b.path)
-            if hashlib.sha256(text.encode()).hexdigest() != b.sha256: raise DataError("changed while the index was built", file=b.path)
-            spans = self.embedder.token_spans(text)
-            unk = float(spans.unknown.mean()) if len(spans) else 0.0
-            if unk > 0.2:
-                warnings.warn(f"{b.path}: {unk:.0%} of its tokens are unknown to {self.embedder.name}; retrieval in "
-                              f"{b.lang!r} will be poor: use a multilingual embedding model")
-            rows = [{"book": b.id, "lang": b.lang, "start": int(spans.starts[i]), "end": int(spans.ends[j - 1]), "n_tokens": j - i,
-                     "text": text[int(spans.starts[i]):int(spans.ends[j - 1])]} for i, j in chunk_windows(spans.words, ch["max_tokens"], ch["overlap"])]
-            if not rows: warnings.warn(f"{b.path}: no text, no passages")
-            first = len(self.passages)
-            self.add_passages(rows, save=False)
-            self.manifest["books"].append({"id": b.id, "lang": b.lang, "file": str(b.path), "sha256": b.sha256, "chars": b.chars,
-                                           "first": first, "count": len(rows), "unknown_share": round(unk, 4)})
-            added += len(rows)
-            if progress: logging.getLogger(__name__).info("%s: %d passages", b.id, len(rows))
-        self.manifest["corpus_fingerprint"] = corpus_fingerprint(self.books, self.manifest["chunking"])
-        if save and books: self.save(appended_from=start)
-        return added
+# %% ../nbs/96_retrieval.ipynb #52544d39
+@patch(cls_method=True)
+def create(cls: VectorIndex, path, embedder=None, max_tokens: int = 128, overlap: int = 32, index_type: str = "flat",
+           hnsw_m: int = 32) -> "VectorIndex":
+    "A new, empty index at `path` (a folder that must not hold an index yet); written when passages are added."
+    path, embedder = Path(path), embedder or Embedder()
+    if (path / MANIFEST_FILE).exists(): raise IndexFileError("an index already exists here; open it or build_index(..., rebuild=True)", file=path / MANIFEST_FILE)
+    if index_type not in INDEX_TYPES: raise ValueError(f"index_type must be one of {INDEX_TYPES}, not {index_type!r}")
+    chunk_windows([], max_tokens, overlap)          # checks the two numbers
+    limit = getattr(embedder, "max_tokens", None)
+    if isinstance(limit, int) and max_tokens > limit - 2:
+        raise ValueError(f"max_tokens={max_tokens} exceeds what {embedder.name} reads ({limit} tokens with 2 special ones)")
+    chunking = {"max_tokens": int(max_tokens), "overlap": int(overlap), "tokenizer": embedder.name}
+    manifest = {"format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated": None,
+                "embedding": {**embedder.identity(), "dim": None, "normalized": True},
+                "chunking": chunking, "index": {"type": index_type, "metric": "inner_product", "hnsw_m": int(hnsw_m)},
+                "n_passages": 0, "books": [], "corpus_fingerprint": corpus_fingerprint([], chunking), "files": {}}
+    return cls(path, manifest, None, [], embedder)
 
-    def add_passages(self, rows: Sequence[dict], vectors: np.ndarray | None = None, save: bool = True, batch_size: int = 4096) -> range:
-        "Append passage `rows` (`book, lang, start, end, n_tokens, text`), embedding them unless `vectors` are given; returns their ids."
-        faiss = require("faiss")
-        rows, first = list(rows), len(self.passages)
-        if not rows: return range(first, first)
-        if vectors is not None:
-            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-            if vectors.shape[0] != len(rows): raise ValueError(f"{len(rows)} rows but {vectors.shape[0]} vectors")
-        for s in range(0, len(rows), batch_size):
-            part = rows[s:s + batch_size]
-            v = vectors[s:s + batch_size] if vectors is not None else self.embedder.encode([r["text"] for r in part], "passage")
-            self._check_dim(v)
-            if self.index is None: self.index = self._new_index(v.shape[1])
-            self.index.add(v)
-        self.passages += [Passage(first + k, r["book"], normalize_lang(r["lang"]), int(r["start"]), int(r["end"]), int(r["n_tokens"]), r["text"])
-                          for k, r in enumerate(rows)]
-        self.manifest["n_passages"] = len(self.passages)
-        self._selectors.clear()
-        if save: self.save(appended_from=first)
-        return range(first, len(self.passages))
-
-    def _check_dim(self, v: np.ndarray):
-        dim = self.manifest["embedding"]["dim"]
-        if dim is None: self.manifest["embedding"]["dim"] = int(v.shape[1])
-        elif v.shape[1] != dim:
-            raise IndexMismatch(f"{self.embedder.name} gives vectors of dimension {v.shape[1]}; the index holds {dim}",
-                                file=self.path / MANIFEST_FILE, field="embedding")
-
-    def _new_index(self, dim: int):
-        faiss = require("faiss")
-        ix = self.manifest["index"]
-        if ix["type"] == "hnsw": return faiss.IndexHNSWFlat(dim, ix["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
-        return faiss.IndexFlatIP(dim)
-
-    def save(self, appended_from: int | None = None) -> None:
-        "Write the passages (appending those from `appended_from` when given), the FAISS index, then the manifest."
-        faiss = require("faiss")
-        self.path.mkdir(parents=True, exist_ok=True)
-        ppath = self.path / PASSAGES_FILE
-        if appended_from is not None and appended_from > 0 and ppath.exists():
-            with open(ppath, "a", encoding="utf-8") as f:
-                for p in self.passages[appended_from:]: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-        else:
-            def write(tmp):
-                with open(tmp, "w", encoding="utf-8") as f:
-                    for p in self.passages: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-            _replace_file(ppath, write)
-        if self.index is not None: _replace_file(self.path / VECTORS_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
-        self.manifest["files"] = {PASSAGES_FILE: file_sha256(ppath)}
-        if self.index is not None: self.manifest["files"][VECTORS_FILE] = file_sha256(self.path / VECTORS_FILE)
-        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _replace_file(self.path / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
-
-    # ---- searching
-    def _params(self, langs, k: int):
-        faiss = require("faiss")
-        hnsw = self.manifest["index"]["type"] == "hnsw"
-        key = (tuple(langs) if langs else None, k if hnsw else 0)
-        if key not in self._selectors:
-            sel = None
-            if langs:
-                ids = np.array([p.id for p in self.passages if p.lang in langs], dtype=np.int64)
-                if not len(ids):
-                    raise DataError(f"no passages in {list(langs)} (the index has {self.languages}); add books in that "
-                                    "language or search across languages (scope='all')", file=self.path, field="lang")
-                sel = faiss.IDSelectorBatch(ids)
-            params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k)) if sel is not None else faiss.SearchParametersHNSW(efSearch=max(64, 2 * k))) if hnsw \
-                else (faiss.SearchParameters(sel=sel) if sel is not None else None)
-            self._selectors[key] = (sel, params)      # the selector must outlive the parameters
-        return self._selectors[key][1]
-
-    def search(self, queries: str | Sequence[str], k: int = 5, langs: Sequence[str] | None = None):
-        "The top-`k` passages for each query (a list of lists; one list for one string), from `langs` only when given."
-        single = isinstance(queries, str)
-        qs = [queries] if single else list(queries)
-        if not self.passages: raise DataError("the index is empty", file=self.path)
-        if k < 1: raise ValueError(f"k must be at least 1, got {k}")
-        langs = sorted({normalize_lang(l) for l in langs}) if langs else None
-        params = self._params(langs, k)
-        v = self.embedder.encode(qs, "query")
-        self._check_dim(v)
-        scores, ids = self.index.search(v, k, params=params) if params is not None else self.index.search(v, k)
-        out = [[replace(self.passages[i], score=float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
-        return out[0] if single else out
-
+# %% ../nbs/96_retrieval.ipynb #7617c270
 def _read_passages(path: Path, n: int) -> list[Passage]:
     out = []
     with open(path, encoding="utf-8") as f:
@@ -288,6 +139,169 @@ def _read_passages(path: Path, n: int) -> list[Passage]:
             out.append(Passage(**{k: d[k] for k in PASSAGE_FIELDS}))
     if len(out) != n: raise IndexFileError(f"{len(out)} passages; the manifest says {n}", file=path)
     return out
+
+# %% ../nbs/96_retrieval.ipynb #5a660562
+@patch(cls_method=True)
+def open(cls: VectorIndex, path, embedder=None, verify: bool = True) -> "VectorIndex":
+    "Read the index at `path` without embedding anything; `IndexFileError` if a file is bad, `IndexMismatch` if `embedder` is not the index's."
+    faiss = require("faiss")
+    path = Path(path); mpath = path / MANIFEST_FILE
+    if not mpath.exists(): raise IndexFileError("no manifest.json: not a calm retrieval index (build one with build_index)", file=mpath)
+    try: manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexFileError(f"not valid JSON ({e}); the index is corrupted: build_index(..., rebuild=True)", file=mpath) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
+        raise IndexFileError(f"not a {INDEX_FORMAT} manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})", file=mpath, field="format")
+    missing = [k for k in ("embedding", "chunking", "index", "n_passages", "books", "files", "corpus_fingerprint") if k not in manifest]
+    if missing: raise IndexFileError(f"manifest lacks {missing}", file=mpath)
+    if embedder is not None:
+        want, have = embedder.identity(), {k: manifest["embedding"].get(k, "") for k in ("name", "query_prefix", "passage_prefix")}
+        if want != have:
+            raise IndexMismatch(f"the index was built with embedder {have}, not {want}: vectors of two models cannot be mixed; "
+                                "open it without an embedder, or rebuild it", file=mpath, field="embedding")
+    n = manifest["n_passages"]
+    for name in (VECTORS_FILE, PASSAGES_FILE) if n else ():
+        f = path / name
+        if not f.exists(): raise IndexFileError("missing; the index is incomplete: build_index(..., rebuild=True)", file=f)
+        if verify and file_sha256(f) != manifest["files"].get(name):
+            raise IndexFileError("changed since the manifest was written (corrupted, or an interrupted write): "
+                                 "build_index(..., rebuild=True)", file=f)
+    index, passages = None, []
+    if n:
+        try: index = faiss.read_index(str(path / VECTORS_FILE))
+        except RuntimeError as e: raise IndexFileError(f"FAISS cannot read it ({str(e).splitlines()[-1][:200]})", file=path / VECTORS_FILE) from None
+        if index.ntotal != n or index.d != manifest["embedding"]["dim"]:
+            raise IndexFileError(f"holds {index.ntotal} vectors of dimension {index.d}; the manifest says {n} of "
+                                 f"{manifest['embedding']['dim']}", file=path / VECTORS_FILE)
+        passages = _read_passages(path / PASSAGES_FILE, n)
+    return cls(path, manifest, index, passages, embedder or make_embedder(manifest["embedding"]))
+
+# %% ../nbs/96_retrieval.ipynb #f628cb8c
+@patch
+def add_books(self: VectorIndex, books: Iterable[Book], save: bool = True, progress: bool = False) -> int:
+    "Cut, embed and append `books` (none may be in the index yet); returns the number of passages added."
+    books = list(books)
+    have = {b["id"] for b in self.books}
+    dup = [b.id for b in books if b.id in have]
+    if dup: raise IndexMismatch(f"books {dup} are already in the index; a changed book needs build_index (which rebuilds)", file=self.path / MANIFEST_FILE, field="books")
+    ch = self.manifest["chunking"]
+    added, start = 0, len(self.passages)
+    for b in books:
+        text = read_book(b.path)
+        if hashlib.sha256(text.encode()).hexdigest() != b.sha256: raise DataError("changed while the index was built", file=b.path)
+        spans = self.embedder.token_spans(text)
+        unk = float(spans.unknown.mean()) if len(spans) else 0.0
+        if unk > 0.2:
+            warnings.warn(f"{b.path}: {unk:.0%} of its tokens are unknown to {self.embedder.name}; retrieval in "
+                          f"{b.lang!r} will be poor: use a multilingual embedding model")
+        rows = [{"book": b.id, "lang": b.lang, "start": int(spans.starts[i]), "end": int(spans.ends[j - 1]), "n_tokens": j - i,
+                 "text": text[int(spans.starts[i]):int(spans.ends[j - 1])]} for i, j in chunk_windows(spans.words, ch["max_tokens"], ch["overlap"])]
+        if not rows: warnings.warn(f"{b.path}: no text, no passages")
+        first = len(self.passages)
+        self.add_passages(rows, save=False)
+        self.manifest["books"].append({"id": b.id, "lang": b.lang, "file": str(b.path), "sha256": b.sha256, "chars": b.chars,
+                                       "first": first, "count": len(rows), "unknown_share": round(unk, 4)})
+        added += len(rows)
+        if progress: logging.getLogger(__name__).info("%s: %d passages", b.id, len(rows))
+    self.manifest["corpus_fingerprint"] = corpus_fingerprint(self.books, self.manifest["chunking"])
+    if save and books: self.save(appended_from=start)
+    return added
+
+# %% ../nbs/96_retrieval.ipynb #443c93dc
+@patch
+def add_passages(self: VectorIndex, rows: Sequence[dict], vectors: np.ndarray | None = None, save: bool = True, batch_size: int = 4096) -> range:
+    "Append passage `rows` (`book, lang, start, end, n_tokens, text`), embedding them unless `vectors` are given; returns their ids."
+    faiss = require("faiss")
+    rows, first = list(rows), len(self.passages)
+    if not rows: return range(first, first)
+    if vectors is not None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape[0] != len(rows): raise ValueError(f"{len(rows)} rows but {vectors.shape[0]} vectors")
+    for s in range(0, len(rows), batch_size):
+        part = rows[s:s + batch_size]
+        v = vectors[s:s + batch_size] if vectors is not None else self.embedder.encode([r["text"] for r in part], "passage")
+        self._check_dim(v)
+        if self.index is None: self.index = self._new_index(v.shape[1])
+        self.index.add(v)
+    self.passages += [Passage(first + k, r["book"], normalize_lang(r["lang"]), int(r["start"]), int(r["end"]), int(r["n_tokens"]), r["text"])
+                      for k, r in enumerate(rows)]
+    self.manifest["n_passages"] = len(self.passages)
+    self._selectors.clear()
+    if save: self.save(appended_from=first)
+    return range(first, len(self.passages))
+
+# %% ../nbs/96_retrieval.ipynb #51e71f5e
+@patch
+def _check_dim(self: VectorIndex, v: np.ndarray):
+    dim = self.manifest["embedding"]["dim"]
+    if dim is None: self.manifest["embedding"]["dim"] = int(v.shape[1])
+    elif v.shape[1] != dim:
+        raise IndexMismatch(f"{self.embedder.name} gives vectors of dimension {v.shape[1]}; the index holds {dim}",
+                            file=self.path / MANIFEST_FILE, field="embedding")
+
+# %% ../nbs/96_retrieval.ipynb #1532cd6c
+@patch
+def _new_index(self: VectorIndex, dim: int):
+    faiss = require("faiss")
+    ix = self.manifest["index"]
+    if ix["type"] == "hnsw": return faiss.IndexHNSWFlat(dim, ix["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+    return faiss.IndexFlatIP(dim)
+
+# %% ../nbs/96_retrieval.ipynb #830f14d3
+@patch
+def save(self: VectorIndex, appended_from: int | None = None) -> None:
+    "Write the passages (appending those from `appended_from` when given), the FAISS index, then the manifest."
+    faiss = require("faiss")
+    self.path.mkdir(parents=True, exist_ok=True)
+    ppath = self.path / PASSAGES_FILE
+    if appended_from is not None and appended_from > 0 and ppath.exists():
+        with open(ppath, "a", encoding="utf-8") as f:
+            for p in self.passages[appended_from:]: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+    else:
+        def write(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for p in self.passages: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+        _replace_file(ppath, write)
+    if self.index is not None: _replace_file(self.path / VECTORS_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+    self.manifest["files"] = {PASSAGES_FILE: file_sha256(ppath)}
+    if self.index is not None: self.manifest["files"][VECTORS_FILE] = file_sha256(self.path / VECTORS_FILE)
+    self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _replace_file(self.path / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
+
+# %% ../nbs/96_retrieval.ipynb #0cea2e24
+@patch
+def _params(self: VectorIndex, langs, k: int):
+    faiss = require("faiss")
+    hnsw = self.manifest["index"]["type"] == "hnsw"
+    key = (tuple(langs) if langs else None, k if hnsw else 0)
+    if key not in self._selectors:
+        sel = None
+        if langs:
+            ids = np.array([p.id for p in self.passages if p.lang in langs], dtype=np.int64)
+            if not len(ids):
+                raise DataError(f"no passages in {list(langs)} (the index has {self.languages}); add books in that "
+                                "language or search across languages (scope='all')", file=self.path, field="lang")
+            sel = faiss.IDSelectorBatch(ids)
+        params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k)) if sel is not None else faiss.SearchParametersHNSW(efSearch=max(64, 2 * k))) if hnsw \
+            else (faiss.SearchParameters(sel=sel) if sel is not None else None)
+        self._selectors[key] = (sel, params)      # the selector must outlive the parameters
+    return self._selectors[key][1]
+
+# %% ../nbs/96_retrieval.ipynb #0160b7a0
+@patch
+def search(self: VectorIndex, queries: str | Sequence[str], k: int = 5, langs: Sequence[str] | None = None):
+    "The top-`k` passages for each query (a list of lists; one list for one string), from `langs` only when given."
+    single = isinstance(queries, str)
+    qs = [queries] if single else list(queries)
+    if not self.passages: raise DataError("the index is empty", file=self.path)
+    if k < 1: raise ValueError(f"k must be at least 1, got {k}")
+    langs = sorted({normalize_lang(l) for l in langs}) if langs else None
+    params = self._params(langs, k)
+    v = self.embedder.encode(qs, "query")
+    self._check_dim(v)
+    scores, ids = self.index.search(v, k, params=params) if params is not None else self.index.search(v, k)
+    out = [[replace(self.passages[i], score=float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+    return out[0] if single else out
 
 # %% ../nbs/96_retrieval.ipynb #89e45b43
 def _remove_index(path: Path) -> None:
