@@ -118,6 +118,8 @@ _STRIP = " \t\r\n.。,，:：;；!！?？\"'“”‘’«»()（）<>《》[]�
 _WORDY_CHAR = re.compile(_WORDY)
 _FULL_WIDTH = str.maketrans({**{chr(0xFF21 + i): chr(0x41 + i) for i in range(26)},
                              **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)}})
+
+# %% ../nbs/30_extraction.ipynb #492f04c8
 _NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['’]t)\s+(?:(?:the\s+)?(?:correct|right|best)|the\s+answer|true|valid)"""
                        r"""|isn['’]t\s+(?:correct|right|the)|(?:is\s+)?(?:incorrect|wrong)\b"""
                        r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)|est\s+(?:incorrecte?|fausse?)"""
@@ -132,18 +134,18 @@ _NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse
 _RIVAL_DENIED = re.compile(r"\s*(?:(?i:not|rather\s+than|instead\s+of|pas|nicht|non)\b|而?不是)")  # "B, not A"
 _PRONOUN = re.compile(r"[ \t]+(?!(?:is|or|and)\b)[a-z]{2,}")  # "Answer: I would choose C": "I" is no option
 
-
+# %% ../nbs/30_extraction.ipynb #abf4021f
 def _negated(segment: str) -> bool:
     "Whether an option is marked wrong: a negation right after it, or a mark such as `(X)`, `(错误)` before the next letter."
     nxt = _ANY_LETTER.search(segment)
     return bool(_NEGATION.match(segment) or _NEG_MARK.search(segment[:nxt.start() if nxt else len(segment)]))
 
-
+# %% ../nbs/30_extraction.ipynb #6ffad8d6
 def _norm(s: str) -> str:
     "`s` as compared with option texts: NFKC, lower case, single spaces, no surrounding punctuation."
     return " ".join(unicodedata.normalize("NFKC", s).lower().split()).strip(_STRIP)
 
-
+# %% ../nbs/30_extraction.ipynb #703f46da
 def _contains(haystack: str, needle: str) -> bool:
     "Whether `needle` occurs in `haystack` (both normalized), as whole words where the script has spaces."
     if not needle: return False
@@ -156,7 +158,7 @@ def _contains(haystack: str, needle: str) -> bool:
         i = haystack.find(needle, i + 1)
     return False
 
-
+# %% ../nbs/30_extraction.ipynb #68990cf2
 def _line_end(text: str, pos: int) -> int:
     "Where the answer line starting at `pos` ends: the next line break, or the next label before it."
     nl = text.find("\n", pos)
@@ -164,7 +166,7 @@ def _line_end(text: str, pos: int) -> int:
     found = find_labels(text, "any", pos, nl)
     return found[0].start if found else nl
 
-
+# %% ../nbs/30_extraction.ipynb #1b1d9ee8
 @lru_cache(maxsize=4096)
 def _prepared(options: tuple | None) -> tuple[frozenset, dict]:
     "Valid letters and normalized option texts of `options`."
@@ -172,7 +174,7 @@ def _prepared(options: tuple | None) -> tuple[frozenset, dict]:
     opts = {str(l).strip().upper(): _norm(str(t)) for l, t in options}
     return frozenset(opts), {l: t for l, t in opts.items() if t}
 
-
+# %% ../nbs/30_extraction.ipynb #7635a4b9
 def _skip_own(tail: str, letter: str, opts: dict) -> str:
     "`tail` without the chosen option's own text at its start (it may hold a capital: `E. E-Mail senden`)."
     own = opts.get(letter)
@@ -181,7 +183,7 @@ def _skip_own(tail: str, letter: str, opts: dict) -> str:
         if bare[:len(own)].lower() == own: return bare[len(own):]
     return tail
 
-
+# %% ../nbs/30_extraction.ipynb #eccec13f
 _CLAUSE_OR_REASON = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]|,\s*(?i:because|since|as|car|parce|weil|da|denn|perché|poiché)\b|因为|因為")
 
 def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: bool = False) -> tuple[str | None, str]:
@@ -275,7 +277,7 @@ def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -
        and not any(x in valid and x != letter for x in _OTHER_LETTER.findall(rest[aside.end(1):])): return letter
     return letter if loose and m.group(1) and len(rest) <= 60 and not _CLAUSE_END.search(rest) else None
 
-
+# %% ../nbs/30_extraction.ipynb #60c7561d
 _NOT_A_GLOSS = re.compile(r"(?i:incorr|inkorr|mistake|erreur|errone|sbagli|errat|falsch|faux|fausse|wrong|\bfalse|\bnot?\b|n['’]t\b|\bnone\b|\bnicht|\bnein\b"
                           r"""|\bnon\b|\bpas\b|nessun|aucun|kein|\bany\b|\ball\b|\bI\b)|[?？]|不|错|錯|違|誤|ない|なし|無|都|全|[=(][ \t]*["']""")  # last: code, `input("Answer: ")`
 _NEGATIVE_LABEL = re.compile(r"(?i:incorrect|wrong|false|falsche|mauvaise|fausse|errata|sbagliata)[ \t]*$|(?:错误|不正确|不对|間違った|誤った|不正解)(?:的|の)?[ \t]*$")
@@ -285,7 +287,7 @@ def _is_gloss(line: str) -> bool:
     "Whether a line holding an answer label without a letter only restates: no negation, no \"none\", \"all\" or question."
     return not _NOT_A_GLOSS.search(line)
 
-
+# %% ../nbs/30_extraction.ipynb #f2d169e7
 def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | None = None) -> Extraction:
     "The answer letter of completion `text` in language `lang`: the last place that states it decides."
     lang = label_language(lang)
@@ -346,7 +348,7 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
                 return Extraction(m.group(1), "parsed", "explanation_head")
     return Extraction(None, "missing", "no_letter" if labels else "no_label")
 
-
+# %% ../nbs/30_extraction.ipynb #257e6839
 def _option_text(text: str, start: int, opts: dict) -> Extraction:
     "The option whose text is in the first clause after an answer label at `start`, if exactly one is."
     if opts:
