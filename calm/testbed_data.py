@@ -327,6 +327,7 @@ drink | a drink | une boisson | ein Getränk | una bevanda | una bebida | 饮料
 """, 7)
 "Noun categories: a key, then how a question names the category in each language."
 
+# %% ../nbs/03_testbed_data.ipynb #1d1c6802
 NOUNS = _table("""
 animal | dog | chien | Hund | cane | perro | 狗
 animal | cat | chat | Katze | gatto | gato | 猫
