@@ -222,7 +222,7 @@ def test_translated_answers_name_the_letter_their_language_shows():
 
 def test_a_language_without_a_winner_gets_option_pairs_and_the_curriculum_runs(tmp_path, monkeypatch, capsys):
     "A run folder like the demo's (en, zh, fr; French never wins): the pairs stage writes French pairs, Table 10's stages train."
-    from calm import curriculum, stages
+    from calm import stages
     from calm.pairs import PAIR_COLUMNS
     from calm.prompts import PromptBuilder
     from calm.voting import vote_table
@@ -238,7 +238,7 @@ def test_a_language_without_a_winner_gets_option_pairs_and_the_curriculum_runs(t
     assert set(pairs.lang) == set(langs) and list(pairs.columns) == PAIR_COLUMNS
     assert read_jsonl(data / "calm_sft.jsonl")[2]["kind"] == "option"
     calls = []
-    monkeypatch.setattr(curriculum, "train_curriculum", lambda config, pairs, out, stages: calls.append(stages) or [])
+    monkeypatch.setattr(stages, "train_curriculum", lambda config, pairs, out, stages: calls.append(stages) or [])
     stages.run_curriculum(tmp_path, "tiny", {}, langs)
     assert "no pairs in some language" not in capsys.readouterr().out
     assert calls == [[["en"], ["en", "zh"], ["en", "zh", "fr"]]]
