@@ -245,14 +245,14 @@ def test_notebook_parameters_and_notebooks_are_checked(tmp_path):
 
 def test_medqa_train_questions_come_from_the_hub_and_are_translated(release, monkeypatch):
     "The paper profile's MedQA train path: English questions from the hub (stubbed: no network here), translated per language."
-    import calm.loaders
+    import calm.stages
     from dataclasses import asdict
     from calm.reproduce import MEDQA_TRAIN_HUB, Dataset, medqa_items, profile_items
     english, _ = medqa_items(release, "en", 3, ["en"])
     asked = []
     def hub(name, config=None, split="test", lang=None, **kw):
         asked.append((name, split, lang)); return english
-    monkeypatch.setattr(calm.loaders, "load_hub", hub)
+    monkeypatch.setattr(calm.stages, "load_hub", hub)          # where calm.stages looks it up
     class Tagger:
         name, translates = "tagger", True
         def translate(self, texts, source, target): return [f"[{source}->{target}] {t}" for t in texts]
@@ -277,7 +277,7 @@ def test_demo_plan_counts_what_the_tables_answer(tmp_path):
 
 def test_xcsqa_test_questions_beyond_the_release_come_from_the_hub(release, monkeypatch):
     "The paper asks 1000 X-CSQA test questions; the release holds 100 per language, so all come from the hub's X-CSQA dev (stubbed here)."
-    import calm.loaders
+    import calm.stages
     from dataclasses import asdict
     from calm.data import MCItem
     from calm.reproduce import XCSQA_HUB, Dataset, profile_items
@@ -285,7 +285,7 @@ def test_xcsqa_test_questions_beyond_the_release_come_from_the_hub(release, monk
     def hub(name, config=None, split="test", lang=None, **kw):
         asked.append((name, config, split)); l = config.split("-")[-1]
         return [MCItem(f"dev-{i}", l, f"q{i}", [("A", "a"), ("B", "b")], "A", "hub") for i in range(300)]
-    monkeypatch.setattr(calm.loaders, "load_hub", hub)
+    monkeypatch.setattr(calm.stages, "load_hub", hub)          # where calm.stages looks it up
     d = Dataset("xcsqa", "release:xcsqa", ["en", "fr"], 2, 150)
     items = profile_items(asdict(d), "test", release)
     assert asked == [(XCSQA_HUB, "X-CSQA-en", "validation"), (XCSQA_HUB, "X-CSQA-fr", "validation")]

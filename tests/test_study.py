@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from calm.cli import main
+from conftest import profile_copy
 from calm.reproduce import CONFIGS_DIR, ProfileError, load_profile, plan, profile_stages, reproduce, wanted
 
 
 def _study(tmp_path, name="s", **changes):
     "A copy of calm/profiles/study.yaml with `changes` applied (dotted keys); returns its path."
-    from test_reproduce import _profile
-    return _profile(tmp_path, name, profile="study", **changes)
+    return profile_copy(tmp_path, name, profile="study", **changes)
 
 
 def test_study_profile_validates_and_plans_a_six_language_test(release, capsys):
