@@ -33,8 +33,8 @@ from .training import TrainConfig, train
 __all__ = ['testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'score_split', 'read_choice', 'run_gate',
            'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs', 'read_rows',
            'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
-           'compare_endpoint', 'endpoint_table', 'verdict', 'systems_table', 'run_answers', 'exploratory_table',
-           'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
+           'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note', 'systems_table', 'run_answers',
+           'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
            'write_testbed_report']
 
 # %% ../nbs/85_testbed.ipynb #5166dced
@@ -290,7 +290,19 @@ def verdict(endpoints: pd.DataFrame, control: str = "permuted") -> str:
     return (f"CALM did not beat the {control} control on any of the {len(endpoints)} pre-registered endpoints after Holm's correction; "
             f"the run could detect effects of about {mde:.1f} points or more.")
 
-# %% ../nbs/85_testbed.ipynb #1425a46c
+# %% ../nbs/85_testbed.ipynb #1ec5bafc
+def upper_bound_note(exploratory: pd.DataFrame, bound: str = "gold") -> str:
+    "A sentence on whether the upper bound (`bound` minus base, held out) moved any endpoint: what the run could show at all."
+    if exploratory is None or len(exploratory) == 0: return ""
+    r = exploratory[(exploratory.system == bound) & (exploratory.against == "base")]
+    if r.empty: return f"The upper bound ({bound}) was not trained."
+    moved = r[(r.ci_low > 0) | (r.ci_high < 0)]
+    say = "; ".join(f"{x.endpoint} ({x.setting.replace('_', '-')}): {x.diff:+.1f} [{x.ci_low:+.1f}, {x.ci_high:+.1f}]" for x in r.itertuples())
+    if len(moved): return f"The upper bound ({bound} answers chosen, same budget) moved {len(moved)} of {len(r)} endpoints against base: {say}."
+    return (f"The upper bound ({bound} answers chosen, same budget) moved none of the endpoints against base either ({say}): "
+            "with this training budget the run could not have shown an effect of the vote.")
+
+# %% ../nbs/85_testbed.ipynb #c53d3547
 def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.DataFrame:
     "One row per system, split and `agree_on` (option, letter): accuracy per language, ACC_avg, Consistency, its excess, RankC."
     rows = []
@@ -303,7 +315,7 @@ def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.D
                 rows.append({"system": x, "split": split, **likelihood_row(sc, items, dataset["languages"], agree_on=agree)})
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #2332c25e
+# %% ../nbs/85_testbed.ipynb #41dca21f
 def run_answers(out, dataset: dict, systems) -> dict:
     "`{(system, split): (qids, pred, gold)}` for every system and split the run scored."
     got = {}
@@ -314,7 +326,7 @@ def run_answers(out, dataset: dict, systems) -> dict:
             if sc is not None: got[(x, split)] = answer_codes(sc, items, dataset["languages"])
     return got
 
-# %% ../nbs/85_testbed.ipynb #78f1f819
+# %% ../nbs/85_testbed.ipynb #b25c3221
 def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettings, against=("base",)) -> pd.DataFrame:
     "Every system minus each of `against` on every endpoint and setting (points), unadjusted paired intervals: exploratory."
     rows = []
@@ -329,7 +341,7 @@ def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettin
                     rows.append({"setting": setting, "system": x, "against": ref, **r})
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #ce93d0e7
+# %% ../nbs/85_testbed.ipynb #be6e3eb3
 def held_out_table(out, systems) -> pd.DataFrame:
     "Per trained system: held-out rows and its held-out loss, preference accuracy and margin at the first and last evaluation."
     rows = []
@@ -347,7 +359,7 @@ def held_out_table(out, systems) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #091e871b
+# %% ../nbs/85_testbed.ipynb #24eb0341
 def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
     "Per round: how often the vote on the train questions named the gold option, and how often English's answer did (read after the run)."
     items = split_items(dataset, "train"); gold = gold_canonical(items)
@@ -363,7 +375,7 @@ def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
                      "mean_vote_share": float(v.vote_share.mean())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #ebcfb4c7
+# %% ../nbs/85_testbed.ipynb #9aeb06e3
 def testbed_tables(folder, p) -> dict:
     "Every table of a testbed run in `folder` of profile `p`: gate, systems, endpoints, exploratory, pairs, training, votes, rounds."
     s, d = p.testbed, p.datasets[0]; ds = asdict(d)
@@ -382,9 +394,10 @@ def testbed_tables(folder, p) -> dict:
     e = t["exploratory"]
     t["rounds"] = e[e.system.isin(["CALM", "CALM-r2"]) & (e.against == "base")] if len(e) and s.rounds == 2 else pd.DataFrame()
     t["verdict"] = verdict(t["endpoints"], s.control)
+    t["upper_bound"] = upper_bound_note(t["exploratory"])
     return t
 
-# %% ../nbs/85_testbed.ipynb #f5478ccd
+# %% ../nbs/85_testbed.ipynb #56d5213c
 def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     "Each system minus base on each endpoint and setting, with its paired interval: `path_stem.{png,pdf}`."
     import matplotlib.pyplot as plt
@@ -402,7 +415,7 @@ def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     plt.close(fig)
     return Path(f"{path_stem}.png")
 
-# %% ../nbs/85_testbed.ipynb #b36aa91a
+# %% ../nbs/85_testbed.ipynb #1cee85aa
 def _md(t: pd.DataFrame, digits: int = 2) -> str:
     return t.round(digits).to_markdown(index=False) if len(t) else "(none)"
 
@@ -416,6 +429,7 @@ def testbed_readme(t: dict, p) -> str:
     ends = "; ".join(f"`{e}`: {ENDPOINTS[e]}" for e in s.endpoints)
     return "\n".join([
         f"# The testbed: CALM against its controls (profile `{p.name}`)", "", f"**Verdict.** {t['verdict']}", "",
+        t["upper_bound"], "",
         f"Chosen by the gate on {g['questions']} validation questions: {chose}.", "",
         "## Gate (validation questions)", "", _md(t["gate"], 3), "",
         f"## Pre-registered endpoints: CALM minus `{s.control}` (points; Holm over the family of {len(t['endpoints'])})", "",
@@ -433,7 +447,7 @@ def testbed_readme(t: dict, p) -> str:
         f"Made by `calm reproduce --profile {p.name}` (or `calm demo --profile {p.name}`); every table is beside this file "
         "as csv and md."]) + "\n"
 
-# %% ../nbs/85_testbed.ipynb #ed44c7dc
+# %% ../nbs/85_testbed.ipynb #d1bc6ecd
 def write_testbed_report(folder, p, out) -> Path:
     "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns the README."
     out = make_dir(out); t = testbed_tables(folder, p)
