@@ -174,7 +174,7 @@ def testbed_stages(p: Profile, out) -> list[Stage]:
     stages = []
     def S(name, fn, outputs, **kw): stages.append(Stage(label, d.name, name, fn, {"out": o, **kw}, (), outputs))
     def score(x):                                       # every system on the test questions; on the train questions (the
-        own = x in ("base", "CALM", s.control) or x.startswith("CALM-r")   # self setting) those the endpoints and round 2 read
+        own = x in ("base", "CALM", s.control, "CALM-r2")   # self setting) those the endpoints and round 2 read
         for split in ("test", "train") if own and "self" in s.settings or x == "base" else ("test",):
             S(f"score:{x}@{split}", run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
     S("gate", run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
