@@ -76,7 +76,7 @@ def recorded_profile(config: dict) -> Profile | None:
     "The profile a manifest's `config` records, read back by `load_profile`: defaults added since fill it as they fill the profile now; None if it no longer reads."
     import yaml
     keys = ("name", "description", "backend", "models", "sampling", "training", "evaluation", "systems", "estimate",
-            "notebooks", "parameters", "rag", "dtype")
+            "notebooks", "parameters", "rag", "dtype", "vote_error_rate", "testbed")
     def dataset(d):
         tests = {t["name"]: {k: v for k, v in t.items() if k != "name"} for t in (d.get("tests") or {}).values()}
         return {k: (tests if k == "tests" else v) for k, v in d.items() if k != "name" and v is not None}

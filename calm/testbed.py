@@ -30,8 +30,8 @@ from .store import weights_sha256
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'score_split', 'read_choice', 'run_gate',
-           'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs', 'read_rows',
+__all__ = ['HELD_OUT', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'score_split', 'read_choice',
+           'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs', 'read_rows',
            'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
            'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note', 'systems_table', 'run_answers',
            'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
@@ -263,7 +263,8 @@ def endpoint_table(answers: dict, items_of: dict, languages, best_lang: str, s: 
         if a is None or b is None: continue
         for e in s.endpoints:
             r = compare_endpoint(e, a, b, languages, best_lang, s.alpha / m, s.n_boot, s.seed)
-            rows.append({"setting": setting, **r, "mde": minimum_effect(r["ci_low"], r["ci_high"], s.alpha / m, s.power)})
+            r = {"setting": setting, "endpoint": e, "CALM": r.pop("b"), s.control: r.pop("a"), **r}
+            rows.append({**r, "mde": minimum_effect(r["ci_low"], r["ci_high"], s.alpha / m, s.power)})
     t = pd.DataFrame(rows)
     if len(t):
         t["p_holm"] = holm(t.p)
@@ -338,24 +339,30 @@ def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettin
                 if sp != split or x == ref: continue
                 for e in ENDPOINTS:
                     r = compare_endpoint(e, a, b, languages, best_lang, s.alpha, s.n_boot, s.seed)
-                    rows.append({"setting": setting, "system": x, "against": ref, **r})
+                    r = {"setting": setting, "system": x, "against": ref, "endpoint": e, "system_score": r.pop("b"),
+                         "against_score": r.pop("a"), **r}
+                    rows.append(r)
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #be6e3eb3
+# %% ../nbs/85_testbed.ipynb #725c4c3b
+HELD_OUT = {"eval_loss": "loss", "eval_rewards/accuracies": "pref_acc", "eval_rewards/margins": "margin"}
+"The held-out metrics a preference run logs, and their short names in the training table."
+
 def held_out_table(out, systems) -> pd.DataFrame:
-    "Per trained system: held-out rows and its held-out loss, preference accuracy and margin at the first and last evaluation."
+    "Per trained system: rows, steps, and its held-out loss, preference accuracy and margin before and after training."
     rows = []
     for x in systems:
         d = Path(out) / "adapters" / x
         if not (d / "train_log.csv").is_file(): continue
         log = pd.read_csv(d / "train_log.csv")
         info = json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
+        method = info["config"].get("method")
         ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
-        row = {"system": x, "method": info.get("method"), "train_rows": info["data"].get("train_rows"),
-               "held_out_rows": info["data"].get("eval_rows"), "steps": int(log.step.max()) if "step" in log and len(log) else None}
-        for k, name in (("eval_loss", "loss"), ("eval_rewards/accuracies", "pref_acc"), ("eval_rewards/margins", "margin")):
-            if k in ev.columns and len(ev): row.update({f"{name}_first": ev[k].iloc[0], f"{name}_last": ev[k].iloc[-1]})
-        if len(ev): row.update(first_step=int(ev.step.iloc[0]), last_step=int(ev.step.iloc[-1]))
+        row = {"system": x, "method": method, "train_rows": info["data"].get("train_rows"), "held_out_rows": info["data"].get("eval_rows"),
+               "steps": int(log.step.max()) if "step" in log and len(log) else None}
+        before = {"loss": np.log(2), "pref_acc": 0.0, "margin": 0.0} if method == "dpo" else {}   # step 0: the policy is the reference
+        for k, name in HELD_OUT.items():
+            if k in ev.columns and len(ev): row.update({f"{name}_before": before.get(name, np.nan), f"{name}_after": ev[k].iloc[-1]})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -390,7 +397,7 @@ def testbed_tables(folder, p) -> dict:
     counts = sorted((Path(folder) / "data").glob("counts*.csv"))
     t["pairs"] = pd.concat([pd.read_csv(f) for f in counts]) if counts else pd.DataFrame()
     t["training"] = held_out_table(folder, systems[1:])
-    t["votes"] = vote_accuracy(folder, ds) if answers else pd.DataFrame()
+    t["vote_accuracy"] = vote_accuracy(folder, ds) if answers else pd.DataFrame()
     e = t["exploratory"]
     t["rounds"] = e[e.system.isin(["CALM", "CALM-r2"]) & (e.against == "base")] if len(e) and s.rounds == 2 else pd.DataFrame()
     t["verdict"] = verdict(t["endpoints"], s.control)
@@ -440,8 +447,9 @@ def testbed_readme(t: dict, p) -> str:
         "## Systems (percent; `agree_on` says how agreement is counted)", "", _md(t["systems"], 1), "",
         "## Exploratory: each system minus base and minus the control (points, unadjusted 95% intervals)", "",
         _md(t["exploratory"]), "",
-        "## Pairs", "", _md(t["pairs"], 3), "", "## Training: held-out pairs at the first and last evaluation", "",
-        _md(t["training"], 3), "", "## The vote on the train questions, per round", "", _md(t["votes"], 3), "",
+        "## Pairs", "", _md(t["pairs"], 3), "", "## Training: held-out rows before and after training (DPO before: the policy is the "
+        "reference, so loss ln 2, preference accuracy 0, margin 0)", "",
+        _md(t["training"], 3), "", "## The vote on the train questions, per round", "", _md(t["vote_accuracy"], 3), "",
         "## Rounds: CALM and CALM-r2 minus base (exploratory)", "", _md(t["rounds"]), "",
         "![each system minus base](testbed.png)" if len(t["exploratory"]) else "", "",
         f"Made by `calm reproduce --profile {p.name}` (or `calm demo --profile {p.name}`); every table is beside this file "
@@ -451,7 +459,7 @@ def testbed_readme(t: dict, p) -> str:
 def write_testbed_report(folder, p, out) -> Path:
     "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns the README."
     out = make_dir(out); t = testbed_tables(folder, p)
-    for name in ("gate", "systems", "endpoints", "exploratory", "pairs", "training", "votes", "rounds"):
+    for name in ("gate", "systems", "endpoints", "exploratory", "pairs", "training", "vote_accuracy", "rounds"):
         if len(t[name]): write_table(t[name].round(4), out / name, ("csv", "md"))
     testbed_figure(t["exploratory"], out / "testbed")
     write_atomic(out / "README.md", testbed_readme(t, p))
