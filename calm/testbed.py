@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from .data import DataError, fingerprint
 from .evaluation import answer_matrix
@@ -232,8 +232,8 @@ def holm(p_values) -> np.ndarray:
 # %% ../nbs/85_testbed.ipynb #61d644e8
 def minimum_effect(low: float, high: float, alpha_family: float, power: float = 0.8) -> float:
     "The smallest true difference a two-sided test at `alpha_family` detects with `power`, from an interval at that level."
-    z = norm.ppf(1 - alpha_family / 2)
-    return float((high - low) / (2 * z) * (z + norm.ppf(power)))
+    z = NormalDist().inv_cdf(1 - alpha_family / 2)
+    return float((high - low) / (2 * z) * (z + NormalDist().inv_cdf(power)))
 
 # %% ../nbs/85_testbed.ipynb #29573f9e
 def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: str, alpha: float, n_boot: int, seed: int) -> dict:
