@@ -160,7 +160,8 @@ def test_lora_served_by_vllm_equals_peft_in_transformers_and_adapters_do_not_mix
 @pytest.fixture(scope="module")
 def paper_run(engine, release, tmp_path_factory):
     """`calm reproduce` of calm/profiles/paper.yaml cut down: `backend: vllm` as in the paper, the embedded model, X-CSQA from the
-    release (2 train and 2 test questions in en and fr), m=3, short generations, 2 training steps, no notebooks (papermill is
+    release (2 train and 2 test questions in en and fr), m=3, short generations, 2 training steps, the paper's Table 1 and 2
+    systems, no notebooks (papermill is
     not in this environment): the stage runner's stages (sample, vote, pairs, train and evaluate per system, results) and
     the main report. Returns `(out, profile)`."""
     from calm import stages
@@ -169,7 +170,8 @@ def paper_run(engine, release, tmp_path_factory):
     raw = yaml.safe_load((CONFIGS_DIR / "paper.yaml").read_text())
     raw.update(name="paper-vllm-cpu", release_dir=str(release), models=["smollm2-135m"], notebooks=[], rag=None,
                datasets={"xcsqa": {**raw["datasets"]["xcsqa"], "languages": LANGS, "train_questions": 2, "test_questions": 2}},
-               training={"max_steps": 2, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0, "seed": 0})
+               training={"max_steps": 2, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0, "seed": 0},
+               systems=["base", "SFT", "CALM", "SFT_gold", "CALM_gold"])   # the paper's Tables 1-2 systems (DCO, CALM-robust: tests/test_dco.py)
     raw["sampling"].update(max_new_tokens=48, batch_size=8)
     raw["evaluation"].update(max_new_tokens=32)
     root = tmp_path_factory.mktemp("paper")
