@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 from statistics import NormalDist
 
@@ -30,9 +31,9 @@ from .store import weights_sha256
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['HELD_OUT', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'score_split', 'read_choice',
-           'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs', 'read_rows',
-           'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
+__all__ = ['HELD_OUT', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'scorer_for', 'score_split',
+           'read_choice', 'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs',
+           'read_rows', 'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
            'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note', 'systems_table', 'run_answers',
            'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
            'write_testbed_report']
@@ -71,27 +72,35 @@ def cached_scores(path, key: dict, compute) -> pd.DataFrame:
     write_atomic(path, df.to_csv(index=False)); write_atomic(kf, json.dumps(key, indent=1, sort_keys=True) + "\n")
     return df
 
-# %% ../nbs/85_testbed.ipynb #5e679aed
+# %% ../nbs/85_testbed.ipynb #9f8c092f
+@lru_cache(maxsize=2)
+def scorer_for(model: str, adapter: str | None = None, adapter_sha256: str | None = None, backend: str = "transformers",
+               dtype: str = "auto", batch_size: int = 16):
+    "The option scorer of `model` with `adapter` (a folder, or None; its weights' hash keys the cache), loaded once per process."
+    b = profile_backend(backend, model, adapter, dtype)
+    return as_scorer(b, batch_size=batch_size) if backend == "transformers" else as_scorer(b)
+
+# %% ../nbs/85_testbed.ipynb #e5032142
 def score_split(path, model: str, items, dataset: dict, scoring: str, adapter=None, backend: str = "transformers",
                 dtype: str = "auto", batch_size: int = 16) -> pd.DataFrame:
     "Option scores of `items` by `model` (with `adapter`), cached at `path` under their key."
-    key = {"model": model, "adapter_sha256": weights_sha256(adapter) if adapter else None, "items": fingerprint(items),
-           "scoring": scoring, "dtype": dtype, "languages": list(dataset["languages"])}
+    sha = weights_sha256(adapter) if adapter else None
+    key = {"model": model, "adapter_sha256": sha, "items": fingerprint(items), "scoring": scoring, "dtype": dtype,
+           "languages": list(dataset["languages"])}
     def compute():
-        scorer = as_scorer(profile_backend(backend, model, adapter, dtype), batch_size=batch_size) if backend == "transformers" \
-            else as_scorer(profile_backend(backend, model, adapter, dtype))
+        scorer = scorer_for(model, str(adapter) if adapter else None, sha, backend, dtype, batch_size)
         print(f"scoring {len(items)} prompts ({scoring}) with {model}{' + ' + Path(adapter).name if adapter else ''}", flush=True)
         return option_scores(items, dataset["languages"], scorer, testbed_builder(scorer.tokenizer, dataset), scoring)
     return cached_scores(path, key, compute)
 
-# %% ../nbs/85_testbed.ipynb #7e74ff89
+# %% ../nbs/85_testbed.ipynb #b4097449
 def read_choice(out) -> dict:
     "The gate's choice of run folder `out`: passes, model, scoring, best language, the vote's error rate."
     f = Path(out) / "gate" / "choice.json"
     if not f.is_file(): raise FileNotFoundError(f"{f}: the gate has not run (stage gate)")
     return json.loads(f.read_text(encoding="utf-8"))
 
-# %% ../nbs/85_testbed.ipynb #e1ea74da
+# %% ../nbs/85_testbed.ipynb #b8fe7f16
 def run_gate(out, models, dataset: dict, testbed: dict, backend: str = "transformers", dtype: str = "auto",
              batch_size: int = 16) -> Path:
     "Stage `gate`: every model and scoring on validation questions (`gate/gate.csv`) and the choice (`gate/choice.json`)."
@@ -113,7 +122,7 @@ def run_gate(out, models, dataset: dict, testbed: dict, backend: str = "transfor
     print("gate:", "passes: " + f"{choice['model']} ({choice['scoring']})" if best is not None else "no model and scoring passes", flush=True)
     return out / "gate"
 
-# %% ../nbs/85_testbed.ipynb #64594579
+# %% ../nbs/85_testbed.ipynb #863a0252
 def system_adapter(out, system: str) -> Path | None:
     "The adapter folder of `system` in run folder `out` (None for base)."
     return None if system == "base" else Path(out) / "adapters" / system
@@ -129,13 +138,13 @@ def run_score(out, system: str, split: str, dataset: dict, backend: str = "trans
     score_split(f, ch["model"], split_items(dataset, split), dataset, ch["scoring"], adapter, backend, dtype, batch_size)
     return f
 
-# %% ../nbs/85_testbed.ipynb #226f5aff
+# %% ../nbs/85_testbed.ipynb #bd61942a
 def read_scores(out, system: str, split: str) -> pd.DataFrame | None:
     "The option scores a `score` stage wrote (None when it did not)."
     f = Path(out) / "scores" / f"{system}@{split}.csv"
     return pd.read_csv(f, dtype={"qid": str}) if f.is_file() else None
 
-# %% ../nbs/85_testbed.ipynb #3424366a
+# %% ../nbs/85_testbed.ipynb #bb4e818f
 def round_name(system: str, round: int) -> str:
     "A system's name in round `round` (`CALM`, `CALM-r2`)."
     return system if round == 1 else f"{system}-r{round}"
@@ -172,7 +181,7 @@ def run_testbed_pairs(out, dataset: dict, testbed: dict, round: int = 1) -> Path
     write_atomic(d / f"counts{'' if round == 1 else f'_r{round}'}.csv", pd.DataFrame(counts).to_csv(index=False))
     return d
 
-# %% ../nbs/85_testbed.ipynb #b2368883
+# %% ../nbs/85_testbed.ipynb #74768bd1
 def read_rows(out, name: str) -> pd.DataFrame:
     "The training rows the pairs stage wrote for `name`."
     f = Path(out) / "data" / f"{name}.jsonl"
@@ -183,7 +192,7 @@ def system_method(system: str) -> str:
     "The training method of a testbed system."
     return "sft" if system.startswith("SFT") else "dco" if system.startswith("DCO") else "dpo"
 
-# %% ../nbs/85_testbed.ipynb #6977b7fb
+# %% ../nbs/85_testbed.ipynb #3557397c
 def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: dict) -> Path | None:
     "Stage `train:<system>`: the system's rows (or DCO's, built here), trained with the profile's budget, into `adapters/<system>`."
     out = Path(out); ch = read_choice(out)
@@ -207,12 +216,12 @@ def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: 
     cfg = TrainConfig(**{**training, **extra, "method": method, "model": ch["model"]})
     return train(cfg, frame, out / "adapters" / system).out_dir
 
-# %% ../nbs/85_testbed.ipynb #bbf6ccb9
+# %% ../nbs/85_testbed.ipynb #d8597739
 def answer_codes(scores: pd.DataFrame, items, languages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "`(qids, pred, gold)` of a system's scores: (Q, L) canonical option codes and (Q,) gold codes."
     return answer_matrix(option_answers(scores), [it for it in items if it.lang in languages], languages, agree_on="option")
 
-# %% ../nbs/85_testbed.ipynb #5f4f38a8
+# %% ../nbs/85_testbed.ipynb #4e1469d2
 def endpoint_stat(endpoint: str, languages, best_lang: str):
     "`(per_question, stat)`: a per-question function of (Q, L) correctness for means, or a whole-set function of answers."
     others = [i for i, l in enumerate(languages) if l != best_lang]
@@ -220,7 +229,7 @@ def endpoint_stat(endpoint: str, languages, best_lang: str):
     if endpoint == "excess_consistency_2": return False, lambda pred: excess_consistency(pred, 2)
     raise ValueError(f"unknown endpoint {endpoint!r}")
 
-# %% ../nbs/85_testbed.ipynb #043f825b
+# %% ../nbs/85_testbed.ipynb #6a4e8acc
 def holm(p_values) -> np.ndarray:
     "Holm-adjusted p-values (step-down, monotone, capped at 1)."
     p = np.asarray(p_values, dtype=float); m = len(p)
@@ -229,13 +238,13 @@ def holm(p_values) -> np.ndarray:
     out = np.empty(m); out[order] = np.minimum(adj, 1.0)
     return out
 
-# %% ../nbs/85_testbed.ipynb #61d644e8
+# %% ../nbs/85_testbed.ipynb #34ce0640
 def minimum_effect(low: float, high: float, alpha_family: float, power: float = 0.8) -> float:
     "The smallest true difference a two-sided test at `alpha_family` detects with `power`, from an interval at that level."
     z = NormalDist().inv_cdf(1 - alpha_family / 2)
     return float((high - low) / (2 * z) * (z + NormalDist().inv_cdf(power)))
 
-# %% ../nbs/85_testbed.ipynb #29573f9e
+# %% ../nbs/85_testbed.ipynb #2ec12857
 def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: str, alpha: float, n_boot: int, seed: int) -> dict:
     "System b minus system a on one endpoint (points), with a paired bootstrap interval at `alpha` and a two-sided p-value."
     per_q, stat = endpoint_stat(endpoint, languages, best_lang)
@@ -252,7 +261,7 @@ def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: st
     return {"endpoint": endpoint, "a": 100 * va, "b": 100 * vb, "diff": 100 * bs.diff, "ci_low": 100 * bs.low, "ci_high": 100 * bs.high,
             "p": max(p, 1 / n_boot), "questions": len(qa)}
 
-# %% ../nbs/85_testbed.ipynb #785bb292
+# %% ../nbs/85_testbed.ipynb #2ad60c84
 def endpoint_table(answers: dict, items_of: dict, languages, best_lang: str, s: TestbedSettings) -> pd.DataFrame:
     "The pre-registered family: CALM minus the control on each endpoint in each setting, Holm-corrected, with the minimum effect."
     m = len(s.endpoints) * len(s.settings)
@@ -272,7 +281,7 @@ def endpoint_table(answers: dict, items_of: dict, languages, best_lang: str, s: 
         t["family"] = m
     return t
 
-# %% ../nbs/85_testbed.ipynb #f923c996
+# %% ../nbs/85_testbed.ipynb #d228355f
 def verdict(endpoints: pd.DataFrame, control: str = "permuted") -> str:
     "One sentence from the pre-registered endpoints: which beat the control after Holm's correction, and which did not."
     if endpoints is None or len(endpoints) == 0: return "No endpoint was measured: CALM was not trained (see the gate)."
@@ -291,7 +300,7 @@ def verdict(endpoints: pd.DataFrame, control: str = "permuted") -> str:
     return (f"CALM did not beat the {control} control on any of the {len(endpoints)} pre-registered endpoints after Holm's correction; "
             f"the run could detect effects of about {mde:.1f} points or more.")
 
-# %% ../nbs/85_testbed.ipynb #1ec5bafc
+# %% ../nbs/85_testbed.ipynb #2faed920
 def upper_bound_note(exploratory: pd.DataFrame, bound: str = "gold") -> str:
     "A sentence on whether the upper bound (`bound` minus base, held out) moved any endpoint: what the run could show at all."
     if exploratory is None or len(exploratory) == 0: return ""
@@ -303,7 +312,7 @@ def upper_bound_note(exploratory: pd.DataFrame, bound: str = "gold") -> str:
     return (f"The upper bound ({bound} answers chosen, same budget) moved none of the endpoints against base either ({say}): "
             "with this training budget the run could not have shown an effect of the vote.")
 
-# %% ../nbs/85_testbed.ipynb #c53d3547
+# %% ../nbs/85_testbed.ipynb #af1e50b7
 def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.DataFrame:
     "One row per system, split and `agree_on` (option, letter): accuracy per language, ACC_avg, Consistency, its excess, RankC."
     rows = []
@@ -316,7 +325,7 @@ def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.D
                 rows.append({"system": x, "split": split, **likelihood_row(sc, items, dataset["languages"], agree_on=agree)})
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #41dca21f
+# %% ../nbs/85_testbed.ipynb #b3f3f39a
 def run_answers(out, dataset: dict, systems) -> dict:
     "`{(system, split): (qids, pred, gold)}` for every system and split the run scored."
     got = {}
@@ -327,7 +336,7 @@ def run_answers(out, dataset: dict, systems) -> dict:
             if sc is not None: got[(x, split)] = answer_codes(sc, items, dataset["languages"])
     return got
 
-# %% ../nbs/85_testbed.ipynb #b25c3221
+# %% ../nbs/85_testbed.ipynb #aaf5457f
 def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettings, against=("base",)) -> pd.DataFrame:
     "Every system minus each of `against` on every endpoint and setting (points), unadjusted paired intervals: exploratory."
     rows = []
@@ -344,7 +353,7 @@ def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettin
                     rows.append(r)
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #725c4c3b
+# %% ../nbs/85_testbed.ipynb #d480822c
 HELD_OUT = {"eval_loss": "loss", "eval_rewards/accuracies": "pref_acc", "eval_rewards/margins": "margin"}
 "The held-out metrics a preference run logs, and their short names in the training table."
 
@@ -366,7 +375,7 @@ def held_out_table(out, systems) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #24eb0341
+# %% ../nbs/85_testbed.ipynb #bbb13a0a
 def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
     "Per round: how often the vote on the train questions named the gold option, and how often English's answer did (read after the run)."
     items = split_items(dataset, "train"); gold = gold_canonical(items)
@@ -382,7 +391,7 @@ def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
                      "mean_vote_share": float(v.vote_share.mean())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/85_testbed.ipynb #9aeb06e3
+# %% ../nbs/85_testbed.ipynb #b99f220d
 def testbed_tables(folder, p) -> dict:
     "Every table of a testbed run in `folder` of profile `p`: gate, systems, endpoints, exploratory, pairs, training, votes, rounds."
     s, d = p.testbed, p.datasets[0]; ds = asdict(d)
@@ -404,7 +413,7 @@ def testbed_tables(folder, p) -> dict:
     t["upper_bound"] = upper_bound_note(t["exploratory"])
     return t
 
-# %% ../nbs/85_testbed.ipynb #56d5213c
+# %% ../nbs/85_testbed.ipynb #eb70bd15
 def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     "Each system minus base on each endpoint and setting, with its paired interval: `path_stem.{png,pdf}`."
     import matplotlib.pyplot as plt
@@ -422,7 +431,7 @@ def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     plt.close(fig)
     return Path(f"{path_stem}.png")
 
-# %% ../nbs/85_testbed.ipynb #1cee85aa
+# %% ../nbs/85_testbed.ipynb #38c25c29
 def _md(t: pd.DataFrame, digits: int = 2) -> str:
     return t.round(digits).to_markdown(index=False) if len(t) else "(none)"
 
@@ -455,7 +464,7 @@ def testbed_readme(t: dict, p) -> str:
         f"Made by `calm reproduce --profile {p.name}` (or `calm demo --profile {p.name}`); every table is beside this file "
         "as csv and md."]) + "\n"
 
-# %% ../nbs/85_testbed.ipynb #d1bc6ecd
+# %% ../nbs/85_testbed.ipynb #6ab5e8bb
 def write_testbed_report(folder, p, out) -> Path:
     "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns the README."
     out = make_dir(out); t = testbed_tables(folder, p)
