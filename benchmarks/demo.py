@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 from calm.demo import run_demo
+from calm.files import package_versions
 from calm.profile import load_profile
 from calm.report_check import profile_config
-from calm.reports import code_version, package_versions, settings_hash
+from calm.reports import code_version, settings_hash
 
 
 def main():

@@ -16,10 +16,12 @@ from typing import Iterable
 
 import pandas as pd
 
+from .files import DataError, write_jsonl
+
 # %% auto #0
-__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'ANSWER_LABELS', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'DataError', 'normalize_lang',
-           'Labels', 'MCItem', 'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items',
-           'by_question', 'check_parallel', 'summarize', 'fingerprint', 'bundled', 'demo_path', 'demo_items']
+__all__ = ['LANGUAGES', 'LANGUAGE_ALIASES', 'ANSWER_LABELS', 'OPTION_LETTERS', 'DEMO_LANGUAGES', 'normalize_lang', 'Labels',
+           'MCItem', 'fold_letter', 'normalize_letter', 'check_item', 'write_items', 'read_items', 'by_question',
+           'check_parallel', 'summarize', 'fingerprint', 'bundled', 'demo_path', 'demo_items']
 
 # %% ../nbs/00_data.ipynb #227caec1
 LANGUAGES = {
@@ -32,14 +34,6 @@ LANGUAGES = {
 
 LANGUAGE_ALIASES = {"cn": "zh", "jp": "ja", "zh-cn": "zh", "zh_cn": "zh", "zh-hans": "zh"}
 "Non-ISO codes seen in the wild (the CALM release writes `cn`) and the code they stand for."
-
-# %% ../nbs/00_data.ipynb #fc77dd1d
-class DataError(ValueError):
-    "A problem in input data, located by file, row (0-based) and field."
-    def __init__(self, message: str, file=None, row=None, field=None):
-        self.file, self.row, self.field, self.message = file, row, field, message
-        where = ":".join(str(p) for p in (file, row) if p is not None)
-        super().__init__(f"{where + ': ' if where else ''}{field + ': ' if field else ''}{message}")
 
 # %% ../nbs/00_data.ipynb #dd8e34b9
 def normalize_lang(code: str, file=None, row=None, field="lang") -> str:
@@ -195,7 +189,6 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
 # %% ../nbs/00_data.ipynb #4ce4d122
 def write_items(items: Iterable[MCItem], path) -> Path:
     "Write `items` as UTF-8 JSONL to `path` atomically (parents created); returns the path."
-    from calm.files import write_jsonl  # calm.files imports calm.data, so importing it at the top would make a cycle
     return write_jsonl((it.to_dict() for it in items), path)
 
 # %% ../nbs/00_data.ipynb #8097d8da

@@ -13,8 +13,8 @@ import pandas as pd
 from .files import atomic_path
 
 # %% auto #0
-__all__ = ['SYSTEM_COLORS', 'OTHER_COLORS', 'VOTE_COLOR', 'CURVES', 'system_color', 'palette', 'options_k', 'wilson_interval',
-           'accuracy_bars', 'vote_bars', 'delta_bars', 'run_title', 'plot_train_curves']
+__all__ = ['SYSTEM_COLORS', 'OTHER_COLORS', 'VOTE_COLOR', 'system_color', 'palette', 'options_k', 'wilson_interval',
+           'accuracy_bars', 'vote_bars', 'delta_bars']
 
 # %% ../nbs/83_figures.ipynb #b0e0d973
 SYSTEM_COLORS = {"base": "#7f7f7f", "SFT": "#1f77b4", "SFT_gold": "#9ecae1", "CALM": "#ff7f0e", "CALM_gold": "#fdae6b"}
@@ -150,51 +150,4 @@ def delta_bars(table: pd.DataFrame, x: str, value: str, path_stem=None, title: s
     ax.set_ylim(-lim, lim)
     ax.legend(fontsize=7, frameon=False)
     _save(fig, path_stem)
-    return fig
-
-# %% ../nbs/83_figures.ipynb #58301c05
-CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
-          "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")],
-          "dco": [("loss", "loss"), ("dco/preference_gap", "preference gap"), ("dco/agreement", "preference agreement")]}
-"The panels of a training-curve figure per method: (log key, title)."
-
-# %% ../nbs/83_figures.ipynb #ab1f410c
-def run_title(method: str, name: str | None = None) -> str:
-    "A run's title naming its method once: `SFT`, `CALM (DPO)`, `01-en-fr (DPO)`."
-    m = method.upper()
-    if not name or name.upper() == m: return m
-    return name if m in name.upper().replace("_", " ").split() else f"{name} ({m})"
-
-# %% ../nbs/83_figures.ipynb #db5005b6
-def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
-    "Training and held-out curves for `method` with integer step axes, accuracies from 0 to 1 and honest loss scales (saved to `path` when given)."
-    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
-    from matplotlib.ticker import MaxNLocator
-    panels = CURVES[method]
-    fig = Figure(figsize=(4 * len(panels), 3.3), layout="constrained")
-    axes = fig.subplots(1, len(panels))
-    axes = list(axes) if len(panels) > 1 else [axes]
-    for ax, (key, name) in zip(axes, panels):
-        vals = []
-        for k, label, color in ((key, "train", "#333333"), (f"eval_{key}", "held out", "#d62728")):
-            if k in log.columns and log[k].notna().any():
-                d = log[["step", k]].dropna()
-                ax.plot(d.step, d[k], marker="o", ms=3, color=color, label=label); vals += list(d[k])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step"); ax.set_title(name, fontsize=10)
-        if not vals: continue
-        lo, hi = min(vals), max(vals)
-        if "accurac" in key: ax.set_ylim(-0.02, 1.02)
-        else:
-            ref = math.log(2) if method == "dpo" and key == "loss" else 0.0 if "margin" in key else None
-            if ref is not None: ax.axhline(ref, color="#999999", ls=":", lw=0.9, label="ln 2 (start)" if key == "loss" else "0")
-            pts = vals + ([ref] if ref is not None else [])
-            lo, hi = min(pts), max(pts)
-            span = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 0.05)
-            mid = (lo + hi) / 2
-            ax.set_ylim(mid - span * 0.6, mid + span * 0.6)
-        ax.legend(fontsize=7, frameon=False)
-    head = title or run_title(method)
-    fig.suptitle(head + (f" (n = {n} training rows)" if n else ""), fontsize=11)
-    if path is not None: fig.savefig(path, dpi=110)
     return fig

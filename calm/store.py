@@ -20,9 +20,9 @@ from fastcore.basics import patch
 import pandas as pd
 
 from .data import DEMO_LANGUAGES, DataError, MCItem, demo_items, fingerprint, normalize_lang, read_items
-from .files import CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir, with_checksum, write_atomic
+from .files import (CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir, package_versions,
+                        with_checksum, write_atomic)
 from .loaders import load_release_xcsqa
-from .reports import package_versions
 from .sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
 
 # %% auto #0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import resource
@@ -22,13 +23,11 @@ import pandas as pd
 
 from .adapters import HUB_IDS, publish_adapter
 from .data import DataError
-from .files import file_sha256, write_atomic
-from .figures import plot_train_curves, run_title
+from .files import file_sha256, package_versions, write_atomic
 from .models import load_model
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
 from .prompts import model_context
-from .reports import package_versions
 from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
                                SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
                                parse_train_args, train_parser)
@@ -37,10 +36,10 @@ from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRE
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'training_frame', 'check_training_rows', 'trl_rows', 'data_fingerprint',
-           'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args', 'peft_config',
-           'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'train', 'trainer_reference_is_base',
-           'load_adapter']
+__all__ = ['VARIANTS', 'CONFIG_FILE', 'ADAPTER_FILES', 'CURVES', 'training_frame', 'check_training_rows', 'trl_rows',
+           'data_fingerprint', 'split_holdout', 'variant_data', 'variant_settings', 'TrainRun', 'trainer_args',
+           'peft_config', 'read_run_info', 'adapter_hashes', 'run_is_done', 'log_frame', 'run_title',
+           'plot_train_curves', 'train', 'trainer_reference_is_base', 'load_adapter']
 
 # %% ../nbs/60_training.ipynb #dbb6c516
 def _dco_columns() -> list[str]:
@@ -242,6 +241,53 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if len(df) and "step" in df.columns: df = df.sort_values("step", kind="stable").reset_index(drop=True)
     return df
+
+# %% ../nbs/60_training.ipynb #58301c05
+CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
+          "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")],
+          "dco": [("loss", "loss"), ("dco/preference_gap", "preference gap"), ("dco/agreement", "preference agreement")]}
+"The panels of a training-curve figure per method: (log key, title)."
+
+# %% ../nbs/60_training.ipynb #ab1f410c
+def run_title(method: str, name: str | None = None) -> str:
+    "A run's title naming its method once: `SFT`, `CALM (DPO)`, `01-en-fr (DPO)`."
+    m = method.upper()
+    if not name or name.upper() == m: return m
+    return name if m in name.upper().replace("_", " ").split() else f"{name} ({m})"
+
+# %% ../nbs/60_training.ipynb #db5005b6
+def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
+    "Training and held-out curves for `method` with integer step axes, accuracies from 0 to 1 and honest loss scales (saved to `path` when given)."
+    from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
+    from matplotlib.ticker import MaxNLocator
+    panels = CURVES[method]
+    fig = Figure(figsize=(4 * len(panels), 3.3), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    axes = list(axes) if len(panels) > 1 else [axes]
+    for ax, (key, name) in zip(axes, panels):
+        vals = []
+        for k, label, color in ((key, "train", "#333333"), (f"eval_{key}", "held out", "#d62728")):
+            if k in log.columns and log[k].notna().any():
+                d = log[["step", k]].dropna()
+                ax.plot(d.step, d[k], marker="o", ms=3, color=color, label=label); vals += list(d[k])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("step"); ax.set_title(name, fontsize=10)
+        if not vals: continue
+        lo, hi = min(vals), max(vals)
+        if "accurac" in key: ax.set_ylim(-0.02, 1.02)
+        else:
+            ref = math.log(2) if method == "dpo" and key == "loss" else 0.0 if "margin" in key else None
+            if ref is not None: ax.axhline(ref, color="#999999", ls=":", lw=0.9, label="ln 2 (start)" if key == "loss" else "0")
+            pts = vals + ([ref] if ref is not None else [])
+            lo, hi = min(pts), max(pts)
+            span = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 0.05)
+            mid = (lo + hi) / 2
+            ax.set_ylim(mid - span * 0.6, mid + span * 0.6)
+        ax.legend(fontsize=7, frameon=False)
+    head = title or run_title(method)
+    fig.suptitle(head + (f" (n = {n} training rows)" if n else ""), fontsize=11)
+    if path is not None: fig.savefig(path, dpi=110)
+    return fig
 
 # %% ../nbs/60_training.ipynb #090d702a
 def _save_adapter(model, tokenizer, out_dir: Path) -> None:
