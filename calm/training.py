@@ -28,7 +28,7 @@ from .models import load_model
 from .pairs import (filter_by_gold, from_trl, read_jsonl, sft_from_gold, sft_from_votes, split_untranslated,
                         to_trl_preference, to_trl_sft)
 from .prompts import model_context
-from .train_config import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
+from .training_args import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PRESETS, RUN_KEYS, TABLE5, CalmArgs,
                                SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
                                parse_train_args, train_parser)
 

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "nbs" / "experiments").glob("*.ipynb"))
 CHECKED = EXPERIMENTS
-OWN_LIBRARY = ["50_pairs", "63_adapters", "80_reports", "83_figures"]
+OWN_LIBRARY = ["50_pairs", "56_adapters", "80_reports", "81_figures"]
 
 
 def cells(path): return json.loads(path.read_text(encoding="utf-8"))["cells"]

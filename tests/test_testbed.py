@@ -12,8 +12,8 @@ from tiny_model import tiny_llama
 
 from calm.demo import run_demo
 from calm.profile import ProfileError, load_profile
-from calm.runner import read_stage_log
-from calm.runner import testbed_folder as folder_of
+from calm.pipeline import read_stage_log
+from calm.pipeline import testbed_folder as folder_of
 from calm.testbed_data import testbed_items as split_of
 
 PROFILE = """
