@@ -173,7 +173,7 @@ def run_demo(out="reports/demo", profile="demo", until: str = "report", release=
     first = (p.models[0], p.datasets[0].name)
     stages = profile_stages(p, run_dir) if p.testbed is not None else \
         [st for st in profile_stages(p, run_dir, release)
-         if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.name.split(":")[0], st.name.split(":")[0])) <= stop]
+         if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.id.step, st.id.step)) <= stop]
     took = run_stages(stages, run_dir) if stages else {}
     if until == "report":
         paths["report"] = write_testbed_report(testbed_folder(p, run_dir), p, out) if p.testbed is not None \

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -24,21 +25,45 @@ from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
 from .training import TrainConfig
 
 # %% auto #0
-__all__ = ['Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_folder', 'testbed_stages',
+__all__ = ['StageId', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'rag_stages', 'testbed_folder', 'testbed_stages',
            'profile_stages', 'read_stage_log', 'run_stages', 'write_job_manifest']
+
+# %% ../nbs/87_pipeline.ipynb #c5a1d001
+class StageId(NamedTuple):
+    "What a stage does, as fields: step, system, the questions it answers, its branch and its round."
+    step: str                       # sample, vote, pairs, train, evaluate, results; gate, score (testbed); index (Self-RAG)
+    system: str | None = None       # the system it trains or answers with: `CALM`, `base`, a curriculum stage `01-en-fr`
+    on: str | None = None           # the test set (Tables 3 and 9) or split (testbed) it answers, when not the run's own
+    rag: bool = False               # a stage of the Self-RAG generator's run
+    curriculum: bool = False        # a stage of Table 10's language curriculum
+    round: int = 1                  # the testbed's voting round
+
+    def __str__(self) -> str:
+        parts = ["rag"] * self.rag + [self.step] + ["curriculum"] * self.curriculum + [self.system] * bool(self.system)
+        return ":".join(parts + [f"r{self.round}"] * (self.round > 1)) + (f"@{self.on}" if self.on else "")
 
 # %% ../nbs/87_pipeline.ipynb #c83440526
 @dataclass
 class Stage:
-    "One step of a profile run: `fn(**kwargs)` for `model` and `dataset`; `needs` names what it requires (GPU, network), `tables` the notebooks that need it (none: a main stage, run by `calm demo`)."
+    "One step of a profile run: `fn(**kwargs)` for `model` and `dataset`, identified by a `StageId`."
     model: str
     dataset: str
-    name: str
+    id: StageId
     fn: object
     kwargs: dict
-    needs: tuple = ()
+    needs: tuple = ()                        # what it requires: a GPU, the network
     outputs: tuple = ()                      # paths (relative to kwargs["out"]) the stage writes: what "reused" is judged on
-    tables: tuple = ()
+    tables: tuple = ()                       # the notebooks that need it (none: a main stage, run by `calm demo`)
+
+    def __post_init__(self):
+        if isinstance(self.id, str):         # a bare step name; anything more is a StageId
+            if ":" in self.id or "@" in self.id: raise ValueError(f"a stage is named by a StageId, not {self.id!r}")
+            self.id = StageId(self.id)
+
+    @property
+    def name(self) -> str:
+        "The stage's name in logs and the plan: `str(self.id)`."
+        return str(self.id)
 
     @property
     def key(self) -> str:
@@ -102,38 +127,45 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
     "The stages of one model and dataset, writing under `out/<model>/<dataset>/`."
     gpu = ("GPU (vLLM)",) if p.backend == "vllm" else ()
     net = () if Path(model).exists() or "/" not in model else ("network (model from the hub)",)
-    o, ds, L, rel = str(Path(out) / run_slug(model) / d.name), asdict(d), list(d.languages), str(release) if release else None
+    o, ds, L = str(Path(out) / run_slug(model) / d.name), asdict(d), list(d.languages)
+    rel = str(release) if release else None
     hub = ("network (MedQA train questions from the hub, translated)",) if d.source == "release:medqa" else ()
     stages = []
-    def S(name, fn, needs=(), outputs=(), tables=(), **kw): stages.append(Stage(model, d.name, name, fn, {"out": o, **kw}, needs, outputs, tables))
-    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed, batch_size=p.evaluation.batch_size, release=rel, dtype=p.dtype)
+    def S(id, fn, needs=(), outputs=(), tables=(), **kw):
+        stages.append(Stage(model, d.name, id, fn, {"out": o, **kw}, needs, outputs, tables))
+    ev = dict(backend=p.backend, evaluation=asdict(p.evaluation), seed=p.sampling.seed,
+              batch_size=p.evaluation.batch_size, release=rel, dtype=p.dtype)
     gold = lambda s: ("table2",) if s.endswith("_gold") else ()
-    test_ds = {**ds, "languages": list(d.test_languages or L)}   # the test questions in the test languages (default: the trained ones)
-    S("sample", run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend, dataset=ds, sampling=asdict(p.sampling), release=rel, dtype=p.dtype)
-    S("vote", run_vote, (), ("votes.csv",), languages=L, tie=p.sampling.tie)
-    S("pairs", run_pairs, net, ("data",), model=model, languages=L)
+    test_ds = {**ds, "languages": list(d.test_languages or L)}   # the test languages (default: the trained ones)
+    S(StageId("sample"), run_sample, gpu + net + hub, ("samples", "train_items.jsonl"), model=model, backend=p.backend,
+      dataset=ds, sampling=asdict(p.sampling), release=rel, dtype=p.dtype)
+    S(StageId("vote"), run_vote, (), ("votes.csv",), languages=L, tie=p.sampling.tie)
+    S(StageId("pairs"), run_pairs, net, ("data",), model=model, languages=L)
     for s in p.systems:
         robust = {"vote_error_rate": p.vote_error_rate} if s == "CALM-robust" else {}
-        if s != "base": S(f"train:{s}", run_train, ("GPU",) + net, (f"adapters/{s}",), gold(s), model=model, system=s, training=dict(p.training),
-                          languages=L, **robust)
+        if s != "base": S(StageId("train", s), run_train, ("GPU",) + net, (f"adapters/{s}",), gold(s), model=model,
+                          system=s, training=dict(p.training), languages=L, **robust)
     for s in p.systems:
-        S(f"evaluate:{s}", run_evaluate, gpu + net, (f"eval/{s}",), gold(s), model=model, system=s, dataset=test_ds, **ev)
-    S("results", run_results, (), ("results.csv", "results.md"), dataset=test_ds, systems=list(p.systems), release=rel)
+        S(StageId("evaluate", s), run_evaluate, gpu + net, (f"eval/{s}",), gold(s), model=model, system=s,
+          dataset=test_ds, **ev)
+    S(StageId("results"), run_results, (), ("results.csv", "results.md"), dataset=test_ds, systems=list(p.systems),
+      release=rel)
     for t in test_sets(p, d):                  # Tables 3 and 9: each system on more test sets
         td = _test_dataset(p, d, t)
         for s in t.systems or p.systems:
-            S(f"evaluate:{s}@{t.name}", run_evaluate, gpu + net, (f"eval_{t.name}/{s}",), ("table3", "table9"), model=model, system=s,
-              dataset=td, group=t.group, store=f"eval_{t.name}", label=t.name, **ev)
+            S(StageId("evaluate", s, on=t.name), run_evaluate, gpu + net, (f"eval_{t.name}/{s}",), ("table3", "table9"),
+              model=model, system=s, dataset=td, group=t.group, store=f"eval_{t.name}", label=t.name, **ev)
     c = curriculum_of(p, d)
-    if c is not None:                          # Table 10: a curriculum on this dataset's first languages, answered in `c.languages`
+    if c is not None:                          # Table 10: a curriculum on this dataset's first languages
         plan_ = curriculum_plan(L)
-        S("train:curriculum", run_curriculum, ("GPU",) + net, tuple(f"adapters/{stage_name(i, l)}" for i, l in enumerate(plan_)), ("table10",),
+        S(StageId("train", curriculum=True), run_curriculum, ("GPU",) + net,
+          tuple(f"adapters/{stage_name(i, l)}" for i, l in enumerate(plan_)), ("table10",),
           model=model, training=dict(p.training), languages=L)
         cd = {**ds, "languages": list(c.languages or L), "test_questions": c.questions or d.test_questions}
         own = cd["languages"] == L and cd["test_questions"] == d.test_questions
         for s in ([] if own else ["base"]) + [stage_name(i, l) for i, l in enumerate(plan_)]:
-            S(f"evaluate:curriculum:{s}", run_evaluate, gpu + net, (f"eval_curriculum/{s}",), ("table10",), model=model, system=s, dataset=cd,
-              store="eval_curriculum", label="curriculum", **ev)
+            S(StageId("evaluate", s, curriculum=True), run_evaluate, gpu + net, (f"eval_curriculum/{s}",), ("table10",),
+              model=model, system=s, dataset=cd, store="eval_curriculum", label="curriculum", **ev)
     return stages
 
 # %% ../nbs/87_pipeline.ipynb #c04608872
@@ -141,22 +173,26 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     "The Self-RAG stages of dataset `d`: the generator answers with retrieved passages, then CALM on its own samples."
     r, g = p.rag, p.rag["generator"]
     gpu = ("GPU (vLLM)",) if p.backend == "vllm" else ()
-    o, ds, rel, L = str(Path(out) / "rag" / run_slug(g) / d.name), asdict(d), str(release) if release else None, list(d.languages)
+    o, ds, L = str(Path(out) / "rag" / run_slug(g) / d.name), asdict(d), list(d.languages)
+    rel = str(release) if release else None
     idx, net = str(Path(out) / "rag" / "index"), ("network (hub models)",)
     rag_kw = {"index": idx, "embedder": r["embedder"], "k": r["k"], "scope": r["scope"], "style": r["style"]}
-    T = ("table1", "table9")
-    stages = [Stage(g, d.name, "rag:index", run_rag_index, {"corpus": r["corpus"], "index": idx, "embedder": r["embedder"]}, net, (), T),
-              Stage(g, d.name, "rag:sample", run_sample, {"out": o, "model": g, "backend": p.backend, "dataset": ds, "sampling": asdict(p.sampling),
-                                                          "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net, ("samples",), T),
-              Stage(g, d.name, "rag:vote", run_vote, {"out": o, "languages": L, "tie": p.sampling.tie}, (), ("votes.csv",), T),
-              Stage(g, d.name, "rag:pairs", run_pairs, {"out": o, "model": g, "languages": L, "rag": rag_kw}, net, ("data",), T),
-              Stage(g, d.name, "rag:train:CALM", run_train, {"out": o, "model": g, "system": "CALM", "training": dict(p.training), "languages": L,
-                                                             "rag": rag_kw}, ("GPU",) + net, ("adapters/CALM",), T)]
+    stages = []
+    def S(id, fn, kwargs, needs=(), outputs=()):
+        stages.append(Stage(g, d.name, id, fn, kwargs, needs, outputs, ("table1", "table9")))
+    S(StageId("index", rag=True), run_rag_index, {"corpus": r["corpus"], "index": idx, "embedder": r["embedder"]}, net)
+    S(StageId("sample", rag=True), run_sample, {"out": o, "model": g, "backend": p.backend, "dataset": ds,
+      "sampling": asdict(p.sampling), "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net, ("samples",))
+    S(StageId("vote", rag=True), run_vote, {"out": o, "languages": L, "tie": p.sampling.tie}, (), ("votes.csv",))
+    S(StageId("pairs", rag=True), run_pairs, {"out": o, "model": g, "languages": L, "rag": rag_kw}, net, ("data",))
+    S(StageId("train", "CALM", rag=True), run_train, {"out": o, "model": g, "system": "CALM",
+      "training": dict(p.training), "languages": L, "rag": rag_kw}, ("GPU",) + net, ("adapters/CALM",))
     for s in ("base", "CALM"):
-        stages.append(Stage(g, d.name, f"rag:evaluate:{s}", run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s, "dataset": ds,
-                            "evaluation": asdict(p.evaluation), "seed": p.sampling.seed, "batch_size": p.evaluation.batch_size, "release": rel,
-                            "rag": rag_kw, "dtype": p.dtype}, gpu + net, (f"eval/{s}",), T))
-    stages.append(Stage(g, d.name, "rag:results", run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel}, (), ("results.csv",), T))
+        S(StageId("evaluate", s, rag=True), run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s,
+          "dataset": ds, "evaluation": asdict(p.evaluation), "seed": p.sampling.seed,
+          "batch_size": p.evaluation.batch_size, "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net, (f"eval/{s}",))
+    S(StageId("results", rag=True), run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel},
+      (), ("results.csv",))
     return stages
 
 # %% ../nbs/87_pipeline.ipynb #tbst0003
@@ -166,25 +202,29 @@ def testbed_folder(p: Profile, out) -> Path:
 
 # %% ../nbs/87_pipeline.ipynb #tbst0002
 def testbed_stages(p: Profile, out) -> list[Stage]:
-    "The stages of a testbed profile, under `out/<candidate models>/<dataset>/`: gate, scores, pairs, training, scores, round 2."
+    "The stages of a testbed profile, under `out/<candidate models>/<dataset>/`."
     d, s = p.datasets[0], p.testbed
     label = "+".join(p.models)                          # the gate picks one of these models; every later stage uses it
     o, ds, tb = str(testbed_folder(p, out)), asdict(d), asdict(s)
     sc = dict(dataset=ds, backend=p.backend, dtype=p.dtype, batch_size=p.evaluation.batch_size)
     stages = []
-    def S(name, fn, outputs, **kw): stages.append(Stage(label, d.name, name, fn, {"out": o, **kw}, (), outputs))
+    def S(id, fn, outputs, **kw): stages.append(Stage(label, d.name, id, fn, {"out": o, **kw}, (), outputs))
     def score(x):                                       # every system on the test questions; on the train questions (the
         own = x in ("base", "CALM", s.control, "CALM-r2")   # self setting) those the endpoints and round 2 read
         for split in ("test", "train") if own and "self" in s.settings or x == "base" else ("test",):
-            S(f"score:{x}@{split}", run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
-    S("gate", run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
+            S(StageId("score", x, on=split), run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
+    S(StageId("gate"), run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
     score("base")
-    S("pairs", run_testbed_pairs, ("votes.csv", "data/counts.csv"), dataset=ds, testbed=tb, round=1)
-    for x in s.systems: S(f"train:{x}", run_testbed_train, (f"adapters/{x}",), system=x, dataset=ds, training=dict(p.training), testbed=tb)
+    S(StageId("pairs"), run_testbed_pairs, ("votes.csv", "data/counts.csv"), dataset=ds, testbed=tb, round=1)
+    for x in s.systems:
+        S(StageId("train", x), run_testbed_train, (f"adapters/{x}",), system=x, dataset=ds, training=dict(p.training),
+          testbed=tb)
     for x in s.systems: score(x)
-    if s.rounds == 2:                                   # CALM's own scores of the train questions vote again; CALM trains again
-        S("pairs:r2", run_testbed_pairs, ("votes_r2.csv", "data/counts_r2.csv"), dataset=ds, testbed=tb, round=2)
-        S("train:CALM-r2", run_testbed_train, ("adapters/CALM-r2",), system="CALM-r2", dataset=ds, training=dict(p.training), testbed=tb)
+    if s.rounds == 2:                                   # CALM's own scores of the train questions vote again
+        S(StageId("pairs", round=2), run_testbed_pairs, ("votes_r2.csv", "data/counts_r2.csv"), dataset=ds,
+          testbed=tb, round=2)
+        S(StageId("train", "CALM-r2"), run_testbed_train, ("adapters/CALM-r2",), system="CALM-r2", dataset=ds,
+          training=dict(p.training), testbed=tb)
         score("CALM-r2")
     return stages
 
