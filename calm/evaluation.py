@@ -12,8 +12,8 @@ import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
 from .extraction import extract_records
-from .metrics import (ac3, accuracy, consistency_at, correctness, excess_consistency, excess_consistency_ci, metrics_table,
-                          paired_bootstrap, paired_bootstrap_stat)
+from .metrics import (ac3, accuracy, consistency_at, correctness, excess_consistency, excess_consistency_ci,
+                          metrics_table, paired_bootstrap, paired_bootstrap_stat)
 from .store import run_sampling
 from .voting import answer_array, canonical_records, encode_letters
 
@@ -23,7 +23,7 @@ __all__ = ['AGREE_ON', 'check_agree_on', 'gold_codes', 'answer_matrix', 'score',
 
 # %% ../nbs/71_evaluation.ipynb #de1c9a42
 AGREE_ON = ("option", "letter")
-"What agreement across languages counts: the same `option` (by option id, the default) or the same shown `letter` (the paper's)."
+"What agreement across languages counts: the same `option` (by option id) or the same shown `letter` (the paper's)."
 
 def check_agree_on(agree_on: str) -> str:
     "`agree_on` if it is one of `AGREE_ON`, else `ValueError`."
@@ -32,10 +32,12 @@ def check_agree_on(agree_on: str) -> str:
 
 # %% ../nbs/71_evaluation.ipynb #b0ef9e76
 def gold_codes(items: Iterable[MCItem], file=None) -> dict:
-    "`{qid: gold canonical letter}` of `items` (the gold letter when they have no option ids); `DataError` (naming `file`) when a question lacks gold or languages disagree on its gold option."
+    "`{qid: gold canonical letter}` of `items` (the gold letter when they have no option ids)."
     gold: dict = {}
     for it in items:
-        if it.gold is None: raise DataError(f"question {it.qid!r} has no gold letter in {it.lang!r}: it cannot be scored", file, field="gold")
+        if it.gold is None:
+            raise DataError(f"question {it.qid!r} has no gold letter in {it.lang!r}: it cannot be scored", file,
+                            field="gold")
         g = (it.canonical_letter(it.gold), it.gold_id)
         if gold.setdefault(it.qid, g) != g:
             what = "gold options (by option id)" if it.option_ids else "gold letters"
@@ -49,7 +51,7 @@ def _shown_gold(items: list[MCItem], qids, langs, gold: dict) -> np.ndarray:
     return encode_letters([[by_key.get((q, l), gold[q]) for l in langs] for q in qids])
 
 def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, agree_on: str = "option"):
-    "`(qids, pred (Q, L) codes, gold codes)` for one sample index, questions in item order, options named by `agree_on` (`option`: canonical letters)."
+    "`(qids, pred (Q, L) codes, gold codes)` for one sample index, questions in item order."
     items = list(items); gold = gold_codes(items); check_agree_on(agree_on)
     langs = [normalize_lang(l) for l in languages]
     qids = list(gold)
@@ -66,7 +68,7 @@ def answer_matrix(records: pd.DataFrame, items: Iterable[MCItem], languages, sam
 # %% ../nbs/71_evaluation.ipynb #cded3fe8
 def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, n_boot: int = 1000, seed: int = 0,
           agree_on: str = "option") -> pd.DataFrame:
-    "Every metric of one system with bootstrap intervals (fractions), as `calm.metrics.metrics_table`, with `excess_Consistency_2`."
+    "Every metric of one system with bootstrap intervals (fractions), as `calm.metrics.metrics_table`."
     langs = [normalize_lang(l) for l in languages]
     _, pred, gold = answer_matrix(records, items, langs, sample, agree_on)
     table = metrics_table(pred, gold, langs, n_boot=n_boot, seed=seed)
@@ -78,8 +80,9 @@ def score(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int
     return table.assign(agree_on=agree_on)
 
 # %% ../nbs/71_evaluation.ipynb #2c649fed
-def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0, agree_on: str = "option") -> dict:
-    "Table 1's row for one system (percent): accuracy per language, ACC_avg, Consistency_L, excess_Consistency_2, AC3_L; `agree_on`."
+def results_row(records: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0,
+                agree_on: str = "option") -> dict:
+    "Table 1's row for one system (percent)."
     langs = [normalize_lang(l) for l in languages]
     _, pred, gold = answer_matrix(records, items, langs, sample, agree_on)
     acc = accuracy(pred, gold)
@@ -98,12 +101,13 @@ def results_table(systems: Mapping[str, pd.DataFrame], items: Iterable[MCItem], 
                   agree_on: str = "option") -> pd.DataFrame:
     "Table 1 for several systems: one `results_row` per named system."
     items = list(items)
-    return pd.DataFrame([{"system": name, **results_row(r, items, languages, sample, agree_on)} for name, r in systems.items()])
+    return pd.DataFrame([{"system": name, **results_row(r, items, languages, sample, agree_on)}
+                         for name, r in systems.items()])
 
 # %% ../nbs/71_evaluation.ipynb #fb06c948
 def compare_systems(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages, sample: int = 0,
                     n_boot: int = 1000, seed: int = 0, agree_on: str = "option") -> pd.DataFrame:
-    "Paired bootstrap of b minus a (percent points): accuracy per language and on average, Consistency_L and excess_Consistency_2."
+    "Paired bootstrap of b minus a (percent points) for each of Table 1's metrics."
     items, langs = list(items), [normalize_lang(l) for l in languages]
     qa, pa, gold = answer_matrix(a, items, langs, sample, agree_on)
     _, pb, _ = answer_matrix(b, items, langs, sample, agree_on)
@@ -129,7 +133,7 @@ def compare_systems(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], l
 def evaluate_model(run_dir, items: Iterable[MCItem], languages, backend, m: int = 1, greedy: bool = False,
                    temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 512, seed: int = 0,
                    batch_size: int = 8, prompt_builder=None, progress: bool = True, **kw) -> pd.DataFrame:
-    "Answer every item with `backend` into the store at `run_dir` (resumable) and return records with letters; items without gold are refused before anything is generated."
+    "Answer every item with `backend` into the store at `run_dir` (resumable) and return records with letters."
     items = list(items)
     gold_codes(items)                          # what cannot be scored is not generated
     recs = run_sampling(run_dir, items, languages, m, backend, temperature=0.0 if greedy else temperature, top_p=top_p,

@@ -87,15 +87,17 @@ def _patterns() -> _Patterns:
 
 _COLON = re.compile(r"[:：]")
 
-def find_labels(text: str, kind: str = "answer", start: int = 0, end: int | None = None) -> list[tuple[int, int, str]]:
-    "The `(start, end, label)` of every `kind` label (`answer`, `explanation` or `any`) in `text[start:end]`, in order."
+def find_labels(text: str, kind: str = "answer", start: int = 0,
+                end: int | None = None) -> list[tuple[int, int, str]]:
+    "The `(start, end, label)` of every `kind` label in `text[start:end]`, in order."
     P = _patterns()
     rx = {"answer": P.answer, "explanation": P.explanation, "any": P.stop}[kind]
     end = len(text) if end is None else end
     rev, n, found = text[::-1], len(text), []
     for c in _COLON.finditer(text, start, end):
         m = rx.match(rev, n - 1 - c.start())
-        if m and n - m.end() >= start: found.append(_Label(n - m.end(), c.end(), text[n - m.end():n - m.start("label")]))
+        if m and n - m.end() >= start:
+            found.append(_Label(n - m.end(), c.end(), text[n - m.end():n - m.start("label")]))
     return found
 
 # %% ../nbs/30_extraction.ipynb #11e7be39
@@ -104,7 +106,8 @@ class Extraction:
     "The answer letter found in a completion (None if missing), how it was found, and which rule decided."
     letter: str | None
     how: str   # "parsed" | "option_text" | "missing"
-    rule: str  # label, foreign_label, sentence, tag, correction, gloss, first_line, final_line, explanation_head, option_text; or why missing
+    rule: str  # label, foreign_label, sentence, tag, correction, gloss, first_line, final_line, explanation_head,
+               # option_text; or why missing
 
 # %% ../nbs/30_extraction.ipynb #43b80347
 _OPEN = r"""[\s*_`"'“”‘’«»「『【\[(（<《]*"""
@@ -112,7 +115,8 @@ _LETTER = re.compile(_OPEN + r"(?:(?i:option|choice|opción|opzione|选项|選�
                      r"(?:([A-J])" + _LETTER_END + r"|([a-j])(?=[ \t]*(?:[)）\]】>》:：]|[.．](?![a-z])|$|\n)))")
 _CLOSE = re.compile(r"""[ \t*_`"'“”‘’«»」』】\])）>》.．:：,，、。]*""")
 _AFTER_OR = "".join(rf"|(?<=\b{w} .)" for w in ("or", "and", "ou", "et", "oder", "und", "o", "e"))
-_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + rf"(?:(?!\s+[a-z]{{2}}){_AFTER_OR})")  # not "A lot of", but "A or C depending on"
+# not "A lot of", but "A or C depending on"
+_OTHER_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END + rf"(?:(?!\s+[a-z]{{2}}){_AFTER_OR})")
 _CLAUSE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]")
 _STRIP = " \t\r\n.。,，:：;；!！?？\"'“”‘’«»()（）<>《》[]【】「」『』*_`"
 _WORDY_CHAR = re.compile(_WORDY)
@@ -120,23 +124,32 @@ _FULL_WIDTH = str.maketrans({**{chr(0xFF21 + i): chr(0x41 + i) for i in range(26
                              **{chr(0xFF41 + i): chr(0x61 + i) for i in range(26)}})
 
 # %% ../nbs/30_extraction.ipynb #492f04c8
-_NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['’]t)\s+(?:(?:the\s+)?(?:correct|right|best)|the\s+answer|true|valid)"""
+_NEGATION = re.compile(r"""[ \t]*[-–—,:]?[ \t]*(?i:(?:is|are)\s+(?:not|n['’]t)\s+"""
+                       r"""(?:(?:the\s+)?(?:correct|right|best)|the\s+answer|true|valid)"""
                        r"""|isn['’]t\s+(?:correct|right|the)|(?:is\s+)?(?:incorrect|wrong)\b"""
-                       r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)|est\s+(?:incorrecte?|fausse?)"""
-                       r"""|ist\s+(?:nicht\s+(?:richtig|korrekt|die\s+(?:richtige\s+)?antwort)|falsch)|non\s+è\s+(?:corrett|giust|la\s+risposta)"""
-                       r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)|(?:正解|正しい答え)ではない)""")
-_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrecte?|faux|fausse|falsch|nicht\s+richtig|erreur|sbagliat[ao]|errat[ao]|错误?|錯誤?|错|不正确|間違い|不正解)\s*[)）,，、]"""
-                       r"""|[(（]\s*(?i:(?:this|that|it)(?:\s+(?:option|answer|choice))?\s+(?:is|was)\s+(?:not\s+(?:the\s+|a\s+)?(?:correct|right)\b|(?:the\s+|an?\s+)(?:incorrect|wrong)\s+(?:answer|option|choice)|incorrect|wrong|a\s+mistake)\b"""
-                       r"""|(?:实际上|其实)?不是正确(?:的)?答案|(?:これは)?(?:正しくない|不正解))|✗|❌""")  # "(Incorrect)", "(This is not the correct answer, …"
+                       r"""|n['’]est\s+pas\s+(?:correct|juste|bon|la\s+(?:bonne\s+)?réponse)"""
+                       r"""|est\s+(?:incorrecte?|fausse?)"""
+                       r"""|ist\s+(?:nicht\s+(?:richtig|korrekt|die\s+(?:richtige\s+)?antwort)|falsch)"""
+                       r"""|non\s+è\s+(?:corrett|giust|la\s+risposta)"""
+                       r"""|è\s+(?:sbagliat|errat)|(?:是)?(?:不正确|错误|错的|不对)|不是(?:正确|对的|答案)|(?:は)?(?:正しくない|間違い|不正解)"""
+                       r"""|(?:正解|正しい答え)ではない)""")
+# "(Incorrect)", "(This is not the correct answer, …"
+_NEG_MARK = re.compile(r"""[(（]\s*(?i:x|×|✗|wrong|incorrecte?|faux|fausse|falsch|nicht\s+richtig|erreur|sbagliat[ao]"""
+                       r"""|errat[ao]|错误?|錯誤?|错|不正确|間違い|不正解)\s*[)）,，、]"""
+                       r"""|[(（]\s*(?i:(?:this|that|it)(?:\s+(?:option|answer|choice))?\s+(?:is|was)\s+"""
+                       r"""(?:not\s+(?:the\s+|a\s+)?(?:correct|right)\b|(?:the\s+|an?\s+)(?:incorrect|wrong)\s+"""
+                       r"""(?:answer|option|choice)|incorrect|wrong|a\s+mistake)\b"""
+                       r"""|(?:实际上|其实)?不是正确(?:的)?答案|(?:これは)?(?:正しくない|不正解))|✗|❌""")
 _ANY_LETTER = re.compile(_LETTER_START + r"([A-J])" + _LETTER_END)
 _CLAUSE_SPLIT = re.compile(r"[,;()（）。，；]|[.．](?=\s)")
-_NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
+_NEGATION_WORD = re.compile(r"(?i:\b(?:not|wrong|incorrect|false|pas|faux|fausse|nicht|falsch|non|sbagliat\w*"
+                            r"|errat\w*)\b|n['’]t\b)|不|错|錯|違う|ない|誤")
 _RIVAL_DENIED = re.compile(r"\s*(?:(?i:not|rather\s+than|instead\s+of|pas|nicht|non)\b|而?不是)")  # "B, not A"
 _PRONOUN = re.compile(r"[ \t]+(?!(?:is|or|and)\b)[a-z]{2,}")  # "Answer: I would choose C": "I" is no option
 
 # %% ../nbs/30_extraction.ipynb #abf4021f
 def _negated(segment: str) -> bool:
-    "Whether an option is marked wrong: a negation right after it, or a mark such as `(X)`, `(错误)` before the next letter."
+    "Whether an option is marked wrong: a negation right after it, or a mark such as `(X)` before the next letter."
     nxt = _ANY_LETTER.search(segment)
     return bool(_NEGATION.match(segment) or _NEG_MARK.search(segment[:nxt.start() if nxt else len(segment)]))
 
@@ -184,14 +197,16 @@ def _skip_own(tail: str, letter: str, opts: dict) -> str:
     return tail
 
 # %% ../nbs/30_extraction.ipynb #eccec13f
-_CLAUSE_OR_REASON = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]|,\s*(?i:because|since|as|car|parce|weil|da|denn|perché|poiché)\b|因为|因為")
+_CLAUSE_OR_REASON = re.compile(r"[.!?;](?=\s|$)|[。！？；(（]|,\s*(?i:because|since|as|car|parce|weil|da|denn|perché"
+                               r"|poiché)\b|因为|因為")
 
 def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: bool = False) -> tuple[str | None, str]:
-    "The valid letter right after `pos` and its reading: `ok`, `ambiguous` (its line, or clause, names another), `negated`, `corrected`, `none`."
+    "The valid letter right after `pos` and its reading (`ok`, `ambiguous`, `negated`, `corrected` or `none`)."
     m = _LETTER.match(text, pos)
     if not m: return None, "none"
     letter = (m.group(1) or m.group(2)).upper()
-    if letter not in valid or (m.group(1) == "I" and _PRONOUN.match(text, m.end())): return None, "none"  # "I would choose C"
+    if letter not in valid or (m.group(1) == "I" and _PRONOUN.match(text, m.end())):
+        return None, "none"  # "I would choose C"
     end = _CLOSE.match(text, m.end()).end()
     tail = _skip_own(unicodedata.normalize("NFKC", text[end:_line_end(text, end)]), letter, opts)
     if clause:
@@ -202,39 +217,51 @@ def _letter_after(text: str, pos: int, valid: frozenset, opts: dict, clause: boo
                 and not _negated(_skip_own(tail[_CLOSE.match(tail, o.end()).end():], o.group(1), opts))}
         if len(kept) == 1: return kept.pop(), "corrected"
         return None, ("ambiguous" if kept else "negated")
-    clauses = _CLAUSE_SPLIT.split(tail)  # the first is the chosen letter's; a later one that negates ("not A", "A and B are wrong") names no rival
-    others = [x for i, cl in enumerate(clauses) if (i == 0 and not _RIVAL_DENIED.match(cl)) or (i > 0 and not _NEGATION_WORD.search(cl))
+    # the first clause is the chosen letter's; a later one that negates ("not A", "A and B are wrong") names no rival
+    clauses = _CLAUSE_SPLIT.split(tail)
+    others = [x for i, cl in enumerate(clauses)
+              if (i == 0 and not _RIVAL_DENIED.match(cl)) or (i > 0 and not _NEGATION_WORD.search(cl))
               for x in _OTHER_LETTER.findall(cl) if x in valid and x != letter]
     return letter, ("ambiguous" if others else "ok")
 
 # %% ../nbs/30_extraction.ipynb #161944b3
 _SENTENCE = re.compile(  # the lookahead lists every alternative's first character: 5x faster on the release
     r"(?=[tTcCrRbBfFmMaAoOlLvVdDkKzZiIwW正最的答选選應应回解])(?:"
-    r"(?i:(?<![^\W\d_])(?:the\s+)?(?:(?:correct|right|best|final|most\s+(?:likely|appropriate|suitable|plausible|correct))\s+)?"
+    r"(?i:(?<![^\W\d_])(?:the\s+)?(?:(?:correct|right|best|final|most\s+(?:likely|appropriate|suitable|plausible"
+    r"|correct))\s+)?"
     r"(?:answer|option|choice)\s+(?:here\s+)?(?:is|would\s+be|should\s+be|will\s+be|must\s+be)"
     r"(?:\s+(?:therefore|thus|then|probably|likely|clearly|definitely))?"
-    r"|(?<![^\W\d_])(?:la\s+)?(?:(?:bonne|meilleure|vraie)\s+)?(?:réponse|option)\s+(?:(?:correcte|juste|exacte)\s+)?(?:est|serait)"
+    r"|(?<![^\W\d_])(?:la\s+)?(?:(?:bonne|meilleure|vraie)\s+)?(?:réponse|option)\s+(?:(?:correcte|juste"
+    r"|exacte)\s+)?(?:est|serait)"
     r"(?:\s+(?:donc|alors|probablement))?"
-    r"|(?<![^\W\d_])(?:die\s+)?(?:(?:richtige|korrekte|beste|zutreffende)\s+)?(?:antwort|option|lösung)\s+(?:ist|lautet|wäre)"
+    r"|(?<![^\W\d_])(?:die\s+)?(?:(?:richtige|korrekte|beste|zutreffende)\s+)?(?:antwort|option|lösung)\s+(?:ist|lautet"
+    r"|wäre)"
     r"(?:\s+(?:daher|also|deshalb|somit|wahrscheinlich))?"
     r"|(?<![^\W\d_])(?:la\s+)?(?:risposta|opzione)\s+(?:(?:corretta|giusta|esatta|migliore)\s+)?(?:è|sarebbe)"
     r"(?:\s+(?:quindi|dunque|probabilmente))?"
-    r"|(?<![^\W\d_])(?:la\s+)?(?:respuesta|opción)\s+(?:correcta\s+)?es|(?<![^\W\d_])(?:a\s+)?(?:resposta|opção)\s+(?:correta\s+)?é"
+    r"|(?<![^\W\d_])(?:la\s+)?(?:respuesta|opción)\s+(?:correcta\s+)?es|(?<![^\W\d_])(?:a\s+)?(?:resposta"
+    r"|opção)\s+(?:correta\s+)?é"
     r"|(?<![^\W\d_])(?:answer|réponse|antwort|risposta|respuesta|resposta)\s*[-–—=]"
-    r"|(?<![^\W\d_])(?:I\s+(?:would\s+|will\s+|'d\s+|'ll\s+)?(?:choose|pick|select|go\s+with)|my\s+(?:final\s+)?(?:answer|choice)\s+is)"
-    r"|(?<![^\W\d_])(?:actually|wait|correction|on\s+second\s+thought|i\s+mean)[,:]?(?:\s+no[,.!]?)?\s+(?:it['’]s|it\s+is|it\s+should\s+be)"
+    r"|(?<![^\W\d_])(?:I\s+(?:would\s+|will\s+|'d\s+|'ll\s+)?(?:choose|pick|select|go\s+with)"
+    r"|my\s+(?:final\s+)?(?:answer|choice)\s+is)"
+    r"|(?<![^\W\d_])(?:actually|wait|correction|on\s+second\s+thought|i\s+mean)[,:]?(?:\s+no[,.!]?)?\s+(?:it['’]s"
+    r"|it\s+is|it\s+should\s+be)"
     r")[ \t]*[:：]?(?:[ \t]*(?:la|le|el|die|l['’]option|l['’]opzione|la\s+opzione|la\s+opción)(?=[ \t]))?"
     r"|(?:正确|正確|最佳|最终|最終)?(?:的)?(?:答案|选项|選項|答)(?:应该|應該|应|應|可能)?(?:是|为|為|選|选)[:：]?|(?:应该|應該|应|應)选择?"
     r"|(?:正しい|最も適切な)?(?:答え|正解|選択肢|回答|解答)(?:は|が)[:：]?|(?:答案|答え|回答)\s*[-–—=])")
 _REVERSED = re.compile(  # "D. sewing - This is the correct answer", "E. Bathroom is the correct answer"
-    _LETTER_START + r"(?:\(([A-J])\)|([A-J])[.．)](?=[ \t])|(?i:option|choice)\s+([A-J])" + _LETTER_END + r"|([A-J])(?=\s+(?:is|est|ist|è)\s))"
+    _LETTER_START + r"(?:\(([A-J])\)|([A-J])[.．)](?=[ \t])"
+                    r"|(?i:option|choice)\s+([A-J])" + _LETTER_END + r"|([A-J])(?=\s+(?:is|est|ist|è)\s))"
     r"(?:(?![A-J](?![^\W\d_]))[^\n.。!?]){0,60}?(?:[-–—,:][ \t]*)?(?i:(?:this|which|that|it)\s+)?"
-    r"(?i:(?:is|are)\s+(?:the\s+|a\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|suitable))\s+(?:answer|option|choice)|is\s+the\s+answer(?=\s*(?:[.!。;]|$))"
+    r"(?i:(?:is|are)\s+(?:the\s+|a\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|suitable))\s+(?:answer|option"
+    r"|choice)|is\s+the\s+answer(?=\s*(?:[.!。;]|$))"
     r"|est\s+la\s+(?:bonne|meilleure)\s+(?:réponse|option)|ist\s+die\s+(?:richtige|korrekte|beste)\s+(?:antwort|option)"
     r"|è\s+la\s+(?:risposta|opzione)\s+(?:corretta|giusta|migliore))(?![^\W\d_])")
 _TAGGED = re.compile(r"\\boxed\s*\{\s*(?:\\text(?:bf)?\s*\{\s*)?\(?([A-Ja-j])\)?\s*[}.:]|<answer>\s*\(?([A-Ja-j])\b")
-_NONE_OF = re.compile(r"""[\s*_`"'“”«(]*(?:(?i:none\s+of|no\s+(?:correct\s+|right\s+)?(?:answer|option)|neither|aucune|aucun\b|keine|nessuna|nessuno|ninguna)|没有|都不|以上皆非|以上都不|該当なし|どれも)""")
-_QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q|human|user|instruction)\s*\d*\s*[:：.]")
+_NONE_OF = re.compile(r"""[\s*_`"'“”«(]*(?:(?i:none\s+of|no\s+(?:correct\s+|right\s+)?(?:answer|option)|neither"""
+                      r"""|aucune|aucun\b|keine|nessuna|nessuno|ninguna)|没有|都不|以上皆非|以上都不|該当なし|どれも)""")
+_QUESTION_LINE = re.compile(r"(?im)^[ \t#*]*(?:question|frage|domanda|pregunta|pergunta|вопрос|问题|問題|質問|q|human|user"
+                            r"|instruction)\s*\d*\s*[:：.]")
 _OPTION_LINE = re.compile(r"(?m)^[ \t*]*[(（]?([A-J])[.．)）:：][ \t]+\S")
 
 
@@ -257,7 +284,8 @@ def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
     out += [(m.start(), m.start(), "tag") for m in _TAGGED.finditer(text)]
     for m in _SENTENCE.finditer(text):
         if _LETTER.match(text, m.end()): out.append((m.start(), m.end(), "sentence"))
-        elif _NONE_OF.match(text, m.end()): out.append((m.start(), m.end(), "none"))   # "the correct answer is: none of the above"
+        elif _NONE_OF.match(text, m.end()):  # "the correct answer is: none of the above"
+            out.append((m.start(), m.end(), "none"))
     on_label_line = lambda i: any(l.end <= i and "\n" not in text[l.end:i].lstrip() for l in labels)
     out += [(m.start(), m.start(), "reversed") for m in _REVERSED.finditer(text) if not on_label_line(m.start())]
     return sorted(out)
@@ -266,25 +294,30 @@ def _statements(text: str, labels: list) -> list[tuple[int, int, str]]:
 _ASIDE = re.compile(r"(.*?)\s*[(（][^()（）\n]*[)）][\s.。]*$")
 
 def _line_answer(line: str, valid: frozenset, opts: dict, loose: bool = False) -> str | None:
-    "The letter of a line that is a lone letter, possibly with exactly its option text (any short text when `loose`)."
+    "The letter of a line that is a lone letter, possibly with exactly its option text."
     line = line.rstrip(" \t*_")
     m = _LETTER.match(line)
     if not m or (m.group(1) or m.group(2)).upper() not in valid: return None
     letter, rest = (m.group(1) or m.group(2)).upper(), line[_CLOSE.match(line, m.end()).end():]
     if not rest.strip() or (letter in opts and _norm(rest) == opts[letter]): return letter
-    aside = _ASIDE.match(rest)   # its option text, then an aside that does not mark it wrong: "A. gefährlich (Unter Schlafentzug …)"
+    # its option text, then an aside that does not mark it wrong: "A. gefährlich (Unter Schlafentzug …)"
+    aside = _ASIDE.match(rest)
     if aside and letter in opts and _norm(aside.group(1)) == opts[letter] and not _negated(rest[aside.end(1):]) \
        and not any(x in valid and x != letter for x in _OTHER_LETTER.findall(rest[aside.end(1):])): return letter
     return letter if loose and m.group(1) and len(rest) <= 60 and not _CLAUSE_END.search(rest) else None
 
 # %% ../nbs/30_extraction.ipynb #60c7561d
-_NOT_A_GLOSS = re.compile(r"(?i:incorr|inkorr|mistake|erreur|errone|sbagli|errat|falsch|faux|fausse|wrong|\bfalse|\bnot?\b|n['’]t\b|\bnone\b|\bnicht|\bnein\b"
-                          r"""|\bnon\b|\bpas\b|nessun|aucun|kein|\bany\b|\ball\b|\bI\b)|[?？]|不|错|錯|違|誤|ない|なし|無|都|全|[=(][ \t]*["']""")  # last: code, `input("Answer: ")`
-_NEGATIVE_LABEL = re.compile(r"(?i:incorrect|wrong|false|falsche|mauvaise|fausse|errata|sbagliata)[ \t]*$|(?:错误|不正确|不对|間違った|誤った|不正解)(?:的|の)?[ \t]*$")
+# the last alternative: code, `input("Answer: ")`
+_NOT_A_GLOSS = re.compile(r"(?i:incorr|inkorr|mistake|erreur|errone|sbagli|errat|falsch|faux|fausse|wrong|\bfalse"
+                          r"|\bnot?\b|n['’]t\b|\bnone\b|\bnicht|\bnein\b"
+                          r"""|\bnon\b|\bpas\b|nessun|aucun|kein|\bany\b|\ball\b|\bI\b)|[?？]|不|错|錯|違|誤|ない|なし|無|都|全"""
+                          r"""|[=(][ \t]*["']""")
+_NEGATIVE_LABEL = re.compile(r"(?i:incorrect|wrong|false|falsche|mauvaise|fausse|errata|sbagliata)[ \t]*$|(?:错误|不正确|不对"
+                             r"|間違った|誤った|不正解)(?:的|の)?[ \t]*$")
 
 
 def _is_gloss(line: str) -> bool:
-    "Whether a line holding an answer label without a letter only restates: no negation, no \"none\", \"all\" or question."
+    "Whether a line holding an answer label without a letter only restates the answer."
     return not _NOT_A_GLOSS.search(line)
 
 # %% ../nbs/30_extraction.ipynb #f2d169e7
@@ -298,7 +331,8 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
     language_of = _patterns().language_of
     labels = find_labels(text)
     by_start = {l.start: l for l in labels}
-    gloss = None  # the letters on foreign-language answer lines read past as glosses ("Risposta: E. tavolo\nAnswer: The photo was …")
+    # the letters on foreign-language answer lines read past as glosses ("Risposta: E. tavolo\nAnswer: The photo was …")
+    gloss = None
     def decided(letter, rule):
         if gloss is None: return Extraction(letter, "parsed", rule)
         return Extraction(letter, "parsed", "gloss") if gloss <= {letter} else Extraction(None, "missing", "ambiguous")
@@ -322,13 +356,16 @@ def extract_answer(text: str, lang: str, options: Iterable[tuple[str, str]] | No
             if kind == "sentence": return decided(letter, "sentence")
             own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
             return decided(letter, "label" if own else "foreign_label")
-        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier letter) ...
+        if kind == "label":  # the last answer label names no letter: its option text, or nothing (no earlier
+                             # letter) ...
             got = _option_text(text, at, opts)
             own = lang in language_of.get(" ".join(by_start[pos].word.casefold().split()), ())
             line = text[text.rfind("\n", 0, pos) + 1:text.find("\n", at) if "\n" in text[at:] else len(text)]
-            if gloss is not None and got.letter is not None: return Extraction(None, "missing", "no_letter")  # past a gloss only a letter decides
+            if gloss is not None and got.letter is not None:  # past a gloss only a letter decides
+                return Extraction(None, "missing", "no_letter")
             if got.letter is not None or own or not _is_gloss(line): return got
-            gloss = (gloss or set()) | {x for x in _OTHER_LETTER.findall(line) if x in valid}   # ... unless it is a gloss in another language
+            # ... unless it is a gloss in another language
+            gloss = (gloss or set()) | {x for x in _OTHER_LETTER.findall(line) if x in valid}
     if gloss is not None: return Extraction(None, "missing", "no_letter")
     # 2. no statement: an answer-first line, or a last line that is a lone letter (not when the options are re-listed)
     if not _lists_options(text):
@@ -371,7 +408,8 @@ RELEASE_SPLITS = {"en": ("Answer:",), "zh": ("答案:", "答案："), "fr": ("R�
 def release_letter(text, lang: str) -> str | None:
     "The release script's reading of a completion (`get_ans`): quirks included; None where it appends nothing."
     lang = label_language(lang)
-    if lang not in RELEASE_SPLITS: raise DataError(f"the release's parser knows only {sorted(RELEASE_SPLITS)}, not {lang!r}", field="lang")
+    if lang not in RELEASE_SPLITS:
+        raise DataError(f"the release's parser knows only {sorted(RELEASE_SPLITS)}, not {lang!r}", field="lang")
     ans = text if isinstance(text, str) else "" if text is None else str(text)
     for label in RELEASE_SPLITS[lang]: ans = ans.split(label)[-1].strip()
     if not ans: return None
@@ -381,14 +419,15 @@ def release_letter(text, lang: str) -> str | None:
 
 # %% ../nbs/30_extraction.ipynb #ab2e40c0
 def release_reading(text, lang: str) -> str | None:
-    "What the release's reading of `text` is: `letter`, or a guess: `word_initial` (`Explanation` -> E), `several_options` (`B or D`), `marked_wrong` (`A (错误)`), `not_a_letter`; None where it reads nothing."
+    "What the release's reading of `text` is: `letter`, or the kind of guess it makes; None where it reads nothing."
     got = release_letter(text, lang)
     if got is None: return None
     if got not in "ABCDE": return "not_a_letter"
     ans = text if isinstance(text, str) else str(text)
     for label in RELEASE_SPLITS[label_language(lang)]: ans = ans.split(label)[-1].strip()
     at = 1 if len(ans) > 1 and ans[1] == got else 0
-    if at == 1 and re.match(_WORDY, ans[0]) and not re.match(r"[(\[<（【「*]", ans[0]): return "word_initial"   # "BE..." -> E
+    if at == 1 and re.match(_WORDY, ans[0]) and not re.match(r"[(\[<（【「*]", ans[0]):
+        return "word_initial"  # "BE..." -> E
     if at == 0 and len(ans) > 1 and re.match(_WORDY, ans[1]): return "word_initial"               # "Explanation" -> E
     line = ans.split("\n", 1)[0]
     tail = line[at + 1:]
@@ -398,7 +437,7 @@ def release_reading(text, lang: str) -> str | None:
 
 # %% ../nbs/30_extraction.ipynb #1558e22b
 def release_only_readings(extracted: Iterable[dict]) -> pd.DataFrame:
-    "The `extracted` records the release's parser reads and ours does not, with its letter, `release_reading` and a careful reader's `class`."
+    "The `extracted` records the release's parser reads and ours does not, with how each is read."
     rows = []
     for r in extracted:
         got = release_letter(r["text"], r["lang"])
@@ -410,9 +449,10 @@ def release_only_readings(extracted: Iterable[dict]) -> pd.DataFrame:
         elif r["rule"] == "negated" or (r["rule"] == "no_letter" and reading == "marked_wrong"): cls = "marked wrong"
         elif _NONE_OF.search(text, labels[-1].end if labels else 0): cls = "none of the options"
         else: cls = "several options"
-        rows.append({**{k: r[k] for k in ("qid", "lang", "sample", "rule")}, "release_letter": got, "release_reading": reading,
-                     "class": cls, "text": text})
-    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "rule", "release_letter", "release_reading", "class", "text"])
+        rows.append({**{k: r[k] for k in ("qid", "lang", "sample", "rule")}, "release_letter": got,
+                     "release_reading": reading, "class": cls, "text": text})
+    return pd.DataFrame(rows, columns=["qid", "lang", "sample", "rule", "release_letter", "release_reading", "class",
+                                       "text"])
 
 
 # %% ../nbs/30_extraction.ipynb #c682c0af
@@ -443,5 +483,6 @@ def extraction_summary(extracted: Iterable[dict], items_by_key: Mapping) -> pd.D
         gold = [items_by_key[(q, lang)].gold for q in first["qid"]]
         rows.append({"lang": lang, "completions": len(g),
                      **{f"{h}_%": round(100 * (g["how"] == h).mean(), 2) for h in ("parsed", "option_text", "missing")},
-                     "sample0_accuracy_%": round(100 * sum(l == y for l, y in zip(first["letter"], gold)) / max(len(first), 1), 1)})
+                     "sample0_accuracy_%": round(100 * sum(l == y for l, y in zip(first["letter"], gold))
+                                                 / max(len(first), 1), 1)})
     return pd.DataFrame(rows)

@@ -27,19 +27,24 @@ def _pred(pred) -> np.ndarray:
     pred = np.asarray(pred)
     if pred.ndim == 1: pred = pred[:, None]
     if pred.ndim != 2: raise ValueError(f"answers must be shaped (Q, L), got {pred.shape}")
-    if not np.issubdtype(pred.dtype, np.integer): raise ValueError(f"answers must be letter codes (integers), got {pred.dtype}")
+    if not np.issubdtype(pred.dtype, np.integer):
+        raise ValueError(f"answers must be letter codes (integers), got {pred.dtype}")
     if pred.shape[0] == 0: raise ValueError("no questions to score: the answers are empty")
     return pred
 
 # %% ../nbs/70_metrics.ipynb #4b9d60e3
 def correctness(pred, gold) -> np.ndarray:
-    "Boolean (Q, L): the answer equals the gold letter, one per question (Q,) or one per question and language (Q, L); unparsed answers are wrong."
+    "Boolean (Q, L): whether each answer equals the gold letter; unparsed answers are wrong."
     pred, gold = _pred(pred), np.asarray(gold)
-    if gold.shape not in ((pred.shape[0],), pred.shape): raise ValueError(f"gold must be shaped ({pred.shape[0]},) or {pred.shape}, got {gold.shape}")
+    if gold.shape not in ((pred.shape[0],), pred.shape):
+        raise ValueError(f"gold must be shaped ({pred.shape[0]},) or {pred.shape}, got {gold.shape}")
     if not np.issubdtype(gold.dtype, np.integer):
         unknown = int(pd.isna(gold).sum()) if gold.dtype.kind in "fO" else 0
-        raise ValueError(f"gold must be letter codes (integers), got {gold.dtype}" + (f" with {unknown} unknown (NaN/None) value(s); drop those questions first" if unknown else ""))
-    if (gold < 0).any(): raise ValueError(f"gold is unknown (-1) for {int((gold < 0).sum())} question(s); drop them first")
+        raise ValueError(f"gold must be letter codes (integers), got {gold.dtype}"
+                         + (f" with {unknown} unknown (NaN/None) value(s); drop those questions first" if unknown
+                            else ""))
+    if (gold < 0).any():
+        raise ValueError(f"gold is unknown (-1) for {int((gold < 0).sum())} question(s); drop them first")
     return (pred == (gold if gold.ndim == 2 else gold[:, None])) & (pred >= 0)
 
 # %% ../nbs/70_metrics.ipynb #f914177e
@@ -65,7 +70,7 @@ def _check_s(s: int, L: int) -> int:
 
 # %% ../nbs/70_metrics.ipynb #a72fa67c
 def consistency_at(pred, s: int, per_question: bool = False):
-    "Consistency_s of (Q, L) answers: the share of s-language subsets that agree, averaged over questions (closed form)."
+    "Consistency_s of (Q, L) answers: the share of s-language subsets that agree, averaged over questions."
     pred = _pred(pred); Q, L = pred.shape
     s = _check_s(s, L)
     counts = vote_counts(pred, k=max(int(pred.max(initial=-1)) + 1, 1))
@@ -99,7 +104,7 @@ def consistency_by_enumeration(pred, s: int, per_question: bool = False):
 
 # %% ../nbs/70_metrics.ipynb #e819d3f3
 def pairwise_consistency(pred, per_question: bool = False):
-    "The release script's consistency: agreeing pairs among the parsed answers / C(n_parsed, 2), 0 below two parsed."
+    "The release script's consistency: agreeing pairs among the parsed answers / C(n_parsed, 2)."
     pred = _pred(pred)
     counts = vote_counts(pred, k=max(int(pred.max(initial=-1)) + 1, 1)).astype(np.float64)
     n = counts.sum(axis=1)
@@ -109,11 +114,12 @@ def pairwise_consistency(pred, per_question: bool = False):
 
 # %% ../nbs/70_metrics.ipynb #c7a1e002
 def chance_consistency(pred, s: int) -> float:
-    "Consistency_s expected if each language (column) drew its letters independently with its own frequencies over the questions."
+    "Consistency_s expected if each language (column) drew its letters independently."
     pred = _pred(pred); Q, L = pred.shape
     s = _check_s(s, L)
     k = max(int(pred.max(initial=-1)) + 1, 1)
-    freq = np.stack([np.bincount(col[col >= 0], minlength=k) for col in pred.T.astype(np.int64)]) / Q   # (L, k); unparsed mass agrees with nothing
+    # (L, k); unparsed mass agrees with nothing
+    freq = np.stack([np.bincount(col[col >= 0], minlength=k) for col in pred.T.astype(np.int64)]) / Q
     return float(np.mean([freq[list(S)].prod(axis=0).sum() for S in itertools.combinations(range(L), s)]))
 
 # %% ../nbs/70_metrics.ipynb #c7a1e007
@@ -123,7 +129,7 @@ def excess_consistency(pred, s: int = 2) -> float:
 
 # %% ../nbs/70_metrics.ipynb #05063f3f
 def ac3(accuracy, consistency):
-    "AC3: the harmonic mean 2AC / (A + C) of accuracy and consistency (0 when both are 0, NaN when either is NaN); works on arrays."
+    "AC3: the harmonic mean 2AC / (A + C) of accuracy and consistency; works on arrays."
     a, c = np.asarray(accuracy, dtype=np.float64), np.asarray(consistency, dtype=np.float64)
     total = a + c
     out = np.divide(2 * a * c, total, out=np.zeros(np.broadcast(a, c).shape), where=total > 0)
@@ -157,7 +163,7 @@ def bootstrap_means(values, n_boot: int = 1000, seed: int | None = 0, max_batch_
 
 # %% ../nbs/70_metrics.ipynb #5cd2fdb8
 def bootstrap_ci(values, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> CI:
-    "Mean over questions of `values` (Q, ...) with a (1 - alpha) percentile bootstrap interval, resampling questions."
+    "Mean over questions of `values` (Q, ...) with a (1 - alpha) percentile bootstrap interval."
     v = np.asarray(values, dtype=np.float64)
     boot = bootstrap_means(v, n_boot, seed)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
@@ -175,10 +181,12 @@ class PairedBootstrap:
     p_le_0: float  # share of resamples with diff <= 0
 
 # %% ../nbs/70_metrics.ipynb #859561b0
-def paired_bootstrap(correct_a, correct_b, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> PairedBootstrap:
-    "Mean(a) - mean(b) over the same resampled questions, with a (1 - alpha) interval and the share of resamples <= 0."
+def paired_bootstrap(correct_a, correct_b, n_boot: int = 1000, alpha: float = 0.05,
+                     seed: int | None = 0) -> PairedBootstrap:
+    "Mean(a) - mean(b) over the same resampled questions, with its interval and the share of resamples <= 0."
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
-    if a.shape != b.shape: raise ValueError(f"both systems must be scored on the same questions: {a.shape} vs {b.shape}")
+    if a.shape != b.shape:
+        raise ValueError(f"both systems must be scored on the same questions: {a.shape} vs {b.shape}")
     d = (a.reshape(len(a), -1).mean(axis=1) - b.reshape(len(b), -1).mean(axis=1))
     boot = bootstrap_means(d, n_boot, seed)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
@@ -186,7 +194,7 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 1000, alpha: float = 0.
 
 # %% ../nbs/70_metrics.ipynb #c7a1e010
 def paired_bootstrap_stat(stat, a, b, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> PairedBootstrap:
-    "stat(a) - stat(b) over the same resampled questions (rows), for a statistic of a whole set of answers rather than a mean of per-question values."
+    "stat(a) - stat(b) over the same resampled questions (rows), for a statistic of a whole set of answers."
     a, b = np.asarray(a), np.asarray(b)
     if len(a) != len(b): raise ValueError(f"both systems must be scored on the same questions: {len(a)} vs {len(b)}")
     if len(a) == 0: raise ValueError("no questions to resample")
@@ -197,7 +205,7 @@ def paired_bootstrap_stat(stat, a, b, n_boot: int = 1000, alpha: float = 0.05, s
 
 # %% ../nbs/70_metrics.ipynb #08a7cd9f
 def bootstrap_stat(stat, values, n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> CI:
-    "stat(values) with a (1 - alpha) percentile interval over resampled questions (rows), for a statistic of a whole set of answers."
+    "stat(values) with a (1 - alpha) percentile interval over resampled questions (rows)."
     v = np.asarray(values)
     if len(v) == 0: raise ValueError("no questions to resample")
     idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
@@ -215,14 +223,16 @@ def excess_consistency_ci(pred, s: int = 2, n_boot: int = 1000, alpha: float = 0
 # %% ../nbs/70_metrics.ipynb #bb33eaad
 def metrics_table(pred, gold, languages: Sequence[str], s_values: Sequence[int] | None = None,
                   n_boot: int = 1000, alpha: float = 0.05, seed: int | None = 0) -> pd.DataFrame:
-    "Accuracy per language, ACC_avg, Consistency_s, AC3_s and pairwise (release) consistency, with bootstrap intervals."
+    "Accuracy per language, ACC_avg, Consistency_s, AC3_s and pairwise consistency, with bootstrap intervals."
     pred = _pred(pred); Q, L = pred.shape
     if len(languages) != L: raise ValueError(f"{len(languages)} language names for {L} answer columns")
     s_values = list(range(2, L + 1)) if s_values is None else [_check_s(s, L) for s in s_values]
     correct = correctness(pred, gold).astype(np.float64)
-    cons = np.column_stack([consistency_at(pred, s, per_question=True) for s in s_values]) if s_values else np.empty((Q, 0))
+    cons = (np.column_stack([consistency_at(pred, s, per_question=True) for s in s_values]) if s_values
+            else np.empty((Q, 0)))
     per_q = np.column_stack([correct, correct.mean(axis=1), cons, pairwise_consistency(pred, per_question=True)])
-    names = [f"acc_{l}" for l in languages] + ["ACC_avg"] + [f"Consistency_{s}" for s in s_values] + ["pairwise_release"]
+    names = ([f"acc_{l}" for l in languages] + ["ACC_avg"] + [f"Consistency_{s}" for s in s_values]
+             + ["pairwise_release"])
     est, boot = per_q.mean(axis=0), bootstrap_means(per_q, n_boot, seed)
     i_avg, i_cons = L, slice(L + 1, L + 1 + len(s_values))
     est = np.concatenate([est, ac3(est[i_avg], est[i_cons]).reshape(-1)])

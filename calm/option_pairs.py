@@ -51,7 +51,7 @@ def gold_choice(items) -> dict:
 # %% ../nbs/74_option_pairs.ipynb #f473aeb1
 def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, chosen_by: str = "CALM",
                  scoring: str = "letter") -> pd.DataFrame:
-    "DPO pairs (kind `option`): each answer differing from `choice[qid]`, against the chosen option in its language."
+    "DPO pairs (kind `option`): each answer differing from `choice[qid]`, against the chosen option."
     by_key = {(it.qid, it.lang): it for it in items}
     gold = {it.qid: it.canonical_letter(it.gold) for it in items if it.gold is not None}
     rows = []
@@ -61,8 +61,10 @@ def option_pairs(answers: pd.DataFrame, choice: dict, items, builder: PromptBuil
         it = by_key.get((r.qid, r.lang))
         if it is None: raise DataError(f"no item for question {r.qid!r} in {r.lang!r}", field="qid")
         p = prompt_fields(option_prompt(builder, it, scoring))
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": option_response(builder, it, c, scoring),
-                     "rejected": option_response(builder, it, r.canonical, scoring), "chosen_letter": c, "rejected_letter": r.canonical,
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"],
+                     "chosen": option_response(builder, it, c, scoring),
+                     "rejected": option_response(builder, it, r.canonical, scoring), "chosen_letter": c,
+                     "rejected_letter": r.canonical,
                      "chosen_sample": None, "chosen_source_lang": r.lang, "translated": False, "translator": None,
                      "rejected_sample": int(getattr(r, "sample", 0)), "tie": False, "gold": gold.get(r.qid),
                      "system": p["system"], "chat": p["chat"], "kind": "option", "chosen_by": chosen_by})
@@ -76,7 +78,8 @@ def same_budget(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
     return frame.iloc[keep].reset_index(drop=True)
 
 # %% ../nbs/74_option_pairs.ipynb #250493d9
-def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder, scoring: str = "letter") -> pd.DataFrame:
+def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptBuilder,
+                    scoring: str = "letter") -> pd.DataFrame:
     "SFT rows: every answered (qid, lang) with the chosen option stated in its language as the completion."
     by_key = {(it.qid, it.lang): it for it in items}
     rows = []
@@ -84,7 +87,8 @@ def option_sft_rows(answers: pd.DataFrame, choice: dict, items, builder: PromptB
         c, it = choice.get(r.qid), by_key.get((r.qid, r.lang))
         if c is None or it is None: continue
         p = prompt_fields(option_prompt(builder, it, scoring))
-        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "completion": option_response(builder, it, c, scoring), "letter": c,
+        rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"],
+                     "completion": option_response(builder, it, c, scoring), "letter": c,
                      "source_lang": r.lang, "translated": False, "system": p["system"], "chat": p["chat"],
                      "kind": "option"})
     return pd.DataFrame(rows, columns=SFT_COLUMNS)

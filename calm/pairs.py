@@ -27,7 +27,7 @@ __all__ = ['CHAT_MARKERS', 'PAIR_COLUMNS', 'PAIR_KINDS', 'SFT_COLUMNS', 'LLAMAFA
 
 # %% ../nbs/50_pairs.ipynb #3b5d5ffe
 class Translator(Protocol):
-    "Translates a batch of texts from language `source` to `target` (ISO 639-1): anything with `translate` and a `name`."
+    "Translates a batch of texts from language `source` to `target` (ISO 639-1 codes)."
     name: str
     def translate(self, texts: list[str], source: str, target: str) -> list[str]:
         "The translations of `texts`, in order."
@@ -42,7 +42,8 @@ class IdentityTranslator:
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: return list(texts)
 
 # %% ../nbs/50_pairs.ipynb #6b2839d7
-CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>", "[INST]", "<start_of_turn>", "<|user|>", "<|system|>")
+CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|begin_of_text|>", "[INST]", "<start_of_turn>", "<|user|>",
+                "<|system|>")
 "Strings that show a text prompt already holds a chat template."
 
 # %% ../nbs/50_pairs.ipynb #d8a4dae7
@@ -50,19 +51,22 @@ def default_system_message(tokenizer) -> str | None:
     "The system message `tokenizer`'s chat template inserts when a chat has none (SmolLM2 has one), else None."
     user, mark = "\x00user\x00", "\x00system\x00"
     render = lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-    try: plain, withsys = render([{"role": "user", "content": user}]), render([{"role": "system", "content": mark}, {"role": "user", "content": user}])
+    try: plain, withsys = (render([{"role": "user", "content": user}]),
+                           render([{"role": "system", "content": mark}, {"role": "user", "content": user}]))
     except Exception: return None                     # templates that refuse a system turn have no default one
     pre, post = withsys.split(mark, 1) if mark in withsys else ("", "")
-    if not pre or not plain.startswith(pre) or not plain.endswith(post) or len(plain) < len(pre) + len(post): return None
+    if not pre or not plain.startswith(pre) or not plain.endswith(post) or len(plain) < len(pre) + len(post):
+        return None
     return plain[len(pre):len(plain) - len(post)] or None
 
 # %% ../nbs/50_pairs.ipynb #6b56b37b
 def prompt_messages(builder, item) -> list[dict] | str:
-    "What a pair stores as the prompt of `item`: chat messages (system, user) when `builder` is in chat mode, else the prompt text."
+    "What a pair stores as the prompt of `item`: chat messages in chat mode, else the prompt text."
     if getattr(builder, "mode", None) != "chat": return builder(item)
     check_prompt_item(item, builder.prompts)
     system = builder.system or default_system_message(builder.tokenizer)
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": builder.user_message(item)}]
+    msgs = (([{"role": "system", "content": system}] if system else [])
+            + [{"role": "user", "content": builder.user_message(item)}])
     if builder.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) != builder(item):
         raise ValueError(f"the messages of {item.qid!r} ({item.lang}) do not render to the prompt the model was asked: "
                          "the chat template treats an explicit system message differently from its default one")
@@ -70,23 +74,29 @@ def prompt_messages(builder, item) -> list[dict] | str:
 
 # %% ../nbs/50_pairs.ipynb #5a4ec88c
 def prompt_fields(prompt) -> dict:
-    "`{prompt, system, chat}` from a text prompt or a list of messages (system?, user); warns when a text prompt holds a chat template."
+    "`{prompt, system, chat}` from a text prompt or a list of messages (system?, user)."
     if isinstance(prompt, str):
         marker = next((m for m in CHAT_MARKERS if m in prompt), None)
-        if marker: warnings.warn(f"a text prompt already holds a chat template ({marker!r}): a trainer would apply the template a second time; "
+        if marker: warnings.warn(f"a text prompt already holds a chat template ({marker!r}): a trainer would apply "
+                                 "the template a second time; "
                                  "pass messages instead (calm.pairs.prompt_messages(builder, item))", stacklevel=2)
         return {"prompt": prompt, "system": None, "chat": False}
-    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt):
+    if (isinstance(prompt, list) and prompt
+            and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)):
         roles = [m["role"] for m in prompt]
         if roles not in (["user"], ["system", "user"]):
-            raise DataError(f"a chat prompt is a user message, optionally after a system message; got roles {roles}", field="prompt")
-        return {"prompt": prompt[-1]["content"], "system": prompt[0]["content"] if len(prompt) == 2 else None, "chat": True}
-    raise DataError(f"a prompt is a text or a list of {{role, content}} messages, got {type(prompt).__name__}", field="prompt")
+            raise DataError(f"a chat prompt is a user message, optionally after a system message; got roles {roles}",
+                            field="prompt")
+        return {"prompt": prompt[-1]["content"], "system": prompt[0]["content"] if len(prompt) == 2 else None,
+                "chat": True}
+    raise DataError(f"a prompt is a text or a list of {{role, content}} messages, got {type(prompt).__name__}",
+                    field="prompt")
 
 # %% ../nbs/50_pairs.ipynb #1d1c9b20
 def row_messages(prompt: str, system: str | None = None) -> list[dict]:
     "The prompt messages of a table row: the system message when there is one, then the user turn."
-    return ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [{"role": "user", "content": prompt}]
+    return (([{"role": "system", "content": system}] if isinstance(system, str) and system else [])
+            + [{"role": "user", "content": prompt}])
 
 # %% ../nbs/50_pairs.ipynb #d76b0696
 PAIR_COLUMNS = ["qid", "lang", "prompt", "chosen", "rejected", "chosen_letter", "rejected_letter",
@@ -100,7 +110,7 @@ PAIR_KINDS = ("cot", "translated", "untranslated", "option")
 
 # %% ../nbs/50_pairs.ipynb #92b15c4b
 def option_response(builder, item: MCItem, canonical: str, scoring: str = "letter") -> str:
-    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`; cloze: the text as scored."
+    "`Answer: C. <text>` in `item`'s language for the option whose canonical letter is `canonical`."
     spec, letter = builder.spec(item.lang), item.shown_letter(canonical)
     if scoring == "letter": return f"{spec.answer}{spec.sep}{letter}. {item.option_text(letter)}"
     return item.option_text(letter) if builder.mode == "chat" else f"{spec.answer}{spec.sep}{item.option_text(letter)}"
@@ -109,7 +119,7 @@ def option_response(builder, item: MCItem, canonical: str, scoring: str = "lette
 _ANSWER_LETTER = re.compile(r"""[ \t*_`"'(\[（]*([A-J])(?![A-Za-z])""")
 
 def with_answer_letter(text: str, letter: str) -> str:
-    "`text` with the letter after its last answer label (`Answer: B`, `Réponse : **B**`) replaced by `letter`, if any."
+    "`text` with the letter after its last answer label replaced by `letter`, if any."
     labels = find_labels(text, "answer")
     m = _ANSWER_LETTER.match(text, labels[-1][1]) if labels else None
     return text if m is None else text[:m.start(1)] + letter + text[m.end(1):]
@@ -128,7 +138,7 @@ def _winners_by_lang(records: pd.DataFrame, votes: pd.DataFrame, items=None) -> 
     return out
 
 def _as_shown_in(text: str, qid: str, source: str, target: str, winner: str, by_key: dict) -> str:
-    "A winning text from language `source` with its answer line's letter as `target` shows `winner` (shuffled options)."
+    "A winning text from language `source` with its answer line's letter as `target` shows `winner`."
     a, b = by_key.get((qid, source)), by_key.get((qid, target))
     if a is None or b is None or a.shown_letter(winner) == b.shown_letter(winner): return text
     return with_answer_letter(text, b.shown_letter(winner))
@@ -137,7 +147,7 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
                 translator: Translator | None = None, source_order: list[str] | None = None,
                 include_unparsed: bool = False, gold: dict | None = None, items=None,
                 builder: PromptBuilder | None = None) -> pd.DataFrame:
-    "DPO pairs: each sample disagreeing with the winner, against a winning explanation in its language, or the option."
+    "DPO pairs: each sample disagreeing with the winner, against a winning explanation or the option."
     translator = translator or IdentityTranslator()
     translates = bool(getattr(translator, "translates", True))
     need = {"qid", "lang", "sample", "text", "letter"} - set(records.columns)
@@ -161,7 +171,8 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
         rows.append({"qid": r.qid, "lang": r.lang, "prompt": p["prompt"], "chosen": chosen, "rejected": r.text,
                      "chosen_letter": r.winner, "rejected_letter": r.letter,
                      "chosen_sample": None if c is None else int(c.sample),
-                     "chosen_source_lang": src, "translated": False, "translator": None, "rejected_sample": int(r.sample),
+                     "chosen_source_lang": src, "translated": False, "translator": None,
+                     "rejected_sample": int(r.sample),
                      "tie": bool(vt.loc[r.qid, "tie"]) if "tie" in vt.columns else False,
                      "gold": (gold or {}).get(r.qid), "system": p["system"], "chat": p["chat"], "kind": kind})
         if src != r.lang: todo.append((len(rows) - 1, c.text, src, r.lang))
@@ -178,10 +189,12 @@ def build_pairs(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callable[
 
 # %% ../nbs/50_pairs.ipynb #8d18afb6
 def untranslated(frame: pd.DataFrame) -> pd.Series:
-    "Mask of pair (or SFT) rows whose answer was taken from another language than the prompt's and not translated."
-    src = "chosen_source_lang" if "chosen_source_lang" in frame.columns else "source_lang" if "source_lang" in frame.columns else None
+    "Mask of pair (or SFT) rows whose answer came from another language than the prompt's, untranslated."
+    src = ("chosen_source_lang" if "chosen_source_lang" in frame.columns
+           else "source_lang" if "source_lang" in frame.columns else None)
     if src is None or len(frame) == 0: return pd.Series(False, index=frame.index, dtype=bool)
-    translated = frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns else False
+    translated = (frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns
+                  else False)
     return (frame[src].notna() & (frame[src] != frame["lang"]) & ~translated).astype(bool)
 
 # %% ../nbs/50_pairs.ipynb #5ab84a3d
@@ -192,8 +205,9 @@ def split_untranslated(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 # %% ../nbs/50_pairs.ipynb #0387b4c5
 def filter_by_gold(pairs: pd.DataFrame) -> pd.DataFrame:
-    "Pairs whose chosen letter equals the gold letter (the ground-truth-filtered DPO set; both canonical with `items`)."
-    if pairs.gold.isna().all() and len(pairs): raise DataError("no gold letters on these pairs: pass gold= to build_pairs", field="gold")
+    "Pairs whose chosen letter equals the gold letter (the ground-truth-filtered DPO set)."
+    if pairs.gold.isna().all() and len(pairs):
+        raise DataError("no gold letters on these pairs: pass gold= to build_pairs", field="gold")
     return pairs[pairs.chosen_letter == pairs.gold].reset_index(drop=True)
 
 # %% ../nbs/50_pairs.ipynb #2b4e076c
@@ -205,7 +219,7 @@ def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callab
                    languages: Iterable[str] | None = None, translator: Translator | None = None,
                    source_order: list[str] | None = None, items=None,
                    builder: PromptBuilder | None = None) -> pd.DataFrame:
-    "SFT rows: a winning explanation per question and language, else (as `build_pairs`) the option or a translation."
+    "SFT rows: a winning explanation per question and language, else the option or a translation."
     translator = translator or IdentityTranslator()
     translates = bool(getattr(translator, "translates", True))
     langs = list(languages or dict.fromkeys(records.lang))
@@ -230,20 +244,23 @@ def sft_from_votes(records: pd.DataFrame, votes: pd.DataFrame, prompt_of: Callab
 # %% ../nbs/50_pairs.ipynb #b8cb75d0
 def sft_from_gold(records: pd.DataFrame, gold: dict, prompt_of: Callable[[str, str], str | list[dict]],
                   items=None) -> pd.DataFrame:
-    "SFT rows from samples whose letter is the gold letter (ground-truth SFT; with `items` by option, `gold` canonical)."
+    "SFT rows from samples whose letter is the gold letter (ground-truth SFT)."
     option = canonical_records(records, items or []).letter
     r = records[option.notna() & (option == records.qid.map(gold))]
-    p = pd.DataFrame([prompt_fields(prompt_of(q, l)) for q, l in zip(r.qid, r.lang)], columns=["prompt", "system", "chat"])
+    p = pd.DataFrame([prompt_fields(prompt_of(q, l)) for q, l in zip(r.qid, r.lang)],
+                     columns=["prompt", "system", "chat"])
     return pd.DataFrame({"qid": list(r.qid), "lang": list(r.lang), "prompt": list(p.prompt), "completion": list(r.text),
                          "letter": list(r.letter), "source_lang": list(r.lang), "translated": False,
                          "system": list(p.system), "chat": list(p.chat), "kind": "cot"}, columns=SFT_COLUMNS)
 
 # %% ../nbs/50_pairs.ipynb #613a2614
 def is_chat(frame: pd.DataFrame) -> bool:
-    "Whether the rows of `frame` hold chat prompts (its `chat` column); `DataError` when it mixes chat and text prompts."
+    "Whether the rows of `frame` hold chat prompts (its `chat` column)."
     if "chat" not in frame.columns or len(frame) == 0: return False
     chat = frame["chat"].astype("boolean").fillna(False).astype(bool)
-    if chat.any() and not chat.all(): raise DataError(f"the rows mix chat prompts ({int(chat.sum())}) and text prompts ({int((~chat).sum())}): export them separately", field="chat")
+    if chat.any() and not chat.all():
+        raise DataError(f"the rows mix chat prompts ({int(chat.sum())}) and text prompts ({int((~chat).sum())}): "
+                        "export them separately", field="chat")
     return bool(chat.all())
 
 # %% ../nbs/50_pairs.ipynb #a371d3ee
@@ -252,18 +269,21 @@ def _messages(frame: pd.DataFrame) -> list[list[dict]]:
     return [row_messages(p, s) for p, s in zip(frame.prompt, systems)]
 
 def to_trl_preference(pairs: pd.DataFrame, conversational: bool | None = None) -> list[dict]:
-    "Pairs as TRL preference rows: conversational for chat prompts (None: from the `chat` column), standard otherwise."
+    "Pairs as TRL preference rows: conversational for chat prompts, standard otherwise."
     if not (is_chat(pairs) if conversational is None else conversational):
-        return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
-    return [{"prompt": m, "chosen": [{"role": "assistant", "content": c}], "rejected": [{"role": "assistant", "content": r}]}
+        return [{"prompt": p, "chosen": c, "rejected": r}
+                for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+    return [{"prompt": m, "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]}
             for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
 
 # %% ../nbs/50_pairs.ipynb #df400265
 def to_trl_sft(sft: pd.DataFrame, conversational: bool | None = None) -> list[dict]:
-    "SFT rows as TRL prompt-completion rows: conversational for chat prompts (None: from the `chat` column), standard otherwise."
+    "SFT rows as TRL prompt-completion rows: conversational for chat prompts, standard otherwise."
     if not (is_chat(sft) if conversational is None else conversational):
         return [{"prompt": p, "completion": c} for p, c in zip(sft.prompt, sft.completion)]
-    return [{"prompt": m, "completion": [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
+    return [{"prompt": m, "completion": [{"role": "assistant", "content": c}]}
+            for m, c in zip(_messages(sft), sft.completion)]
 
 # %% ../nbs/50_pairs.ipynb #9037c723
 def _split_prompt(v, i, file) -> dict:
@@ -273,11 +293,12 @@ def _split_prompt(v, i, file) -> dict:
 
 def _answer(v, i, f, file) -> str:
     if isinstance(v, str): return v
-    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict) and v[0].get("role") == "assistant" and "content" in v[0]: return v[0]["content"]
+    if (isinstance(v, list) and len(v) == 1 and isinstance(v[0], dict) and v[0].get("role") == "assistant"
+            and "content" in v[0]): return v[0]["content"]
     raise DataError(f"expected a string or one assistant message, got {v!r:.80}", file, i, f)
 
 def from_trl(rows: list[dict], file=None) -> pd.DataFrame:
-    "TRL preference or SFT rows (standard or conversational, or `messages`) back as a frame: prompt, answers, system, chat."
+    "TRL preference or SFT rows back as a frame: prompt, answers, system, chat."
     out = []
     for i, r in enumerate(rows):
         if "messages" in r: r = {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
@@ -287,11 +308,13 @@ def from_trl(rows: list[dict], file=None) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")          # a file that holds templated text is read as it is
             p = _split_prompt(r["prompt"], i, file)
-        out.append({"prompt": p["prompt"], **{k: _answer(r[k], i, k, file) for k in keys}, "system": p["system"], "chat": p["chat"]})
+        out.append({"prompt": p["prompt"], **{k: _answer(r[k], i, k, file) for k in keys}, "system": p["system"],
+                    "chat": p["chat"]})
     return pd.DataFrame(out)
 
 # %% ../nbs/50_pairs.ipynb #c5410284
-LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
+LLAMAFACTORY_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                     "system_tag": "system"}
 "The `tags` of a sharegpt entry in `dataset_info.json` for OpenAI-style messages."
 
 # %% ../nbs/50_pairs.ipynb #e4e4ea0b
@@ -302,13 +325,14 @@ def llamafactory_entry(file_name: str, kind: str, rows: list[dict]) -> dict:
     if rows and "messages" in rows[0]:
         entry |= {"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": dict(LLAMAFACTORY_TAGS)}
         if kind == "preference": entry["columns"] |= {"chosen": "chosen", "rejected": "rejected"}
-    elif kind == "preference": entry["columns"] = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+    elif kind == "preference":
+        entry["columns"] = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
     if kind == "preference": entry["ranking"] = True
     return entry
 
 # %% ../nbs/50_pairs.ipynb #a60e5737
 def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> Path:
-    "Write LLaMA-Factory datasets `{name: (kind, rows)}` (`kind` is `sft` or `preference`) and their `dataset_info.json`."
+    "Write LLaMA-Factory datasets `{name: (kind, rows)}` and their `dataset_info.json`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
@@ -320,21 +344,24 @@ def write_llamafactory(datasets: dict[str, tuple[str, list[dict]]], out_dir) -> 
 
 # %% ../nbs/50_pairs.ipynb #123a2338
 def to_llamafactory_preference(pairs: pd.DataFrame) -> list[dict]:
-    "Pairs as LLaMA-Factory preference rows: sharegpt messages for chat prompts, alpaca (`instruction`) for text prompts."
+    "Pairs as LLaMA-Factory preference rows: sharegpt messages for chat prompts, alpaca for text prompts."
     if not is_chat(pairs):
-        return [{"instruction": p, "input": "", "chosen": c, "rejected": r} for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
-    return [{"messages": m, "chosen": {"role": "assistant", "content": c}, "rejected": {"role": "assistant", "content": r}}
+        return [{"instruction": p, "input": "", "chosen": c, "rejected": r}
+                for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)]
+    return [{"messages": m, "chosen": {"role": "assistant", "content": c},
+             "rejected": {"role": "assistant", "content": r}}
             for m, c, r in zip(_messages(pairs), pairs.chosen, pairs.rejected)]
 
 # %% ../nbs/50_pairs.ipynb #e8649be4
 def to_llamafactory_sft(sft: pd.DataFrame) -> list[dict]:
     "SFT rows as LLaMA-Factory rows: sharegpt messages for chat prompts, alpaca for text prompts."
-    if not is_chat(sft): return [{"instruction": p, "input": "", "output": c} for p, c in zip(sft.prompt, sft.completion)]
+    if not is_chat(sft):
+        return [{"instruction": p, "input": "", "output": c} for p, c in zip(sft.prompt, sft.completion)]
     return [{"messages": m + [{"role": "assistant", "content": c}]} for m, c in zip(_messages(sft), sft.completion)]
 
 # %% ../nbs/50_pairs.ipynb #b1141273
 def read_llamafactory(out_dir, name: str) -> pd.DataFrame:
-    "A LLaMA-Factory dataset by its `dataset_info.json` name, as prompt/chosen/rejected or prompt/completion (with system, chat)."
+    "A LLaMA-Factory dataset by its `dataset_info.json` name, as prompt/chosen/rejected or prompt/completion."
     out_dir = Path(out_dir); info_path = out_dir / "dataset_info.json"
     if not info_path.exists(): raise DataError("dataset_info.json not found", file=info_path)
     info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -357,7 +384,8 @@ def read_llamafactory(out_dir, name: str) -> pd.DataFrame:
         else:
             for k in keys:
                 if k not in r: raise DataError("missing field", path, i, k)
-            p = {"prompt": "\n".join(x for x in (r.get("instruction", ""), r.get("input", "")) if x), "system": r.get("system"), "chat": False}
+            p = {"prompt": "\n".join(x for x in (r.get("instruction", ""), r.get("input", "")) if x),
+                 "system": r.get("system"), "chat": False}
             answers = {"completion" if k == "output" else k: r[k] for k in keys}
         out.append({"prompt": p["prompt"], **answers, "system": p["system"], "chat": p["chat"]})
     return pd.DataFrame(out)
@@ -365,7 +393,7 @@ def read_llamafactory(out_dir, name: str) -> pd.DataFrame:
 # %% ../nbs/50_pairs.ipynb #3e58fc2d
 def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None = None, prefix: str = "calm",
                         keep_untranslated: bool = False) -> dict:
-    "Write pairs (and SFT rows) as our JSONL, TRL JSONL and LLaMA-Factory JSON, untranslated rows apart; returns `{name: path}`."
+    "Write pairs (and SFT rows) as our JSONL, TRL JSONL and LLaMA-Factory JSON; returns `{name: path}`."
     out_dir = Path(out_dir)
     train, left = (pairs, pairs.iloc[:0]) if keep_untranslated else split_untranslated(pairs)
     paths = {"pairs": write_jsonl(train.to_dict("records"), out_dir / f"{prefix}_pairs.jsonl"),
@@ -375,7 +403,8 @@ def write_training_sets(out_dir, pairs: pd.DataFrame, sft: pd.DataFrame | None =
     if sft is not None:
         sft_train, sft_left = (sft, sft.iloc[:0]) if keep_untranslated else split_untranslated(sft)
         paths["sft"] = write_jsonl(sft_train.to_dict("records"), out_dir / f"{prefix}_sft.jsonl")
-        paths["sft_untranslated"] = write_jsonl(sft_left.to_dict("records"), out_dir / f"{prefix}_sft_untranslated.jsonl")
+        paths["sft_untranslated"] = write_jsonl(sft_left.to_dict("records"),
+                                                out_dir / f"{prefix}_sft_untranslated.jsonl")
         paths["trl_sft"] = write_jsonl(to_trl_sft(sft_train), out_dir / "trl" / f"{prefix}_sft.jsonl")
         lf[f"{prefix}_sft"] = ("sft", to_llamafactory_sft(sft_train))
     paths["llamafactory"] = write_llamafactory(lf, out_dir / "llamafactory")
@@ -395,14 +424,15 @@ def read_pairs(path) -> pd.DataFrame:
 def read_all_pairs(data_dir, prefix: str = "calm") -> pd.DataFrame:
     "Every pair of a run's data folder: the training pairs and the untranslated ones (when that file exists)."
     data_dir = Path(data_dir)
-    parts = [read_pairs(p) for p in (data_dir / f"{prefix}_pairs.jsonl", data_dir / f"{prefix}_pairs_untranslated.jsonl") if p.exists()]
+    parts = [read_pairs(p) for p in (data_dir / f"{prefix}_pairs.jsonl",
+                                     data_dir / f"{prefix}_pairs_untranslated.jsonl") if p.exists()]
     if not parts: raise DataError(f"no {prefix}_pairs.jsonl", file=data_dir)
     parts = [p for p in parts if len(p)] or parts[:1]
     return pd.concat(parts, ignore_index=True)
 
 # %% ../nbs/50_pairs.ipynb #d170d01a
 def pair_kinds(frame: pd.DataFrame) -> pd.Series:
-    "Each pair's (or SFT row's) `kind`: its column where written, else read off its source language and translation."
+    "Each pair's (or SFT row's) `kind`: its column where written, else read off its source and translation."
     src = "chosen_source_lang" if "chosen_source_lang" in frame.columns else "source_lang"
     done = frame["translated"].astype("boolean").fillna(False).astype(bool) if "translated" in frame.columns else False
     moved = pd.Series(done, index=frame.index).map({True: "translated", False: "untranslated"})
@@ -415,16 +445,18 @@ def _quality(p: pd.DataFrame) -> dict:
     n = len(p)
     share = lambda m: float(m.mean()) if n else None
     has_gold = "gold" in p.columns and p.gold.notna().any()
-    tie = p["tie"].astype("boolean").fillna(False).astype(bool) if "tie" in p.columns else pd.Series(False, index=p.index)
+    tie = (p["tie"].astype("boolean").fillna(False).astype(bool) if "tie" in p.columns
+           else pd.Series(False, index=p.index))
     bad, kinds = untranslated(p), (pair_kinds(p) if n else pd.Series([], dtype=object))
     return {"pairs": n, **{f"{k}_pairs": int((kinds == k).sum()) for k in ("cot", "translated", "option")},
             "from_tied_votes": share(tie), "chosen_is_gold": share(p.chosen_letter == p.gold) if has_gold else None,
             "untranslated_chosen": share(bad), "untranslated": int(bad.sum()), "trainable": int(n - bad.sum())}
 
 def pair_quality(pairs, tie_policy: str, prefix: str = "calm") -> dict:
-    "Pair counts by kind, and shares (tied votes, chosen = gold, untranslated chosen side), of pairs or a run folder."
+    "Pair counts by kind, and shares (tied votes, chosen = gold, untranslated), of pairs or a run folder."
     if not isinstance(pairs, pd.DataFrame): pairs = read_all_pairs(pairs, prefix)
-    if not isinstance(tie_policy, str) or not tie_policy: raise ValueError("name the tie policy the votes used (e.g. 'drop', 'order')")
+    if not isinstance(tie_policy, str) or not tie_policy:
+        raise ValueError("name the tie policy the votes used (e.g. 'drop', 'order')")
     return {"tie_policy": tie_policy, **_quality(pairs)}
 
 # %% ../nbs/50_pairs.ipynb #e1af4039
