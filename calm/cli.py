@@ -51,7 +51,7 @@ def default_of(func, name: str):
 
 # %% ../nbs/93_cli.ipynb #9f9dbe05
 def option_type(anno) -> tuple:
-    "`(type, argparse keywords)` for annotation `anno`: `X | None` is X, `list[X]` takes one or more, `Literal[...]` its choices."
+    "`(type, argparse keywords)` for annotation `anno`."
     args = typing.get_args(anno)
     if typing.get_origin(anno) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
@@ -64,7 +64,7 @@ def option_type(anno) -> tuple:
 
 # %% ../nbs/93_cli.ipynb #c2af1732
 def add_command(sub, func, name: str | None = None) -> argparse.ArgumentParser:
-    "Add `func` to the subparsers `sub` as command `name` (default: its name without `_command`), its docstring's first sentence the one-line help: one option per parameter, built by fastcore.script's `Param` from the parameter's annotation, default and docment."
+    "Add `func` to the subparsers `sub` as command `name`; returns the command's parser."
     name = name or func.__name__.removesuffix("_command").replace("_", "-")
     doc = inspect.getdoc(func) or ""
     s = sub.add_parser(name, help=doc.split(". ")[0], description=doc)
@@ -80,16 +80,23 @@ def add_command(sub, func, name: str | None = None) -> argparse.ArgumentParser:
 # %% ../nbs/93_cli.ipynb #7367236e
 def demo_command(
     out: Path = default_of(run_demo, "out"),               # output folder; the stores go to OUT/_run
-    profile: str = default_of(run_demo, "profile"),        # a profile shipped with calm (demo, paper) or a YAML path; the options below override its first model and dataset
-    languages: list[str] | None = None,                    # languages to ask in (default: the profile's; demo: en zh fr)
-    model: str | None = None,                              # embedded model name, local folder or Hugging Face id (default: the profile's; demo: smollm2-135m)
-    train_questions: int | None = None,                    # train questions to self-align on (default: the profile's; demo: 16 of 40)
-    m: int | None = None,                                  # samples per question and language (default: the profile's; demo: 3)
-    max_new_tokens: int | None = None,                     # tokens per completion, sampling and evaluation (default: the profile's; demo: 96)
-    steps: int | None = None,                              # training steps for DPO and for SFT (default: the profile's; demo: 20)
+    # a profile shipped with calm (demo, paper) or a YAML path; the options below override its first model and dataset
+    profile: str = default_of(run_demo, "profile"),
+    # languages to ask in (default: the profile's; demo: en zh fr)
+    languages: list[str] | None = None,
+    # embedded model name, local folder or Hugging Face id (default: the profile's; demo: smollm2-135m)
+    model: str | None = None,
+    # train questions to self-align on (default: the profile's; demo: 16 of 40)
+    train_questions: int | None = None,
+    # samples per question and language (default: the profile's; demo: 3)
+    m: int | None = None,
+    # tokens per completion, sampling and evaluation (default: the profile's; demo: 96)
+    max_new_tokens: int | None = None,
+    # training steps for DPO and for SFT (default: the profile's; demo: 20)
+    steps: int | None = None,
     until: Literal[STAGES] = default_of(run_demo, "until"),  # stop after this stage
 ) -> dict:
-    "Run the main job on the bundled demo set (or on another profile's first run). The main stages of a profile (sample, vote, build pairs, train CALM (DPO) and SFT, evaluate base/SFT/CALM on held-out questions) run exactly as `calm reproduce` runs them, then OUT/main_job.md is written. Resumes where a previous run stopped; the last line prints the report's path."
+    "Run the main job on the bundled demo set (or on another profile's first run). Resumable."
     res = run_demo(out, profile, until=until, model=model, languages=languages, train_questions=train_questions, m=m,
                    max_new_tokens=max_new_tokens, train_steps=steps)
     print(f"demo: {len(res['timings'])} stages in {sum(res['timings'].values()):.0f}s")
@@ -98,66 +105,81 @@ def demo_command(
 
 # %% ../nbs/93_cli.ipynb #aa358b9f
 def sample_command(
-    items: str = "demo:train",                             # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
+    # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
+    items: str = "demo:train",
     out: Path | None = None,                               # run directory (default: runs/<model>_<items>)
     languages: list[str] | None = None,                    # languages to ask in (default: those of the items)
     m: int = SamplingParams.m,                             # samples per question and language
-    model: str = DEFAULT_MODEL,                            # embedded name (smollm2-135m, gemma3-270m), local folder or .gguf, hub id, or echo (fake, for dry runs)
+    # embedded name (smollm2-135m, gemma3-270m), local folder or .gguf, hub id, or echo (fake, for dry runs)
+    model: str = DEFAULT_MODEL,
     temperature: float = SamplingParams.temperature,       # sampling temperature, 0 = greedy
     top_p: float = SamplingParams.top_p,                   # nucleus sampling mass
     max_new_tokens: int = SamplingParams.max_new_tokens,   # tokens per completion
     seed: int = SamplingParams.seed,                       # run seed; batch b is seeded from (seed, b)
     batch_size: int = SamplingParams.batch_size,           # prompts per generate call; part of the run's identity
     limit: int | None = None,                              # only the first N questions
-    prompt_mode: Literal[("auto",) + MODES] = default_of(run_sampling, "prompt_mode"),  # prompt style: auto is chat if the tokenizer has a template, else few-shot
-    on_change: Literal["new", "raise"] = default_of(run_sampling, "on_change"),  # when --out holds another configuration: start a sibling run directory, or stop
+    # prompt style: auto is chat if the tokenizer has a template, else few-shot
+    prompt_mode: Literal[("auto",) + MODES] = default_of(run_sampling, "prompt_mode"),
+    # when --out holds another configuration: start a sibling run directory, or stop
+    on_change: Literal["new", "raise"] = default_of(run_sampling, "on_change"),
     vllm: bool = False,                                    # sample with vLLM on GPUs (the gpu extra)
     tensor_parallel_size: int = default_of(VLLMBackend, "tensor_parallel_size"),  # GPUs per vLLM engine
     data_parallel_size: int = default_of(VLLMBackend, "data_parallel_size"),      # vLLM engines, each on its own GPUs
-    lora: Path | None = None,                              # a LoRA adapter folder served unmerged by vLLM (needs --vllm)
+    # a LoRA adapter folder served unmerged by vLLM (needs --vllm)
+    lora: Path | None = None,
     device: str | None = None,                             # transformers device (default: cuda if available, else cpu)
-    dtype: str | None = None,                              # transformers dtype, e.g. bfloat16 (default: bfloat16 on GPU, float32 on CPU)
+    # transformers dtype, e.g. bfloat16 (default: bfloat16 on GPU, float32 on CPU)
+    dtype: str | None = None,
     trust_remote_code: bool = False,                       # allow a hub model's own code to run
-    progress: bool = True,                                 # a progress bar with counts and an ETA (--no-progress hides it)
+    # a progress bar with counts and an ETA (--no-progress hides it)
+    progress: bool = True,
 ) -> pd.DataFrame:
-    "Sample m explained answers per question and language into a resumable run directory. Every question is asked in every language, into an append-only samples.jsonl with a manifest; re-running the same command resumes, a changed configuration goes to a sibling run directory (or stops, with --on-change raise). Returns the run's records."
+    "Sample m explained answers per question and language into a resumable run directory. Returns the run's records."
     params = SamplingParams(m, temperature, top_p, max_new_tokens, seed, batch_size)
     its = load_items(items, languages, limit)
     langs = [normalize_lang(l) for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
     prompt_keys(its, langs)
-    if lora and not vllm: raise ValueError("LoRA adapters are served through vLLM (--vllm); for transformers, merge the adapter first")
+    if lora and not vllm:
+        raise ValueError("LoRA adapters are served through vLLM (--vllm); for transformers, merge the adapter first")
     out = Path(out) if out else Path("runs") / f"{run_slug(Path(str(model)).name)}_{run_slug(Path(str(items)).name)}"
     if model == "echo": backend = "echo"
-    elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora, seed=params.seed,
-                                     trust_remote_code=trust_remote_code)
-    else: backend = TransformersBackend.from_name(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    try: df = run_sampling(out, its, langs, params, backend, prompt_mode=prompt_mode, model_id=model, on_change=on_change, progress=progress)
+    elif vllm: backend = VLLMBackend(resolve_model(model), tensor_parallel_size, data_parallel_size, lora=lora,
+                                     seed=params.seed, trust_remote_code=trust_remote_code)
+    else: backend = TransformersBackend.from_name(model, device=device, dtype=dtype,
+                                                  trust_remote_code=trust_remote_code)
+    try: df = run_sampling(out, its, langs, params, backend, prompt_mode=prompt_mode, model_id=model,
+                           on_change=on_change, progress=progress)
     finally:
         if hasattr(backend, "close"): backend.close()
     cut = int((df.finish_reason == "length").sum()) if len(df) else 0
-    print(f"{df.attrs['run_dir']}: {len(df)} samples ({df.qid.nunique()} questions x {df.lang.nunique()} languages x m={params.m}); "
-          f"{cut} hit --max-new-tokens")
+    print(f"{df.attrs['run_dir']}: {len(df)} samples ({df.qid.nunique()} questions x {df.lang.nunique()} languages "
+          f"x m={params.m}); {cut} hit --max-new-tokens")
     return df
 
 # %% ../nbs/93_cli.ipynb #d51ae813
 def evaluate_command(
-    items: str = "demo:test",                              # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
+    # demo[:train|test], xcsqa[:train|test] (the release), or a JSONL item file
+    items: str = "demo:test",
     languages: list[str] | None = None,                    # languages to evaluate (default: those of the items)
     model: str = DEFAULT_MODEL,                            # base model: embedded name, local folder or hub id
     adapter: Path | None = None,                           # a LoRA adapter folder to evaluate on the base model
-    name: str | None = None,                               # system name in the results table (default: base, or the adapter folder's name)
-    greedy: bool = False,                                  # greedy decoding instead of the paper's sampling (T=1, top_p=0.9)
+    # system name in the results table (default: base, or the adapter folder's name)
+    name: str | None = None,
+    # greedy decoding instead of the paper's sampling (T=1, top_p=0.9)
+    greedy: bool = False,
     max_new_tokens: int = default_of(evaluate_model, "max_new_tokens"),  # tokens per answer
     batch_size: int = 16,                                  # prompts per generate call
     seed: int = default_of(evaluate_model, "seed"),        # sampling seed
     limit: int | None = None,                              # only the first N questions
     out: Path = Path("reports/evaluate"),                  # output folder
-    protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),  # paper: also write metrics_paper (the release's parser and Table 1 computation)
+    # paper: also write metrics_paper (the release's parser and Table 1 computation)
+    protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),
 ) -> pd.DataFrame:
-    "Answer test questions in every language and score them. The paper's protocol for a model (or a model with a LoRA adapter): one answer per question and language (sampled at T=1, top_p=0.9, or greedy), extracted and scored: accuracy per language, ACC_avg, Consistency_s, AC3_s with bootstrap intervals. Writes results.{csv,md,tex} and metrics.{csv,md} into --out; resumable. Returns the answer records."
+    "Answer test questions in every language and score them. Returns the answer records."
     import pandas as pd
     its = load_items(items, languages, limit)
-    langs = [normalize_lang(l, field="--languages") for l in languages] if languages else list(dict.fromkeys(it.lang for it in its))
+    langs = ([normalize_lang(l, field="--languages") for l in languages] if languages
+             else list(dict.fromkeys(it.lang for it in its)))
     its = [it for it in its if it.lang in langs]
     if not its: raise DataError(f"no items in {', '.join(langs)}", file=items, field="--languages")
     gold_codes(its, file=items)                            # before the model loads
@@ -180,10 +202,12 @@ def evaluate_command(
 # %% ../nbs/93_cli.ipynb #d5bb64e1
 def validate_command(
     files: list[Path],                                     # JSONL files, one item per line
-    parallel: bool = False,                                # also check every question exists in every language with one gold letter
-    languages: list[str] | None = None,                    # languages every question must have (with --parallel; default: those present)
+    # also check every question exists in every language with one gold letter
+    parallel: bool = False,
+    # languages every question must have (with --parallel; default: those present)
+    languages: list[str] | None = None,
 ) -> dict:
-    "Check JSONL item files (calm's format). Every bad row is reported with file, row and field. Returns `{file: items}`."
+    "Check JSONL item files (calm's format). Returns `{file: items}`."
     found = {}
     for f in files:
         items = found[f] = read_items(f)
@@ -194,14 +218,16 @@ def validate_command(
 
 # %% ../nbs/93_cli.ipynb #11e77adf
 def drift_command(
-    group_dir: Path,                                       # a release MedQA group, e.g. ../shared/calm-release/medqa/test/test_sft_en_q_1000
+    # a release MedQA group, e.g. ../shared/calm-release/medqa/test/test_sft_en_q_1000
+    group_dir: Path,
     csv: Path | None = None,                               # also write the drift table here
     max_rows: int = 20,                                    # rows of the table to print
 ) -> pd.DataFrame:
-    "Report the rows of a release MedQA group that are out of line. Each translation is aligned to its native file; rows that are shifted, extra, missing or unreadable are listed. Returns the drift table."
+    "Report the rows of a release MedQA group that are out of line. Returns the drift table."
     g = load_release_medqa(group_dir)
     d = g.drift()
-    print(f"{g.name}: native {g.native}, {len(g.items)} aligned items; {len(d)} rows out of line, {len(g.skipped)} unreadable rows")
+    print(f"{g.name}: native {g.native}, {len(g.items)} aligned items; {len(d)} rows out of line, "
+          f"{len(g.skipped)} unreadable rows")
     for e in g.skipped: print(f"  unreadable: {e}")
     if len(d):
         print(d.groupby(["lang", "status"]).size().to_string())
@@ -213,10 +239,12 @@ def drift_command(
 # %% ../nbs/93_cli.ipynb #d06c627c
 def check_reports_command(
     reports: Path = Path("reports"),                       # the committed reports folder
-    profiles: Path | None = None,                          # look a named profile up in this folder first (default: calm's own)
-    release_dir: Path | None = None,                       # the release, to recompute recorded input fingerprints (default: as elsewhere)
+    # look a named profile up in this folder first (default: calm's own)
+    profiles: Path | None = None,
+    # the release, to recompute recorded input fingerprints (default: as elsewhere)
+    release_dir: Path | None = None,
 ) -> int:
-    "List every committed report: current, stale (the profile it names now differs), missing or unchecked. Stale or missing reports fail the check (exit 1) unless their README marks them `archived: REASON`; each difference is named, `recorded -> now`."
+    "List every committed report: current, stale (the profile it names now differs), missing or unchecked"
     states = check_reports(reports, profiles, release_dir)
     print(report_states_table(states, width=100).to_markdown(index=False))
     failing = [s.report for s in states if s.failing]
@@ -228,21 +256,27 @@ def check_reports_command(
 
 # %% ../nbs/93_cli.ipynb #fe03455a
 def release_command(
-    release_dir: Path | None = None,                       # the release's data folder (default: $CALM_RELEASE_DIR or ../shared/calm-release)
+    # the release's data folder (default: $CALM_RELEASE_DIR or ../shared/calm-release)
+    release_dir: Path | None = None,
     model: Literal["llama", "mistral"] = default_of(run_release, "model"),  # whose samples to read
     out: Path = default_of(run_release, "out"),            # output folder
     languages: list[str] = default_of(run_release, "languages"),  # ISO 639-1 language codes
-    tie: Literal[TIE_POLICIES] | None = None,              # tie policy of the vote (default: release under --protocol paper, else drop)
-    protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),  # paper: the release's parser and the paper's Table 1 computation; strict: ours; the report has both
-    dpo_dir: Path | None = None,                           # a folder with the release's DPO_{lang}.json files, counted beside our pairs
-    strict_samples: Literal["first", "all"] = "first",     # the strict row scores sample 0, or every sample (mean over samples)
-    notebook: bool = False,                                # run the experiment notebook release.ipynb with papermill and keep the executed notebook in --out
+    # tie policy of the vote (default: release under --protocol paper, else drop)
+    tie: Literal[TIE_POLICIES] | None = None,
+    # paper: the release's parser and the paper's Table 1 computation; strict: ours; the report has both
+    protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),
+    # a folder with the release's DPO_{lang}.json files, counted beside our pairs
+    dpo_dir: Path | None = None,
+    # the strict row scores sample 0, or every sample (mean over samples)
+    strict_samples: Literal["first", "all"] = "first",
+    # run the experiment notebook release.ipynb with papermill and keep the executed notebook in --out
+    notebook: bool = False,
 ):
-    "Reproduce the label-free core on the paper's released samples. Extract, vote, score and build pairs from the release's X-CSQA samples; writes table1_base.csv, vote.csv, consistency.csv, positives.csv, pairs.jsonl, fig3.png/.pdf and protocols_report.md (the paper's Table 1 computation and ours side by side, parse rates, pairs against the release's DPO files) into --out."
+    "Reproduce the label-free core on the paper's released samples. Writes tables, figure and report into --out."
     if notebook:
-        dest = execute_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None, "model": model,
-                                                 "languages": list(languages), "tie": tie, "protocol": protocol,
-                                                 "dpo_dir": str(dpo_dir) if dpo_dir else None,
+        dest = execute_notebook("release", out, {"release_dir": str(release_dir) if release_dir else None,
+                                                 "model": model, "languages": list(languages), "tie": tie,
+                                                 "protocol": protocol, "dpo_dir": str(dpo_dir) if dpo_dir else None,
                                                  "strict_samples": strict_samples}, subfolder=False)
         print(f"executed release.ipynb -> {dest}")
         return dest
@@ -252,29 +286,34 @@ def release_command(
 # %% ../nbs/93_cli.ipynb #081cf85a
 def reproduce_command(
     profile: str = default_of(run_demo, "profile"),        # a profile shipped with calm (demo, paper) or a YAML path
-    only: str | None = None,                               # comma-separated notebooks to run, e.g. table1,fig3 (default: all of the profile's)
-    dry_run: bool = False,                                 # validate the profile and print the planned work (generations, tokens, device-hours) without running anything
+    # comma-separated notebooks to run, e.g. table1,fig3 (default: all of the profile's)
+    only: str | None = None,
+    # validate the profile and print the planned work (generations, tokens, device-hours) without running anything
+    dry_run: bool = False,
     out: Path | None = None,                               # output folder (default: reports/<profile name>)
-    notebooks: Path | None = None,                         # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
+    # folder of experiment notebooks (default: $CALM_NOTEBOOKS, else nbs/experiments under the working directory)
+    notebooks: Path | None = None,
 ) -> dict:
-    "Regenerate the paper's tables and figures from a profile. Read a profile (calm/profiles/NAME.yaml or a YAML file), run the shared stages once (resumable), execute the experiment notebooks with papermill into --out, and write an index (README.md) and manifest.json. A failing notebook stops the run with exit status 1 and keeps its partial executed copy."
+    "Regenerate the paper's tables and figures from a profile. A failing notebook exits with status 1."
     try: res = reproduce(profile, only=only, dry_run=dry_run, out=out, notebooks_dir=notebooks)
     except NotebookFailed as e:
         print(f"calm reproduce: {e}", file=sys.stderr); sys.exit(1)
     if dry_run: print(f"reproduce: profile {res['profile'].name} is valid; dry run, nothing executed")
-    else: print(f"reproduce: {len(res['notebooks'])} notebooks in {sum(res['timings'].values()):.0f}s; index {res['out'] / 'README.md'}")
+    else: print(f"reproduce: {len(res['notebooks'])} notebooks in {sum(res['timings'].values()):.0f}s; "
+                f"index {res['out'] / 'README.md'}")
     return res
 
 # %% ../nbs/93_cli.ipynb #be43d587
-COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, drift_command, release_command, reproduce_command,
-            check_reports_command)
+COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, drift_command, release_command,
+            reproduce_command, check_reports_command)
 "The commands `parser` builds from their signatures; `calm train` is handed to `calm.train.main` as it is."
 
 # %% ../nbs/93_cli.ipynb #2ae9b846
 def parser() -> argparse.ArgumentParser:
     "The `calm` argument parser: one subcommand per function of `COMMANDS`, and `train`."
     from calm import __version__
-    p = argparse.ArgumentParser(prog="calm", description="CALM: cross-lingual self-alignment of LLM question answering.")
+    p = argparse.ArgumentParser(prog="calm",
+                                description="CALM: cross-lingual self-alignment of LLM question answering.")
     p.add_argument("--version", action="version", version=f"calm {__version__}")
     p.add_argument("--debug", action="store_true", help="on an error, show its traceback instead of a one-line message")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,32 +321,36 @@ def parser() -> argparse.ArgumentParser:
         add_command(sub, f)
         if f is sample_command:
             t = sub.add_parser("train", add_help=False, help="Train a CALM (DPO) or SFT LoRA adapter from a run file",
-                               description="Train from a run file; every argument goes unchanged to `python -m calm.train` "
-                                           "(the same as under accelerate launch on several GPUs). `calm train --help` lists them.")
+                               description="Train from a run file; every argument goes unchanged to "
+                                           "`python -m calm.train` (the same as under accelerate launch on several "
+                                           "GPUs). `calm train --help` lists them.")
             t.add_argument("args", nargs=argparse.REMAINDER, help="the arguments of python -m calm.train")
     return p
 
 # %% ../nbs/93_cli.ipynb #1a21dc3f
 def _run(command: str, call, debug: bool) -> int:
-    "`call()`'s exit status: its int result, else 0; a known error prints `calm COMMAND: error: ...` and gives 2 (raises with `debug`)."
+    "`call()`'s exit status: its int result, else 0; 2 (or 1: disk full) after a known error."
     try: res = call()
-    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+    except (DataError, ValueError, FileNotFoundError, ModelNotInstalled, IsADirectoryError, NotADirectoryError,
+            FileExistsError) as e:
         if debug: raise
         print(f"calm {command}: error: {e}", file=sys.stderr); return 2
     except OSError as e:
         if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
-        print(f"calm {command}: error: no space left on device{f' writing {e.filename}' if e.filename else ''}; what was written "
-              "before is kept (a file being replaced keeps its old version): free some space and run the same command again to resume", file=sys.stderr)
+        print(f"calm {command}: error: no space left on device{f' writing {e.filename}' if e.filename else ''}; "
+              "what was written before is kept (a file being replaced keeps its old version): free some space and run "
+              "the same command again to resume", file=sys.stderr)
         return 1
     return res if type(res) is int else 0
 
 def main(argv=None) -> int:
-    "Entry point of the `calm` console script: `calm [--debug] COMMAND ...`; data errors exit with status 2 and a one-line reason."
-    # OpenMP threads that sleep when idle: beside a busy process the default spin-waiting made sampling 3.6x-24x slower
-    # on 2 cores, PASSIVE 1.46x, the fair share (reports/bench/contention.json). Set before torch loads; the user's value wins.
+    "Entry point of the `calm` console script: `calm [--debug] COMMAND ...`; returns the exit status."
+    # OpenMP threads that sleep when idle: beside a busy process the default spin-waiting made sampling 3.6x-24x
+    # slower on 2 cores, PASSIVE 1.46x, the fair share (reports/bench/contention.json). Set before torch loads; the
+    # user's value wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
-    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))     # the command, after the global flags
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))  # the command, after global flags
     if argv[at:at + 1] == ["train"]:
         return _run("train", lambda: train_main(argv[at + 1:]), "--debug" in argv[:at])
     a = vars(parser().parse_args(argv))

@@ -16,12 +16,13 @@ __all__ = ['INDEX_TITLE', 'notebook_path', 'notebook_parameter', 'NotebookFailed
 
 # %% ../nbs/89_notebooks.ipynb #c67571798
 def notebook_path(name: str, notebooks_dir=None) -> Path:
-    "The experiment notebook `name` in `notebooks_dir` (default: `$CALM_NOTEBOOKS`, else `nbs/experiments` of the checkout holding the working directory); `FileNotFoundError` if absent."
+    "The path of experiment notebook `name`; `FileNotFoundError` if it is absent."
     d = notebooks_dir or os.environ.get("CALM_NOTEBOOKS")
     if not d:
         cwd = Path.cwd()
         d = next((r / "nbs" / "experiments" for r in (cwd, *cwd.parents) if (r / "nbs" / "experiments").is_dir()), None)
-        if d is None: raise FileNotFoundError(f"experiment notebooks not found: pass --notebooks, set CALM_NOTEBOOKS, or work inside a calm checkout (nbs/experiments above {cwd})")
+        if d is None: raise FileNotFoundError("experiment notebooks not found: pass --notebooks, set CALM_NOTEBOOKS, "
+                                              f"or work inside a calm checkout (nbs/experiments above {cwd})")
     d = Path(d)
     f = d / f"{name}.ipynb"
     if not f.is_file(): raise FileNotFoundError(f"experiment notebook not found: {f}")
@@ -29,7 +30,7 @@ def notebook_path(name: str, notebooks_dir=None) -> Path:
 
 # %% ../nbs/89_notebooks.ipynb #10b49342
 def notebook_parameter(p: Profile, name: str, key: str):
-    "The value notebook `name` runs with for parameter `key`: the profile's, else the default in the notebook's parameters cell."
+    "The value notebook `name` runs with for parameter `key`."
     if key in p.parameters.get(name, {}): return p.parameters[name][key]
     import ast
     import papermill as pm  # heavy: loaded only when a notebook runs
@@ -44,13 +45,13 @@ class NotebookFailed(RuntimeError):
 
 # %% ../nbs/89_notebooks.ipynb #f0c1b261
 def execute_notebook(name: str, out, parameters: dict, notebooks_dir=None, subfolder: bool = True) -> Path:
-    "Execute experiment notebook `name` with papermill into `out/name/name.ipynb` (`out/name.ipynb` without `subfolder`)."
+    "Execute experiment notebook `name` with papermill; returns the executed notebook's path."
     import papermill as pm  # heavy, and only needed here: imported when a notebook runs
     src = notebook_path(name, notebooks_dir)
     dest_dir = Path(out).resolve() / name if subfolder else Path(out).resolve()
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / f"{name}.ipynb"
-    declared = pm.inspect_notebook(str(src))                     # pass only what the notebook's parameters cell declares
+    declared = pm.inspect_notebook(str(src))   # pass only what the notebook's parameters cell declares
     parameters = {k: v for k, v in {**parameters, "out": str(dest_dir)}.items() if k in declared}
     try:
         pm.execute_notebook(str(src), str(dest), parameters=parameters, kernel_name="python3",
@@ -65,32 +66,40 @@ INDEX_TITLE = "# Reproduction: profile `{name}`"
 
 # %% ../nbs/89_notebooks.ipynb #624beb5f
 def committed(f: Path, out: Path) -> bool:
-    "Whether `f` is one of the files a reader needs (tables, figures, index), not a store, an adapter or an executed notebook."
+    "Whether `f` is one of the files a reader needs (tables, figures, index)."
     parts = f.relative_to(out).parts
     bulky = {"_run", "samples", "adapters", "data", "curriculum", "index", "translations"}
-    return not (bulky & set(parts) or any(x == "eval" or x.startswith("eval_") for x in parts) or f.suffix in (".ipynb", ".jsonl")
-                or f.name == "votes.csv")
+    return not (bulky & set(parts) or any(x == "eval" or x.startswith("eval_") for x in parts)
+                or f.suffix in (".ipynb", ".jsonl") or f.name == "votes.csv")
 
 # %% ../nbs/89_notebooks.ipynb #77c2250a
 def write_index(out: Path, p: Profile, done: list, failed: dict | None = None, timings: dict | None = None) -> Path:
     "Write `out/README.md`, linking every artifact each notebook wrote and the manifest."
     arg = p.name if p.file.resolve().parent == CONFIGS_DIR.resolve() else p.file.name
-    lines = [INDEX_TITLE.format(name=p.name), "", p.description, "", f"Profile: `{p.file.name}`; regenerate with `calm reproduce --profile {arg}`. "
-             "The executed notebooks (`<name>/<name>.ipynb`), bulky data (`*.jsonl`, sample and answer stores, adapters) and the runs "
-             "(`_run/`) stay out of version control.", ""]
-    main = [f for f in sorted(out.iterdir()) if f.is_file() and committed(f, out) and f.name not in ("README.md", "manifest.json")]
+    lines = [INDEX_TITLE.format(name=p.name), "", p.description, "",
+             f"Profile: `{p.file.name}`; regenerate with `calm reproduce --profile {arg}`. "
+             "The executed notebooks (`<name>/<name>.ipynb`), bulky data (`*.jsonl`, sample and answer stores, "
+             "adapters) and the runs (`_run/`) stay out of version control.", ""]
+    main = [f for f in sorted(out.iterdir())
+            if f.is_file() and committed(f, out) and f.name not in ("README.md", "manifest.json")]
     if (out / "main_job.md").is_file():
-        lines += ["## The main job (`calm demo`)", "", "Sampling, vote, pairs, training and evaluation of base, SFT and CALM on the first run; "
+        lines += ["## The main job (`calm demo`)", "",
+                  "Sampling, vote, pairs, training and evaluation of base, SFT and CALM on the first run; "
                   "every table below reads the same stores.", ""]
         lines += [f"- [{f.name}]({f.name})" for f in main] + [""]
     for name in done + list(failed or {}):
         status = f"FAILED: {failed[name]}" if failed and name in failed else f"{(timings or {}).get(name, 0):.0f}s"
         lines += [f"## {NOTEBOOKS.get(name, name)}", "", f"`{name}` ({status})", ""]
         for f in sorted((out / name).rglob("*")):
-            if f.is_file() and committed(f, out): lines.append(f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})")
+            if f.is_file() and committed(f, out):
+                lines.append(f"- [{f.relative_to(out)}]({f.relative_to(out).as_posix()})")
         lines.append(f"- executed notebook: `{name}/{name}.ipynb` (regenerated, not committed)")
-        for m in sorted((out / name).glob("*.md"))[:3]: lines += ["", f"### {m.stem}", "", m.read_text(encoding="utf-8").strip()]
-        for png in sorted((out / name).glob("*.png")): lines += ["", f"![{png.stem}]({png.relative_to(out).as_posix()})"]
+        for m in sorted((out / name).glob("*.md"))[:3]:
+            lines += ["", f"### {m.stem}", "", m.read_text(encoding="utf-8").strip()]
+        for png in sorted((out / name).glob("*.png")):
+            lines += ["", f"![{png.stem}]({png.relative_to(out).as_posix()})"]
         lines.append("")
-    lines += ["## Manifest", "", "[manifest.json](manifest.json): the profile, the inputs and the package versions that produced these files.", ""]
+    lines += ["## Manifest", "",
+              "[manifest.json](manifest.json): the profile, the inputs and the package versions that produced "
+              "these files.", ""]
     return write_atomic(out / "README.md", "\n".join(lines))

@@ -40,12 +40,14 @@ NOTEBOOKS = {"table1": "Table 1: base vs SFT vs CALM per language, ACC_avg, Cons
              "fig3": "Figure 3: monolingual accuracy vs multilingual majority vote",
              "rag": "retrieval-augmented prompts (Self-RAG rows of Tables 1 and 9)",
              "release": "the label-free core on the paper's released samples",
-             "study": "the X-CSQA study: base, SFT and CALM in six languages, generation and option likelihood, paired intervals",
-             "testbed": "the testbed: gate, CALM against its controls with the same budget, pre-registered endpoints, rounds"}
+             "study": "the X-CSQA study: base, SFT and CALM in six languages, generation and option likelihood, "
+                      "paired intervals",
+             "testbed": "the testbed: gate, CALM against its controls with the same budget, pre-registered endpoints, "
+                        "rounds"}
 "Experiment notebooks (`nbs/experiments/{name}.ipynb`) `calm reproduce` can run."
 
 NEEDS_RELEASE = {"release", "fig3", "table7_8", "table3", "table9"}
-"Notebooks that read the paper's release (`fig3` and `table7_8` also use the profile's own run; `table3` and `table9` its MedQA)."
+"Notebooks that read the paper's release."
 
 # %% ../nbs/84_profile.ipynb #a0e4987c
 class MedQAGroup(NamedTuple):
@@ -55,7 +57,7 @@ class MedQAGroup(NamedTuple):
 
 # %% ../nbs/84_profile.ipynb #8f413e2d
 SYSTEMS = ("base", "SFT", "CALM", "SFT_gold", "CALM_gold", "CALM-robust", "DCO")
-"Systems a profile may evaluate (`*_gold`: trained on ground truth, Table 2; `CALM-robust`: TRL's robust loss; `DCO`: `calm.dco`)."
+"Systems a profile may evaluate."
 
 SOURCES = ("demo", "release:xcsqa", "release:medqa", "testbed")
 "Dataset sources a profile may name (`testbed`: the set `calm.testbed_data` writes, shipped in `calm.datasets`)."
@@ -81,10 +83,11 @@ def _typed(file, key, value, kind):
 
 def _kind(f) -> type:
     "The Python type of a dataclass field written as a string annotation (`'int'`, `'list'`, `'dict | None'`...)."
-    return {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}[str(f.type).split(" |")[0]]
+    return {"int": int, "float": float, "str": str, "bool": bool, "list": list,
+            "dict": dict}[str(f.type).split(" |")[0]]
 
 def _build(cls, file, key: str, raw, **extra):
-    "An instance of dataclass `cls` from mapping `raw` at `key`: unknown, missing and mistyped keys are `ProfileError`s."
+    "An instance of dataclass `cls` from mapping `raw` at `key`; `ProfileError` for a bad key."
     if not isinstance(raw, dict): raise ProfileError(file, key, "missing or not a mapping")
     known = [f.name for f in fields(cls) if f.name not in extra]
     for k in raw:
@@ -93,7 +96,8 @@ def _build(cls, file, key: str, raw, **extra):
     for f in fields(cls):
         if f.name in extra: continue
         if f.name not in raw:
-            if f.default is MISSING and f.default_factory is MISSING: raise ProfileError(file, f"{key}.{f.name}", "missing")
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ProfileError(file, f"{key}.{f.name}", "missing")
             continue
         v = raw[f.name]
         vals[f.name] = v if v is None and "None" in str(f.type) else _typed(file, f"{key}.{f.name}", v, _kind(f))
@@ -104,7 +108,8 @@ def _build(cls, file, key: str, raw, **extra):
 def _positive(file, key, v, allow_zero=False):
     "`ProfileError` unless `v` is a finite number > 0 (>= 0 with `allow_zero`): NaN and infinity are refused too."
     if not math.isfinite(v): raise ProfileError(file, key, f"must be a finite number, got {v}")
-    if v < 0 or (v == 0 and not allow_zero): raise ProfileError(file, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ProfileError(file, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 # %% ../nbs/84_profile.ipynb #c03618942
 @dataclass(frozen=True)
@@ -120,8 +125,10 @@ class Sampling:
 
     def check(self, file, key):
         try: self.params
-        except ValueError as e: raise ProfileError(file, f"{key}.{re.match(r'[a-z_]+', str(e)).group()}", str(e)) from None
-        if self.tie not in TIE_POLICIES: raise ProfileError(file, f"{key}.tie", f"must be one of {', '.join(TIE_POLICIES)}, got {self.tie!r}")
+        except ValueError as e:
+            raise ProfileError(file, f"{key}.{re.match(r'[a-z_]+', str(e)).group()}", str(e)) from None
+        if self.tie not in TIE_POLICIES:
+            raise ProfileError(file, f"{key}.tie", f"must be one of {', '.join(TIE_POLICIES)}, got {self.tie!r}")
 
     @property
     def params(self):
@@ -137,7 +144,9 @@ class Evaluation:
     m: int
     greedy: bool
     max_new_tokens: int
-    batch_size: int | None = None   # prompts decoded side by side (None: sampling's); greedy answers decode one row a prompt, so a larger batch keeps a CPU as busy as sampling's m rows a prompt
+    # prompts decoded side by side (None: sampling's); greedy answers decode one row a prompt, so a larger batch keeps
+    # a CPU as busy as sampling's m rows a prompt
+    batch_size: int | None = None
 
     def check(self, file, key):
         for k in ("m", "max_new_tokens"): _positive(file, f"{key}.{k}", getattr(self, k))
@@ -174,7 +183,8 @@ class TestSet:
         if (self.dataset is None) == (self.group is None):
             raise ProfileError(file, key, "names either a dataset of the profile or a release:medqa group")
         if self.group is not None and (self.source != "release:medqa" or self.group not in MEDQA_GROUPS):
-            raise ProfileError(file, f"{key}.group", f"a test group is a release:medqa group ({', '.join(MEDQA_GROUPS)}), got {self.source}/{self.group}")
+            raise ProfileError(file, f"{key}.group", f"a test group is a release:medqa group "
+                                                     f"({', '.join(MEDQA_GROUPS)}), got {self.source}/{self.group}")
         if self.questions is not None: _positive(file, f"{key}.questions", self.questions)
 
 # %% ../nbs/84_profile.ipynb #238e6924
@@ -198,31 +208,41 @@ class Dataset:
     test_questions: int
     tests: dict | None = None                # {name: TestSet}; None: the defaults described above
     curriculum: dict | None = None           # Curriculum fields; None: the default
-    test_languages: list | None = None       # languages the test questions are answered in; None: `languages` (trained on, voted across)
-    shuffle_options: bool = False            # shuffle each item's options per language (`calm.testbed_data.shuffle_options`)
+    # languages the test questions are answered in; None: `languages` (trained on, voted across)
+    test_languages: list | None = None
+    # shuffle each item's options per language (`calm.testbed_data.shuffle_options`)
+    shuffle_options: bool = False
 
     def check(self, file, key):
-        if self.source not in SOURCES: raise ProfileError(file, f"{key}.source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.source not in SOURCES:
+            raise ProfileError(file, f"{key}.source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}")
         langs = []
         for j, l in enumerate(self.languages):
             try: langs.append(normalize_lang(str(l)))
-            except ValueError: raise ProfileError(file, f"{key}.languages[{j}]", f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
-        if len(set(langs)) < 2: raise ProfileError(file, f"{key}.languages", "the vote needs at least two different languages")
+            except ValueError: raise ProfileError(file, f"{key}.languages[{j}]",
+                                                  f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
+        if len(set(langs)) < 2:
+            raise ProfileError(file, f"{key}.languages", "the vote needs at least two different languages")
         object.__setattr__(self, "languages", langs)
         if self.test_languages is not None:
             tl = []
             for j, l in enumerate(self.test_languages):
                 try: tl.append(normalize_lang(str(l)))
-                except ValueError: raise ProfileError(file, f"{key}.test_languages[{j}]", f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
+                except ValueError:
+                    raise ProfileError(file, f"{key}.test_languages[{j}]",
+                                       f"unknown language {l!r} (known: {', '.join(LANGUAGES)})") from None
             object.__setattr__(self, "test_languages", tl)
         for k in ("train_questions", "test_questions"): _positive(file, f"{key}.{k}", getattr(self, k))
         if self.source == "testbed" and not set(langs) <= set(TESTBED_LANGUAGES):
-            raise ProfileError(file, f"{key}.languages", f"the testbed is in {', '.join(TESTBED_LANGUAGES)}, got {langs}")
+            raise ProfileError(file, f"{key}.languages",
+                               f"the testbed is in {', '.join(TESTBED_LANGUAGES)}, got {langs}")
         if self.source == "demo":
             for k, n in (("train_questions", 40), ("test_questions", 20)):
-                if getattr(self, k) > n: raise ProfileError(file, f"{key}.{k}", f"the demo set has {n} {k.split('_')[0]} questions, got {getattr(self, k)}")
+                if getattr(self, k) > n: raise ProfileError(file, f"{key}.{k}", f"the demo set has {n} "
+                                                            f"{k.split('_')[0]} questions, got {getattr(self, k)}")
         if self.tests is not None:
-            object.__setattr__(self, "tests", {n: t if isinstance(t, TestSet) else _build(TestSet, file, f"{key}.tests.{n}", t, name=n)
+            object.__setattr__(self, "tests", {n: t if isinstance(t, TestSet)
+                                               else _build(TestSet, file, f"{key}.tests.{n}", t, name=n)
                                                for n, t in self.tests.items()})
         if isinstance(self.curriculum, dict):
             c = _build(Curriculum, file, f"{key}.curriculum", self.curriculum)
@@ -250,14 +270,15 @@ class TestbedSettings:
 
 # %% ../nbs/84_profile.ipynb #tb000003
 TESTBED_SYSTEMS = ("CALM", "permuted", "english", "gold", "SFT", "CALM-robust", "DCO")
-"Systems a testbed trains: CALM, its controls (permuted votes, English's answers, gold: the upper bound), SFT on the votes, noise-aware CALM, DCO."
+"Systems a testbed trains: CALM, its controls, SFT on the votes, noise-aware CALM, DCO."
 
 ENDPOINTS = {"nonbest_acc": "mean accuracy over the languages other than the best one (points)",
-             "excess_consistency_2": "Consistency_2 by option identity beyond each language's option frequencies (points)"}
+             "excess_consistency_2": "Consistency_2 by option identity beyond each language's option frequencies "
+                                     "(points)"}
 "The endpoints a profile may pre-register, and what each measures."
 
 SETTINGS = {"held_out": "test", "self": "train"}
-"Where systems are measured: held-out facts (the paper's setting), or the very questions CALM voted on (self-alignment at test time)."
+"Where systems are measured: held-out facts, or the very questions CALM voted on."
 
 # %% ../nbs/84_profile.ipynb #tb000004
 def check_testbed(section: dict | None) -> TestbedSettings:
@@ -268,15 +289,19 @@ def check_testbed(section: dict | None) -> TestbedSettings:
         if k not in known: raise ValueError(f"testbed.{k}: unknown key (known: {', '.join(known)})")
     s = TestbedSettings(**section)
     for i, x in enumerate(s.systems):
-        if x not in TESTBED_SYSTEMS: raise ValueError(f"testbed.systems[{i}]: unknown system {x!r} (known: {', '.join(TESTBED_SYSTEMS)})")
+        if x not in TESTBED_SYSTEMS:
+            raise ValueError(f"testbed.systems[{i}]: unknown system {x!r} (known: {', '.join(TESTBED_SYSTEMS)})")
     if "CALM" not in s.systems or s.control not in s.systems:
         raise ValueError(f"testbed.systems: must include CALM and the control {s.control!r}")
     for i, e in enumerate(s.endpoints):
-        if e not in ENDPOINTS: raise ValueError(f"testbed.endpoints[{i}]: unknown endpoint {e!r} (known: {', '.join(ENDPOINTS)})")
+        if e not in ENDPOINTS:
+            raise ValueError(f"testbed.endpoints[{i}]: unknown endpoint {e!r} (known: {', '.join(ENDPOINTS)})")
     for i, e in enumerate(s.settings):
-        if e not in SETTINGS: raise ValueError(f"testbed.settings[{i}]: unknown setting {e!r} (known: {', '.join(SETTINGS)})")
+        if e not in SETTINGS:
+            raise ValueError(f"testbed.settings[{i}]: unknown setting {e!r} (known: {', '.join(SETTINGS)})")
     for i, x in enumerate(s.scorings):
-        if x not in SCORINGS: raise ValueError(f"testbed.scorings[{i}]: must be one of {', '.join(SCORINGS)}, got {x!r}")
+        if x not in SCORINGS:
+            raise ValueError(f"testbed.scorings[{i}]: must be one of {', '.join(SCORINGS)}, got {x!r}")
     if s.rounds not in (1, 2): raise ValueError(f"testbed.rounds: 1 or 2, got {s.rounds}")
     if not 0 < s.alpha < 1: raise ValueError(f"testbed.alpha: must lie in (0, 1), got {s.alpha}")
     return s
@@ -298,32 +323,40 @@ class Profile:
     systems: list
     estimate: Estimate
     notebooks: list
-    parameters: dict = field(default_factory=dict)   # {notebook: {parameter: value}}: passed to that notebook by papermill
-    rag: dict = field(default_factory=dict)          # retrieval-augmented runs: datasets, corpus, embedder, generator, k, scope, style
-    dtype: str = "auto"                              # the weights sampling and answering read: auto (calm.models.inference_dtype), float32, bfloat16
-    vote_error_rate: float | None = None             # CALM-robust's label_smoothing: the vote's error rate on validation questions
-    testbed: TestbedSettings | None = None           # the testbed's gate, systems and pre-registered endpoints (None: not a testbed)
+    # {notebook: {parameter: value}}: passed to that notebook by papermill
+    parameters: dict = field(default_factory=dict)
+    # retrieval-augmented runs: datasets, corpus, embedder, generator, k, scope, style
+    rag: dict = field(default_factory=dict)
+    # the weights sampling and answering read: auto (calm.models.inference_dtype), float32, bfloat16
+    dtype: str = "auto"
+    # CALM-robust's label_smoothing: the vote's error rate on validation questions
+    vote_error_rate: float | None = None
+    # the testbed's gate, systems and pre-registered endpoints (None: not a testbed)
+    testbed: TestbedSettings | None = None
 
     def dataset(self, name: str) -> Dataset:
         "The dataset called `name`."
         return next(d for d in self.datasets if d.name == name)
 
 # %% ../nbs/84_profile.ipynb #c82765903
-def override(p: Profile, model=None, languages=None, train_questions=None, test_questions=None, m=None, max_new_tokens=None,
-             train_steps=None) -> Profile:
-    "A copy of `p` with its first model and first dataset's sizes replaced (None keeps a value): what `calm demo`'s options change; checked as the profile's own values are (`ProfileError` naming the key), before any work."
+def override(p: Profile, model=None, languages=None, train_questions=None, test_questions=None, m=None,
+             max_new_tokens=None, train_steps=None) -> Profile:
+    "A copy of `p` with its first model and first dataset's sizes replaced (None keeps a value)."
     where = f"{p.file} (with overrides)"
     d = p.datasets[0]
     d = replace(d, **{k: v for k, v in (("languages", list(languages) if languages else None),
-                                          ("train_questions", train_questions), ("test_questions", test_questions)) if v is not None})
+                                          ("train_questions", train_questions), ("test_questions", test_questions))
+                          if v is not None})
     s, e = p.sampling, p.evaluation
     if m is not None: s = replace(s, m=m)
-    if max_new_tokens is not None: s, e = replace(s, max_new_tokens=max_new_tokens), replace(e, max_new_tokens=max_new_tokens)
-    for k, v in (("train_questions", d.train_questions), ("test_questions", d.test_questions), ("sampling.m", s.m), ("sampling.max_new_tokens", s.max_new_tokens)):
+    if max_new_tokens is not None:
+        s, e = replace(s, max_new_tokens=max_new_tokens), replace(e, max_new_tokens=max_new_tokens)
+    for k, v in (("train_questions", d.train_questions), ("test_questions", d.test_questions), ("sampling.m", s.m),
+                 ("sampling.max_new_tokens", s.max_new_tokens)):
         _typed(where, k if "." in k else f"datasets.{d.name}.{k}", v, int)
     d.check(where, f"datasets.{d.name}"); s.check(where, "sampling"); e.check(where, "evaluation")
     training = _training(where, {**p.training, **({"max_steps": train_steps} if train_steps is not None else {})})
-    if model:                                  # a model path given here is relative to the working folder, not to the profile
+    if model:                          # a model path given here is relative to the working folder, not to the profile
         try: _models(Path.cwd() / "_", [model])
         except ProfileError as err: raise ProfileError(where, "models[0]", str(err).split(": ", 2)[-1]) from None
     models = ([model] + p.models[1:]) if model else p.models
@@ -331,7 +364,7 @@ def override(p: Profile, model=None, languages=None, train_questions=None, test_
 
 # %% ../nbs/84_profile.ipynb #c37831972
 def _path(file, value) -> Path:
-    "`value` as a path: relative to the profile's folder, or to the working directory for a profile shipped in the package."
+    "`value` as a path, a relative one resolved as described above."
     p, folder = Path(value).expanduser(), Path(file).resolve().parent
     return p if p.is_absolute() else ((Path.cwd() if folder == CONFIGS_DIR.resolve() else folder) / p)
 
@@ -357,9 +390,12 @@ def _models(file, models) -> list:
         raise ProfileError(file, "models", f"must be a non-empty list of model names, got {models!r}")
     for i, m in enumerate(models):
         looks_local = m.startswith((".", "/", "~")) or m.endswith(".gguf")
-        if looks_local and not _path(file, m).exists(): raise ProfileError(file, f"models[{i}]", f"local model not found: {_path(file, m)}")
+        if looks_local and not _path(file, m).exists():
+            raise ProfileError(file, f"models[{i}]", f"local model not found: {_path(file, m)}")
         if not looks_local and m not in EMBEDDED_MODELS and not re.fullmatch(r"[\w.-]+/[\w.-]+", m):
-            raise ProfileError(file, f"models[{i}]", f"{m!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), a local path nor a hub id org/name")
+            raise ProfileError(file, f"models[{i}]", f"{m!r} is neither an embedded model "
+                                                     f"({', '.join(EMBEDDED_MODELS)}), a local path nor a hub id "
+                                                     "org/name")
     return list(models)
 
 def _training(file, training) -> dict:
@@ -373,7 +409,8 @@ def _training(file, training) -> dict:
 def _listed(file, key, values, known) -> list:
     if not isinstance(values, list): raise ProfileError(file, key, "must be a list")
     for i, v in enumerate(values):
-        if v not in known: raise ProfileError(file, f"{key}[{i}]", f"unknown {key.rstrip('s')} {v!r} (known: {', '.join(known)})")
+        if v not in known:
+            raise ProfileError(file, f"{key}[{i}]", f"unknown {key.rstrip('s')} {v!r} (known: {', '.join(known)})")
     return list(values)
 
 def _rag(file, rag, datasets) -> dict:
@@ -385,9 +422,11 @@ def _rag(file, rag, datasets) -> dict:
         if k not in rag: raise ProfileError(file, f"rag.{k}", "missing")
         _typed(file, f"rag.{k}", rag[k], kind)
     for j, dn in enumerate(rag["datasets"]):
-        if dn not in datasets: raise ProfileError(file, f"rag.datasets[{j}]", f"not a dataset of this profile ({', '.join(datasets)})")
+        if dn not in datasets:
+            raise ProfileError(file, f"rag.datasets[{j}]", f"not a dataset of this profile ({', '.join(datasets)})")
     _positive(file, "rag.k", rag["k"])
-    if rag["style"] not in ("plain", "selfrag", "auto"): raise ProfileError(file, "rag.style", f"must be plain, selfrag or auto, got {rag['style']!r}")
+    if rag["style"] not in ("plain", "selfrag", "auto"):
+        raise ProfileError(file, "rag.style", f"must be plain, selfrag or auto, got {rag['style']!r}")
     return {**rag, "corpus": str(_path(file, rag["corpus"]))}
 
 # %% ../nbs/84_profile.ipynb #f33efaf6
@@ -411,8 +450,10 @@ def load_profile(profile) -> Profile:
     for k in ("name", "backend", "models", "datasets"):
         if k not in raw: raise ProfileError(file, k, "missing")
     name = _typed(file, "name", raw["name"], str)
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name): raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
-    if raw["backend"] not in ("transformers", "vllm"): raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ProfileError(file, "name", f"must be letters, digits, - or _, got {name!r}")
+    if raw["backend"] not in ("transformers", "vllm"):
+        raise ProfileError(file, "backend", f"must be transformers or vllm, got {raw['backend']!r}")
     dtype = raw.get("dtype", "auto")
     try: inference_dtype(dtype, "cpu")              # checked only; "auto" is resolved where the model loads
     except ValueError as e: raise ProfileError(file, "dtype", str(e).removeprefix("dtype ")) from None
@@ -422,34 +463,43 @@ def load_profile(profile) -> Profile:
         if not rd.is_dir(): raise ProfileError(file, "release_dir", f"folder not found: {rd}")
     models = _models(file, raw["models"])
     dsets = raw["datasets"]
-    if not isinstance(dsets, dict) or not dsets: raise ProfileError(file, "datasets", "must be a non-empty mapping name -> dataset")
+    if not isinstance(dsets, dict) or not dsets:
+        raise ProfileError(file, "datasets", "must be a non-empty mapping name -> dataset")
     for dn in dsets:                  # a dataset name becomes a folder of the run: it may not climb out of it
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", str(dn)):
-            raise ProfileError(file, f"datasets.{dn}", "a dataset name becomes a folder name: letters, digits, ., - or _, not starting with a dot")
+            raise ProfileError(file, f"datasets.{dn}", "a dataset name becomes a folder name: letters, digits, ., - "
+                                                       "or _, not starting with a dot")
     datasets = [_build(Dataset, file, f"datasets.{dn}", d, name=dn) for dn, d in dsets.items()]
     for d in datasets:
         for t in (d.tests or {}).values():
-            if t.dataset is not None and t.dataset not in dsets: raise ProfileError(file, f"datasets.{d.name}.tests.{t.name}.dataset", f"not a dataset of this profile ({', '.join(dsets)})")
+            if t.dataset is not None and t.dataset not in dsets:
+                raise ProfileError(file, f"datasets.{d.name}.tests.{t.name}.dataset",
+                                   f"not a dataset of this profile ({', '.join(dsets)})")
     sampling = _build(Sampling, file, "sampling", raw.get("sampling"))
     training = _training(file, raw.get("training"))
     evaluation = _build(Evaluation, file, "evaluation", raw.get("evaluation"))
-    if evaluation.batch_size is None: evaluation = replace(evaluation, batch_size=sampling.batch_size)   # unset: sampling's
+    if evaluation.batch_size is None:                # unset: sampling's
+        evaluation = replace(evaluation, batch_size=sampling.batch_size)
     systems = raw.get("systems", ["base", "SFT", "CALM"])
-    if not isinstance(systems, list) or "base" not in systems: raise ProfileError(file, "systems", f"must be a list that includes base, got {systems!r}")
+    if not isinstance(systems, list) or "base" not in systems:
+        raise ProfileError(file, "systems", f"must be a list that includes base, got {systems!r}")
     systems = _listed(file, "systems", systems, SYSTEMS)
     estimate = _build(Estimate, file, "estimate", raw.get("estimate"))
     notebooks = _listed(file, "notebooks", raw.get("notebooks", list(NOTEBOOKS)), list(NOTEBOOKS))
     if "rag" in notebooks and datasets[0].source != "demo":
-        raise ProfileError(file, "notebooks", "rag reads a demo run (the bundled questions); profiles of release or hub data have the rag section instead")
+        raise ProfileError(file, "notebooks", "rag reads a demo run (the bundled questions); profiles of release or "
+                                              "hub data have the rag section instead")
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ProfileError(file, "parameters", "must map notebook names to mappings of parameter values")
     for n in params:
-        if n not in notebooks: raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
+        if n not in notebooks:
+            raise ProfileError(file, f"parameters.{n}", f"not one of this profile's notebooks ({', '.join(notebooks)})")
     try: testbed = check_testbed(raw["testbed"]) if raw.get("testbed") is not None else None
     except (TypeError, ValueError) as e:
         key, _, msg = str(e).partition(": ")
         raise ProfileError(file, key if key.startswith("testbed") else "testbed", msg or str(e)) from None
-    return Profile(name, file, str(raw.get("description", "")), raw["backend"], rd, models, datasets, sampling, training,
-                   evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()}, _rag(file, raw.get("rag"), dsets), dtype,
-                   _vote_error_rate(file, raw.get("vote_error_rate")), testbed)
+    return Profile(name, file, str(raw.get("description", "")), raw["backend"], rd, models, datasets, sampling,
+                   training, evaluation, systems, estimate, notebooks, {k: dict(v) for k, v in params.items()},
+                   _rag(file, raw.get("rag"), dsets), dtype, _vote_error_rate(file, raw.get("vote_error_rate")),
+                   testbed)
