@@ -11,6 +11,7 @@ import string
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Iterable
 
@@ -272,10 +273,10 @@ def fingerprint(items: Iterable[MCItem]) -> str:
 
 # %% ../nbs/01_data.ipynb #bc610773
 def bundled(*parts: str) -> Path:
-    "A file or folder shipped in the package under `calm/bundled/` (read with `importlib.resources`); `DataError` if absent."
-    from importlib.resources import files
-    p = files("calm").joinpath("bundled", *parts)
-    if not (p.is_file() or p.is_dir()): raise DataError(f"not shipped with this calm installation: calm/bundled/{'/'.join(parts)}")
+    "A file or folder of calm's own datasets, `data/` (installed as `calm.datasets`); `DataError` if absent."
+    p = files("calm.datasets").joinpath(*parts)
+    if not (p.is_file() or p.is_dir()):
+        raise DataError(f"not shipped with this calm installation: data/{'/'.join(parts)}")
     return Path(str(p))
 
 # %% ../nbs/01_data.ipynb #26e62b36

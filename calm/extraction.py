@@ -13,11 +13,13 @@ from typing import Iterable, Mapping, NamedTuple
 
 import pandas as pd
 
-from .data import ANSWER_LABELS, LANGUAGE_ALIASES, DataError, MCItem
+from .data import ANSWER_LABELS, LANGUAGE_ALIASES, DataError, MCItem, normalize_lang
+from .prompts import PromptBuilder
+from .sampling import encode_prompts, forward_spec
 
 # %% auto #0
 __all__ = ['CJK_CHARS', 'RELEASE_SPLITS', 'label_language', 'find_labels', 'Extraction', 'extract_answer', 'release_letter',
-           'release_reading', 'release_only_readings', 'extract_records', 'extraction_summary']
+           'release_reading', 'release_only_readings', 'extract_records', 'extraction_summary', 'force_answers']
 
 # %% ../nbs/30_extraction.ipynb #344e1d04
 def label_language(code: str, file=None, row=None, field="lang") -> str:
@@ -486,3 +488,43 @@ def extraction_summary(extracted: Iterable[dict], items_by_key: Mapping) -> pd.D
                      "sample0_accuracy_%": round(100 * sum(l == y for l, y in zip(first["letter"], gold))
                                                  / max(len(first), 1), 1)})
     return pd.DataFrame(rows)
+
+# %% ../nbs/30_extraction.ipynb #f0rce001
+def _letter_token_ids(tokenizer, letters, space: str) -> list[int]:
+    ids = [tokenizer.encode(space + l, add_special_tokens=False)[0] for l in letters]
+    if len(set(ids)) < len(ids): raise ValueError(f"option letters {letters} do not map to distinct tokens")
+    return ids
+
+# %% ../nbs/30_extraction.ipynb #2d2150f8
+def force_answers(records: Iterable[dict], items: Iterable[MCItem], model, tokenizer, prompt_builder=None,
+                  batch_size: int = 8, min_prob: float = 0.0) -> list[dict]:
+    "Records with `letter`, `how`, `rule`: extracted, else the letter the model scores highest after the answer label."
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
+    by_key = {(it.qid, normalize_lang(it.lang)): it for it in items}
+    builder = prompt_builder or PromptBuilder.auto(tokenizer)
+    out, todo = [], []
+    for row, r in enumerate(records):
+        key = (str(r["qid"]), normalize_lang(r["lang"]))
+        item = by_key.get(key)
+        if item is None: raise DataError(f"no item for question {key[0]!r} in {key[1]!r}", row=row, field="qid")
+        e = extract_answer(r["text"], key[1], item.options)
+        out.append({**r, "letter": e.letter, "how": e.how, "rule": e.rule})
+        if e.letter is None:
+            spec = builder.spec(key[1])
+            todo.append((len(out) - 1, item, builder(item) + r["text"].rstrip() + builder.answer_prefix(key[1]),
+                         " " if spec.sep.endswith(" ") else ""))
+    todo.sort(key=lambda t: len(t[2]))       # similar lengths together: less padding
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s:s + batch_size]
+        enc = encode_prompts(tokenizer, [c[2] for c in chunk], model.device)
+        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        keep = {"logits_to_keep": 1} if forward_spec(model)["logits_to_keep"] else {}
+        with torch.inference_mode(): logits = model(**enc, position_ids=pos, **keep).logits[:, -1].float()
+        for (i, item, _, space), lg in zip(chunk, logits):
+            ids = _letter_token_ids(tokenizer, item.letters, space)
+            p = torch.softmax(lg[ids], -1)
+            k = int(p.argmax())
+            if float(p[k]) >= min_prob:
+                out[i].update(letter=item.letters[k], how="forced", rule="forced", force_p=round(float(p[k]), 4))
+            else: out[i].update(how="missing", rule="forced_below_min_prob", force_p=round(float(p[k]), 4))
+    return out

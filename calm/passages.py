@@ -273,7 +273,7 @@ def find_books(corpus, lang: str | None = None) -> list[Book]:
 
 # %% ../nbs/76_passages.ipynb #8fa3e3ca
 def bundled_corpus() -> Path:
-    "The folder of the bundled demo corpus, `calm/bundled/corpus/` (shipped in the package)."
+    "The folder of the bundled demo corpus, `data/corpus/` (shipped in the package)."
     return bundled("corpus")
 
 # %% ../nbs/76_passages.ipynb #57b60d53

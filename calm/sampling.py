@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .data import DataError, MCItem, normalize_lang
-from .extraction import extract_answer
 from .models import load_model
 from .prompts import PROMPTS, PromptBuilder, check_context, check_prompt_item, model_context, prompt_spec
 
 # %% auto #0
 __all__ = ['plan_batches', 'batch_seed', 'SamplingParams', 'as_params', 'check_sampling_args', 'prompt_keys', 'EchoBackend',
            'default_prompt_builder', 'make_backend', 'sample', 'encode_prompts', 'forward_spec', 'shared_prefixes',
-           'prefill', 'next_tokens', 'can_complete_stop', 'TransformersBackend', 'force_answers']
+           'prefill', 'next_tokens', 'can_complete_stop', 'TransformersBackend']
 
 # %% ../nbs/20_sampling.ipynb #8c1dcc1a
 def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
@@ -385,41 +384,3 @@ class TransformersBackend:
                             "finish_reason": "stop" if cut or stopped[r] else "length"})
             results.append(row * n if reps == 1 else row)
         return results
-
-# %% ../nbs/20_sampling.ipynb #2d2150f8
-def _letter_token_ids(tokenizer, letters, space: str) -> list[int]:
-    ids = [tokenizer.encode(space + l, add_special_tokens=False)[0] for l in letters]
-    if len(set(ids)) < len(ids): raise ValueError(f"option letters {letters} do not map to distinct tokens")
-    return ids
-
-def force_answers(records: Iterable[dict], items: Iterable[MCItem], model, tokenizer, prompt_builder=None,
-                  batch_size: int = 8, min_prob: float = 0.0) -> list[dict]:
-    "Records with `letter`, `how`, `rule`: extracted where possible, else the option letter the model scores highest after the answer label."
-    import torch  # heavy: loaded when a model runs, not when `calm` starts
-    by_key = {(it.qid, normalize_lang(it.lang)): it for it in items}
-    builder = prompt_builder or PromptBuilder.auto(tokenizer)
-    out, todo = [], []
-    for row, r in enumerate(records):
-        key = (str(r["qid"]), normalize_lang(r["lang"]))
-        item = by_key.get(key)
-        if item is None: raise DataError(f"no item for question {key[0]!r} in {key[1]!r}", row=row, field="qid")
-        e = extract_answer(r["text"], key[1], item.options)
-        out.append({**r, "letter": e.letter, "how": e.how, "rule": e.rule})
-        if e.letter is None:
-            spec = builder.spec(key[1])
-            todo.append((len(out) - 1, item, builder(item) + r["text"].rstrip() + builder.answer_prefix(key[1]),
-                         " " if spec.sep.endswith(" ") else ""))
-    todo.sort(key=lambda t: len(t[2]))       # similar lengths together: less padding
-    for s in range(0, len(todo), batch_size):
-        chunk = todo[s:s + batch_size]
-        enc = encode_prompts(tokenizer, [c[2] for c in chunk], model.device)
-        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        keep = {"logits_to_keep": 1} if forward_spec(model)["logits_to_keep"] else {}
-        with torch.inference_mode(): logits = model(**enc, position_ids=pos, **keep).logits[:, -1].float()
-        for (i, item, _, space), lg in zip(chunk, logits):
-            ids = _letter_token_ids(tokenizer, item.letters, space)
-            p = torch.softmax(lg[ids], -1)
-            k = int(p.argmax())
-            if float(p[k]) >= min_prob: out[i].update(letter=item.letters[k], how="forced", rule="forced", force_p=round(float(p[k]), 4))
-            else: out[i].update(how="missing", rule="forced_below_min_prob", force_p=round(float(p[k]), 4))
-    return out

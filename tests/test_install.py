@@ -43,10 +43,14 @@ RESOURCE_MODULES = ("cli", "data", "loaders", "notebooks", "passages", "profile"
 
 def test_package_data_covers_every_shipped_file():
     import fnmatch
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["calm"]
-    shipped = [p.relative_to(ROOT / "calm").as_posix() for d in ("bundled", "profiles") for p in (ROOT / "calm" / d).rglob("*") if p.is_file()]
-    assert {"bundled/demo/train.jsonl", "bundled/demo/test.jsonl", "bundled/corpus/questions.jsonl", "profiles/demo.yaml", "profiles/paper.yaml"} <= set(shipped)
-    assert [f for f in shipped if not any(fnmatch.fnmatch(f, g.replace("**/", "*")) for g in globs)] == []
+    tables = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, folder, must in (("calm", ROOT / "calm", {"profiles/demo.yaml", "profiles/paper.yaml"}),
+                                  ("calm.datasets", ROOT / "data", {"demo/train.jsonl", "demo/test.jsonl",
+                                                                    "corpus/questions.jsonl", "testbed/test.jsonl"})):
+        tops = {g.split("/")[0] for g in tables[package]}
+        shipped = [p.relative_to(folder).as_posix() for d in tops for p in (folder / d).rglob("*") if p.is_file()]
+        assert must <= set(shipped), package
+        assert [f for f in shipped if not any(fnmatch.fnmatch(f, g.replace("**/", "*")) for g in tables[package])] == []
 
 
 def test_resources_are_not_found_through_checkout_paths():

@@ -151,7 +151,7 @@ def test_real_model_is_deterministic_and_resumes(items, smol):
 
 @pytest.mark.slow
 def test_forcing_gives_every_unparsable_record_a_letter(items, smol):
-    from calm.sampling import force_answers
+    from calm.extraction import force_answers
     it = items[0]
     recs = [{"qid": it.qid, "lang": it.lang, "sample": j, "text": t} for j, t in
             enumerate(["Let me think about this.", "The answer is clearly", f"Explanation: x\nAnswer: {it.letters[1]}"])]
