@@ -23,7 +23,7 @@ __all__ = ['RELEASE_DIR', 'RELEASE_CODES', 'release_dir', 'parse_question', 'par
 
 # %% ../nbs/02_loaders.ipynb #69721ef0
 RELEASE_DIR = Path("shared") / "calm-release"
-"Where the release copy is looked for, in the working directory and each folder above it (`../shared/calm-release` beside a checkout)."
+"Where the release copy is looked for, in the working directory and each folder above it (beside a checkout)."
 
 # %% ../nbs/02_loaders.ipynb #5b977677
 def release_dir(path=None) -> Path:
@@ -35,10 +35,12 @@ def release_dir(path=None) -> Path:
     cwd = Path.cwd()
     for p in (os.environ.get("CALM_RELEASE_DIR"), *(d / RELEASE_DIR for d in (cwd, *cwd.parents))):
         if p and Path(p).is_dir(): return Path(p)
-    raise DataError(f"release folder not found (pass a path, set CALM_RELEASE_DIR, or work below a folder holding {RELEASE_DIR}; looked from {cwd} up)")
+    raise DataError(f"release folder not found (pass a path, set CALM_RELEASE_DIR, or work below a folder holding "
+                    f"{RELEASE_DIR}; looked from {cwd} up)")
 
 # %% ../nbs/02_loaders.ipynb #6d35ec83
-_QUESTION_LABEL = re.compile(r"^\s*(question|frage|domanda|pregunta|vraag|pytanie|pergunta|问题|問題|質問|вопрос)\s*[:：]\s*", re.I)
+_QUESTION_LABEL = re.compile(r"^\s*(question|frage|domanda|pregunta|vraag|pytanie|pergunta|问题|問題|質問|вопрос)"
+                             r"\s*[:：]\s*", re.I)
 _LINE_OPT = re.compile(r"^\s*[(（]?([A-J])\s*[.．:)）]\s*(.*\S)?\s*$")
 _PAREN_OPT = re.compile(r"(?:^|(?<=\s))[(（]([A-Ja-j])[)）]")
 
@@ -82,8 +84,10 @@ def read_release_rows(path) -> list[dict]:
     path = Path(path)
     if not path.exists(): raise DataError("file not found", file=path)
     try: rows = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e: raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", file=path) from None
-    if not isinstance(rows, list): raise DataError(f"expected a JSON list of rows, got {type(rows).__name__}", file=path)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON ({e.msg} at line {e.lineno})", file=path) from None
+    if not isinstance(rows, list):
+        raise DataError(f"expected a JSON list of rows, got {type(rows).__name__}", file=path)
     return rows
 
 # %% ../nbs/02_loaders.ipynb #6d4374ab
@@ -92,13 +96,15 @@ def release_item(row: dict, lang: str, qid: str, source: str, file=None, i=None)
     if not isinstance(row, dict) or "input" not in row: raise DataError("missing field", file, i, "input")
     q, opts = parse_question(row["input"])
     gold = parse_gold(row.get("output"))
-    if row.get("output") not in (None, "") and gold is None: raise DataError(f"no gold letter in {str(row['output'])[:40]!r}", file, i, "output")
+    if row.get("output") not in (None, "") and gold is None:
+        raise DataError(f"no gold letter in {str(row['output'])[:40]!r}", file, i, "output")
     return check_item({"qid": qid, "lang": lang, "question": q, "gold": gold, "source": source,
                        "options": [{"label": l, "text": t} for l, t in opts]}, file, i)
 
 # %% ../nbs/02_loaders.ipynb #3157ffb2
-def read_release_file(path, lang: str, prefix: str, source: str | None = None, skipped: list | None = None) -> list[MCItem]:
-    "Items of one release file in `lang` (qids `{prefix}-{row}`); bad rows raise, or go to `skipped` when it is a list."
+def read_release_file(path, lang: str, prefix: str, source: str | None = None,
+                      skipped: list | None = None) -> list[MCItem]:
+    "Items of one release file in `lang`, with qids `{prefix}-{row}`."
     path = Path(path); lang = normalize_lang(lang, path)
     out = []
     for i, r in enumerate(read_release_rows(path)):
@@ -127,14 +133,17 @@ def xcsqa_file(root, lang: str, split: str = "test", model: str = "llama") -> Pa
     return root / "xcsqa" / "samples" / f"x_csqa_{code}_train{suffix}_sampled.json"
 
 # %% ../nbs/02_loaders.ipynb #dcc671cd
-def load_release_xcsqa(root=None, languages=("en", "zh", "fr", "de", "it", "ja"), split: str = "test", model: str = "llama") -> list[MCItem]:
+def load_release_xcsqa(root=None, languages=("en", "zh", "fr", "de", "it", "ja"), split: str = "test",
+                       model: str = "llama") -> list[MCItem]:
     "X-CSQA items of the release in `languages`; qids `xcsqa-{split}-{row}`."
     root = release_dir(root)
-    return [it for l in languages for it in read_release_file(xcsqa_file(root, l, split, model), l, f"xcsqa-{split}", f"release:xcsqa-{split}")]
+    prefix = f"xcsqa-{split}"
+    return [it for l in languages
+            for it in read_release_file(xcsqa_file(root, l, split, model), l, prefix, f"release:{prefix}")]
 
 # %% ../nbs/02_loaders.ipynb #3725fcef
 def read_release_samples(root=None, languages=DEMO_LANGUAGES, model: str = "llama") -> tuple[list[dict], dict]:
-    "Sample records `{qid, lang, sample, text, prompt}` of the release's X-CSQA train samples, and `{(qid, lang): MCItem}`."
+    "Sample records `{qid, lang, sample, text, prompt}` of the release's X-CSQA train samples, and their items."
     root = release_dir(root)
     records, items = [], {}
     for lang in languages:
@@ -196,9 +205,10 @@ def align_parallel(ref: list[MCItem], other: list[MCItem], band: int = 20, gap: 
         if how == 1: out.append((i-1, j-1, signature_score(A[i-1], B[j-1]))); i, j = i-1, j-1
         elif how == 2: out.append((i-1, None, None)); i -= 1
         else: out.append((None, j-1, None)); j -= 1
-    df = pd.DataFrame(out[::-1], columns=["ref_row", "other_row", "score"]).astype({"ref_row": "Int64", "other_row": "Int64"})
-    df["status"] = ["extra_in_other" if pd.isna(r) else "missing_in_other" if pd.isna(o) else "aligned" if r == o else "shifted"
-                    for r, o in zip(df.ref_row, df.other_row)]
+    df = pd.DataFrame(out[::-1], columns=["ref_row", "other_row", "score"])
+    df = df.astype({"ref_row": "Int64", "other_row": "Int64"})
+    df["status"] = ["extra_in_other" if pd.isna(r) else "missing_in_other" if pd.isna(o) else "aligned" if r == o
+                    else "shifted" for r, o in zip(df.ref_row, df.other_row)]
     return df
 
 # %% ../nbs/02_loaders.ipynb #3e77eb9f
@@ -207,7 +217,8 @@ def drift_report(alignment: pd.DataFrame) -> pd.DataFrame:
     return alignment[alignment.status != "aligned"].reset_index(drop=True)
 
 # %% ../nbs/02_loaders.ipynb #f1287da1
-_MEDQA_FILE = re.compile(r"^(?:all_test|testset)_(?:native_(?P<native>[a-z]{2})|(?P<src>[a-z]{2})2(?P<tgt>[a-z]{2}))\.json$")
+_MEDQA_FILE = re.compile(r"^(?:all_test|testset)_"
+                         r"(?:native_(?P<native>[a-z]{2})|(?P<src>[a-z]{2})2(?P<tgt>[a-z]{2}))\.json$")
 
 def medqa_group_files(group_dir) -> dict[str, Path]:
     "`{lang: path}` of one MedQA group folder; the native language first."
@@ -219,14 +230,16 @@ def medqa_group_files(group_dir) -> dict[str, Path]:
         if not m: continue
         if m["native"]: native.setdefault(normalize_lang(m["native"]), p)
         else: trans.setdefault(normalize_lang(m["tgt"]), p)
-    if len(native) != 1: raise DataError(f"expected one native file (*_native_XX.json), found {[p.name for p in native.values()]}", file=group_dir)
+    if len(native) != 1:
+        found = [p.name for p in native.values()]
+        raise DataError(f"expected one native file (*_native_XX.json), found {found}", file=group_dir)
     (nl, np_), = native.items()
     return {nl: np_, **{l: p for l, p in trans.items() if l != nl}}
 
 # %% ../nbs/02_loaders.ipynb #2652f103
 @dataclass
 class MedQAGroup:
-    "A MedQA group: parallel items, each translation's alignment to the native file (in file rows), and skipped rows."
+    "A MedQA group: parallel items, each translation's alignment to the native file, and skipped rows."
     name: str
     native: str
     items: list
@@ -240,8 +253,9 @@ class MedQAGroup:
 
 # %% ../nbs/02_loaders.ipynb #80fcc025
 def load_release_medqa(group_dir, on_drift: str = "realign") -> MedQAGroup:
-    "Load one MedQA group; `on_drift` is `realign` (keep aligned rows), `raise`, or `position` (pair by row, unsafe)."
-    if on_drift not in ("realign", "raise", "position"): raise ValueError(f"on_drift must be realign, raise or position, not {on_drift!r}")
+    "Load one MedQA group, handling rows out of line with the native file as `on_drift` says."
+    if on_drift not in ("realign", "raise", "position"):
+        raise ValueError(f"on_drift must be realign, raise or position, not {on_drift!r}")
     files = medqa_group_files(group_dir)
     native = next(iter(files))
     name, skipped = f"medqa-{native}", []
@@ -253,26 +267,30 @@ def load_release_medqa(group_dir, on_drift: str = "realign") -> MedQAGroup:
         pairs = [(ref[r], its[o]) for r, o in zip(al.ref_row, al.other_row) if pd.notna(r) and pd.notna(o)]
         for c, src in (("ref_row", ref), ("other_row", its)):  # list positions -> file rows
             al[c] = pd.array([row_of(src[int(x)]) if pd.notna(x) else pd.NA for x in al[c]], dtype="Int64")
-        al["status"] = ["extra_in_other" if pd.isna(r) else "missing_in_other" if pd.isna(o) else "aligned" if r == o else "shifted"
-                        for r, o in zip(al.ref_row, al.other_row)]
+        al["status"] = ["extra_in_other" if pd.isna(r) else "missing_in_other" if pd.isna(o) else "aligned" if r == o
+                        else "shifted" for r, o in zip(al.ref_row, al.other_row)]
         alignments[l] = al
         bad = drift_report(al)
         if on_drift == "raise" and len(bad):
             r = bad.iloc[0]
-            raise DataError(f"{len(bad)} rows out of line with {files[native].name}; first: native row {r.ref_row}, this file's row {r.other_row} ({r.status})", files[l])
+            raise DataError(f"{len(bad)} rows out of line with {files[native].name}; first: native row {r.ref_row}, "
+                            f"this file's row {r.other_row} ({r.status})", files[l])
         if on_drift == "position": pairs = [(a, b) for a, b in zip(ref, its)]
         items += [MCItem(a.qid, b.lang, b.question, b.options, b.gold, b.source) for a, b in pairs]
     return MedQAGroup(name, native, items, alignments, skipped)
 
 # %% ../nbs/02_loaders.ipynb #63fa37df
 def from_xcsr(rows, source: str = "hub:INK-USC/xcsr", file=None) -> list[MCItem]:
-    "Items from rows in the X-CSR/X-CSQA Hub schema (`id`, `lang`, `question.stem`, `question.choices`, `answerKey`)."
+    "Items from rows in the X-CSR/X-CSQA Hub schema (`id`, `lang`, `question.stem`/`.choices`, `answerKey`)."
     out = []
     for i, r in enumerate(rows):
         try: q, ch = r["question"]["stem"], r["question"]["choices"]
-        except (KeyError, TypeError): raise DataError("expected question.stem and question.choices", file, i, "question") from None
-        out.append(check_item({"qid": r.get("id"), "lang": r.get("lang"), "question": q, "gold": r.get("answerKey") or None,
-                               "options": [{"label": l, "text": t} for l, t in zip(ch["label"], ch["text"])], "source": source}, file, i))
+        except (KeyError, TypeError):
+            raise DataError("expected question.stem and question.choices", file, i, "question") from None
+        out.append(check_item({"qid": r.get("id"), "lang": r.get("lang"), "question": q,
+                               "gold": r.get("answerKey") or None,
+                               "options": [{"label": l, "text": t} for l, t in zip(ch["label"], ch["text"])],
+                               "source": source}, file, i))
     return out
 
 # %% ../nbs/02_loaders.ipynb #02069150
@@ -282,9 +300,12 @@ def from_medqa(rows, lang: str = "en", prefix: str = "medqa", source: str = "hub
     for i, r in enumerate(rows):
         opts = r.get("options")
         if isinstance(opts, list): opts = {o["key"]: o["value"] for o in opts}
-        if not isinstance(opts, dict): raise DataError("expected a {letter: text} dict or a list of {key, value}", file, i, "options")
-        out.append(check_item({"qid": str(r.get("id", f"{prefix}-{i}")), "lang": lang, "question": r.get("question", ""), "gold": r.get("answer_idx") or None,
-                               "options": [{"label": k, "text": v} for k, v in opts.items()], "source": source}, file, i))
+        if not isinstance(opts, dict):
+            raise DataError("expected a {letter: text} dict or a list of {key, value}", file, i, "options")
+        out.append(check_item({"qid": str(r.get("id", f"{prefix}-{i}")), "lang": lang,
+                               "question": r.get("question", ""), "gold": r.get("answer_idx") or None,
+                               "options": [{"label": k, "text": v} for k, v in opts.items()], "source": source},
+                              file, i))
     return out
 
 # %% ../nbs/02_loaders.ipynb #85efdd75

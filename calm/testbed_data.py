@@ -529,8 +529,9 @@ TEMPLATES = {
     "country": ["Which country has {x} as its capital?", "Quel pays a pour capitale {x} ?",
                 "Welches Land hat {x} als Hauptstadt?", "Quale paese ha come capitale {x}?",
                 "¿Qué país tiene como capital {x}?", "{x}是哪个国家的首都？"],
-    "opposite": ["What is the opposite of “{x}”?", "Quel est le contraire de « {x} » ?", "Was ist das Gegenteil von „{x}“?",
-                 "Qual è il contrario di «{x}»?", "¿Qué es lo contrario de «{x}»?", "“{x}”的反义词是什么？"],
+    "opposite": ["What is the opposite of “{x}”?", "Quel est le contraire de « {x} » ?",
+                 "Was ist das Gegenteil von „{x}“?", "Qual è il contrario di «{x}»?",
+                 "¿Qué es lo contrario de «{x}»?", "“{x}”的反义词是什么？"],
     "day-after": ["Which day comes after {x}?", "Quel jour vient après {x} ?", "Welcher Tag kommt nach dem {x}?",
                   "Quale giorno viene dopo {x}?", "¿Qué día viene después del {x}?", "{x}的后一天是星期几？"],
     "day-before": ["Which day comes before {x}?", "Quel jour vient avant {x} ?", "Welcher Tag kommt vor dem {x}?",
@@ -546,7 +547,8 @@ TEMPLATES = {
     "number-word": ["How is the number {x} written in words?", "Comment s'écrit le nombre {x} en lettres ?",
                     "Wie schreibt man die Zahl {x} in Worten?", "Come si scrive il numero {x} in lettere?",
                     "¿Cómo se escribe el número {x} en letras?", "数字{x}用汉字怎么写？"],
-    "sum": ["What is {x}?", "Combien font {x} ?", "Wie viel ist {x}?", "Quanto fa {x}?", "¿Cuánto es {x}?", "{x} 等于多少？"],
+    "sum": ["What is {x}?", "Combien font {x} ?", "Wie viel ist {x}?", "Quanto fa {x}?", "¿Cuánto es {x}?",
+            "{x} 等于多少？"],
 }
 "Question templates, one per language of `TESTBED_LANGUAGES`; `{x}` is what the question is about."
 
@@ -584,7 +586,7 @@ def _option(cells, fact=None) -> tuple:
 
 # %% ../nbs/03_testbed_data.ipynb #9811e053
 def capital_questions() -> list[TestbedQuestion]:
-    "Two questions per country: its capital (options: capitals) and the country of its capital (options: countries)."
+    "Two questions per country: its capital, and the country of its capital (options: capitals, countries)."
     capitals = [_option(c) for c in CAPITALS]
     countries = [_option(c) for c in COUNTRIES]
     out = []
@@ -608,7 +610,8 @@ def opposite_questions() -> list[TestbedQuestion]:
         fact = f"opposite:{_slug(dict(a)['en'])}-{_slug(dict(b)['en'])}"
         pool = [(_slug(dict(w)["en"]), dict(w), None) for j, pair in enumerate(words) if j != i for w in pair]
         for asked, gold in ((a, b), (b, a)):
-            out.append(TestbedQuestion("opposite", fact, _ask("opposite", dict(asked)), _option(dict(gold).values()), pool))
+            gold_option = _option(dict(gold).values())
+            out.append(TestbedQuestion("opposite", fact, _ask("opposite", dict(asked)), gold_option, pool))
     return out
 
 # %% ../nbs/03_testbed_data.ipynb #e1b33b64
@@ -630,8 +633,8 @@ def colour_questions() -> list[TestbedQuestion]:
     "The colour of a common thing; distractors are other colours."
     colours = {c[0]: _option(c) for c in COLOURS}
     pool = [(*o, None) for o in colours.values()]
-    return [TestbedQuestion("colour", f"colour:{_slug(row[1])}", _ask("colour", _by_lang(row[1:])), colours[row[0]], pool)
-            for row in COLOURED_THINGS]
+    return [TestbedQuestion("colour", f"colour:{_slug(row[1])}", _ask("colour", _by_lang(row[1:])), colours[row[0]],
+                            pool) for row in COLOURED_THINGS]
 
 # %% ../nbs/03_testbed_data.ipynb #8cdba62b
 def category_questions() -> list[TestbedQuestion]:
@@ -667,7 +670,7 @@ def unit_questions() -> list[TestbedQuestion]:
 
 # %% ../nbs/03_testbed_data.ipynb #101de899
 def sum_questions(n: int = 700, largest: int = 40, seed: int = 0) -> list[TestbedQuestion]:
-    "`n` sums `a + b` of distinct unordered pairs with 1 <= a, b <= `largest`, written in digits; distractors are near."
+    "`n` sums `a + b` of distinct unordered pairs with 1 <= a, b <= `largest`, in digits; distractors are near."
     pairs = [(a, b) for a in range(1, largest + 1) for b in range(a, largest + 1)]
     if n > len(pairs): raise ValueError(f"only {len(pairs)} distinct sums with numbers up to {largest}, {n} asked")
     rng = _rng(seed, "sums")
@@ -680,17 +683,18 @@ def sum_questions(n: int = 700, largest: int = 40, seed: int = 0) -> list[Testbe
     return out
 
 # %% ../nbs/03_testbed_data.ipynb #7986b1cb
-TESTBED_FAMILIES = ("capital", "country", "opposite", "day", "month", "colour", "category", "number-word", "unit", "sum")
+TESTBED_FAMILIES = ("capital", "country", "opposite", "day", "month", "colour", "category", "number-word", "unit",
+                    "sum")
 "The question families, in the order the split files interleave them."
 
 def testbed_questions(seed: int = 0) -> list[TestbedQuestion]:
     "Every question of the testbed, family by family (before splitting and drawing distractors)."
-    return (capital_questions() + opposite_questions() + sequence_questions() + colour_questions() + category_questions()
-            + number_word_questions() + unit_questions() + sum_questions(seed=seed))
+    return (capital_questions() + opposite_questions() + sequence_questions() + colour_questions()
+            + category_questions() + number_word_questions() + unit_questions() + sum_questions(seed=seed))
 
 # %% ../nbs/03_testbed_data.ipynb #a224d9c3
 def split_facts(questions: Iterable[TestbedQuestion], seed: int = 0) -> dict[str, str]:
-    "`{fact: split}`: each topic's facts shuffled with `seed` and cut into train, validation and test by `SPLIT_SHARES`."
+    "`{fact: split}`: each topic's facts shuffled with `seed`, cut into train, validation, test by `SPLIT_SHARES`."
     by_topic: dict[str, list[str]] = {}
     for q in questions: by_topic.setdefault(q.topic, [])
     for q in questions:
@@ -699,12 +703,13 @@ def split_facts(questions: Iterable[TestbedQuestion], seed: int = 0) -> dict[str
     for topic, facts in by_topic.items():
         facts = sorted(facts); _rng(seed, "split", topic).shuffle(facts)
         n_train = round(len(facts) * SPLIT_SHARES["train"]); n_val = round(len(facts) * SPLIT_SHARES["validation"])
-        for k, f in enumerate(facts): out[f] = "train" if k < n_train else "validation" if k < n_train + n_val else "test"
+        for k, f in enumerate(facts):
+            out[f] = "train" if k < n_train else "validation" if k < n_train + n_val else "test"
     return out
 
 # %% ../nbs/03_testbed_data.ipynb #0367a71a
 def draw_distractors(q: TestbedQuestion, rng: random.Random, k: int = 3, split_of: dict | None = None) -> list[tuple]:
-    "`k` options from `q.pool` whose id and texts (in every language) differ from the gold's, the question's and each other's."
+    "`k` options from `q.pool` whose id and texts differ from the gold's, the question's and each other's."
     pool = [o for o in q.pool if not q.same_split_pool or split_of[o[2]] == split_of[q.fact]]
     pool = pool[:]; rng.shuffle(pool)
     chosen = [q.gold]
@@ -719,7 +724,7 @@ def draw_distractors(q: TestbedQuestion, rng: random.Random, k: int = 3, split_o
 
 # %% ../nbs/03_testbed_data.ipynb #65bf1a7b
 def shuffle_options(items: Iterable[MCItem], seed: int = 0) -> list[MCItem]:
-    "`items` with each one's options shuffled by `(seed, qid, lang)`, option ids kept (the letters if none) and gold remapped."
+    "`items` with each one's options shuffled by `(seed, qid, lang)`, option ids kept and gold remapped."
     out = []
     for it in items:
         ids = list(it.option_ids or it.letters)
@@ -754,7 +759,7 @@ class Testbed:
 
 # %% ../nbs/03_testbed_data.ipynb #4843b4e4
 def make_testbed(seed: int = 0) -> Testbed:
-    "The testbed built with `seed`: facts split, distractors drawn, options shuffled per language, families interleaved."
+    "The testbed of `seed`: facts split, distractors drawn, options shuffled per language, families interleaved."
     qs = testbed_questions(seed)
     split_of = split_facts(qs, seed)
     per = {s: {f: [] for f in TESTBED_FAMILIES} for s in TESTBED_SPLITS}
@@ -774,19 +779,21 @@ def make_testbed(seed: int = 0) -> Testbed:
 
 # %% ../nbs/03_testbed_data.ipynb #d75910ad
 def check_testbed(tb: Testbed) -> dict:
-    "Check the testbed's invariants (parallel, 4 distinct options, facts in one split) and return what was measured."
+    "Check the testbed's invariants (parallel, 4 distinct options, facts in one split); return what was measured."
     res = {}
     for s, items in tb.splits.items():
         check_parallel(items, TESTBED_LANGUAGES, file=s)
         for it in items:
             texts = [t for _, t in it.options]
             if len(texts) != 4 or len(set(texts)) != 4 or len(set(it.option_ids)) != 4:
-                raise DataError(f"{it.qid} in {it.lang}: options are not 4 distinct texts with distinct ids", s, None, "options")
+                raise DataError(f"{it.qid} in {it.lang}: options are not 4 distinct texts with distinct ids", s, None,
+                                "options")
     facts = tb.facts
     shared = facts.groupby("fact")["split"].nunique()
     if (shared > 1).any(): raise DataError(f"facts in two splits: {list(shared[shared > 1].index)[:5]}")
     qids = {s: {it.qid for it in items} for s, items in tb.splits.items()}
-    if set(facts.qid) != set().union(*qids.values()): raise DataError("the facts table and the splits name different questions")
+    if set(facts.qid) != set().union(*qids.values()):
+        raise DataError("the facts table and the splits name different questions")
     gold = {}
     for items in tb.splits.values():
         for it in items: gold.setdefault(it.qid, {})[it.lang] = it.gold
@@ -849,12 +856,12 @@ def _family_table(tb: Testbed) -> pd.DataFrame:
 
 # %% ../nbs/03_testbed_data.ipynb #bedb7b58
 def testbed_card(tb: Testbed, seed: int = 0) -> str:
-    "The dataset card (README.md) of the testbed: how it was made, the checks run on it and their results, its limits."
+    "The testbed's dataset card (README.md): how it was made, the checks run on it and their results, its limits."
     c, stats = check_testbed(tb), testbed_stats(tb)
     nq = sum(c["questions"].values())
     gold = stats.groupby("lang")[[f"gold_{l}" for l in "ABCD"]].sum().loc[TESTBED_LANGUAGES].reset_index()
-    split_rows = pd.DataFrame([{"split": s, "questions": c["questions"][s], "facts": c["facts"][s], "items (question × language)":
-                                c["items"][s]} for s in TESTBED_SPLITS])
+    split_rows = pd.DataFrame([{"split": s, "questions": c["questions"][s], "facts": c["facts"][s],
+                                "items (question × language)": c["items"][s]} for s in TESTBED_SPLITS])
     notes = "\n".join(f"- `{f}`: {FAMILY_NOTES[f]}." for f in TESTBED_FAMILIES)
     same_en = ", ".join(f"{l} {n}" for l, n in c["same_gold_letter_as_english"].items())
     return CARD.format(nq=nq, langs=", ".join(TESTBED_LANGUAGES), seed=seed, notes=notes,
@@ -933,7 +940,7 @@ and Spanish questions carry the articles and contractions each needs (*du Japon*
 
 # %% ../nbs/03_testbed_data.ipynb #b1085fde
 def write_testbed(out_dir, seed: int = 0) -> dict[str, Path]:
-    "Write the testbed made with `seed` to `out_dir`: the three split JSONL files, `facts.csv`, `stats.csv` and `README.md`."
+    "Write the testbed of `seed` to `out_dir`: three split JSONL files, `facts.csv`, `stats.csv`, `README.md`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     tb = make_testbed(seed)
     card = testbed_card(tb, seed)                       # runs check_testbed: nothing is written from a set that fails
@@ -964,7 +971,8 @@ def testbed_items(split: str = "train", languages: Iterable[str] | None = None) 
     items = read_items(path)
     langs = TESTBED_LANGUAGES if languages is None else [normalize_lang(l) for l in languages]
     unknown = [l for l in langs if l not in TESTBED_LANGUAGES]
-    if unknown: raise DataError(f"the testbed has no {unknown} (it has {', '.join(TESTBED_LANGUAGES)})", path, None, "lang")
+    if unknown:
+        raise DataError(f"the testbed has no {unknown} (it has {', '.join(TESTBED_LANGUAGES)})", path, None, "lang")
     items = [it for it in items if it.lang in langs]
     check_parallel(items, langs, file=str(path))
     return items

@@ -24,7 +24,7 @@ _DECODE = np.array(list(OPTION_LETTERS) + [None], dtype=object)  # index -1 -> N
 
 # %% ../nbs/40_voting.ipynb #9d8dacbf
 def encode_letters(seq) -> np.ndarray:
-    "Letters as int8 codes (A=0 .. J=9) in the shape of `seq`, case and full-width folded (`fold_letter`); None and unknown values become -1."
+    "Letters as int8 codes (A=0 .. J=9) in the shape of `seq`; None and unknown values become -1."
     arr = np.asarray(seq, dtype=object)
     flat = arr.ravel()
     codes = np.fromiter((_CODE.get(fold_letter(x), -1) for x in flat), np.int8, count=flat.size)
@@ -46,7 +46,8 @@ def _flat_codes(codes) -> np.ndarray:
     if codes.ndim != 2: raise ValueError(f"codes must be shaped (Q, N) or (Q, L, S), got {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer): raise ValueError(f"codes must be integers, got {codes.dtype}")
     if codes.size and (codes.min() < -1 or codes.max() >= len(OPTION_LETTERS)):
-        raise ValueError(f"letter codes must lie in -1..{len(OPTION_LETTERS) - 1} (A-J, -1 for none), got {codes.min()}..{codes.max()}")
+        raise ValueError(f"letter codes must lie in -1..{len(OPTION_LETTERS) - 1} (A-J, -1 for none), "
+                         f"got {codes.min()}..{codes.max()}")
     return codes
 
 def vote_counts(codes, k: int | None = None, chunk: int = 1 << 15) -> np.ndarray:
@@ -68,9 +69,7 @@ TIE_POLICIES = ("drop", "order", "random", "release")
 
 # %% ../nbs/40_voting.ipynb #2734dd00
 RELEASE_TIE_ORDER = ("zh", "en", "fr", "it", "de", "ja")
-"""The language order the release's code states (`get_multilingual_consistency(cn_ans, en_ans, fr_ans, it_ans, de_ans, ja_ans)`,
-`get_voting_count(cn_file, en_file, fr_file)` in `wangym2/CALM` `utils/votingfunc.py`); its `get_final_ans` keeps the first
-letter seen among tied ones (`max(count, key=count.get)`), so a tie goes to the first answer in this order."""
+"The language order the release's code states; a tie goes to the first answer in this order."
 
 # %% ../nbs/40_voting.ipynb #48b06fa0
 @dataclass
@@ -100,7 +99,7 @@ def _column_order(shape: tuple, lang_order) -> np.ndarray:
 
 def majority_vote(codes, tie: str = "drop", lang_order: Sequence[int] | None = None,
                   seed: int | None = None, k: int | None = None) -> VoteResult:
-    "Majority letter over all answers of each question; `tie` is `drop`, `order`/`release` (by `lang_order`) or `random` (by `seed`)."
+    "Majority letter over all answers of each question, a tie resolved as `tie` says."
     if tie not in TIE_POLICIES: raise ValueError(f"tie must be one of {TIE_POLICIES}, not {tie!r}")
     if tie == "release": tie = "order"  # the caller passes the release's order as lang_order (vote_table does)
     codes = np.asarray(codes)
@@ -142,7 +141,8 @@ def _record_langs(records: pd.DataFrame, file=None) -> pd.Series:
         mapping[code] = normalize_lang(code, file, row)
     return records["lang"].map(mapping)
 
-def answer_array(records: pd.DataFrame, languages: Sequence[str], samples=None, file=None) -> tuple[np.ndarray, np.ndarray]:
+def answer_array(records: pd.DataFrame, languages: Sequence[str], samples=None,
+                 file=None) -> tuple[np.ndarray, np.ndarray]:
     "Sample records (qid, lang, sample, letter) as question ids and a (Q, L, S) int8 code array."
     _check_columns(records, ("qid", "lang", "sample", "letter"), file)
     langs = [normalize_lang(l) for l in languages]
@@ -168,7 +168,7 @@ def answer_array(records: pd.DataFrame, languages: Sequence[str], samples=None, 
 
 # %% ../nbs/40_voting.ipynb #01d2f9b9
 def canonical_records(records: pd.DataFrame, items: Iterable[MCItem]) -> pd.DataFrame:
-    "`records` with each `letter` renamed to its option's canonical letter (`MCItem.canonical_letter`), None where it names no option."
+    "`records` with each `letter` renamed to its option's canonical letter, None where it names no option."
     shuffled = {(it.qid, normalize_lang(it.lang)): it for it in items if it.option_ids}
     if not shuffled: return records
     _check_columns(records, ("qid", "lang", "letter"))
@@ -182,11 +182,13 @@ def canonical_records(records: pd.DataFrame, items: Iterable[MCItem]) -> pd.Data
     return out
 
 # %% ../nbs/40_voting.ipynb #07d9d19a
-def vote_table(records: pd.DataFrame, languages: Sequence[str], tie: str = "drop", lang_order: Sequence[str] | None = None,
-               seed: int | None = None, samples=None, file=None, items: Iterable[MCItem] | None = None) -> pd.DataFrame:
-    "Majority vote per question from sample records: qid, winner (letter or None), votes, n_valid, share, tie; with `items`, by option (canonical letters)."
+def vote_table(records: pd.DataFrame, languages: Sequence[str], tie: str = "drop",
+               lang_order: Sequence[str] | None = None, seed: int | None = None, samples=None, file=None,
+               items: Iterable[MCItem] | None = None) -> pd.DataFrame:
+    "Majority vote per question from sample records: qid, winner (letter or None), votes, n_valid, share, tie."
     langs = [normalize_lang(l) for l in languages]
-    if tie == "release": lang_order = [l for l in RELEASE_TIE_ORDER if l in langs] + [l for l in langs if l not in RELEASE_TIE_ORDER]
+    if tie == "release":
+        lang_order = [l for l in RELEASE_TIE_ORDER if l in langs] + [l for l in langs if l not in RELEASE_TIE_ORDER]
     order = None if lang_order is None else [langs.index(normalize_lang(l)) for l in lang_order]
     qids, codes = answer_array(records if items is None else canonical_records(records, items), langs, samples, file)
     res = majority_vote(codes, tie=tie, lang_order=order, seed=seed)
@@ -202,7 +204,7 @@ def _ordered(frame: pd.DataFrame, languages: Sequence[str] | None) -> pd.DataFra
 
 def winning_share_by_language(records: pd.DataFrame, votes: pd.DataFrame, languages: Sequence[str] | None = None,
                               items: Iterable[MCItem] | None = None) -> pd.DataFrame:
-    "Per language: samples on decided questions, how many agree with the winner (by option with `items`), their shares."
+    "Per language: samples on decided questions, how many agree with the winner, and their shares."
     _check_columns(records, ("qid", "lang", "letter")); _check_columns(votes, ("qid", "winner"))
     if items is not None: records = canonical_records(records, items)      # the vote's canonical letters
     decided = votes.loc[votes["winner"].notna(), ["qid", "winner"]]
