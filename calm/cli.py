@@ -202,16 +202,16 @@ def evaluate_command(
 # %% ../nbs/93_cli.ipynb #d5bb64e1
 def validate_command(
     files: list[Path],                                     # JSONL files, one item per line
-    # also check every question exists in every language with one gold letter
-    parallel: bool = False,
-    # languages every question must have (with --parallel; default: those present)
+    # also check every question is asked in every language, with one gold letter
+    all_languages: bool = False,
+    # the languages every question must have (with --all-languages; default: those present)
     languages: list[str] | None = None,
 ) -> dict:
     "Check JSONL item files (calm's format). Returns `{file: items}`."
     found = {}
     for f in files:
         items = found[f] = read_items(f)
-        if parallel: check_parallel(items, languages, file=str(f))
+        if all_languages: check_parallel(items, languages, file=str(f))
         print(f"{f}: {len(items)} items OK")
         print(summarize(items).to_string(index=False))
     return found

@@ -274,8 +274,9 @@ def fingerprint(items: Iterable[MCItem]) -> str:
 # %% ../nbs/01_data.ipynb #bc610773
 def bundled(*parts: str) -> Path:
     "A file or folder of calm's own datasets, `data/` (installed as `calm.datasets`); `DataError` if absent."
-    p = files("calm.datasets").joinpath(*parts)
-    if not (p.is_file() or p.is_dir()):
+    try: p = files("calm.datasets").joinpath(*parts)
+    except ModuleNotFoundError: p = None            # an install older than calm.datasets
+    if p is None or not (p.is_file() or p.is_dir()):
         raise DataError(f"not shipped with this calm installation: data/{'/'.join(parts)}")
     return Path(str(p))
 

@@ -16,9 +16,8 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from .data import DataError, MCItem, by_question, normalize_lang
-from .likelihood import likelihood_context, option_continuation
 from .pairs import prompt_fields, prompt_messages, row_messages
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, likelihood_context, option_continuation
 
 # %% auto #0
 __all__ = ['DCO_COLUMNS', 'DCO_PICKS', 'dco_targets', 'dco_loss', 'DCOConfig', 'DCOCollator', 'DCOTrainer', 'option_id_of',

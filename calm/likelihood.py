@@ -15,37 +15,20 @@ from .data import DataError, MCItem, normalize_lang
 from .evaluation import answer_matrix, check_agree_on, gold_codes, results_row, score
 from .metrics import bootstrap_ci, consistency_at, correctness, paired_bootstrap
 from .models import load_model, resolve_model
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, likelihood_context, option_continuation
 from .sampling import prefill, prompt_keys
 from .serving import VLLMBackend, lora_id
 from .voting import encode_letters
 
 # %% auto #0
-__all__ = ['EVALUATION', 'likelihood_context', 'option_continuation', 'encode_pair', 'ContinuationScorer', 'TransformersScorer',
-           'VLLMScorer', 'as_scorer', 'option_logprobs', 'likelihood_answers', 'rankc_weights', 'rankc_pair',
-           'rankc_by_sets', 'rankc_chance', 'option_rankings', 'rankc', 'rankc_matrix', 'unaligned_rankc',
-           'excess_rankc', 'likelihood_table', 'likelihood_row', 'likelihood_per_question', 'compare_likelihood']
+__all__ = ['EVALUATION', 'encode_pair', 'ContinuationScorer', 'TransformersScorer', 'VLLMScorer', 'as_scorer', 'option_logprobs',
+           'likelihood_answers', 'rankc_weights', 'rankc_pair', 'rankc_by_sets', 'rankc_chance', 'option_rankings',
+           'rankc', 'rankc_matrix', 'unaligned_rankc', 'excess_rankc', 'likelihood_table', 'likelihood_row',
+           'likelihood_per_question', 'compare_likelihood']
 
 # %% ../nbs/72_likelihood.ipynb #f6822ec0
 EVALUATION = "likelihood"
 "The `evaluation` column of every table this module makes; tables of generated answers are to say `generation`."
-
-# %% ../nbs/72_likelihood.ipynb #58cbd0ef
-def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
-    "The prompt for `item` ending in its language's answer label (`...Answer:`): the model is scored on what follows."
-    spec, text = builder.spec(item.lang), builder(item)
-    label = builder.answer_prefix(item.lang)              # "\nAnswer:"
-    if builder.mode == "chat": return text + label.lstrip("\n")   # the assistant's turn starts with the label
-    if builder.mode == "fewshot":                          # the few-shot prompt ends with the explanation label
-        tail = f"\n{spec.explanation}{spec.sep.rstrip()}"
-        if not text.endswith(tail): raise ValueError(f"the few-shot prompt of {item.qid!r} does not end with {tail!r}")
-        text = text[:-len(tail)]
-    return text + label
-
-# %% ../nbs/72_likelihood.ipynb #dec8d5ac
-def option_continuation(builder: PromptBuilder, lang: str, letter: str) -> str:
-    "The text scored for option `letter`: a space and the letter where `lang`'s separator ends with a space (`' A'`), else the letter."
-    return (" " if builder.spec(lang).sep.endswith(" ") else "") + letter
 
 # %% ../nbs/72_likelihood.ipynb #86105f0d
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:

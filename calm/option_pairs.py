@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, MCItem, normalize_lang
-from .likelihood import likelihood_context
 from .option_votes import cloze_context, cloze_messages, gold_canonical
 from .pairs import PAIR_COLUMNS, SFT_COLUMNS, option_response, prompt_fields, prompt_messages
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, likelihood_context
 
 # %% auto #0
 __all__ = ['option_prompt', 'vote_choice', 'permuted_choice', 'language_choice', 'gold_choice', 'option_pairs', 'same_budget',

@@ -13,9 +13,9 @@ import pandas as pd
 from .data import DataError, MCItem, normalize_lang
 from tqdm.auto import tqdm
 
-from .likelihood import as_scorer, encode_pair, likelihood_context, option_logprobs
+from .likelihood import as_scorer, encode_pair, option_logprobs
 from .pairs import default_system_message
-from .prompts import PROMPTS, PromptBuilder
+from .prompts import PROMPTS, PromptBuilder, likelihood_context
 from .sampling import forward_spec, prefill
 
 # %% auto #0

@@ -19,8 +19,8 @@ from .loaders import read_release_rows, release_dir, xcsqa_file
 
 # %% auto #0
 __all__ = ['PROMPTS', 'MODES', 'PromptSpec', 'prompt_spec', 'check_prompt_item', 'format_question', 'format_worked_example',
-           'has_chat_template', 'PromptBuilder', 'prompt_template_hash', 'model_context', 'check_context',
-           'load_release_prompts']
+           'has_chat_template', 'PromptBuilder', 'prompt_template_hash', 'likelihood_context', 'option_continuation',
+           'model_context', 'check_context', 'load_release_prompts']
 
 # %% ../nbs/10_prompts.ipynb #469852f6
 @dataclass(frozen=True)
@@ -259,6 +259,23 @@ def prompt_template_hash(prompts) -> str:
     elif isinstance(prompts, Mapping): data = {l: s.to_dict() for l, s in prompts.items()}
     else: raise TypeError(f"expected a PromptBuilder, PromptSpec or mapping of them, got {type(prompts).__name__}")
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+# %% ../nbs/10_prompts.ipynb #58cbd0ef
+def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
+    "The prompt for `item` ending in its language's answer label (`...Answer:`): the model is scored on what follows."
+    spec, text = builder.spec(item.lang), builder(item)
+    label = builder.answer_prefix(item.lang)              # "\nAnswer:"
+    if builder.mode == "chat": return text + label.lstrip("\n")   # the assistant's turn starts with the label
+    if builder.mode == "fewshot":                          # the few-shot prompt ends with the explanation label
+        tail = f"\n{spec.explanation}{spec.sep.rstrip()}"
+        if not text.endswith(tail): raise ValueError(f"the few-shot prompt of {item.qid!r} does not end with {tail!r}")
+        text = text[:-len(tail)]
+    return text + label
+
+# %% ../nbs/10_prompts.ipynb #dec8d5ac
+def option_continuation(builder: PromptBuilder, lang: str, letter: str) -> str:
+    "The text scored for option `letter`: a space and the letter where `lang`'s separator ends with a space (`' A'`), else the letter."
+    return (" " if builder.spec(lang).sep.endswith(" ") else "") + letter
 
 # %% ../nbs/10_prompts.ipynb #b3f19d64
 def model_context(model=None, tokenizer=None) -> int | None:

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .data import DataError, MCItem, check_parallel, normalize_lang, read_items, write_items
+from .data import DataError, MCItem, bundled, check_parallel, normalize_lang, read_items, write_items
 
 # %% auto #0
 __all__ = ['TESTBED_LANGUAGES', 'TESTBED_SPLITS', 'SPLIT_SHARES', 'COUNTRIES', 'CAPITAL_OF', 'CAPITALS', 'OPPOSITES', 'DAYS',
@@ -954,14 +954,11 @@ def write_testbed(out_dir, seed: int = 0) -> dict[str, Path]:
 
 # %% ../nbs/03_testbed_data.ipynb #d26b980e
 def testbed_dir() -> Path:
-    "The folder of the shipped testbed: `calm.datasets/testbed` of the installed package; `DataError` if absent."
-    from importlib.resources import files
-    try: p = files("calm.datasets").joinpath("testbed")
-    except ModuleNotFoundError: p = None
-    if p is None or not p.joinpath("train.jsonl").is_file():
-        raise DataError("the testbed is not shipped with this calm installation (calm.datasets/testbed); "
-                        "reinstall calm (pip install -e .) or write it with calm.testbed_data.write_testbed")
-    return Path(str(p))
+    "The folder of the shipped testbed, `data/testbed/` (`calm.datasets` once installed); `DataError` if absent."
+    try: return bundled("testbed", "train.jsonl").parent
+    except DataError:
+        raise DataError("the testbed is not shipped with this calm installation (data/testbed); reinstall calm "
+                        "(pip install -e .) or write it with calm.testbed_data.write_testbed") from None
 
 # %% ../nbs/03_testbed_data.ipynb #bc86f38d
 def testbed_items(split: str = "train", languages: Iterable[str] | None = None) -> list[MCItem]:

@@ -85,7 +85,7 @@ with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()
 with pytest.raises(FileNotFoundError, match="CALM_NOTEBOOKS"): notebook_path("table1")
 from calm.cli import main
 from calm.data import demo_path
-assert main(["validate", str(demo_path("test")), "--parallel"]) == 0
+assert main(["validate", str(demo_path("test")), "--all-languages"]) == 0
 assert main(["reproduce", "--profile", "demo", "--dry-run", "--only", "table1"]) == 2   # no notebooks here: a one-line error
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env)

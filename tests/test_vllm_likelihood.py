@@ -14,9 +14,9 @@ if os.environ.get("CALM_REQUIRE_VLLM") != "1":
 
 import numpy as np
 
-from calm.likelihood import (TransformersScorer, VLLMScorer, encode_pair, likelihood_answers, likelihood_context,
-                             option_logprobs, option_rankings)
-from calm.prompts import PromptBuilder
+from calm.likelihood import (TransformersScorer, VLLMScorer, encode_pair, likelihood_answers, option_logprobs,
+                             option_rankings)
+from calm.prompts import PromptBuilder, likelihood_context
 
 LANGS = ["en", "zh", "fr", "ja"]
 # Both run the float32 weights on CPU; they differ in kernels (vLLM's attention and fused layers, summation order).
