@@ -41,37 +41,41 @@ def short_prompts(languages) -> dict:
     out = {}
     for l in map(normalize_lang, languages):
         if l not in PROMPTS or l not in SHORT_INSTRUCTIONS:
-            raise DataError(f"no prompt for language {l!r} (short prompts exist for: {', '.join(SHORT_INSTRUCTIONS)})", field="lang")
+            raise DataError(f"no prompt for language {l!r} "
+                            f"(short prompts exist for: {', '.join(SHORT_INSTRUCTIONS)})", field="lang")
         out[l] = replace(PROMPTS[l], instruction=SHORT_INSTRUCTIONS[l])
     return out
 
 # %% ../nbs/73_option_votes.ipynb #daa5b75b
 SCORINGS = ("letter", "cloze", "cloze_sum")
-"How an option is scored: by its letter after the listed options, or by its text after the question (mean or sum per token)."
+"How an option is scored: by its letter, or by its text after the question (mean or sum per token)."
 
 # %% ../nbs/73_option_votes.ipynb #f7c35962
 def cloze_messages(builder: PromptBuilder, item: MCItem) -> list[dict]:
     "The chat messages of a cloze prompt: the model's system message, if any, then the question alone."
     system = builder.system or default_system_message(builder.tokenizer)
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": item.question.strip()}]
+    question = [{"role": "user", "content": item.question.strip()}]
+    return ([{"role": "system", "content": system}] if system else []) + question
 
 def cloze_context(builder: PromptBuilder, item: MCItem) -> str:
-    "The text an option's words are scored after: the question alone (a chat turn, or after worked examples and before the answer label)."
+    "The text an option's words are scored after: the question alone."
     if builder.mode == "chat":
-        return builder.tokenizer.apply_chat_template(cloze_messages(builder, item), tokenize=False, add_generation_prompt=True)
+        messages = cloze_messages(builder, item)
+        return builder.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     spec = builder.spec(item.lang)
     shots = [f"{spec.question_label}{spec.sep}{d.question.strip()}\n{spec.answer}{spec.sep}{d.option_text(d.gold)}"
              for d in builder.examples(item)]
-    return "\n\n".join(shots + [f"{spec.question_label}{spec.sep}{item.question.strip()}\n{spec.answer}{spec.sep.rstrip()}"])
+    question = f"{spec.question_label}{spec.sep}{item.question.strip()}\n{spec.answer}{spec.sep.rstrip()}"
+    return "\n\n".join(shots + [question])
 
 # %% ../nbs/73_option_votes.ipynb #0a56892b
 def cloze_continuation(builder: PromptBuilder, lang: str, text: str) -> str:
-    "The option's words as scored: bare after a chat prompt, after a space where `lang`'s separator ends with one, else bare."
+    "The option's words as scored after `cloze_context`: with or without a leading space."
     return text.strip() if builder.mode == "chat" or not builder.spec(lang).sep.endswith(" ") else " " + text.strip()
 
 # %% ../nbs/73_option_votes.ipynb #366582e0
 def _option_rows(model, ctx_ids: list, options: list[list[int]]) -> list[list[float]]:
-    "Log-probabilities of each option's tokens after its prompt: rows of (prompt ids, [option ids]) with equal option counts."
+    "Log-probabilities of each option's tokens after its prompt."
     import torch                                  # where a model runs: importing calm.option_votes stays light
     k = len(options[0])
     cache, mask, last, first = prefill(model, ctx_ids, n=k)
@@ -91,8 +95,9 @@ def _option_rows(model, ctx_ids: list, options: list[list[int]]) -> list[list[fl
         for i, o in enumerate(flat): out[i] += [float(lp[i, j - 1, o[j]]) for j in range(1, len(o))]
     return out
 
-def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]], batch_size: int | None = None) -> list[list[list[float]]]:
-    "For each (context, [option texts]): each option's token log-probabilities, the context encoded once per request."
+def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]],
+                   batch_size: int | None = None) -> list[list[list[float]]]:
+    "Each option's token log-probabilities, for each (context, [option texts]) request."
     if getattr(scorer, "kind", None) != "transformers":
         flat = scorer.loglikelihood([(c, x) for c, xs in requests for x in xs])
         it = iter(flat)
@@ -101,14 +106,16 @@ def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]], batch_size: in
     tok, bs = scorer.tokenizer, batch_size or scorer.batch_size
     enc = [[encode_pair(tok, c, x) for x in xs] for c, xs in requests]
     out: list = [None] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: (len(enc[i]), enc[i][0][0]))   # equal option counts, shared prefixes together
+    # equal option counts, shared prefixes together
+    order = sorted(range(len(requests)), key=lambda i: (len(enc[i]), enc[i][0][0]))
     with torch.inference_mode():
         for s in range(0, len(order), bs):
             chunk = order[s:s + bs]
             groups: dict = {}
             for i in chunk: groups.setdefault(len(enc[i]), []).append(i)
             for rows in groups.values():
-                scored = _option_rows(scorer.model, [enc[i][0][0] for i in rows], [[x for _, x in enc[i]] for i in rows])
+                scored = _option_rows(scorer.model, [enc[i][0][0] for i in rows],
+                                      [[x for _, x in enc[i]] for i in rows])
                 for j, i in enumerate(rows): out[i] = scored[j * len(enc[i]):(j + 1) * len(enc[i])]
     return out
 
@@ -120,7 +127,7 @@ def _canonical(df: pd.DataFrame, by_key: dict) -> pd.DataFrame:
 
 def option_scores(items, languages, scorer, builder: PromptBuilder | None = None, scoring: str = "letter",
                   chunk: int = 256) -> pd.DataFrame:
-    "One row per (qid, lang, option): shown letter, `canonical` letter, `logprob` (letter; cloze: mean per token; cloze_sum: sum)."
+    "One row per (qid, lang, option): the shown letter, the `canonical` letter and the option's `logprob`."
     if scoring not in SCORINGS: raise ValueError(f"scoring must be one of {SCORINGS}, not {scoring!r}")
     langs = [normalize_lang(l) for l in languages]
     items = [it for it in items if it.lang in langs]
@@ -130,15 +137,18 @@ def option_scores(items, languages, scorer, builder: PromptBuilder | None = None
     if scoring == "letter":
         df = option_logprobs(items, langs, scorer, builder, chunk=chunk)
     else:
-        requests = [(cloze_context(builder, it), [cloze_continuation(builder, it.lang, t) for _, t in it.options]) for it in items]
-        lps = [x for s in tqdm(range(0, len(requests), chunk), desc="cloze scores", unit="chunk", disable=len(requests) <= chunk)
-               for per in cloze_logprobs(scorer, requests[s:s + chunk]) for x in per]
-        df = pd.DataFrame([(it.qid, it.lang, l) for it in items for l, _ in it.options], columns=["qid", "lang", "option"])
+        requests = [(cloze_context(builder, it), [cloze_continuation(builder, it.lang, t) for _, t in it.options])
+                    for it in items]
+        chunks = tqdm(range(0, len(requests), chunk), desc="cloze scores", unit="chunk", disable=len(requests) <= chunk)
+        lps = [x for s in chunks for per in cloze_logprobs(scorer, requests[s:s + chunk]) for x in per]
+        df = pd.DataFrame([(it.qid, it.lang, l) for it in items for l, _ in it.options],
+                          columns=["qid", "lang", "option"])
         df["logprob"] = [float(np.mean(x) if scoring == "cloze" else np.sum(x)) for x in lps]
         df["n_tokens"] = [len(x) for x in lps]
     df = _canonical(df, by_key)
     df["scoring"] = scoring
-    df.attrs.update(scoring=scoring, model=str(getattr(scorer, "model_id", None)), prompt_template_hash=builder.template_hash)
+    df.attrs.update(scoring=scoring, model=str(getattr(scorer, "model_id", None)),
+                    prompt_template_hash=builder.template_hash)
     return df[["qid", "lang", "option", "canonical", "logprob", "n_tokens", "scoring"]]
 
 # %% ../nbs/73_option_votes.ipynb #7760c751
@@ -154,27 +164,30 @@ def option_probs(scores: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/73_option_votes.ipynb #86a8d97d
 def option_answers(scores: pd.DataFrame) -> pd.DataFrame:
-    "One row per (qid, lang): the most probable option (`letter` shown, `canonical`) and its probability `p_option`."
+    "One row per (qid, lang): the most probable option (`letter`, `canonical`) and its probability `p_option`."
     p = option_probs(scores)
     top = p.loc[p.groupby(["qid", "lang"], sort=False).prob.idxmax()]       # first of equal maxima: the earlier letter
-    out = top.rename(columns={"option": "letter", "prob": "p_option"})[["qid", "lang", "letter", "canonical", "p_option"]]
+    cols = ["qid", "lang", "letter", "canonical", "p_option"]
+    out = top.rename(columns={"option": "letter", "prob": "p_option"})[cols]
     out.insert(2, "sample", 0)
     return out.reset_index(drop=True)
 
 # %% ../nbs/73_option_votes.ipynb #052f4167
 VOTE_RULES = ("prob", "majority")
-"How languages vote: `prob` adds option probabilities; `majority` counts each language's answer (ties to the larger summed probability)."
+"How languages vote: `prob` adds option probabilities; `majority` counts each language's answer."
 
 def option_vote(scores: pd.DataFrame, languages=None, rule: str = "prob") -> pd.DataFrame:
-    "Per question: the `winner` (canonical letter), its `vote_share` (mean probability, or share of languages) and `margin` over the next."
+    "Per question: the `winner` (canonical letter), its `vote_share` and its `margin` over the next option."
     if rule not in VOTE_RULES: raise ValueError(f"rule must be one of {VOTE_RULES}, not {rule!r}")
     p = option_probs(scores if languages is None else scores[scores.lang.isin([normalize_lang(l) for l in languages])])
     n_lang = p.groupby("qid", sort=False).lang.nunique()
     mass = p.groupby(["qid", "canonical"], sort=False).prob.sum().unstack(fill_value=0.0)
     if rule == "majority":
         a = option_answers(p)
-        count = a.groupby(["qid", "canonical"]).size().unstack(fill_value=0).reindex(index=mass.index, columns=mass.columns, fill_value=0)
-        key = count + mass / (n_lang.reindex(mass.index).to_numpy()[:, None] + 1)   # counts first; the summed probability breaks ties
+        count = a.groupby(["qid", "canonical"]).size().unstack(fill_value=0)
+        count = count.reindex(index=mass.index, columns=mass.columns, fill_value=0)
+        # counts first; the summed probability breaks ties
+        key = count + mass / (n_lang.reindex(mass.index).to_numpy()[:, None] + 1)
         share = count.div(n_lang.reindex(mass.index), axis=0)
     else: key, share = mass, mass.div(n_lang.reindex(mass.index), axis=0)
     order = np.argsort(-key.to_numpy(), axis=1, kind="stable")
@@ -186,17 +199,19 @@ def option_vote(scores: pd.DataFrame, languages=None, rule: str = "prob") -> pd.
 
 # %% ../nbs/73_option_votes.ipynb #14f93ed9
 def gold_canonical(items) -> dict:
-    "`{qid: canonical gold letter}`; `DataError` when a question has no gold or its languages disagree on the gold option."
+    "`{qid: canonical gold letter}` of `items`."
     gold = {}
     for it in items:
         if it.gold is None: raise DataError(f"question {it.qid!r} has no gold in {it.lang!r}", field="gold")
         g = it.canonical_letter(it.gold)
-        if gold.setdefault(it.qid, g) != g: raise DataError(f"question {it.qid!r} has different gold options across languages", field="gold")
+        if gold.setdefault(it.qid, g) != g:
+            raise DataError(f"question {it.qid!r} has different gold options across languages", field="gold")
     return gold
 
 # %% ../nbs/73_option_votes.ipynb #8a71a0ae
-def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gain_min: float = 0.05, rule: str = "prob") -> dict:
-    "Accuracy per language, best language, mean and vote accuracy, the vote's gain and error rate, and whether the gate passes."
+def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gain_min: float = 0.05,
+             rule: str = "prob") -> dict:
+    "Per-language, best, mean and vote accuracy, the vote's gain and error rate, and whether the gate passes."
     langs = [normalize_lang(l) for l in languages]
     gold = gold_canonical(it for it in items if it.lang in langs)
     a = option_answers(scores[scores.lang.isin(langs)])
@@ -211,7 +226,8 @@ def gate_row(scores: pd.DataFrame, items, languages, best_min: float = 0.45, gai
     best = max(langs, key=lambda l: acc[l])
     mean = float(np.mean(list(acc.values())))
     row = {**{f"acc_{l}": acc[l] for l in langs}, "best_lang": best, "best_acc": acc[best], "mean_acc": mean,
-           "vote_acc": vote_acc, "vote_gain": vote_acc - mean, "vote_error": 1 - vote_acc, "pair_flip": flip, "questions": len(v)}
+           "vote_acc": vote_acc, "vote_gain": vote_acc - mean, "vote_error": 1 - vote_acc, "pair_flip": flip,
+           "questions": len(v)}
     row["passes"] = bool(row["best_acc"] >= best_min and row["vote_gain"] >= gain_min)
     return row
 

@@ -58,7 +58,7 @@ def default_model_path() -> Path:
 
 # %% ../nbs/76_passages.ipynb #32503a42
 def embedding_model_path(name: str | None = None) -> str:
-    "What sentence-transformers loads for `name`: the bundled folder for the default model, else `name` (a folder or hub id)."
+    "What sentence-transformers loads for `name`: the bundled folder for the default model, else `name`."
     if name in (None, DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"): return str(default_model_path())
     return str(name)
 
@@ -82,12 +82,14 @@ def token_spans(tokenizer, text: str) -> TokenSpans:
     offs = enc["offset_mapping"]
     words = [w if w is not None else -1 - i for i, w in enumerate(enc.word_ids())]
     unk = tokenizer.unk_token_id
-    return TokenSpans(np.array([s for s, _ in offs], dtype=np.int64).reshape(-1), np.array([e for _, e in offs], dtype=np.int64).reshape(-1),
-                      np.array(words, dtype=np.int64), np.array([i == unk for i in enc["input_ids"]], dtype=bool))
+    starts = np.array([s for s, _ in offs], dtype=np.int64).reshape(-1)
+    ends = np.array([e for _, e in offs], dtype=np.int64).reshape(-1)
+    return TokenSpans(starts, ends, np.array(words, dtype=np.int64),
+                      np.array([i == unk for i in enc["input_ids"]], dtype=bool))
 
 # %% ../nbs/76_passages.ipynb #2e694aa1
 class Embedder:
-    "A sentence-transformers model for passages and queries, loaded on first use; the offline all-MiniLM-L6-v2 by default."
+    "A sentence-transformers model for passages and queries, loaded on first use."
     def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 64,
                  query_prefix: str = "", passage_prefix: str = "", max_seq_length: int | None = None):
         self.name = DEFAULT_EMBEDDING_MODEL if model in (None, "all-MiniLM-L6-v2") else str(model)
@@ -154,7 +156,8 @@ class HashEmbedder:
     def token_spans(self, text: str) -> TokenSpans:
         "Words, CJK characters and punctuation marks, each its own word; none unknown."
         ms = list(_HASH_TOKEN.finditer(text))
-        return TokenSpans(np.array([m.start() for m in ms], dtype=np.int64), np.array([m.end() for m in ms], dtype=np.int64),
+        return TokenSpans(np.array([m.start() for m in ms], dtype=np.int64),
+                          np.array([m.end() for m in ms], dtype=np.int64),
                           np.arange(len(ms), dtype=np.int64), np.zeros(len(ms), dtype=bool))
 
     def _bucket(self, word: str) -> tuple[int, float]:
@@ -185,13 +188,15 @@ def make_embedder(identity: dict, **kwargs):
     "The embedder an index manifest's `identity` names: a `HashEmbedder` for `calm-hash-*`, else an `Embedder`."
     name = identity["name"]
     if name.startswith("calm-hash-"): return HashEmbedder(int(name.rsplit("-", 1)[1]))
-    return Embedder(name, query_prefix=identity.get("query_prefix", ""), passage_prefix=identity.get("passage_prefix", ""), **kwargs)
+    return Embedder(name, query_prefix=identity.get("query_prefix", ""),
+                    passage_prefix=identity.get("passage_prefix", ""), **kwargs)
 
 # %% ../nbs/76_passages.ipynb #6e36a18a
 def chunk_windows(words: Sequence[int], max_tokens: int = 128, overlap: int = 32) -> list[tuple[int, int]]:
-    "Token windows `[i, j)` of at most `max_tokens` tokens, on word boundaries, consecutive ones sharing at most `overlap` tokens."
+    "Token windows `[i, j)` of at most `max_tokens` tokens, on word boundaries."
     if int(max_tokens) < 1: raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    if not 0 <= int(overlap) < int(max_tokens): raise ValueError(f"overlap must be in [0, max_tokens), got {overlap} (max_tokens {max_tokens})")
+    if not 0 <= int(overlap) < int(max_tokens):
+        raise ValueError(f"overlap must be in [0, max_tokens), got {overlap} (max_tokens {max_tokens})")
     words, n, out, i = list(words), len(words), [], 0
     while i < n:
         j = min(i + max_tokens, n)
@@ -208,7 +213,7 @@ def chunk_windows(words: Sequence[int], max_tokens: int = 128, overlap: int = 32
 
 # %% ../nbs/76_passages.ipynb #67ce6b7b
 def chunk_text(text: str, embedder, max_tokens: int = 128, overlap: int = 32) -> list[dict]:
-    "Passages of `text` as `{start, end, n_tokens, text}` (character offsets), at most `max_tokens` tokens of `embedder` each."
+    "Passages of `text` as `{start, end, n_tokens, text}`, at most `max_tokens` tokens of `embedder` each."
     spans = embedder.token_spans(text)
     return [{"start": int(spans.starts[i]), "end": int(spans.ends[j - 1]), "n_tokens": j - i,
              "text": text[int(spans.starts[i]):int(spans.ends[j - 1])]}
@@ -231,13 +236,15 @@ def _code(s: str) -> str | None:
 
 # %% ../nbs/76_passages.ipynb #84977753
 def book_language(path, root=None, lang: str | None = None) -> str:
-    "The language of the book at `path`: `lang` if given, else a code ending the file name, else a code naming a folder."
+    "The language of the book at `path`: `lang`, a code ending the file name, or a code naming a folder."
     path = Path(path)
     if lang is not None: return normalize_lang(lang, file=path)
     tail = re.split(r"[_\-.]", path.stem)
     if len(tail) > 1 and (c := _code(tail[-1])): return c
     root = Path(root) if root is not None else None
-    folders = (root.name, *path.parent.relative_to(root).parts) if root is not None and path.parent.is_relative_to(root) else path.parent.parts[-1:]
+    if root is not None and path.parent.is_relative_to(root):
+        folders = (root.name, *path.parent.relative_to(root).parts)
+    else: folders = path.parent.parts[-1:]
     for f in reversed(folders):
         if c := _code(f) or _code(re.split(r"[_\-]", f)[0]): return c
     raise DataError("cannot tell the book's language: end the file name with a code (anatomy_en.txt), "
@@ -249,7 +256,8 @@ def read_book(path) -> str:
     path = Path(path)
     try: return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError: raise DataError("file not found", file=path) from None
-    except UnicodeDecodeError as e: raise DataError(f"not UTF-8 text (bad byte at offset {e.start})", file=path) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (bad byte at offset {e.start})", file=path) from None
 
 # %% ../nbs/76_passages.ipynb #7d3a39ca
 def find_books(corpus, lang: str | None = None) -> list[Book]:

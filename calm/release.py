@@ -49,10 +49,12 @@ def base_accuracy(records: pd.DataFrame, gold: dict, languages) -> pd.DataFrame:
     rows = []
     for l in languages:
         f = first[first.lang == l]
-        rows.append({"lang": l, "accuracy": 100 * float((f.letter == f.qid.map(gold)).mean()) if len(f) else float("nan"),
+        acc = 100 * float((f.letter == f.qid.map(gold)).mean()) if len(f) else float("nan")
+        rows.append({"lang": l, "accuracy": acc,
                      "parse_rate": 100 * float(f.letter.notna().mean()) if len(f) else float("nan"), "n": len(f)})
     t = pd.DataFrame(rows)
-    return pd.concat([t, pd.DataFrame([{"lang": "avg", "accuracy": t.accuracy.mean(), "parse_rate": t.parse_rate.mean(), "n": int(t.n.sum())}])], ignore_index=True)
+    avg = {"lang": "avg", "accuracy": t.accuracy.mean(), "parse_rate": t.parse_rate.mean(), "n": int(t.n.sum())}
+    return pd.concat([t, pd.DataFrame([avg])], ignore_index=True)
 
 # %% ../nbs/82_release.ipynb #e0ea437d
 def vote_accuracy(records: pd.DataFrame, gold: dict, language_sets: dict, tie: str = "drop") -> pd.DataFrame:
@@ -60,7 +62,8 @@ def vote_accuracy(records: pd.DataFrame, gold: dict, language_sets: dict, tie: s
     rows = []
     for name, langs in language_sets.items():
         v = vote_table(records, langs, tie=tie, lang_order=langs)
-        rows.append({"languages": name, "accuracy": 100 * float((v.winner == v.qid.map(gold)).mean()), "ties": int(v.tie.sum()), "n": len(v)})
+        acc = 100 * float((v.winner == v.qid.map(gold)).mean())
+        rows.append({"languages": name, "accuracy": acc, "ties": int(v.tie.sum()), "n": len(v)})
     return pd.DataFrame(rows)
 
 # %% ../nbs/82_release.ipynb #8a0284fd
@@ -76,7 +79,7 @@ def first_sample_consistency(records: pd.DataFrame, gold: dict, languages) -> pd
 # %% ../nbs/82_release.ipynb #d679989e
 def figure3(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = 5, path_stem=None,
             title: str = "Monolingual accuracy vs multilingual majority vote"):
-    "The paper's Figure 3: per-language accuracy beside majority-vote accuracy over `n` questions, drawn by `calm.figures.vote_bars` (PNG and PDF at `path_stem`)."
+    "The paper's Figure 3: per-language accuracy beside majority-vote accuracy over `n` questions."
     return vote_bars(base, votes, n=n, k=k, path_stem=path_stem, title=title)
 
 # %% ../nbs/82_release.ipynb #ccf46cc6
@@ -98,7 +101,7 @@ def paper_letters(records: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/82_release.ipynb #72bd554e
 def paper_answers(records: pd.DataFrame, languages) -> pd.DataFrame:
-    "Per question (rows) and language (columns): the release's answer, the first sample whose letter parses (None if none)."
+    "Per question (rows) and language (columns): the release's answer of that language."
     r = records[records["letter"].notna()].sort_values(["qid", "lang", "sample"])
     first = r.drop_duplicates(["qid", "lang"]).pivot(index="qid", columns="lang", values="letter")
     qids = pd.unique(records["qid"])
@@ -106,7 +109,7 @@ def paper_answers(records: pd.DataFrame, languages) -> pd.DataFrame:
 
 # %% ../nbs/82_release.ipynb #a7ec5fb2
 def paper_row(records: pd.DataFrame, gold: dict, languages) -> dict:
-    "Table 1 as the paper computed it (fractions): accuracy per language, ACC_avg over en/zh/fr, pairwise Consis, AC3 (of the rounded percentages)."
+    "Table 1 as the paper computed it (fractions)."
     ans = paper_answers(paper_letters(records), languages)
     g = ans.index.map(gold)
     acc = {l: float((ans[l] == g).mean()) for l in languages}
@@ -125,7 +128,7 @@ def paper_row(records: pd.DataFrame, gold: dict, languages) -> dict:
 
 # %% ../nbs/82_release.ipynb #7e2d650f
 def strict_row(records: pd.DataFrame, gold: dict, languages, samples=(0,)) -> dict:
-    "Table 1 our way (fractions): `extract_answer` letters, `samples` (default sample 0; unparsed is wrong), ACC_avg over all languages, Consistency_s and AC3_s."
+    "Table 1 our way (fractions)."
     qids, codes = answer_array(records, languages, samples=list(samples) if samples is not None else None)
     g = encode_letters([gold[q] for q in qids])
     pred = codes.reshape(len(qids), len(languages), -1)
@@ -139,15 +142,20 @@ def strict_row(records: pd.DataFrame, gold: dict, languages, samples=(0,)) -> di
 
 # %% ../nbs/82_release.ipynb #ae29bd3d
 PROTOCOL_DIFFERENCES = [
-    ("parser", "the release's get_ans: text after the last `Answer:`-style label, its 2nd character if A-E else its 1st "
-               "(reads `Explanation` as E, `Aucune` as A, `B or D` as B)", "extract_answer: the last statement of the answer "
-               "(label, concluding sentence, \\boxed{}, <answer>), no letter from a word, none from a line naming two options"),
-    ("answer of a language", "the first of the 3 samples whose letter parses", "sample 0 (unparsed is wrong), or every sample as configured"),
+    ("parser", "the release's get_ans: text after the last `Answer:`-style label, its 2nd character if A-E else "
+               "its 1st (reads `Explanation` as E, `Aucune` as A, `B or D` as B)",
+               "extract_answer: the last statement of the answer (label, concluding sentence, \\boxed{}, <answer>), "
+               "no letter from a word, none from a line naming two options"),
+    ("answer of a language", "the first of the 3 samples whose letter parses",
+                             "sample 0 (unparsed is wrong), or every sample as configured"),
     ("ACC_avg", "mean over en, zh, fr (the training languages)", "mean over all languages"),
     ("consistency", "pairwise: agreeing pairs / 15, only over questions where all six languages parsed",
-                    "Consistency_s over all s-language subsets and all questions; an unparsed answer agrees with nothing"),
-    ("AC3", "harmonic mean of the six-language mean accuracy and the pairwise Consis, both as reported (percent, two decimals)", "AC3_s: harmonic mean of ACC_avg and Consistency_s"),
-    ("ties (vote, pairs)", "release: first answer in the release's language order zh, en, fr, it, de, ja", "drop by default (order, random, release available)"),
+                    "Consistency_s over all s-language subsets and all questions; "
+                    "an unparsed answer agrees with nothing"),
+    ("AC3", "harmonic mean of the six-language mean accuracy and the pairwise Consis, both as reported "
+            "(percent, two decimals)", "AC3_s: harmonic mean of ACC_avg and Consistency_s"),
+    ("ties (vote, pairs)", "release: first answer in the release's language order zh, en, fr, it, de, ja",
+                           "drop by default (order, random, release available)"),
 ]
 "One line per difference between the two protocols: (what, paper, strict)."
 
@@ -156,7 +164,8 @@ def protocol_table(paper: dict, strict: dict, languages, s: int = 2) -> pd.DataF
     "Both protocols' Table 1 rows side by side, in percent, each row saying where a difference comes from."
     rows = [(f"acc_{l}", paper[f"acc_{l}"], strict[f"acc_{l}"], "parser; answer of a language") for l in languages]
     rows += [("ACC_avg", paper["ACC_avg"], strict["ACC_avg"], "ACC_avg languages; parser; answer of a language"),
-             (f"Consis (paper) / Consistency_{s}", paper["Consis"], strict[f"Consistency_{s}"], "consistency definition; parser"),
+             (f"Consis (paper) / Consistency_{s}", paper["Consis"], strict[f"Consistency_{s}"],
+              "consistency definition; parser"),
              (f"AC3 (paper) / AC3_{s}", paper["AC3"], strict[f"AC3_{s}"], "AC3 definition; consistency; ACC_avg")]
     t = pd.DataFrame(rows, columns=["metric", "paper", "strict", "difference comes from"])
     t[["paper", "strict"]] = 100 * t[["paper", "strict"]]
@@ -164,7 +173,7 @@ def protocol_table(paper: dict, strict: dict, languages, s: int = 2) -> pd.DataF
 
 # %% ../nbs/82_release.ipynb #820b51fa
 def parse_rates(records: pd.DataFrame, languages) -> pd.DataFrame:
-    "Per language: completions, % read by the release's parser, % of those a careful reader would also take (`release_reading` is `letter`), % read by ours, and disagreements."
+    "Per language: completions, the share each parser reads, and where the two parsers disagree."
     kind = pd.Series([release_reading(t, l) for t, l in zip(records["text"], records["lang"])], index=records.index)
     rel = pd.Series([release_letter(t, l) for t, l in zip(records["text"], records["lang"])], index=records.index)
     rows = []
@@ -172,15 +181,17 @@ def parse_rates(records: pd.DataFrame, languages) -> pd.DataFrame:
         m = (records["lang"] == l).to_numpy()
         r, o = rel[m].notna(), records["letter"][m].notna()
         rows.append({"lang": l, "completions": int(m.sum()), "release_parsed_%": 100 * float(r.mean()),
-                     "release_sound_%": 100 * float((kind[m] == "letter").mean()), "strict_parsed_%": 100 * float(o.mean()),
+                     "release_sound_%": 100 * float((kind[m] == "letter").mean()),
+                     "strict_parsed_%": 100 * float(o.mean()),
                      "release_only": int((r & ~o).sum()), "strict_only": int((o & ~r).sum()),
                      "both_differ": int((r & o & (rel[m] != records["letter"][m])).sum()),
-                     **{f"release_{k}": int((kind[m] == k).sum()) for k in ("word_initial", "several_options", "marked_wrong", "not_a_letter")}})
+                     **{f"release_{k}": int((kind[m] == k).sum())
+                        for k in ("word_initial", "several_options", "marked_wrong", "not_a_letter")}})
     return pd.DataFrame(rows)
 
 # %% ../nbs/82_release.ipynb #79c8a4ea
 def dpo_counts(pairs: pd.DataFrame, languages, dpo_dir=None) -> tuple[pd.DataFrame, str]:
-    "Our pairs per language beside the release's own DPO files' sizes (`DPO_{code}.json` in `dpo_dir`), and a note saying what was read."
+    "Our pairs per language beside the sizes of the release's own DPO files, and a note saying what was read."
     ours = pair_share_by_language(pairs, languages).set_index("lang")["pairs"]
     t = pd.DataFrame({"lang": list(languages), "our_pairs": [int(ours.get(l, 0)) for l in languages]})
     if dpo_dir is None: return t, "the release's DPO files were not given (--dpo-dir); only our counts"
@@ -199,8 +210,10 @@ def _row_line(protocol: str, row: dict, languages, s: int = 2) -> str:
     cols = [l for l in PAPER_COLUMNS if l in languages] + [l for l in languages if l not in PAPER_COLUMNS]
     accs = " / ".join(f"{100 * row[f'acc_{l}']:.2f}" for l in cols)
     if protocol == "paper":
-        return (f"protocol paper: acc ({' '.join(cols)}) {accs}; ACC_avg ({'+'.join(l for l in PAPER_ACC_LANGUAGES if l in languages)}) "
-                f"{100 * row['ACC_avg']:.2f}; Consis {100 * row['Consis']:.2f} ({row['questions_in_Consis']} questions); AC3 {100 * row['AC3']:.2f} "
+        avg_langs = "+".join(l for l in PAPER_ACC_LANGUAGES if l in languages)
+        return (f"protocol paper: acc ({' '.join(cols)}) {accs}; ACC_avg ({avg_langs}) "
+                f"{100 * row['ACC_avg']:.2f}; Consis {100 * row['Consis']:.2f} "
+                f"({row['questions_in_Consis']} questions); AC3 {100 * row['AC3']:.2f} "
                 f"(of the rounded percentages, as the paper; unrounded {100 * row['AC3_unrounded']:.3f})")
     return (f"protocol strict: acc ({' '.join(cols)}) {accs}; ACC_avg {100 * row['ACC_avg']:.2f}; "
             f"Consistency_{s} {100 * row[f'Consistency_{s}']:.2f}; AC3_{s} {100 * row[f'AC3_{s}']:.2f}")
@@ -208,40 +221,48 @@ def _row_line(protocol: str, row: dict, languages, s: int = 2) -> str:
 def run_release(root=None, out="reports/release", model: str = "llama", languages=DEMO_LANGUAGES,
                 vote_sets: dict | None = None, tie: str | None = None, protocol: str = "strict", dpo_dir=None,
                 strict_samples=(0,)) -> dict:
-    "Reproduce the label-free core on the release's samples into `out`, both protocols side by side; returns `{name: path}`."
+    "Reproduce the label-free core on the release's samples into `out`."
     if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     tie = tie or ("release" if protocol == "paper" else "drop")
     t0, out = time.time(), Path(out)
     languages = [normalize_lang(l) for l in languages]
-    vote_sets = vote_sets or {"en+zh+fr": [l for l in ("en", "zh", "fr") if l in languages], "+".join(languages): languages}
+    vote_sets = vote_sets or {"en+zh+fr": [l for l in ("en", "zh", "fr") if l in languages],
+                              "+".join(languages): languages}
     items, strict_recs = release_samples(root, model, languages)
     gold = gold_of(items)
     recs = paper_letters(strict_recs) if protocol == "paper" else strict_recs   # what the vote, pairs and figure read
-    rows = {"paper": paper_row(strict_recs, gold, languages), "strict": strict_row(strict_recs, gold, languages, strict_samples)}
+    rows = {"paper": paper_row(strict_recs, gold, languages),
+            "strict": strict_row(strict_recs, gold, languages, strict_samples)}
     base = base_accuracy(recs, gold, languages)
     votes = vote_accuracy(recs, gold, vote_sets, tie)
     cons = first_sample_consistency(strict_recs, gold, languages)
     v_all = vote_table(recs, languages, tie=tie, lang_order=languages)
     pos = winning_share_by_language(recs, v_all, languages)
     prompts = {(q, l): p for q, l, p in zip(recs.qid, recs.lang, recs.prompt)}
-    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(OPTION_LETTERS)), None))  # the release's "." is no letter
+    # the release's "." is no letter
+    letters_only = recs.assign(letter=recs.letter.where(recs.letter.isin(list(OPTION_LETTERS)), None))
     pairs = build_pairs(letters_only, v_all, lambda q, l: prompts[(q, l)], source_order=languages, gold=gold)
     both = protocol_table(rows["paper"], rows["strict"], languages)
     rates = parse_rates(strict_recs, languages)
     dpo, dpo_note = dpo_counts(pairs, languages, dpo_dir)
     paths = {}
-    for name, df in (("table1_base", base), ("vote", votes), ("consistency", cons), ("protocols", both), ("parse_rates", rates), ("dpo_counts", dpo)):
+    tables = (("table1_base", base), ("vote", votes), ("consistency", cons), ("protocols", both),
+              ("parse_rates", rates), ("dpo_counts", dpo))
+    for name, df in tables:
         paths[name] = write_table(df.round(4), out / name)[0]
     paths["positives"] = write_table(pos[["lang", "share"]].round(4), out / "positives")[0]
-    paths["pairs_by_language"] = write_table(pair_share_by_language(pairs, languages).round(4), out / "pairs_by_language")[0]
+    by_language = pair_share_by_language(pairs, languages).round(4)
+    paths["pairs_by_language"] = write_table(by_language, out / "pairs_by_language")[0]
     paths["votes"] = write_table(v_all.round(4), out / "votes", ("csv",))[0]
     paths["pairs"] = out / "pairs.jsonl"
     with open(paths["pairs"], "w", encoding="utf-8") as f:
         for r in pairs.to_dict("records"): f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    lines = [f"# Release, model {model}: two protocols", "", f"Protocol of the vote, pairs and figure: **{protocol}**; tie policy: **{tie}**"
-             + (" (first answer in the release's order zh, en, fr, it, de, ja)" if tie == "release" else "") + ".", "",
+    release_order = " (first answer in the release's order zh, en, fr, it, de, ja)" if tie == "release" else ""
+    lines = [f"# Release, model {model}: two protocols", "",
+             f"Protocol of the vote, pairs and figure: **{protocol}**; tie policy: **{tie}**" + release_order + ".", "",
              _row_line("paper", rows["paper"], languages), "", _row_line("strict", rows["strict"], languages), "",
-             both.round(2).to_markdown(index=False), "", "## Where each difference comes from", "", "| what | paper | strict |", "|---|---|---|"]
+             both.round(2).to_markdown(index=False), "", "## Where each difference comes from", "",
+             "| what | paper | strict |", "|---|---|---|"]
     lines += [f"| {w} | {p} | {s} |" for w, p, s in PROTOCOL_DIFFERENCES]
     lines += ["", "## Parse rates (per completion)", "", rates.round(2).to_markdown(index=False), "",
               "## Pairs per language", "", dpo_note + ".", "", dpo.to_markdown(index=False), ""]
@@ -250,9 +271,11 @@ def run_release(root=None, out="reports/release", model: str = "llama", language
     plt.close(figure3(base, votes, len(gold), path_stem=out / "fig3")); paths["fig3"] = out / "fig3.png"
     extraction = strict_recs.groupby("lang", sort=False).rule.value_counts().unstack(fill_value=0).reset_index()
     paths["extraction"] = write_table(extraction, out / "extraction")[0]
-    paths["manifest"] = write_manifest(out / "manifest.json", {"job": "release", "model": model, "languages": languages, "vote_sets": vote_sets,
-                                                              "tie": tie, "protocol": protocol, "dpo_dir": None if dpo_dir is None else str(dpo_dir)},
-                                       {"release_dir": str(release_dir(root)), "samples": len(recs), "questions": len(gold)}, list(paths.values()))
+    config = {"job": "release", "model": model, "languages": languages, "vote_sets": vote_sets, "tie": tie,
+              "protocol": protocol, "dpo_dir": None if dpo_dir is None else str(dpo_dir)}
+    inputs = {"release_dir": str(release_dir(root)), "samples": len(recs), "questions": len(gold)}
+    paths["manifest"] = write_manifest(out / "manifest.json", config, inputs, list(paths.values()))
     print(_row_line(protocol, rows[protocol], languages))
-    print(f"release: {len(gold)} questions x {len(languages)} languages, {len(recs)} samples, {len(pairs)} pairs, tie {tie} -> {out} in {time.time() - t0:.1f}s")
+    print(f"release: {len(gold)} questions x {len(languages)} languages, {len(recs)} samples, {len(pairs)} pairs, "
+          f"tie {tie} -> {out} in {time.time() - t0:.1f}s")
     return paths

@@ -50,7 +50,7 @@ class IndexMismatch(DataError):
 # %% ../nbs/77_retrieval.ipynb #eabe9ea6
 @dataclass(frozen=True)
 class Passage:
-    "One passage of a book: its row in the index, book, language, character span, token count, text, and a search score."
+    "One passage of a book: its row in the index, book, language, character span, token count, text and score."
     id: int
     book: str
     lang: str
@@ -72,7 +72,7 @@ def _replace_file(path: Path, write) -> None:
 
 # %% ../nbs/77_retrieval.ipynb #5302ca15
 def corpus_fingerprint(books: Iterable[dict], chunking: dict) -> str:
-    "SHA-256 (16 hex digits) of the books' (id, language, SHA-256) and the chunking: equal fingerprints mean equal passages."
+    "SHA-256 (16 hex digits) of the books' (id, language, SHA-256) and the chunking."
     key = {"books": sorted([b["id"], b["lang"], b["sha256"]] for b in books), "chunking": chunking}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -80,7 +80,8 @@ def corpus_fingerprint(books: Iterable[dict], chunking: dict) -> str:
 class VectorIndex:
     "A FAISS index of passage embeddings on disk, with the passages (JSONL) and a manifest beside it."
     def __init__(self, path, manifest: dict, index, passages: list[Passage], embedder):
-        self.path, self.manifest, self.index, self.passages, self.embedder = Path(path), manifest, index, passages, embedder
+        self.path, self.manifest, self.index = Path(path), manifest, index
+        self.passages, self.embedder = passages, embedder
         self._selectors: dict = {}
         self.last_build: dict | None = None
 
@@ -113,12 +114,15 @@ def create(cls: VectorIndex, path, embedder=None, max_tokens: int = 128, overlap
            hnsw_m: int = 32) -> "VectorIndex":
     "A new, empty index at `path` (a folder that must not hold an index yet); written when passages are added."
     path, embedder = Path(path), embedder or Embedder()
-    if (path / MANIFEST_FILE).exists(): raise IndexFileError("an index already exists here; open it or build_index(..., rebuild=True)", file=path / MANIFEST_FILE)
+    if (path / MANIFEST_FILE).exists():
+        raise IndexFileError("an index already exists here; open it or build_index(..., rebuild=True)",
+                             file=path / MANIFEST_FILE)
     if index_type not in INDEX_TYPES: raise ValueError(f"index_type must be one of {INDEX_TYPES}, not {index_type!r}")
     chunk_windows([], max_tokens, overlap)          # checks the two numbers
     limit = getattr(embedder, "max_tokens", None)
     if isinstance(limit, int) and max_tokens > limit - 2:
-        raise ValueError(f"max_tokens={max_tokens} exceeds what {embedder.name} reads ({limit} tokens with 2 special ones)")
+        raise ValueError(f"max_tokens={max_tokens} exceeds what {embedder.name} reads "
+                         f"({limit} tokens with 2 special ones)")
     chunking = {"max_tokens": int(max_tokens), "overlap": int(overlap), "tokenizer": embedder.name}
     manifest = {"format": INDEX_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "updated": None,
                 "embedding": {**embedder.identity(), "dim": None, "normalized": True},
@@ -132,7 +136,8 @@ def _read_passages(path: Path, n: int) -> list[Passage]:
     with open(path, encoding="utf-8") as f:
         for row, line in enumerate(f):
             try: d = json.loads(line)
-            except json.JSONDecodeError as e: raise IndexFileError(f"not valid JSON ({e.msg})", file=path, row=row) from None
+            except json.JSONDecodeError as e:
+                raise IndexFileError(f"not valid JSON ({e.msg})", file=path, row=row) from None
             if not isinstance(d, dict) or any(k not in d for k in PASSAGE_FIELDS):
                 raise IndexFileError(f"a passage needs the fields {list(PASSAGE_FIELDS)}", file=path, row=row)
             if d["id"] != row: raise IndexFileError(f"id {d['id']} on row {row}", file=path, row=row, field="id")
@@ -143,33 +148,42 @@ def _read_passages(path: Path, n: int) -> list[Passage]:
 # %% ../nbs/77_retrieval.ipynb #5a660562
 @patch(cls_method=True)
 def open(cls: VectorIndex, path, embedder=None, verify: bool = True) -> "VectorIndex":
-    "Read the index at `path` without embedding anything; `IndexFileError` if a file is bad, `IndexMismatch` if `embedder` is not the index's."
+    "Read the index at `path` without embedding anything."
     faiss = require("faiss")
     path = Path(path); mpath = path / MANIFEST_FILE
-    if not mpath.exists(): raise IndexFileError("no manifest.json: not a calm retrieval index (build one with build_index)", file=mpath)
+    if not mpath.exists():
+        raise IndexFileError("no manifest.json: not a calm retrieval index (build one with build_index)", file=mpath)
     try: manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexFileError(f"not valid JSON ({e}); the index is corrupted: build_index(..., rebuild=True)", file=mpath) from None
+        raise IndexFileError(f"not valid JSON ({e}); the index is corrupted: build_index(..., rebuild=True)",
+                             file=mpath) from None
     if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise IndexFileError(f"not a {INDEX_FORMAT} manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})", file=mpath, field="format")
-    missing = [k for k in ("embedding", "chunking", "index", "n_passages", "books", "files", "corpus_fingerprint") if k not in manifest]
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise IndexFileError(f"not a {INDEX_FORMAT} manifest (format {found!r})", file=mpath, field="format")
+    needed = ("embedding", "chunking", "index", "n_passages", "books", "files", "corpus_fingerprint")
+    missing = [k for k in needed if k not in manifest]
     if missing: raise IndexFileError(f"manifest lacks {missing}", file=mpath)
     if embedder is not None:
-        want, have = embedder.identity(), {k: manifest["embedding"].get(k, "") for k in ("name", "query_prefix", "passage_prefix")}
+        want = embedder.identity()
+        have = {k: manifest["embedding"].get(k, "") for k in ("name", "query_prefix", "passage_prefix")}
         if want != have:
-            raise IndexMismatch(f"the index was built with embedder {have}, not {want}: vectors of two models cannot be mixed; "
+            raise IndexMismatch(f"the index was built with embedder {have}, not {want}: "
+                                "vectors of two models cannot be mixed; "
                                 "open it without an embedder, or rebuild it", file=mpath, field="embedding")
     n = manifest["n_passages"]
     for name in (VECTORS_FILE, PASSAGES_FILE) if n else ():
         f = path / name
-        if not f.exists(): raise IndexFileError("missing; the index is incomplete: build_index(..., rebuild=True)", file=f)
+        if not f.exists():
+            raise IndexFileError("missing; the index is incomplete: build_index(..., rebuild=True)", file=f)
         if verify and file_sha256(f) != manifest["files"].get(name):
             raise IndexFileError("changed since the manifest was written (corrupted, or an interrupted write): "
                                  "build_index(..., rebuild=True)", file=f)
     index, passages = None, []
     if n:
         try: index = faiss.read_index(str(path / VECTORS_FILE))
-        except RuntimeError as e: raise IndexFileError(f"FAISS cannot read it ({str(e).splitlines()[-1][:200]})", file=path / VECTORS_FILE) from None
+        except RuntimeError as e:
+            raise IndexFileError(f"FAISS cannot read it ({str(e).splitlines()[-1][:200]})",
+                                 file=path / VECTORS_FILE) from None
         if index.ntotal != n or index.d != manifest["embedding"]["dim"]:
             raise IndexFileError(f"holds {index.ntotal} vectors of dimension {index.d}; the manifest says {n} of "
                                  f"{manifest['embedding']['dim']}", file=path / VECTORS_FILE)
@@ -183,24 +197,29 @@ def add_books(self: VectorIndex, books: Iterable[Book], save: bool = True, progr
     books = list(books)
     have = {b["id"] for b in self.books}
     dup = [b.id for b in books if b.id in have]
-    if dup: raise IndexMismatch(f"books {dup} are already in the index; a changed book needs build_index (which rebuilds)", file=self.path / MANIFEST_FILE, field="books")
+    if dup:
+        raise IndexMismatch(f"books {dup} are already in the index; a changed book needs build_index (which rebuilds)",
+                            file=self.path / MANIFEST_FILE, field="books")
     ch = self.manifest["chunking"]
     added, start = 0, len(self.passages)
     for b in books:
         text = read_book(b.path)
-        if hashlib.sha256(text.encode()).hexdigest() != b.sha256: raise DataError("changed while the index was built", file=b.path)
+        if hashlib.sha256(text.encode()).hexdigest() != b.sha256:
+            raise DataError("changed while the index was built", file=b.path)
         spans = self.embedder.token_spans(text)
         unk = float(spans.unknown.mean()) if len(spans) else 0.0
         if unk > 0.2:
             warnings.warn(f"{b.path}: {unk:.0%} of its tokens are unknown to {self.embedder.name}; retrieval in "
                           f"{b.lang!r} will be poor: use a multilingual embedding model")
-        rows = [{"book": b.id, "lang": b.lang, "start": int(spans.starts[i]), "end": int(spans.ends[j - 1]), "n_tokens": j - i,
-                 "text": text[int(spans.starts[i]):int(spans.ends[j - 1])]} for i, j in chunk_windows(spans.words, ch["max_tokens"], ch["overlap"])]
+        windows = chunk_windows(spans.words, ch["max_tokens"], ch["overlap"])
+        rows = [{"book": b.id, "lang": b.lang, "start": int(spans.starts[i]), "end": int(spans.ends[j - 1]),
+                 "n_tokens": j - i, "text": text[int(spans.starts[i]):int(spans.ends[j - 1])]} for i, j in windows]
         if not rows: warnings.warn(f"{b.path}: no text, no passages")
         first = len(self.passages)
         self.add_passages(rows, save=False)
-        self.manifest["books"].append({"id": b.id, "lang": b.lang, "file": str(b.path), "sha256": b.sha256, "chars": b.chars,
-                                       "first": first, "count": len(rows), "unknown_share": round(unk, 4)})
+        self.manifest["books"].append({"id": b.id, "lang": b.lang, "file": str(b.path), "sha256": b.sha256,
+                                       "chars": b.chars, "first": first, "count": len(rows),
+                                       "unknown_share": round(unk, 4)})
         added += len(rows)
         if progress: logging.getLogger(__name__).info("%s: %d passages", b.id, len(rows))
     self.manifest["corpus_fingerprint"] = corpus_fingerprint(self.books, self.manifest["chunking"])
@@ -209,8 +228,9 @@ def add_books(self: VectorIndex, books: Iterable[Book], save: bool = True, progr
 
 # %% ../nbs/77_retrieval.ipynb #443c93dc
 @patch
-def add_passages(self: VectorIndex, rows: Sequence[dict], vectors: np.ndarray | None = None, save: bool = True, batch_size: int = 4096) -> range:
-    "Append passage `rows` (`book, lang, start, end, n_tokens, text`), embedding them unless `vectors` are given; returns their ids."
+def add_passages(self: VectorIndex, rows: Sequence[dict], vectors: np.ndarray | None = None, save: bool = True,
+                 batch_size: int = 4096) -> range:
+    "Append passage `rows`, embedding them unless `vectors` are given."
     faiss = require("faiss")
     rows, first = list(rows), len(self.passages)
     if not rows: return range(first, first)
@@ -219,11 +239,13 @@ def add_passages(self: VectorIndex, rows: Sequence[dict], vectors: np.ndarray | 
         if vectors.shape[0] != len(rows): raise ValueError(f"{len(rows)} rows but {vectors.shape[0]} vectors")
     for s in range(0, len(rows), batch_size):
         part = rows[s:s + batch_size]
-        v = vectors[s:s + batch_size] if vectors is not None else self.embedder.encode([r["text"] for r in part], "passage")
+        if vectors is not None: v = vectors[s:s + batch_size]
+        else: v = self.embedder.encode([r["text"] for r in part], "passage")
         self._check_dim(v)
         if self.index is None: self.index = self._new_index(v.shape[1])
         self.index.add(v)
-    self.passages += [Passage(first + k, r["book"], normalize_lang(r["lang"]), int(r["start"]), int(r["end"]), int(r["n_tokens"]), r["text"])
+    self.passages += [Passage(first + k, r["book"], normalize_lang(r["lang"]), int(r["start"]), int(r["end"]),
+                              int(r["n_tokens"]), r["text"])
                       for k, r in enumerate(rows)]
     self.manifest["n_passages"] = len(self.passages)
     self._selectors.clear()
@@ -262,11 +284,13 @@ def save(self: VectorIndex, appended_from: int | None = None) -> None:
             with open(tmp, "w", encoding="utf-8") as f:
                 for p in self.passages: f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
         _replace_file(ppath, write)
-    if self.index is not None: _replace_file(self.path / VECTORS_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+    if self.index is not None:
+        _replace_file(self.path / VECTORS_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
     self.manifest["files"] = {PASSAGES_FILE: file_sha256(ppath)}
     if self.index is not None: self.manifest["files"][VECTORS_FILE] = file_sha256(self.path / VECTORS_FILE)
     self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _replace_file(self.path / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
+    manifest = json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n"
+    _replace_file(self.path / MANIFEST_FILE, lambda tmp: tmp.write_text(manifest, encoding="utf-8"))
 
 # %% ../nbs/77_retrieval.ipynb #0cea2e24
 @patch
@@ -282,8 +306,9 @@ def _params(self: VectorIndex, langs, k: int):
                 raise DataError(f"no passages in {list(langs)} (the index has {self.languages}); add books in that "
                                 "language or search across languages (scope='all')", file=self.path, field="lang")
             sel = faiss.IDSelectorBatch(ids)
-        params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k)) if sel is not None else faiss.SearchParametersHNSW(efSearch=max(64, 2 * k))) if hnsw \
-            else (faiss.SearchParameters(sel=sel) if sel is not None else None)
+        if hnsw and sel is not None: params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(64, 2 * k))
+        elif hnsw: params = faiss.SearchParametersHNSW(efSearch=max(64, 2 * k))
+        else: params = faiss.SearchParameters(sel=sel) if sel is not None else None
         self._selectors[key] = (sel, params)      # the selector must outlive the parameters
     return self._selectors[key][1]
 
@@ -300,7 +325,8 @@ def search(self: VectorIndex, queries: str | Sequence[str], k: int = 5, langs: S
     v = self.embedder.encode(qs, "query")
     self._check_dim(v)
     scores, ids = self.index.search(v, k, params=params) if params is not None else self.index.search(v, k)
-    out = [[replace(self.passages[i], score=float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+    out = [[replace(self.passages[i], score=float(s)) for s, i in zip(srow, irow) if i >= 0]
+           for srow, irow in zip(scores, ids)]
     return out[0] if single else out
 
 # %% ../nbs/77_retrieval.ipynb #89e45b43
@@ -309,12 +335,14 @@ def _remove_index(path: Path) -> None:
         for f in (path / name, path / (name + ".tmp")):
             if f.exists(): f.unlink()
 
-def _build_change(index: VectorIndex, embedder, max_tokens: int, overlap: int, index_type: str, books: list[Book]) -> str | None:
+def _build_change(index: VectorIndex, embedder, max_tokens: int, overlap: int, index_type: str,
+                  books: list[Book]) -> str | None:
     m = index.manifest
     have = {k: m["embedding"].get(k, "") for k in ("name", "query_prefix", "passage_prefix")}
     if have != embedder.identity(): return f"embedding model changed: {have} -> {embedder.identity()}"
     if (m["chunking"]["max_tokens"], m["chunking"]["overlap"]) != (max_tokens, overlap):
-        return f"chunking changed: {m['chunking']['max_tokens']}/{m['chunking']['overlap']} -> {max_tokens}/{overlap} tokens"
+        was = f"{m['chunking']['max_tokens']}/{m['chunking']['overlap']}"
+        return f"chunking changed: {was} -> {max_tokens}/{overlap} tokens"
     if m["index"]["type"] != index_type: return f"index type changed: {m['index']['type']} -> {index_type}"
     now = {b.id: b for b in books}
     for b in index.books:
@@ -324,8 +352,9 @@ def _build_change(index: VectorIndex, embedder, max_tokens: int, overlap: int, i
 
 def build_index(corpus, path, embedder=None, max_tokens: int = 128, overlap: int = 32, index_type: str = "flat",
                 lang: str | None = None, on_change: str = "rebuild", rebuild: bool = False) -> VectorIndex:
-    "The index of `corpus` at `path`: reopened, extended with new books, or (after a model, chunking or book change) rebuilt."
-    if on_change not in ("rebuild", "error"): raise ValueError(f"on_change must be 'rebuild' or 'error', not {on_change!r}")
+    "The index of `corpus` at `path`: reopened, extended with new books, or rebuilt."
+    if on_change not in ("rebuild", "error"):
+        raise ValueError(f"on_change must be 'rebuild' or 'error', not {on_change!r}")
     t0, path, embedder = time.perf_counter(), Path(path), embedder or Embedder()
     books = find_books(corpus, lang)
     action, reason = "created", None
@@ -334,7 +363,8 @@ def build_index(corpus, path, embedder=None, max_tokens: int = 128, overlap: int
     elif exists:
         index = VectorIndex.open(path)
         reason = _build_change(index, embedder, max_tokens, overlap, index_type, books)
-        if reason and on_change == "error": raise IndexMismatch(f"{reason}; pass on_change='rebuild' to rebuild it", file=path / MANIFEST_FILE)
+        if reason and on_change == "error":
+            raise IndexMismatch(f"{reason}; pass on_change='rebuild' to rebuild it", file=path / MANIFEST_FILE)
         if reason:
             logging.getLogger(__name__).warning("rebuilding the index at %s: %s", path, reason)
             _remove_index(path); action = "rebuilt"
@@ -368,7 +398,7 @@ def scope_languages(scope, lang: str) -> list[str] | None:
 
 # %% ../nbs/77_retrieval.ipynb #a6470672
 def retrieve(index: VectorIndex, items: Sequence[MCItem], k: int = 3, scope="same") -> list[list[Passage]]:
-    "The top-`k` passages for each item (question plus options as the query), searched in the languages `scope` names."
+    "The top-`k` passages for each item, searched in the languages `scope` names."
     items, out = list(items), {}
     groups: dict = {}
     for n, it in enumerate(items):
@@ -409,8 +439,9 @@ def passage_block(passages: Sequence[Passage], lang: str) -> str:
     return head + sep + "\n" + "\n".join(f"[{i}] ({p.book}) {_clean(p.text)}" for i, p in enumerate(passages, 1))
 
 # %% ../nbs/77_retrieval.ipynb #79364366
-def rag_prompt(item: MCItem, passages: Sequence[Passage], style: str = "plain", builder: PromptBuilder | None = None) -> str:
-    "The prompt for `item` with `passages` in it: `builder`'s prompt with a passage block (`plain`), or Self-RAG's format (`selfrag`)."
+def rag_prompt(item: MCItem, passages: Sequence[Passage], style: str = "plain",
+               builder: PromptBuilder | None = None) -> str:
+    "The prompt for `item` with `passages` in it, in the prompt `style`."
     if style not in STYLES: raise ValueError(f"style must be one of {STYLES}, not {style!r}")
     builder = builder or PromptBuilder("plain")
     check_prompt_item(item, builder.prompts)
@@ -419,7 +450,8 @@ def rag_prompt(item: MCItem, passages: Sequence[Passage], style: str = "plain", 
     if style == "selfrag":
         head = f"### Instruction:\n{instruction}\n\n### Input:\n{question}\n\n### Response:\n"
         if not passages: return head + "[No Retrieval]"
-        return head + "[Retrieval]<paragraph>" + "\n".join(f"{p.book}\n{_clean(p.text)}" for p in passages) + "</paragraph>"
+        paragraph = "\n".join(f"{p.book}\n{_clean(p.text)}" for p in passages)
+        return head + "[Retrieval]<paragraph>" + paragraph + "</paragraph>"
     if not passages: return builder(item)
     block = passage_block(passages, item.lang)
     if builder.mode == "fewshot":
@@ -427,7 +459,8 @@ def rag_prompt(item: MCItem, passages: Sequence[Passage], style: str = "plain", 
         return "\n\n".join([instruction, *shots, block, f"{question}\n{spec.explanation}{spec.sep.rstrip()}"])
     user = f"{instruction}\n\n{block}\n\n{question}"
     if builder.mode == "plain": return user
-    msgs = ([{"role": "system", "content": builder.system}] if builder.system else []) + [{"role": "user", "content": user}]
+    system = [{"role": "system", "content": builder.system}] if builder.system else []
+    msgs = system + [{"role": "user", "content": user}]
     return builder.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 # %% ../nbs/77_retrieval.ipynb #a1c29031
@@ -468,7 +501,8 @@ class RetrievalPromptBuilder:
     def describe(self) -> dict:
         "Everything that decides the prompt text, as plain data."
         scope = self.scope if isinstance(self.scope, str) else list(self.scope)
-        return {"base": self.base.describe(), "retrieval": {"style": self.style, "k": self.k, "scope": scope, "index": self.index.describe()}}
+        retrieval = {"style": self.style, "k": self.k, "scope": scope, "index": self.index.describe()}
+        return {"base": self.base.describe(), "retrieval": retrieval}
 
     @property
     def template_hash(self) -> str:

@@ -37,8 +37,9 @@ def _check_pair(source: str, target: str) -> tuple[str, str]:
     return normalize_lang(source, field="source"), normalize_lang(target, field="target")
 
 # %% ../nbs/52_translation.ipynb #996e289d
-LLM_TRANSLATE_INSTRUCTION = ("Translate the following text from {source} into {target}. Keep option letters, numbers and "
-                             "line breaks as they are. Reply with the translation only.\n\n{text}")
+LLM_TRANSLATE_INSTRUCTION = ("Translate the following text from {source} into {target}. "
+                             "Keep option letters, numbers and line breaks as they are. "
+                             "Reply with the translation only.\n\n{text}")
 "The user turn sent to chat models."
 
 LLM_TRANSLATE_PLAIN = "Translate from {source} to {target}.\n\n{source}: {text}\n{target}:"
@@ -109,9 +110,10 @@ class LLMTranslator:
         return out
 
 # %% ../nbs/52_translation.ipynb #27faf826
-NLLB_CODES = {"en": "eng_Latn", "zh": "zho_Hans", "fr": "fra_Latn", "de": "deu_Latn", "it": "ita_Latn", "ja": "jpn_Jpan",
-              "es": "spa_Latn", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn", "ru": "rus_Cyrl", "ar": "arb_Arab",
-              "vi": "vie_Latn", "hi": "hin_Deva", "sw": "swh_Latn", "ur": "urd_Arab"}
+NLLB_CODES = {"en": "eng_Latn", "zh": "zho_Hans", "fr": "fra_Latn", "de": "deu_Latn", "it": "ita_Latn",
+              "ja": "jpn_Jpan", "es": "spa_Latn", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn",
+              "ru": "rus_Cyrl", "ar": "arb_Arab", "vi": "vie_Latn", "hi": "hin_Deva", "sw": "swh_Latn",
+              "ur": "urd_Arab"}
 "ISO 639-1 -> FLORES-200 code used by NLLB-200, for every language in `calm.data.LANGUAGES`."
 
 SEQ2SEQ_FAMILIES = ("nllb", "m2m100", "marian")
@@ -142,8 +144,10 @@ class Seq2SeqTranslator:
                  max_new_tokens: int = 512, num_beams: int = 1, target_prefix: dict | None = None,
                  local_files_only: bool | None = None, model=None, tokenizer=None):
         self.model_id, self.family = model_id, family or seq2seq_family(model_id)
-        if self.family not in SEQ2SEQ_FAMILIES: raise ValueError(f"unknown seq2seq family {self.family!r} (known: {SEQ2SEQ_FAMILIES})")
-        self.device, self.batch_size, self.max_new_tokens, self.num_beams = device, batch_size, max_new_tokens, num_beams
+        if self.family not in SEQ2SEQ_FAMILIES:
+            raise ValueError(f"unknown seq2seq family {self.family!r} (known: {SEQ2SEQ_FAMILIES})")
+        self.device, self.batch_size = device, batch_size
+        self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
         self.target_prefix, self.local_files_only = target_prefix or {}, local_files_only
         self.name = f"seq2seq:{model_id}"
         self._loaded = {model_id: (model, tokenizer)} if model is not None else {}
@@ -166,11 +170,13 @@ class Seq2SeqTranslator:
             tok = AutoTokenizer.from_pretrained(model_id, local_files_only=lfo)
             model = AutoModelForSeq2SeqLM.from_pretrained(model_id, local_files_only=lfo)
         except ImportError as e:
-            raise TranslationError(f"{model_id}: its tokenizer needs a package that is not installed ({str(e).strip().splitlines()[0]}); "
+            reason = str(e).strip().splitlines()[0]
+            raise TranslationError(f"{model_id}: its tokenizer needs a package that is not installed ({reason}); "
                                    "M2M100 and Marian need `pip install sentencepiece`") from e
         except (OSError, ValueError) as e:
-            raise TranslationError(f"could not load {model_id!r}: it is not in the local Hugging Face cache and the hub "
-                                   f"could not be reached or does not have it ({type(e).__name__}: {str(e).strip().splitlines()[0]}). "
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            raise TranslationError(f"could not load {model_id!r}: it is not in the local Hugging Face cache and the "
+                                   f"hub could not be reached or does not have it ({reason}). "
                                    "Download it where the hub is reachable (`hf download MODEL_ID`) or point HF_HOME "
                                    "at a cache that has it.") from e
         if self.device: model = model.to(self.device)
@@ -204,8 +210,8 @@ class Seq2SeqTranslator:
             batch = [f"{prefix} {t}".strip() if prefix else t for t in texts[b:b + self.batch_size]]
             enc = tok(batch, return_tensors="pt", padding=True, truncation=True)
             with torch.no_grad():
-                gen = model.generate(**{k: v.to(model.device) for k, v in enc.items()}, max_new_tokens=self.max_new_tokens,
-                                     num_beams=self.num_beams, **kw)
+                gen = model.generate(**{k: v.to(model.device) for k, v in enc.items()},
+                                     max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, **kw)
             out += [o.strip() for o in tok.batch_decode(gen, skip_special_tokens=True)]
         return out
 
@@ -216,7 +222,8 @@ class WebAPITranslator:
     def __init__(self, url: str, api_key_env: str | None = None, headers: dict | None = None, timeout: float = 60,
                  batch_size: int = 32, texts_field: str = "texts", result_field: str = "translations",
                  extra: dict | None = None, retries: int = 2, name: str | None = None):
-        if not re.match(r"https?://", url or ""): raise ValueError(f"WebAPITranslator needs an http(s) URL, got {url!r}")
+        if not re.match(r"https?://", url or ""):
+            raise ValueError(f"WebAPITranslator needs an http(s) URL, got {url!r}")
         self.url, self.api_key_env, self.headers, self.timeout = url, api_key_env, dict(headers or {}), timeout
         self.batch_size, self.texts_field, self.result_field = batch_size, texts_field, result_field
         self.extra, self.retries = dict(extra or {}), retries
@@ -233,7 +240,8 @@ class WebAPITranslator:
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as r: return json.loads(r.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
-                if e.code in (429, 500, 502, 503, 504) and attempt < self.retries: time.sleep(0.5 * 2 ** attempt); continue
+                if e.code in (429, 500, 502, 503, 504) and attempt < self.retries:
+                    time.sleep(0.5 * 2 ** attempt); continue
                 body = e.read()[:200].decode("utf-8", "replace")
                 raise TranslationError(f"{self.url} answered HTTP {e.code}: {body}") from None
             except (urllib.error.URLError, TimeoutError) as e:
@@ -247,9 +255,11 @@ class WebAPITranslator:
         texts, out = list(texts), []
         for b in range(0, len(texts), self.batch_size):
             batch = texts[b:b + self.batch_size]
-            res = self._post({self.texts_field: batch, "source": source, "target": target, **self.extra}).get(self.result_field)
+            payload = {self.texts_field: batch, "source": source, "target": target, **self.extra}
+            res = self._post(payload).get(self.result_field)
             if not isinstance(res, list) or len(res) != len(batch) or not all(isinstance(t, str) for t in res):
-                raise TranslationError(f"{self.url}: expected {self.result_field!r} to be a list of {len(batch)} strings, got {str(res)[:100]}")
+                raise TranslationError(f"{self.url}: expected {self.result_field!r} to be a list of "
+                                       f"{len(batch)} strings, got {str(res)[:100]}")
             out += res
         return out
 
@@ -306,7 +316,8 @@ class CachedTranslator:
         self.hits += sum(k in self.cache for k in keys); self.misses += len(todo)
         if todo:
             new = self.backend.translate(list(todo.values()), source, target)
-            if len(new) != len(todo): raise TranslationError(f"{self.name} returned {len(new)} translations for {len(todo)} texts")
+            if len(new) != len(todo):
+                raise TranslationError(f"{self.name} returned {len(new)} translations for {len(todo)} texts")
             rows = [{"key": k, "backend": self.name, "source": source, "target": target, "text": t, "translation": n}
                     for (k, t), n in zip(todo.items(), new)]
             self._append(rows)
@@ -338,7 +349,9 @@ def translate_items(items: Iterable[MCItem], target_langs: Iterable[str], transl
     items = list(items)
     present = list(dict.fromkeys(it.lang for it in items))
     if source_lang is None:
-        if len(present) != 1: raise DataError(f"items are in {present}; pass source_lang= to choose the one to translate from", field="lang")
+        if len(present) != 1:
+            raise DataError(f"items are in {present}; pass source_lang= to choose the one to translate from",
+                            field="lang")
         source_lang = present[0]
     src = normalize_lang(source_lang, field="source_lang")
     base = [it for it in items if it.lang == src]
@@ -358,5 +371,6 @@ def translate_items(items: Iterable[MCItem], target_langs: Iterable[str], transl
             try: out[it.qid][tgt] = check_item(d, file=f"translation {src}->{tgt}", row=it.qid)
             except DataError as e: problems.append(e)
     if problems:
-        raise DataError(f"{len(problems)} empty or invalid translation(s):\n" + "\n".join(f"  {p}" for p in problems[:20]))
+        raise DataError(f"{len(problems)} empty or invalid translation(s):\n"
+                        + "\n".join(f"  {p}" for p in problems[:20]))
     return [it for g in out.values() for it in g.values()]
