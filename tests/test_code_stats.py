@@ -48,6 +48,26 @@ def add_big_cell(root):
     p.write_text(json.dumps(nb))
 
 
+def add_long_line(root):
+    p = root / "nbs" / "10_prompts.ipynb"
+    nb = json.loads(p.read_text())
+    body = "#| export\nADDED = " + repr("x" * 130)
+    nb["cells"].append({"cell_type": "code", "id": "added1cell", "metadata": {}, "execution_count": None,
+                        "outputs": [], "source": body.splitlines(keepends=True)})
+    p.write_text(json.dumps(nb))
+
+
+def add_long_docstring(root):
+    with open(root / "calm" / "prompts.py", "a") as f:
+        f.write('\n\ndef _documented():\n    """One line.\n\n    And a second paragraph."""\n')
+
+
+def add_upward_import(root):
+    p = root / "calm" / "data.py"
+    p.write_text(p.read_text().replace("from __future__ import annotations\n",
+                                       "from __future__ import annotations\nfrom .cli import main\n", 1))
+
+
 def test_repository_passes(copy):
     r = check(copy)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -56,7 +76,10 @@ def test_repository_passes(copy):
 
 @pytest.mark.parametrize("violate,message", [(add_in_function_import, "new in function calm imports: prompts._added"),
                                              (add_cycle, "new cycles: data <-> "),
-                                             (add_big_cell, "new export cells over 80: 10_prompts.ipynb added0cell")])
+                                             (add_big_cell, "new export cells over 80: 10_prompts.ipynb added0cell"),
+                                             (add_long_line, "new exported lines over 120: 10_prompts.ipynb added1cell"),
+                                             (add_long_docstring, "new long docstrings: prompts._documented"),
+                                             (add_upward_import, "new upward imports: data (01_data.ipynb) -> cli")])
 def test_new_violation_fails(copy, violate, message):
     violate(copy)
     r = check(copy)

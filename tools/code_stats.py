@@ -8,8 +8,9 @@
 Read from calm/*.py (with `ast`) and the notebooks' export cells. Notebook order (the file names under nbs/, sorted) is
 the dependency order: a module importing one exported by a later notebook is an *upward* import. An import inside a
 function hides the real module graph, so a new in-function import of a calm module fails `--check`, as do a new import
-cycle between calm modules (module-level imports only: those run at import time), a new upward import, and a new export
-cell over 80 lines. The baseline lists the ones that exist already, so it can only shrink.
+cycle between calm modules (module-level imports only: those run at import time), a new upward import, a new export
+cell over 80 lines, a new exported line over 120 characters and a new docstring of more than one line (or over 120
+characters). The baseline lists the ones that exist already, so it can only shrink.
 """
 from __future__ import annotations
 
@@ -141,6 +142,21 @@ def export_cells(root: Path) -> list[dict]:
     return cells
 
 
+def long_docstrings(root: Path) -> list[str]:
+    "`module.qualname` of every function, class or method docstring in calm/ of more than one line or over 120 chars."
+    out = []
+    for py in sorted((root / "calm").glob("*.py")):
+        def walk(node, scope):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    doc = ast.get_docstring(child, clean=False)
+                    if doc is not None and ("\n" in doc.strip() or len(doc) > MAX_LINE_CHARS):
+                        out.append(".".join([py.stem, *scope, child.name]))
+                    walk(child, scope + [child.name])
+        walk(ast.parse(py.read_text()), [])
+    return out
+
+
 def collect(root: Path) -> dict:
     "All the counts, and the violations `--check` compares with the baseline."
     notebooks = module_notebooks(root)
@@ -177,17 +193,21 @@ def collect(root: Path) -> dict:
         "export_cells_over_80": [f"{c['notebook']} {c['cell']} ({c['lines']} lines: {c['first_line']})" for c in big],
         "exported_lines": exported_lines,
         "exported_lines_over_120": long_lines,
+        "long_lines_by_cell": [f"{c['notebook']} {c['cell']}" for c in cells for _ in range(c["long_lines"])],
+        "long_docstrings": long_docstrings(root),
         "readme_lines": len(readme.read_text().splitlines()) if readme.exists() else 0,
         "in_function_calm_imports": sorted(in_function.elements()),
     }
 
 
 def violations(stats: dict) -> dict[str, list[str]]:
-    "What the baseline tracks: in-function calm imports, cycles, upward imports, export cells over 80 lines (by cell)."
+    "What the baseline tracks: in-function calm imports, cycles, upward imports, big cells, long lines and docstrings."
     return {"in_function_calm_imports": stats["in_function_calm_imports"],
             "cycles": [" <-> ".join(c) for c in stats["cycles"]],
             "upward_imports": [u.rsplit(" [", 1)[0] for u in stats["upward_imports"]],
-            "export_cells_over_80": [c.split(" (", 1)[0] for c in stats["export_cells_over_80"]]}
+            "export_cells_over_80": [c.split(" (", 1)[0] for c in stats["export_cells_over_80"]],
+            "exported_lines_over_120": stats["long_lines_by_cell"],
+            "long_docstrings": stats["long_docstrings"]}
 
 
 def _new(current: list[str], baseline: list[str], kind: str) -> list[str]:
@@ -222,6 +242,7 @@ def report(stats: dict) -> str:
         *[f"  {c}" for c in stats["export_cells_over_80"]],
         f"exported lines over {MAX_LINE_CHARS} characters:   {stats['exported_lines_over_120']} of "
         f"{stats['exported_lines']} ({pct:.1f}%)",
+        f"docstrings over one line or {MAX_LINE_CHARS} chars: {len(stats['long_docstrings'])}",
         f"README lines:                         {stats['readme_lines']}",
     ]
     return "\n".join(lines)
@@ -257,7 +278,8 @@ def main(argv=None) -> int:
                   "--write-baseline")
         if new:
             print(f"\ncode-stats check FAILED ({len(new)} new violations; keep imports at the top of modules in notebook"
-                  f" order, no cycles, export cells of at most {MAX_CELL_LINES} lines):\n  " + "\n  ".join(new))
+                  f" order, no cycles, export cells of at most {MAX_CELL_LINES} lines, lines of at most {MAX_LINE_CHARS}"
+                  " characters, one-line docstrings):\n  " + "\n  ".join(new))
             return 1
         print("\ncode-stats check passed: no violation beyond the baseline")
     return 0
