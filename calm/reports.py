@@ -15,13 +15,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from importlib import metadata
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 
 from .files import make_dir, write_atomic
 
 # %% auto #0
 __all__ = ['TRACKED_PACKAGES', 'PACKAGE_BUILDS', 'INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table',
-           'percent_text', 'package_versions', 'determining_settings', 'settings_hash', 'code_version',
+           'percent_text', 'render_report', 'package_versions', 'determining_settings', 'settings_hash', 'code_version',
            'write_manifest', 'project_root', 'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
@@ -54,6 +55,13 @@ def percent_text(x, digits: int = 0, scale: int = 100) -> str:
     "`x` (a share; `scale=1`: already in percent) as text like `62%`, by `round_half_up`; `n/a` for None or NaN."
     if x is None or pd.isna(x): return "n/a"
     return f"{round_half_up(Decimal(repr(float(x))) * scale, digits):.{digits}f}%"
+
+# %% ../nbs/80_reports.ipynb #6a26acee
+def render_report(template: str, **context) -> str:
+    "The text of template `calm/templates/<template>` filled with `context`; a missing value is an error."
+    env = jinja2.Environment(loader=jinja2.PackageLoader("calm", "templates"), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    return env.get_template(template).render(**context)
 
 # %% ../nbs/80_reports.ipynb #258df185
 TRACKED_PACKAGES = ("calm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm", "numpy", "pandas")
