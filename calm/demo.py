@@ -14,7 +14,7 @@ import pandas as pd
 from .data import fingerprint, summarize
 from .files import make_dir, write_atomic
 from .profile import Profile, load_profile, override
-from .reports import percent_text, round_table, write_table
+from .reports import percent_text, render_report, round_table, write_table
 from .runner import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
 from .runs import run_views
 from .stages import profile_items
@@ -86,12 +86,13 @@ def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
 # %% ../nbs/89_demo.ipynb #c80132946
 def _comparison(systems, items, languages, seed: int) -> pd.DataFrame:
     from calm.evaluation import compare_systems
-    comps = [compare_systems(systems["base"], systems[s], items, languages, n_boot=1000, seed=seed).assign(system=s) for s in systems if s != "base"]
+    comps = [compare_systems(systems["base"], systems[s], items, languages, n_boot=1000, seed=seed).assign(system=s)
+             for s in systems if s != "base"]
     comp = pd.concat(comps, ignore_index=True) if comps else pd.DataFrame()
     return comp[["system"] + [c for c in comp.columns if c != "system"]] if len(comp) else comp
 
 def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
-    "The report of the profile's first run into `out`: `main_job.md`, results, comparison, figure, vote and parse tables; returns `main_job.md`."
+    "The report of the profile's first run into `out`: `main_job.md`, its tables and figures; returns `main_job.md`."
     from calm.evaluation import results_table
     out, v = Path(out), run_views(p, run_dir, release)[0]
     st, L, d = v.state(), v.languages, p.datasets[0]
@@ -107,55 +108,31 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     figure_results(table, L, out / "results", n=n_q, k=options_k(v.test_items))
     from calm.pairs import pair_quality_table
     quality = pair_quality_table(v.folder / "data", p.sampling.tie)
-    quality = round_table(quality, 2)                    # the prose below quotes this table
+    quality = round_table(quality, 2)                    # the prose quotes this table
     write_table(quality, out / "pair_quality")
-    steps = p.training.get("max_steps", -1)
-    from calm.models import inference_dtype
-    weights = f"sampled and answered in {inference_dtype(p.dtype) if p.backend == 'transformers' else p.dtype}"
-    lines = ["# Demo report", "",
-             f"Model `{v.model}` ({weights}); languages {', '.join(L)}; {d.train_questions} train questions x m={p.sampling.m} samples; "
-             f"{len(votes)} votes ({int(votes.tie.sum())} ties, policy `{p.sampling.tie}`); {len(st['pairs'])} DPO pairs; "
-             f"{steps if steps > 0 else 'all'} training steps per method; evaluated on {n_q} held-out questions "
-             f"({'greedy' if p.evaluation.greedy else 'sampled'}). Profile `{p.file.name}`.", "",
-             "## Results (Table 1 shape, percent)", "", (out / "results.md").read_text(encoding="utf-8"), ""]
-    if len(comp):
-        lines += ["## Trained system minus base (paired bootstrap over questions, percentage points)", "",
-                  (out / "comparison.md").read_text(encoding="utf-8"), ""]
-        verdicts = [f"- {r.system}: ACC_avg {r.a:.1f} -> {r.b:.1f} ({r['diff']:+.1f} points, 95% interval {r.ci_low:+.1f} to {r.ci_high:+.1f})"
-                    + (": no reliable change" if r.ci_low <= 0 <= r.ci_high else ": a reliable change") for _, r in comp[comp.metric == "ACC_avg"].iterrows()]
-        lines += ["## What this shows", "", *verdicts, "",
-                  f"With {n_q} questions and a small model trained for {steps if steps > 0 else 'a few'} steps, differences of a few points are "
-                  "noise: this run checks that the pipeline works end to end, not the paper's claim.", ""]
     q = quality.set_index("lang").loc["all"]
-    pct = percent_text
-    lines += ["## The DPO pairs", "",
-              f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {int(q.cot_pairs)} have a winning "
-              f"explanation in their own language as the chosen side, {int(q.option_pairs)} state the voted option in "
-              f"their language (no translator) and {int(q.translated_pairs)} a translated explanation; "
-              f"{pct(q.from_tied_votes)} come from tied votes, "
-              f"{pct(q.chosen_is_gold)} have a chosen answer that equals gold (gold is never used to build them), and "
-              f"{int(q.untranslated)} had a chosen side in another language with no translation: those are kept apart "
-              "(`data/calm_pairs_untranslated.jsonl`) and not trained on.", "", (out / "pair_quality.md").read_text(encoding="utf-8"), ""]
     curves = training_curves(v.folder, out)
-    if len(curves):
-        write_table(curves.round(4), out / "training_curves")
-        lines += ["## Training: does DPO learn? (CALM's held-out pairs)", "",
-                  "`train_curves.png`: DPO's loss, reward margin and preference accuracy per step, on the pairs it trains on and on the "
-                  "held-out pairs (whole train questions kept out of training). At step 0 the policy equals the reference, so the held-out loss "
-                  "is ln 2 = 0.693, the margin 0 and the accuracy 0.", "", curves.to_markdown(index=False, floatfmt=".4f"), "",
-                  "![training curves](train_curves.png)", ""]
+    if len(curves): write_table(curves.round(4), out / "training_curves")
     parsed = pd.DataFrame({name: r.groupby("lang").letter.agg(lambda x: 100 * x.notna().mean()).reindex(L)
                            for name, r in systems.items()}).T.rename_axis("system").reset_index()
     write_table(parsed.round(1), out / "parse_rates")
-    times = stage_times(run_dir, f"{v.folder.parent.name}/{v.dataset}/")
-    lines += ["## Answers with a parsable letter (percent; unparsed answers count as wrong)", "",
-              (out / "parse_rates.md").read_text(encoding="utf-8"), "",
-              "## Files", "", "- `data_summary.md`: the questions per split and language", "- `vote_stats.md`: parse rate, first-sample accuracy and agreement with the vote per language",
-              "- `results.{csv,md,tex}`, `results.png/.pdf`, `comparison.{csv,md}`, `main_job_manifest.json`",
-              f"- the stores (not committed): `_run/{v.folder.parent.name}/{v.dataset}/` (samples, `votes.csv`, `data/`, `adapters/<system>/`, `eval/<system>/`)", "",
-              "## Stage times (s)", "", "Each stage's time is that of the run that computed it (a rerun that finds a stage's files done keeps it); `nothing to write`: e.g. a system without training rows. `_run/stages.json` says whether the last run reused each stage.", "",
-              times.to_markdown(index=False) if len(times) else "(no stage ran)", ""]
-    return write_atomic(out / "main_job.md", "\n".join(lines))
+    store = f"{v.folder.parent.name}/{v.dataset}"
+    times = stage_times(run_dir, f"{store}/")
+    from calm.models import inference_dtype
+    def table_md(name): return (out / f"{name}.md").read_text(encoding="utf-8")
+    text = render_report(
+        "main_job.md.j2", model=v.model, dtype=inference_dtype(p.dtype) if p.backend == "transformers" else p.dtype,
+        languages=L, train_questions=d.train_questions, m=p.sampling.m, votes=len(votes), ties=int(votes.tie.sum()),
+        tie=p.sampling.tie, pairs=len(st["pairs"]), steps=p.training.get("max_steps", -1), questions=n_q,
+        greedy=p.evaluation.greedy, profile=p.file.name, results_md=table_md("results"),
+        comparison_md=table_md("comparison") if len(comp) else "",
+        acc_avg=comp[comp.metric == "ACC_avg"].to_dict("records") if len(comp) else [],
+        quality={**{k: int(q[k]) for k in ("pairs", "cot_pairs", "option_pairs", "translated_pairs", "untranslated")},
+                 **{k: percent_text(q[k]) for k in ("from_tied_votes", "chosen_is_gold")}},
+        pair_quality_md=table_md("pair_quality"), parse_rates_md=table_md("parse_rates"), store=store,
+        curves_md=curves.to_markdown(index=False, floatfmt=".4f") if len(curves) else "",
+        stage_times_md=times.to_markdown(index=False) if len(times) else "")
+    return write_atomic(out / "main_job.md", text)
 
 # %% ../nbs/89_demo.ipynb #c35199015
 STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
