@@ -25,18 +25,18 @@ from .option_votes import choose_by_gate, gate_row, gold_canonical, option_answe
 from .prompts import PromptBuilder
 from .models import resolve_model
 from .profile import ENDPOINTS, SETTINGS, TestbedSettings, check_testbed
-from .reports import write_table
+from .reports import render_report, write_table
 from .stages import first_questions, profile_backend, profile_items, run_slug
 from .store import weights_sha256
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['HELD_OUT', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'scorer_for', 'score_split',
-           'read_choice', 'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs',
-           'read_rows', 'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
-           'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note', 'systems_table', 'run_answers',
-           'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
-           'write_testbed_report']
+__all__ = ['HELD_OUT', 'REPORT_TABLES', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'scorer_for',
+           'score_split', 'read_choice', 'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name',
+           'run_testbed_pairs', 'read_rows', 'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat',
+           'holm', 'minimum_effect', 'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note',
+           'systems_table', 'run_answers', 'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables',
+           'testbed_figure', 'testbed_readme', 'write_testbed_report']
 
 # %% ../nbs/85_testbed.ipynb #5166dced
 def testbed_builder(tokenizer, dataset: dict) -> PromptBuilder:
@@ -432,43 +432,24 @@ def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     return Path(f"{path_stem}.png")
 
 # %% ../nbs/85_testbed.ipynb #38c25c29
-def _md(t: pd.DataFrame, digits: int = 2) -> str:
-    return t.round(digits).to_markdown(index=False) if len(t) else "(none)"
+REPORT_TABLES = {"gate": 3, "endpoints": 2, "systems": 1, "exploratory": 2, "pairs": 3, "training": 3, "vote_accuracy": 3,
+                 "rounds": 2}
+"The tables of a testbed report, in its order, and the decimals its README shows of each."
 
 def testbed_readme(t: dict, p) -> str:
     "The README of a testbed report: the verdict first, then the gate, the endpoints and every table, exploratory marked."
-    s, g = p.testbed, t["choice"]
-    chose = (f"{g['model']} ({g['scoring']} scoring), best language {g['best_lang']}, vote error rate {100 * g['vote_error']:.1f}%, "
-             f"pair flip rate {100 * g['pair_flip']:.1f}% (CALM-robust's label smoothing)"
-             if g["passes"] else f"none (the gate asks the best language >= {100 * g['best_min']:.0f}% and the vote >= "
-             f"{100 * g['gain_min']:.0f} points above the mean language): nothing was trained")
-    ends = "; ".join(f"`{e}`: {ENDPOINTS[e]}" for e in s.endpoints)
-    return "\n".join([
-        f"# The testbed: CALM against its controls (profile `{p.name}`)", "", f"**Verdict.** {t['verdict']}", "",
-        t["upper_bound"], "",
-        f"Chosen by the gate on {g['questions']} validation questions: {chose}.", "",
-        "## Gate (validation questions)", "", _md(t["gate"], 3), "",
-        f"## Pre-registered endpoints: CALM minus `{s.control}` (points; Holm over the family of {len(t['endpoints'])})", "",
-        _md(t["endpoints"]), "",
-        f"Endpoints: {ends}. Settings: `held_out` (the test questions), `self` (the train questions CALM voted on; gold is read "
-        f"only to score). Intervals at the family's Bonferroni level; `mde`: the smallest difference detectable with power "
-        f"{s.power}. Everything below is exploratory.", "",
-        "## Systems (percent; `agree_on` says how agreement is counted)", "", _md(t["systems"], 1), "",
-        "## Exploratory: each system minus base and minus the control (points, unadjusted 95% intervals)", "",
-        _md(t["exploratory"]), "",
-        "## Pairs", "", _md(t["pairs"], 3), "", "## Training: held-out rows before and after training (DPO before: the policy is the "
-        "reference, so loss ln 2, preference accuracy 0, margin 0)", "",
-        _md(t["training"], 3), "", "## The vote on the train questions, per round", "", _md(t["vote_accuracy"], 3), "",
-        "## Rounds: CALM and CALM-r2 minus base (exploratory)", "", _md(t["rounds"]), "",
-        "![each system minus base](testbed.png)" if len(t["exploratory"]) else "", "",
-        f"Made by `calm reproduce --profile {p.name}` (or `calm demo --profile {p.name}`); every table is beside this file "
-        "as csv and md."]) + "\n"
+    s = p.testbed
+    tables = {name: t[name].round(digits).to_markdown(index=False) if len(t[name]) else ""
+              for name, digits in REPORT_TABLES.items()}
+    return render_report("testbed_report.md.j2", profile=p.name, verdict=t["verdict"], upper_bound=t["upper_bound"],
+                         gate=t["choice"], control=s.control, family=len(t["endpoints"]), power=s.power,
+                         endpoints=[(e, ENDPOINTS[e]) for e in s.endpoints], tables=tables)
 
 # %% ../nbs/85_testbed.ipynb #6ab5e8bb
 def write_testbed_report(folder, p, out) -> Path:
-    "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns the README."
+    "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns it."
     out = make_dir(out); t = testbed_tables(folder, p)
-    for name in ("gate", "systems", "endpoints", "exploratory", "pairs", "training", "vote_accuracy", "rounds"):
+    for name in REPORT_TABLES:
         if len(t[name]): write_table(t[name].round(4), out / name, ("csv", "md"))
     testbed_figure(t["exploratory"], out / "testbed")
     write_atomic(out / "README.md", testbed_readme(t, p))
