@@ -26,9 +26,10 @@ __all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 
 
 # %% ../nbs/89_demo.ipynb #c53184255
 def figure_results(table: pd.DataFrame, languages, path_stem, n: int | None = None, k: int | None = None):
-    "Per-language accuracy and ACC_avg per system (`calm.figures.accuracy_bars`: system colours, 95% intervals over `n` questions, chance line 1/k); PNG and PDF."
+    "Per-language accuracy and ACC_avg per system (`calm.figures.accuracy_bars`), as PNG and PDF."
     from calm.figures import accuracy_bars
-    return accuracy_bars(table, list(languages), n=n, k=k, path_stem=path_stem, title="Demo: base vs SFT vs CALM on held-out questions")
+    return accuracy_bars(table, list(languages), n=n, k=k, path_stem=path_stem,
+                         title="Demo: base vs SFT vs CALM on held-out questions")
 
 # %% ../nbs/89_demo.ipynb #c98118186
 def vote_stats(st: dict, languages) -> pd.DataFrame:
@@ -39,33 +40,37 @@ def vote_stats(st: dict, languages) -> pd.DataFrame:
     first = canonical_records(recs[recs["sample"] == 0], items or [])      # canonical letters, as the gold and the vote
     stats = pd.DataFrame({"decided_samples": ws.samples, "agree_with_vote": ws.share,
                           "parsed": recs.groupby("lang").letter.agg(lambda s: s.notna().mean()),
-                          "first_sample_accuracy": (first.letter == first.qid.map(gold)).groupby(first.lang).mean()}).reindex(languages)
+                          "first_sample_accuracy": (first.letter == first.qid.map(gold)).groupby(first.lang).mean()})
+    stats = stats.reindex(languages)
     stats = stats.rename_axis("lang").reset_index()
-    stats.loc[len(stats)] = {"lang": "vote", "decided_samples": int(ws.samples.sum()), "agree_with_vote": float(votes.share.mean()),
-                             "parsed": float(recs.letter.notna().mean()), "first_sample_accuracy": float((votes.winner == votes.qid.map(gold)).mean())}
+    stats.loc[len(stats)] = {"lang": "vote", "decided_samples": int(ws.samples.sum()),
+                             "agree_with_vote": float(votes.share.mean()), "parsed": float(recs.letter.notna().mean()),
+                             "first_sample_accuracy": float((votes.winner == votes.qid.map(gold)).mean())}
     return stats
 
 # %% ../nbs/89_demo.ipynb #cbfd6753
 def stage_times(run_dir, prefix: str) -> pd.DataFrame:
-    "Seconds per stage of one run, as the run that computed each stage measured them (a rerun that reuses a stage keeps them)."
+    "Seconds per stage of one run, as the run that computed each stage measured them."
     log = {k[len(prefix):]: v for k, v in read_stage_log(run_dir).items() if k.startswith(prefix)}
-    return pd.DataFrame([{"stage": k, "seconds": f"{v['seconds']:.2f}", "note": "nothing to write" if v["status"] == "no output" else ""}
-                         for k, v in log.items()])
+    return pd.DataFrame([{"stage": k, "seconds": f"{v['seconds']:.2f}",
+                          "note": "nothing to write" if v["status"] == "no output" else ""} for k, v in log.items()])
 
 # %% ../nbs/89_demo.ipynb #c09435005
 def data_summary(p: Profile, out, release=None) -> Path:
     "`out/data_summary.{csv,md}`: the first dataset's train and test questions per language."
     d = p.datasets[0]
-    table = pd.concat([summarize(profile_items(asdict(d), s, release)).assign(split=s) for s in ("train", "test")], ignore_index=True)
+    table = pd.concat([summarize(profile_items(asdict(d), s, release)).assign(split=s) for s in ("train", "test")],
+                      ignore_index=True)
     return write_table(table[["split"] + [c for c in table.columns if c != "split"]], Path(out) / "data_summary")[0]
 
 # %% ../nbs/89_demo.ipynb #c61735120
-HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin", "eval_rewards/accuracies": "held-out preference accuracy"}
+HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin",
+            "eval_rewards/accuracies": "held-out preference accuracy"}
 "DPO's held-out metrics (TRL's `eval_` log keys) the report shows before and after training."
 
 # %% ../nbs/89_demo.ipynb #3d0b6bd3
 def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
-    "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder` (train and held-out loss, reward margin, preference accuracy) and its held-out metrics before (step 0: the policy is the reference, so loss ln 2, margin 0, accuracy 0) and after training."
+    "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder`, and its held-out metrics before and after."
     import json, math
     from calm.figures import plot_train_curves, run_title
     d = Path(folder) / "adapters" / system
@@ -78,10 +83,11 @@ def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
     for ext in ("png", "pdf"): fig.savefig(Path(out) / f"train_curves.{ext}", dpi=110)
     ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
     start = {"eval_loss": math.log(2), "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.0}
+    first_step, last_step = (int(ev.step.iloc[0]), int(ev.step.iloc[-1])) if len(ev) else (None, None)
+    def at(key, i): return ev[key].iloc[i] if len(ev) else None
     return pd.DataFrame([{"metric": name, "held_out_pairs": info["data"]["eval_rows"], "step_0": start[k],
-                          "first_eval_step": int(ev.step.iloc[0]) if len(ev) else None, "first_eval": ev[k].iloc[0] if len(ev) else None,
-                          "last_step": int(ev.step.iloc[-1]) if len(ev) else None, "last_eval": ev[k].iloc[-1] if len(ev) else None}
-                         for k, name in HELD_OUT.items()])
+                          "first_eval_step": first_step, "first_eval": at(k, 0), "last_step": last_step,
+                          "last_eval": at(k, -1)} for k, name in HELD_OUT.items()])
 
 # %% ../nbs/89_demo.ipynb #c80132946
 def _comparison(systems, items, languages, seed: int) -> pd.DataFrame:
@@ -140,26 +146,30 @@ STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
 
 # %% ../nbs/89_demo.ipynb #1934ae25
 def run_demo(out="reports/demo", profile="demo", until: str = "report", release=None, **overrides) -> dict:
-    "Run the main stages of `profile` (with `overrides`, see `calm.profile.override`) into `out/_run` up to `until`, then the report; returns `{name: path}` and this call's stage seconds under `timings`."
+    "Run the main stages of `profile` with `overrides` into `out/_run` up to `until`, then the report."
     if until not in STAGES: raise ValueError(f"until must be one of {STAGES}, not {until!r}")
-    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only its results
     p = override(profile if isinstance(profile, Profile) else load_profile(profile), **overrides)
     out = make_dir(out); run_dir = out / "_run"
     paths = {} if p.testbed is not None else {"data_summary": data_summary(p, out, release)}
     stop = STAGES.index(until)
     first = (p.models[0], p.datasets[0].name)
+    def step_of(stage: str) -> str: return {"results": "evaluate"}.get(stage.split(":")[0], stage.split(":")[0])
     stages = profile_stages(p, run_dir) if p.testbed is not None else \
         [st for st in profile_stages(p, run_dir, release)
-         if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.name.split(":")[0], st.name.split(":")[0])) <= stop]
+         if st.main and (st.model, st.dataset) == first and STAGES.index(step_of(st.name)) <= stop]
     took = run_stages(stages, run_dir) if stages else {}
     if until == "report":
         paths["report"] = write_testbed_report(testbed_folder(p, run_dir), p, out) if p.testbed is not None \
             else write_main_report(p, out, run_dir, release)
     d = p.datasets[0]
-    inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)), "questions": n}
+    inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)),
+                                "questions": n}
               for s, n in (("train", d.train_questions), ("test", d.test_questions))}
-    config = {"job": "demo", "until": until, "profile": p.file.name, **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}}
+    config = {"job": "demo", "until": until, "profile": p.file.name,
+              **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}}
     outputs = [f for f in sorted(out.iterdir()) if f.is_file() and f.suffix in (".csv", ".md", ".tex", ".png", ".pdf")
                and f.name != "README.md" and not f.name.startswith(".")]
-    paths["manifest"] = write_job_manifest(out / "main_job_manifest.json", config, {**inputs, "stage_log": "_run/stages.json"}, outputs)
+    paths["manifest"] = write_job_manifest(out / "main_job_manifest.json", config,
+                                           {**inputs, "stage_log": "_run/stages.json"}, outputs)
     return {**paths, "timings": {k.rsplit("/", 1)[1]: v for k, v in took.items()}}
