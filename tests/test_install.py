@@ -44,8 +44,9 @@ RESOURCE_MODULES = ("cli", "data", "loaders", "notebooks", "passages", "profile"
 def test_package_data_covers_every_shipped_file():
     import fnmatch
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["calm"]
-    shipped = [p.relative_to(ROOT / "calm").as_posix() for d in ("bundled", "profiles") for p in (ROOT / "calm" / d).rglob("*") if p.is_file()]
-    assert {"bundled/demo/train.jsonl", "bundled/demo/test.jsonl", "bundled/corpus/questions.jsonl", "profiles/demo.yaml", "profiles/paper.yaml"} <= set(shipped)
+    shipped = [p.relative_to(ROOT / "calm").as_posix() for d in ("bundled", "profiles", "templates") for p in (ROOT / "calm" / d).rglob("*") if p.is_file()]
+    assert {"bundled/demo/train.jsonl", "bundled/demo/test.jsonl", "bundled/corpus/questions.jsonl", "profiles/demo.yaml", "profiles/paper.yaml",
+            "templates/main_job.md.j2", "templates/testbed_report.md.j2"} <= set(shipped)
     assert [f for f in shipped if not any(fnmatch.fnmatch(f, g.replace("**/", "*")) for g in globs)] == []
 
 
@@ -75,6 +76,8 @@ from calm.passages import bundled_questions
 from calm.profile import load_profile
 from calm.testbed_data import testbed_items
 assert len(testbed_items("validation", ["en", "es"])) > 0
+from importlib import resources
+assert resources.files("calm").joinpath("templates", "main_job.md.j2").is_file()
 print(calm.__file__)
 print(len(demo_items("test")), len(bundled_questions()) > 0, load_profile("demo").name, load_profile("paper").name)
 with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()
