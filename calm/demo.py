@@ -13,12 +13,18 @@ import pandas as pd
 
 from .data import fingerprint, summarize
 from .files import make_dir, write_atomic
+from .models import inference_dtype
+from .voting import canonical_records, winning_share_by_language
+from .pairs import pair_quality_table
+from .training import plot_train_curves, run_title
+from .evaluation import compare_systems, results_table
+from .reports import percent_text, render_report, round_table, write_table
+from .figures import accuracy_bars, options_k
 from .profile import Profile, load_profile, override
-from .reports import percent_text, round_table, write_table
-from .pipeline import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
-from .run_results import run_views
 from .stages import profile_items
 from .testbed import write_testbed_report
+from .pipeline import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
+from .run_results import run_views
 
 # %% auto #0
 __all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'training_curves',
@@ -26,48 +32,50 @@ __all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 
 
 # %% ../nbs/91_demo.ipynb #c53184255
 def figure_results(table: pd.DataFrame, languages, path_stem, n: int | None = None, k: int | None = None):
-    "Per-language accuracy and ACC_avg per system (`calm.figures.accuracy_bars`: system colours, 95% intervals over `n` questions, chance line 1/k); PNG and PDF."
-    from calm.figures import accuracy_bars
-    return accuracy_bars(table, list(languages), n=n, k=k, path_stem=path_stem, title="Demo: base vs SFT vs CALM on held-out questions")
+    "Per-language accuracy and ACC_avg per system (`calm.figures.accuracy_bars`), as PNG and PDF."
+    return accuracy_bars(table, list(languages), n=n, k=k, path_stem=path_stem,
+                         title="Demo: base vs SFT vs CALM on held-out questions")
 
 # %% ../nbs/91_demo.ipynb #c98118186
 def vote_stats(st: dict, languages) -> pd.DataFrame:
     "Per language and for the vote: decided samples, agreement with the vote, parse rate, first-sample accuracy."
-    from calm.voting import canonical_records, winning_share_by_language
     recs, votes, gold, items = st["records"], st["votes"], st["gold"], st.get("items")
     ws = winning_share_by_language(recs, votes, languages, items=items).set_index("lang")
     first = canonical_records(recs[recs["sample"] == 0], items or [])      # canonical letters, as the gold and the vote
     stats = pd.DataFrame({"decided_samples": ws.samples, "agree_with_vote": ws.share,
                           "parsed": recs.groupby("lang").letter.agg(lambda s: s.notna().mean()),
-                          "first_sample_accuracy": (first.letter == first.qid.map(gold)).groupby(first.lang).mean()}).reindex(languages)
+                          "first_sample_accuracy": (first.letter == first.qid.map(gold)).groupby(first.lang).mean()})
+    stats = stats.reindex(languages)
     stats = stats.rename_axis("lang").reset_index()
-    stats.loc[len(stats)] = {"lang": "vote", "decided_samples": int(ws.samples.sum()), "agree_with_vote": float(votes.share.mean()),
-                             "parsed": float(recs.letter.notna().mean()), "first_sample_accuracy": float((votes.winner == votes.qid.map(gold)).mean())}
+    stats.loc[len(stats)] = {"lang": "vote", "decided_samples": int(ws.samples.sum()),
+                             "agree_with_vote": float(votes.share.mean()), "parsed": float(recs.letter.notna().mean()),
+                             "first_sample_accuracy": float((votes.winner == votes.qid.map(gold)).mean())}
     return stats
 
 # %% ../nbs/91_demo.ipynb #cbfd6753
 def stage_times(run_dir, prefix: str) -> pd.DataFrame:
-    "Seconds per stage of one run, as the run that computed each stage measured them (a rerun that reuses a stage keeps them)."
+    "Seconds per stage of one run, as the run that computed each stage measured them."
     log = {k[len(prefix):]: v for k, v in read_stage_log(run_dir).items() if k.startswith(prefix)}
-    return pd.DataFrame([{"stage": k, "seconds": f"{v['seconds']:.2f}", "note": "nothing to write" if v["status"] == "no output" else ""}
-                         for k, v in log.items()])
+    return pd.DataFrame([{"stage": k, "seconds": f"{v['seconds']:.2f}",
+                          "note": "nothing to write" if v["status"] == "no output" else ""} for k, v in log.items()])
 
 # %% ../nbs/91_demo.ipynb #c09435005
 def data_summary(p: Profile, out, release=None) -> Path:
     "`out/data_summary.{csv,md}`: the first dataset's train and test questions per language."
     d = p.datasets[0]
-    table = pd.concat([summarize(profile_items(asdict(d), s, release)).assign(split=s) for s in ("train", "test")], ignore_index=True)
+    table = pd.concat([summarize(profile_items(asdict(d), s, release)).assign(split=s) for s in ("train", "test")],
+                      ignore_index=True)
     return write_table(table[["split"] + [c for c in table.columns if c != "split"]], Path(out) / "data_summary")[0]
 
 # %% ../nbs/91_demo.ipynb #c61735120
-HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin", "eval_rewards/accuracies": "held-out preference accuracy"}
+HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out reward margin",
+            "eval_rewards/accuracies": "held-out preference accuracy"}
 "DPO's held-out metrics (TRL's `eval_` log keys) the report shows before and after training."
 
 # %% ../nbs/91_demo.ipynb #3d0b6bd3
 def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
-    "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder` (train and held-out loss, reward margin, preference accuracy) and its held-out metrics before (step 0: the policy is the reference, so loss ln 2, margin 0, accuracy 0) and after training."
+    "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder`, and its held-out metrics before and after."
     import json, math
-    from calm.figures import plot_train_curves, run_title
     d = Path(folder) / "adapters" / system
     if not (d / "train_log.csv").is_file(): return pd.DataFrame()
     try: log = pd.read_csv(d / "train_log.csv")
@@ -78,21 +86,21 @@ def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
     for ext in ("png", "pdf"): fig.savefig(Path(out) / f"train_curves.{ext}", dpi=110)
     ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
     start = {"eval_loss": math.log(2), "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.0}
+    first_step, last_step = (int(ev.step.iloc[0]), int(ev.step.iloc[-1])) if len(ev) else (None, None)
+    def at(key, i): return ev[key].iloc[i] if len(ev) else None
     return pd.DataFrame([{"metric": name, "held_out_pairs": info["data"]["eval_rows"], "step_0": start[k],
-                          "first_eval_step": int(ev.step.iloc[0]) if len(ev) else None, "first_eval": ev[k].iloc[0] if len(ev) else None,
-                          "last_step": int(ev.step.iloc[-1]) if len(ev) else None, "last_eval": ev[k].iloc[-1] if len(ev) else None}
-                         for k, name in HELD_OUT.items()])
+                          "first_eval_step": first_step, "first_eval": at(k, 0), "last_step": last_step,
+                          "last_eval": at(k, -1)} for k, name in HELD_OUT.items()])
 
 # %% ../nbs/91_demo.ipynb #c80132946
 def _comparison(systems, items, languages, seed: int) -> pd.DataFrame:
-    from calm.evaluation import compare_systems
-    comps = [compare_systems(systems["base"], systems[s], items, languages, n_boot=1000, seed=seed).assign(system=s) for s in systems if s != "base"]
+    comps = [compare_systems(systems["base"], systems[s], items, languages, n_boot=1000, seed=seed).assign(system=s)
+             for s in systems if s != "base"]
     comp = pd.concat(comps, ignore_index=True) if comps else pd.DataFrame()
     return comp[["system"] + [c for c in comp.columns if c != "system"]] if len(comp) else comp
 
 def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
-    "The report of the profile's first run into `out`: `main_job.md`, results, comparison, figure, vote and parse tables; returns `main_job.md`."
-    from calm.evaluation import results_table
+    "The report of the profile's first run into `out`: `main_job.md`, its tables and figures; returns `main_job.md`."
     out, v = Path(out), run_views(p, run_dir, release)[0]
     st, L, d = v.state(), v.languages, p.datasets[0]
     systems = v.systems(("base", "SFT", "CALM"))
@@ -103,59 +111,32 @@ def write_main_report(p: Profile, out, run_dir, release=None) -> Path:
     comp = _comparison(systems, v.test_items, L, p.sampling.seed)
     if len(comp): write_table(comp.round(3), out / "comparison")
     n_q, votes = len({it.qid for it in v.test_items}), st["votes"]
-    from calm.figures import options_k
     figure_results(table, L, out / "results", n=n_q, k=options_k(v.test_items))
-    from calm.pairs import pair_quality_table
     quality = pair_quality_table(v.folder / "data", p.sampling.tie)
-    quality = round_table(quality, 2)                    # the prose below quotes this table
+    quality = round_table(quality, 2)                    # the prose quotes this table
     write_table(quality, out / "pair_quality")
-    steps = p.training.get("max_steps", -1)
-    from calm.models import inference_dtype
-    weights = f"sampled and answered in {inference_dtype(p.dtype) if p.backend == 'transformers' else p.dtype}"
-    lines = ["# Demo report", "",
-             f"Model `{v.model}` ({weights}); languages {', '.join(L)}; {d.train_questions} train questions x m={p.sampling.m} samples; "
-             f"{len(votes)} votes ({int(votes.tie.sum())} ties, policy `{p.sampling.tie}`); {len(st['pairs'])} DPO pairs; "
-             f"{steps if steps > 0 else 'all'} training steps per method; evaluated on {n_q} held-out questions "
-             f"({'greedy' if p.evaluation.greedy else 'sampled'}). Profile `{p.file.name}`.", "",
-             "## Results (Table 1 shape, percent)", "", (out / "results.md").read_text(encoding="utf-8"), ""]
-    if len(comp):
-        lines += ["## Trained system minus base (paired bootstrap over questions, percentage points)", "",
-                  (out / "comparison.md").read_text(encoding="utf-8"), ""]
-        verdicts = [f"- {r.system}: ACC_avg {r.a:.1f} -> {r.b:.1f} ({r['diff']:+.1f} points, 95% interval {r.ci_low:+.1f} to {r.ci_high:+.1f})"
-                    + (": no reliable change" if r.ci_low <= 0 <= r.ci_high else ": a reliable change") for _, r in comp[comp.metric == "ACC_avg"].iterrows()]
-        lines += ["## What this shows", "", *verdicts, "",
-                  f"With {n_q} questions and a small model trained for {steps if steps > 0 else 'a few'} steps, differences of a few points are "
-                  "noise: this run checks that the pipeline works end to end, not the paper's claim.", ""]
     q = quality.set_index("lang").loc["all"]
-    pct = percent_text
-    lines += ["## The DPO pairs", "",
-              f"Votes break ties by `{p.sampling.tie}`. Of {int(q.pairs)} pairs, {int(q.cot_pairs)} have a winning "
-              f"explanation in their own language as the chosen side, {int(q.option_pairs)} state the voted option in "
-              f"their language (no translator) and {int(q.translated_pairs)} a translated explanation; "
-              f"{pct(q.from_tied_votes)} come from tied votes, "
-              f"{pct(q.chosen_is_gold)} have a chosen answer that equals gold (gold is never used to build them), and "
-              f"{int(q.untranslated)} had a chosen side in another language with no translation: those are kept apart "
-              "(`data/calm_pairs_untranslated.jsonl`) and not trained on.", "", (out / "pair_quality.md").read_text(encoding="utf-8"), ""]
     curves = training_curves(v.folder, out)
-    if len(curves):
-        write_table(curves.round(4), out / "training_curves")
-        lines += ["## Training: does DPO learn? (CALM's held-out pairs)", "",
-                  "`train_curves.png`: DPO's loss, reward margin and preference accuracy per step, on the pairs it trains on and on the "
-                  "held-out pairs (whole train questions kept out of training). At step 0 the policy equals the reference, so the held-out loss "
-                  "is ln 2 = 0.693, the margin 0 and the accuracy 0.", "", curves.to_markdown(index=False, floatfmt=".4f"), "",
-                  "![training curves](train_curves.png)", ""]
+    if len(curves): write_table(curves.round(4), out / "training_curves")
     parsed = pd.DataFrame({name: r.groupby("lang").letter.agg(lambda x: 100 * x.notna().mean()).reindex(L)
                            for name, r in systems.items()}).T.rename_axis("system").reset_index()
     write_table(parsed.round(1), out / "parse_rates")
-    times = stage_times(run_dir, f"{v.folder.parent.name}/{v.dataset}/")
-    lines += ["## Answers with a parsable letter (percent; unparsed answers count as wrong)", "",
-              (out / "parse_rates.md").read_text(encoding="utf-8"), "",
-              "## Files", "", "- `data_summary.md`: the questions per split and language", "- `vote_stats.md`: parse rate, first-sample accuracy and agreement with the vote per language",
-              "- `results.{csv,md,tex}`, `results.png/.pdf`, `comparison.{csv,md}`, `main_job_manifest.json`",
-              f"- the stores (not committed): `_run/{v.folder.parent.name}/{v.dataset}/` (samples, `votes.csv`, `data/`, `adapters/<system>/`, `eval/<system>/`)", "",
-              "## Stage times (s)", "", "Each stage's time is that of the run that computed it (a rerun that finds a stage's files done keeps it); `nothing to write`: e.g. a system without training rows. `_run/stages.json` says whether the last run reused each stage.", "",
-              times.to_markdown(index=False) if len(times) else "(no stage ran)", ""]
-    return write_atomic(out / "main_job.md", "\n".join(lines))
+    store = f"{v.folder.parent.name}/{v.dataset}"
+    times = stage_times(run_dir, f"{store}/")
+    def table_md(name): return (out / f"{name}.md").read_text(encoding="utf-8")
+    text = render_report(
+        "main_job.md.j2", model=v.model, dtype=inference_dtype(p.dtype) if p.backend == "transformers" else p.dtype,
+        languages=L, train_questions=d.train_questions, m=p.sampling.m, votes=len(votes), ties=int(votes.tie.sum()),
+        tie=p.sampling.tie, pairs=len(st["pairs"]), steps=p.training.get("max_steps", -1), questions=n_q,
+        greedy=p.evaluation.greedy, profile=p.file.name, results_md=table_md("results"),
+        comparison_md=table_md("comparison") if len(comp) else "",
+        acc_avg=comp[comp.metric == "ACC_avg"].to_dict("records") if len(comp) else [],
+        quality={**{k: int(q[k]) for k in ("pairs", "cot_pairs", "option_pairs", "translated_pairs", "untranslated")},
+                 **{k: percent_text(q[k]) for k in ("from_tied_votes", "chosen_is_gold")}},
+        pair_quality_md=table_md("pair_quality"), parse_rates_md=table_md("parse_rates"), store=store,
+        curves_md=curves.to_markdown(index=False, floatfmt=".4f") if len(curves) else "",
+        stage_times_md=times.to_markdown(index=False) if len(times) else "")
+    return write_atomic(out / "main_job.md", text)
 
 # %% ../nbs/91_demo.ipynb #c35199015
 STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
@@ -163,26 +144,30 @@ STAGES = ("data", "sample", "vote", "pairs", "train", "evaluate", "report")
 
 # %% ../nbs/91_demo.ipynb #1934ae25
 def run_demo(out="reports/demo", profile="demo", until: str = "report", release=None, **overrides) -> dict:
-    "Run the main stages of `profile` (with `overrides`, see `calm.profile.override`) into `out/_run` up to `until`, then the report; returns `{name: path}` and this call's stage seconds under `timings`."
+    "Run the main stages of `profile` with `overrides` into `out/_run` up to `until`, then the report."
     if until not in STAGES: raise ValueError(f"until must be one of {STAGES}, not {until!r}")
-    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only its results
     p = override(profile if isinstance(profile, Profile) else load_profile(profile), **overrides)
     out = make_dir(out); run_dir = out / "_run"
     paths = {} if p.testbed is not None else {"data_summary": data_summary(p, out, release)}
     stop = STAGES.index(until)
     first = (p.models[0], p.datasets[0].name)
+    def step_of(st) -> str: return {"results": "evaluate"}.get(st.id.step, st.id.step)
     stages = profile_stages(p, run_dir) if p.testbed is not None else \
         [st for st in profile_stages(p, run_dir, release)
-         if st.main and (st.model, st.dataset) == first and STAGES.index({"results": "evaluate"}.get(st.id.step, st.id.step)) <= stop]
+         if st.main and (st.model, st.dataset) == first and STAGES.index(step_of(st)) <= stop]
     took = run_stages(stages, run_dir) if stages else {}
     if until == "report":
         paths["report"] = write_testbed_report(testbed_folder(p, run_dir), p, out) if p.testbed is not None \
             else write_main_report(p, out, run_dir, release)
     d = p.datasets[0]
-    inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)), "questions": n}
+    inputs = {f"{d.name}_{s}": {"source": d.source, "fingerprint": fingerprint(profile_items(asdict(d), s, release)),
+                                "questions": n}
               for s, n in (("train", d.train_questions), ("test", d.test_questions))}
-    config = {"job": "demo", "until": until, "profile": p.file.name, **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}}
+    config = {"job": "demo", "until": until, "profile": p.file.name,
+              **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}}
     outputs = [f for f in sorted(out.iterdir()) if f.is_file() and f.suffix in (".csv", ".md", ".tex", ".png", ".pdf")
                and f.name != "README.md" and not f.name.startswith(".")]
-    paths["manifest"] = write_job_manifest(out / "main_job_manifest.json", config, {**inputs, "stage_log": "_run/stages.json"}, outputs)
+    paths["manifest"] = write_job_manifest(out / "main_job_manifest.json", config,
+                                           {**inputs, "stage_log": "_run/stages.json"}, outputs)
     return {**paths, "timings": {k.rsplit("/", 1)[1]: v for k, v in took.items()}}

@@ -13,17 +13,19 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 
 from .files import make_dir, package_versions, write_atomic
 
 # %% auto #0
-__all__ = ['INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table', 'percent_text', 'determining_settings',
-           'settings_hash', 'code_version', 'write_manifest', 'project_root', 'notebook_parameters']
+__all__ = ['INFORMATIONAL_KEYS', 'write_table', 'round_half_up', 'round_table', 'percent_text', 'render_report',
+           'determining_settings', 'settings_hash', 'code_version', 'write_manifest', 'project_root',
+           'notebook_parameters']
 
 # %% ../nbs/80_reports.ipynb #442887cf
 def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = ".2f") -> list[Path]:
-    "Write `df` as `stem.csv`, `stem.md` and/or `stem.tex`, each atomically (`calm.files.write_atomic`); returns the paths written."
+    "Write `df` as `stem.csv`, `stem.md` and/or `stem.tex`, each atomically; returns the paths written."
     stem = Path(stem); make_dir(stem.parent)
     out = []
     for fmt in formats:
@@ -37,20 +39,28 @@ def write_table(df: pd.DataFrame, stem, formats=("csv", "md"), floatfmt: str = "
 
 # %% ../nbs/80_reports.ipynb #07ad3279
 def round_half_up(x, digits: int = 0):
-    "`x` to `digits` decimals, halves away from zero on its shortest decimal form (0.615 -> 0.62), as a reader rounds; None, NaN stay."
+    "`x` to `digits` decimals, halves away from zero on its shortest decimal form (0.615 -> 0.62); None, NaN stay."
     if x is None or pd.isna(x): return x
     return float(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 # %% ../nbs/80_reports.ipynb #a07f7cef
 def round_table(df: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    "`df` with every float column through `round_half_up`: the table `write_table` writes and the prose beside it quotes."
-    return df.assign(**{c: df[c].map(lambda x: round_half_up(x, digits)) for c in df.columns if pd.api.types.is_float_dtype(df[c])})
+    "`df` with every float column through `round_half_up`: the table that is written and that the prose quotes."
+    return df.assign(**{c: df[c].map(lambda x: round_half_up(x, digits))
+                        for c in df.columns if pd.api.types.is_float_dtype(df[c])})
 
 # %% ../nbs/80_reports.ipynb #9a33612e
 def percent_text(x, digits: int = 0, scale: int = 100) -> str:
     "`x` (a share; `scale=1`: already in percent) as text like `62%`, by `round_half_up`; `n/a` for None or NaN."
     if x is None or pd.isna(x): return "n/a"
     return f"{round_half_up(Decimal(repr(float(x))) * scale, digits):.{digits}f}%"
+
+# %% ../nbs/80_reports.ipynb #6a26acee
+def render_report(template: str, **context) -> str:
+    "The text of template `calm/templates/<template>` filled with `context`; a missing value is an error."
+    env = jinja2.Environment(loader=jinja2.PackageLoader("calm", "templates"), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    return env.get_template(template).render(**context)
 
 # %% ../nbs/80_reports.ipynb #422f75cf
 INFORMATIONAL_KEYS = ("job", "until", "profile", "file", "description", "estimate", "notebooks")
@@ -103,7 +113,7 @@ import types
 import typing
 
 def project_root(start=None) -> Path:
-    "The folder holding `settings.ini` at or above `start`; by default above the `calm` package, else above the working directory."
+    "The folder holding `settings.ini` at or above `start`; by default above the `calm` package, else above the cwd."
     import calm
     starts = [Path(start)] if start is not None else [Path(calm.__file__).resolve().parent, Path.cwd()]
     for s in starts:
@@ -125,7 +135,8 @@ def _convert(name: str, value, kind, root: Path):
             try: return _convert(name, value, k, root)
             except ValueError as e: errors.append(str(e))
         raise ValueError(errors[0] if len(errors) == 1 else f"parameter {name!r}: {value!r} fits none of {kind}")
-    bad = lambda: ValueError(f"parameter {name!r}: expected {getattr(kind, '__name__', kind)}, got {value!r} ({type(value).__name__})")
+    bad = lambda: ValueError(f"parameter {name!r}: expected {getattr(kind, '__name__', kind)}, "
+                             f"got {value!r} ({type(value).__name__})")
     if kind is Path:
         if not isinstance(value, (str, Path)) or not str(value).strip(): raise bad()
         p = Path(value).expanduser()
@@ -137,7 +148,8 @@ def _convert(name: str, value, kind, root: Path):
         return [_convert(name, v, inner, root) for v in value]
     if kind is bool:
         if isinstance(value, bool): return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"): return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
         raise bad()
     if kind is int:
         if isinstance(value, bool): raise bad()
@@ -158,9 +170,10 @@ def _convert(name: str, value, kind, root: Path):
 
 # %% ../nbs/80_reports.ipynb #870b32b8
 def notebook_parameters(ns: dict, inputs: typing.Sequence[str] = (), root=None) -> dict:
-    "An experiment notebook's parameters from its `globals()`: unknown names rejected, values converted to their annotations, `inputs` checked to exist."
+    "An experiment notebook's parameters from its `globals()`, each converted to its annotation; `inputs` must exist."
     declared = dict(ns.get("__annotations__", {}))
-    if not declared: raise ValueError("the parameters cell declares no annotated parameters (write `name: type = default`)")
+    if not declared:
+        raise ValueError("the parameters cell declares no annotated parameters (write `name: type = default`)")
     unknown = sorted(k for k, v in ns.items() if not k.startswith("_") and k not in declared and k not in _IPYTHON_NAMES
                      and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
                      and type(v).__module__ != "typing")                # e.g. `Optional`, imported for the annotations
@@ -173,5 +186,6 @@ def notebook_parameters(ns: dict, inputs: typing.Sequence[str] = (), root=None) 
         paths = out[k] if isinstance(out[k], list) else [out[k]]
         for p in paths:
             if p is not None and not Path(p).exists():
-                raise FileNotFoundError(f"parameter {k!r}: {p} does not exist (relative paths are read from the project root {root})")
+                raise FileNotFoundError(f"parameter {k!r}: {p} does not exist "
+                                        f"(relative paths are read from the project root {root})")
     return out

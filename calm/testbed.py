@@ -19,28 +19,29 @@ from .evaluation import answer_matrix
 from .files import make_dir, write_atomic
 from .likelihood import as_scorer, likelihood_row
 from .metrics import excess_consistency, paired_bootstrap, paired_bootstrap_stat
-from .option_pairs import (gold_choice, language_choice, option_pairs, option_sft_rows, permuted_choice, same_budget,
-                               vote_choice)
-from .option_votes import choose_by_gate, gate_row, gold_canonical, option_answers, option_scores, option_vote, short_prompts
+from .option_pairs import (gold_choice, language_choice, option_pairs, option_sft_rows, permuted_choice,
+                               same_budget, vote_choice)
+from .option_votes import (choose_by_gate, gate_row, gold_canonical, option_answers, option_scores, option_vote,
+                               short_prompts)
 from .prompts import PromptBuilder
 from .models import resolve_model
 from .profile import ENDPOINTS, SETTINGS, TestbedSettings, check_testbed
-from .reports import write_table
+from .reports import render_report, write_table
 from .stages import first_questions, profile_backend, profile_items, run_slug
 from .store import weights_sha256
 from .training import TrainConfig, train
 
 # %% auto #0
-__all__ = ['HELD_OUT', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'scorer_for', 'score_split',
-           'read_choice', 'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name', 'run_testbed_pairs',
-           'read_rows', 'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat', 'holm', 'minimum_effect',
-           'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note', 'systems_table', 'run_answers',
-           'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables', 'testbed_figure', 'testbed_readme',
-           'write_testbed_report']
+__all__ = ['HELD_OUT', 'REPORT_TABLES', 'testbed_builder', 'model_tokenizer', 'split_items', 'cached_scores', 'scorer_for',
+           'score_split', 'read_choice', 'run_gate', 'system_adapter', 'run_score', 'read_scores', 'round_name',
+           'run_testbed_pairs', 'read_rows', 'system_method', 'run_testbed_train', 'answer_codes', 'endpoint_stat',
+           'holm', 'minimum_effect', 'compare_endpoint', 'endpoint_table', 'verdict', 'upper_bound_note',
+           'systems_table', 'run_answers', 'exploratory_table', 'held_out_table', 'vote_accuracy', 'testbed_tables',
+           'testbed_figure', 'testbed_readme', 'write_testbed_report']
 
 # %% ../nbs/86_testbed.ipynb #5166dced
 def testbed_builder(tokenizer, dataset: dict) -> PromptBuilder:
-    "Short prompts in the dataset's languages; base models get one worked example per language from the last train question."
+    "Short prompts in the dataset's languages; base models get a worked example per language (the last train question)."
     langs = list(dataset["languages"])
     kw = {}
     if not getattr(tokenizer, "chat_template", None):
@@ -76,7 +77,7 @@ def cached_scores(path, key: dict, compute) -> pd.DataFrame:
 @lru_cache(maxsize=2)
 def scorer_for(model: str, adapter: str | None = None, adapter_sha256: str | None = None, backend: str = "transformers",
                dtype: str = "auto", batch_size: int = 16):
-    "The option scorer of `model` with `adapter` (a folder, or None; its weights' hash keys the cache), loaded once per process."
+    "The option scorer of `model` with `adapter` (a folder, or None), loaded once per process."
     b = profile_backend(backend, model, adapter, dtype)
     return as_scorer(b, batch_size=batch_size) if backend == "transformers" else as_scorer(b)
 
@@ -89,7 +90,8 @@ def score_split(path, model: str, items, dataset: dict, scoring: str, adapter=No
            "languages": list(dataset["languages"])}
     def compute():
         scorer = scorer_for(model, str(adapter) if adapter else None, sha, backend, dtype, batch_size)
-        print(f"scoring {len(items)} prompts ({scoring}) with {model}{' + ' + Path(adapter).name if adapter else ''}", flush=True)
+        with_adapter = f" + {Path(adapter).name}" if adapter else ""
+        print(f"scoring {len(items)} prompts ({scoring}) with {model}{with_adapter}", flush=True)
         return option_scores(items, dataset["languages"], scorer, testbed_builder(scorer.tokenizer, dataset), scoring)
     return cached_scores(path, key, compute)
 
@@ -103,23 +105,28 @@ def read_choice(out) -> dict:
 # %% ../nbs/86_testbed.ipynb #b8fe7f16
 def run_gate(out, models, dataset: dict, testbed: dict, backend: str = "transformers", dtype: str = "auto",
              batch_size: int = 16) -> Path:
-    "Stage `gate`: every model and scoring on validation questions (`gate/gate.csv`) and the choice (`gate/choice.json`)."
+    "Stage `gate`: every model and scoring on validation questions (`gate/gate.csv`), and the choice (`choice.json`)."
     s = check_testbed(testbed); out = Path(out)
     items = split_items(dataset, "validation", s.validation_questions)
     rows = []
     for m in models:
         for sc in s.scorings:
-            scores = score_split(out / "gate" / run_slug(m) / f"{sc}.csv", m, items, dataset, sc, None, backend, dtype, batch_size)
-            rows.append({"model": m, "scoring": sc, **gate_row(scores, items, dataset["languages"], s.best_min, s.gain_min, s.vote)})
+            scores = score_split(out / "gate" / run_slug(m) / f"{sc}.csv", m, items, dataset, sc, None, backend, dtype,
+                                 batch_size)
+            rows.append({"model": m, "scoring": sc,
+                         **gate_row(scores, items, dataset["languages"], s.best_min, s.gain_min, s.vote)})
     gate = pd.DataFrame(rows)
     write_atomic(out / "gate" / "gate.csv", gate.to_csv(index=False))
     best = choose_by_gate(gate)
-    choice = {"passes": best is not None, "best_min": s.best_min, "gain_min": s.gain_min, "questions": len({it.qid for it in items})}
+    choice = {"passes": best is not None, "best_min": s.best_min, "gain_min": s.gain_min,
+              "questions": len({it.qid for it in items})}
     if best is not None:
-        choice.update(model=best.model, scoring=best.scoring, best_lang=best.best_lang, vote_error=float(best.vote_error),
-                      pair_flip=float(best.pair_flip), vote_acc=float(best.vote_acc), mean_acc=float(best.mean_acc))
+        choice.update(model=best.model, scoring=best.scoring, best_lang=best.best_lang,
+                      vote_error=float(best.vote_error), pair_flip=float(best.pair_flip), vote_acc=float(best.vote_acc),
+                      mean_acc=float(best.mean_acc))
     write_atomic(out / "gate" / "choice.json", json.dumps(choice, indent=1) + "\n")
-    print("gate:", "passes: " + f"{choice['model']} ({choice['scoring']})" if best is not None else "no model and scoring passes", flush=True)
+    said = f"passes: {choice['model']} ({choice['scoring']})" if best is not None else "no model and scoring passes"
+    print("gate:", said, flush=True)
     return out / "gate"
 
 # %% ../nbs/86_testbed.ipynb #863a0252
@@ -129,13 +136,15 @@ def system_adapter(out, system: str) -> Path | None:
 
 def run_score(out, system: str, split: str, dataset: dict, backend: str = "transformers", dtype: str = "auto",
               batch_size: int = 16) -> Path | None:
-    "Stage `score:<system>@<split>`: the system's option scores of the train or test questions, to `scores/<system>@<split>.csv`."
+    "Stage `score:<system>@<split>`: the system's option scores of a split, to `scores/<system>@<split>.csv`."
     ch, out = read_choice(out), Path(out)
     if not ch["passes"]: print(f"{out}: no model passed the gate: nothing scored"); return None
     adapter = system_adapter(out, system)
-    if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        print(f"{out}: {system} was not trained"); return None
     f = out / "scores" / f"{system}@{split}.csv"
-    score_split(f, ch["model"], split_items(dataset, split), dataset, ch["scoring"], adapter, backend, dtype, batch_size)
+    score_split(f, ch["model"], split_items(dataset, split), dataset, ch["scoring"], adapter, backend, dtype,
+                batch_size)
     return f
 
 # %% ../nbs/86_testbed.ipynb #bd61942a
@@ -150,7 +159,7 @@ def round_name(system: str, round: int) -> str:
     return system if round == 1 else f"{system}-r{round}"
 
 def run_testbed_pairs(out, dataset: dict, testbed: dict, round: int = 1) -> Path | None:
-    "Stage `pairs` (round 1) or `pairs:r2`: votes on the train questions and each system's rows under `data/` (`counts.csv`)."
+    "Stage `pairs` (round 1) or `pairs:r2`: the vote on the train questions, each system's rows in `data/`."
     s, out = check_testbed(testbed), Path(out)
     ch = read_choice(out)
     if not ch["passes"]: print(f"{out}: no model passed the gate: no pairs"); return None
@@ -160,15 +169,16 @@ def run_testbed_pairs(out, dataset: dict, testbed: dict, round: int = 1) -> Path
     builder = testbed_builder(model_tokenizer(ch["model"]), dataset)
     answers, votes = option_answers(scores), option_vote(scores, dataset["languages"], s.vote)
     write_atomic(out / f"votes{'' if round == 1 else f'_r{round}'}.csv", votes.to_csv(index=False))
-    choices = {"CALM": vote_choice(votes), "CALM-robust": vote_choice(votes), "permuted": permuted_choice(votes, s.seed),
-               "english": language_choice(answers, "en"), "gold": gold_choice(items)}
+    choices = {"CALM": vote_choice(votes), "CALM-robust": vote_choice(votes),
+               "permuted": permuted_choice(votes, s.seed), "english": language_choice(answers, "en"),
+               "gold": gold_choice(items)}
     systems = [x for x in s.systems if x in choices] if round == 1 else ["CALM"]
     frames = {x: option_pairs(answers, choices[x], items, builder, chosen_by=x, scoring=ch["scoring"]) for x in systems}
     n = len(frames["CALM"])
     for x in systems:
         if x not in ("CALM", "CALM-robust"): frames[x] = same_budget(frames[x], n, s.seed)
     if round == 1 and "SFT" in s.systems:
-        keys = set(zip(frames["CALM"].qid, frames["CALM"].lang))            # SFT on the votes, on the prompts CALM trains on
+        keys = set(zip(frames["CALM"].qid, frames["CALM"].lang))     # SFT on the votes, on the prompts CALM trains on
         a = answers[[k in keys for k in zip(answers.qid, answers.lang)]]
         frames["SFT"] = option_sft_rows(a, choices["CALM"], items, builder, ch["scoring"])
     d = make_dir(out / "data")
@@ -176,8 +186,11 @@ def run_testbed_pairs(out, dataset: dict, testbed: dict, round: int = 1) -> Path
     for x, f in frames.items():
         name = round_name(x, round)
         write_atomic(d / f"{name}.jsonl", f.to_json(orient="records", lines=True, force_ascii=False))
-        right = (f.chosen_letter == f.gold).mean() if "chosen_letter" in f and len(f) else (f.letter == f.qid.map(gold_choice(items))).mean() if len(f) else np.nan
-        counts.append({"system": name, "rows": len(f), "chosen_is_gold": float(right), "languages": f.lang.nunique() if len(f) else 0})
+        if not len(f): right = np.nan
+        elif "chosen_letter" in f: right = (f.chosen_letter == f.gold).mean()
+        else: right = (f.letter == f.qid.map(gold_choice(items))).mean()
+        counts.append({"system": name, "rows": len(f), "chosen_is_gold": float(right),
+                       "languages": f.lang.nunique() if len(f) else 0})
     write_atomic(d / f"counts{'' if round == 1 else f'_r{round}'}.csv", pd.DataFrame(counts).to_csv(index=False))
     return d
 
@@ -194,7 +207,7 @@ def system_method(system: str) -> str:
 
 # %% ../nbs/86_testbed.ipynb #3557397c
 def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: dict) -> Path | None:
-    "Stage `train:<system>`: the system's rows (or DCO's, built here), trained with the profile's budget, into `adapters/<system>`."
+    "Stage `train:<system>`: the system's rows trained with the profile's budget, into `adapters/<system>`."
     out = Path(out); ch = read_choice(out)
     if not ch["passes"]: print(f"{out}: no model passed the gate: nothing trained"); return None
     extra, method = {}, system_method(system)
@@ -210,7 +223,9 @@ def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: 
         frame = read_rows(out, "CALM" if system.startswith("CALM-robust") else system)
         if system.startswith("CALM-robust"):
             rate = ch["pair_flip"]
-            if not 0 <= rate < 0.5: print(f"{out}: the pairs' validation flip rate {rate:.3f} is not below 0.5: robust DPO cannot use it"); return None
+            if not 0 <= rate < 0.5:
+                print(f"{out}: the pairs' validation flip rate {rate:.3f} is not below 0.5: robust DPO cannot use it")
+                return None
             extra = {"loss_type": ["robust"], "label_smoothing": rate}
     if len(frame) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     cfg = TrainConfig(**{**training, **extra, "method": method, "model": ch["model"]})
@@ -219,11 +234,12 @@ def run_testbed_train(out, system: str, dataset: dict, training: dict, testbed: 
 # %% ../nbs/86_testbed.ipynb #d8597739
 def answer_codes(scores: pd.DataFrame, items, languages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "`(qids, pred, gold)` of a system's scores: (Q, L) canonical option codes and (Q,) gold codes."
-    return answer_matrix(option_answers(scores), [it for it in items if it.lang in languages], languages, agree_on="option")
+    return answer_matrix(option_answers(scores), [it for it in items if it.lang in languages], languages,
+                         agree_on="option")
 
 # %% ../nbs/86_testbed.ipynb #4e1469d2
 def endpoint_stat(endpoint: str, languages, best_lang: str):
-    "`(per_question, stat)`: a per-question function of (Q, L) correctness for means, or a whole-set function of answers."
+    "`(per_question, stat)`: a per-question function of (Q, L) correctness for means, or a function of all answers."
     others = [i for i, l in enumerate(languages) if l != best_lang]
     if endpoint == "nonbest_acc": return True, lambda correct: correct[:, others].mean(axis=1)
     if endpoint == "excess_consistency_2": return False, lambda pred: excess_consistency(pred, 2)
@@ -240,13 +256,14 @@ def holm(p_values) -> np.ndarray:
 
 # %% ../nbs/86_testbed.ipynb #34ce0640
 def minimum_effect(low: float, high: float, alpha_family: float, power: float = 0.8) -> float:
-    "The smallest true difference a two-sided test at `alpha_family` detects with `power`, from an interval at that level."
+    "The smallest true difference a two-sided test at `alpha_family` detects with `power`, from its interval."
     z = NormalDist().inv_cdf(1 - alpha_family / 2)
     return float((high - low) / (2 * z) * (z + NormalDist().inv_cdf(power)))
 
 # %% ../nbs/86_testbed.ipynb #2ec12857
-def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: str, alpha: float, n_boot: int, seed: int) -> dict:
-    "System b minus system a on one endpoint (points), with a paired bootstrap interval at `alpha` and a two-sided p-value."
+def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: str, alpha: float, n_boot: int,
+                     seed: int) -> dict:
+    "System b minus system a on one endpoint (points), with a paired bootstrap interval at `alpha` and a p-value."
     per_q, stat = endpoint_stat(endpoint, languages, best_lang)
     (qa, pa, ga), (qb, pb, gb) = a, b
     if list(qa) != list(qb): raise DataError("the two systems were scored on different questions", field="qid")
@@ -258,12 +275,13 @@ def compare_endpoint(endpoint: str, a: tuple, b: tuple, languages, best_lang: st
         bs = paired_bootstrap_stat(stat, pb, pa, n_boot=n_boot, alpha=alpha, seed=seed)
         va, vb = float(stat(pa)), float(stat(pb))
     p = min(1.0, 2 * min(bs.p_le_0, 1 - bs.p_le_0))
-    return {"endpoint": endpoint, "a": 100 * va, "b": 100 * vb, "diff": 100 * bs.diff, "ci_low": 100 * bs.low, "ci_high": 100 * bs.high,
+    return {"endpoint": endpoint, "a": 100 * va, "b": 100 * vb, "diff": 100 * bs.diff, "ci_low": 100 * bs.low,
+            "ci_high": 100 * bs.high,
             "p": max(p, 1 / n_boot), "questions": len(qa)}
 
 # %% ../nbs/86_testbed.ipynb #2ad60c84
 def endpoint_table(answers: dict, items_of: dict, languages, best_lang: str, s: TestbedSettings) -> pd.DataFrame:
-    "The pre-registered family: CALM minus the control on each endpoint in each setting, Holm-corrected, with the minimum effect."
+    "The pre-registered family: CALM minus the control on each endpoint and setting, Holm-corrected."
     m = len(s.endpoints) * len(s.settings)
     rows = []
     for setting in s.settings:
@@ -285,36 +303,45 @@ def endpoint_table(answers: dict, items_of: dict, languages, best_lang: str, s: 
 def verdict(endpoints: pd.DataFrame, control: str = "permuted") -> str:
     "One sentence from the pre-registered endpoints: which beat the control after Holm's correction, and which did not."
     if endpoints is None or len(endpoints) == 0: return "No endpoint was measured: CALM was not trained (see the gate)."
-    name = {"nonbest_acc": "accuracy in the languages other than the best one", "excess_consistency_2": "agreement across languages beyond option preference"}
+    name = {"nonbest_acc": "accuracy in the languages other than the best one",
+            "excess_consistency_2": "agreement across languages beyond option preference"}
     won = endpoints[endpoints.significant & (endpoints["diff"] > 0)]
     lost = endpoints[endpoints.significant & (endpoints["diff"] < 0)]
-    def say(r): return f"{name[r.endpoint]} ({r.setting.replace('_', '-')}: {r.diff:+.1f} points [{r.ci_low:+.1f}, {r.ci_high:+.1f}])"
+    def say(r):
+        setting = r.setting.replace("_", "-")
+        return f"{name[r.endpoint]} ({setting}: {r.diff:+.1f} points [{r.ci_low:+.1f}, {r.ci_high:+.1f}])"
     if len(won) and not len(lost):
         rest = len(endpoints) - len(won)
-        return (f"CALM beat the {control} control on {len(won)} of {len(endpoints)} pre-registered endpoints after Holm's correction: "
-                + "; ".join(say(r) for r in won.itertuples()) + (f"; the other {rest} showed no difference it could detect." if rest else "."))
+        return (f"CALM beat the {control} control on {len(won)} of {len(endpoints)} pre-registered endpoints after "
+                "Holm's correction: " + "; ".join(say(r) for r in won.itertuples())
+                + (f"; the other {rest} showed no difference it could detect." if rest else "."))
     if len(lost):
         return (f"CALM did worse than the {control} control on " + "; ".join(say(r) for r in lost.itertuples())
                 + f" ({len(won)} endpoint(s) in its favour), after Holm's correction.")
     mde = endpoints.mde.max()
-    return (f"CALM did not beat the {control} control on any of the {len(endpoints)} pre-registered endpoints after Holm's correction; "
+    return (f"CALM did not beat the {control} control on any of the {len(endpoints)} pre-registered endpoints after "
+            "Holm's correction; "
             f"the run could detect effects of about {mde:.1f} points or more.")
 
 # %% ../nbs/86_testbed.ipynb #2faed920
 def upper_bound_note(exploratory: pd.DataFrame, bound: str = "gold") -> str:
-    "A sentence on whether the upper bound (`bound` minus base, held out) moved any endpoint: what the run could show at all."
+    "A sentence on whether the upper bound (`bound` minus base, held out) moved any endpoint: what the run could show."
     if exploratory is None or len(exploratory) == 0: return ""
     r = exploratory[(exploratory.system == bound) & (exploratory.against == "base")]
     if r.empty: return f"The upper bound ({bound}) was not trained."
     moved = r[(r.ci_low > 0) | (r.ci_high < 0)]
-    say = "; ".join(f"{x.endpoint} ({x.setting.replace('_', '-')}): {x.diff:+.1f} [{x.ci_low:+.1f}, {x.ci_high:+.1f}]" for x in r.itertuples())
-    if len(moved): return f"The upper bound ({bound} answers chosen, same budget) moved {len(moved)} of {len(r)} endpoints against base: {say}."
-    return (f"The upper bound ({bound} answers chosen, same budget) moved none of the endpoints against base either ({say}): "
+    say = "; ".join(f"{x.endpoint} ({x.setting.replace('_', '-')}): {x.diff:+.1f} [{x.ci_low:+.1f}, {x.ci_high:+.1f}]"
+                    for x in r.itertuples())
+    if len(moved):
+        return (f"The upper bound ({bound} answers chosen, same budget) moved {len(moved)} of {len(r)} endpoints "
+                f"against base: {say}.")
+    return (f"The upper bound ({bound} answers chosen, same budget) moved none of the endpoints against base either "
+            f"({say}): "
             "with this training budget the run could not have shown an effect of the vote.")
 
 # %% ../nbs/86_testbed.ipynb #af1e50b7
 def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.DataFrame:
-    "One row per system, split and `agree_on` (option, letter): accuracy per language, ACC_avg, Consistency, its excess, RankC."
+    "One row per system, split and `agree_on` (option, letter): accuracy per language, ACC_avg, Consistency and more."
     rows = []
     for split in splits:
         items = split_items(dataset, split)
@@ -322,7 +349,8 @@ def systems_table(out, dataset: dict, systems, splits=("test", "train")) -> pd.D
             sc = read_scores(out, x, split)
             if sc is None: continue
             for agree in ("option", "letter"):
-                rows.append({"system": x, "split": split, **likelihood_row(sc, items, dataset["languages"], agree_on=agree)})
+                rows.append({"system": x, "split": split,
+                             **likelihood_row(sc, items, dataset["languages"], agree_on=agree)})
     return pd.DataFrame(rows)
 
 # %% ../nbs/86_testbed.ipynb #b3f3f39a
@@ -338,7 +366,7 @@ def run_answers(out, dataset: dict, systems) -> dict:
 
 # %% ../nbs/86_testbed.ipynb #aaf5457f
 def exploratory_table(answers: dict, languages, best_lang: str, s: TestbedSettings, against=("base",)) -> pd.DataFrame:
-    "Every system minus each of `against` on every endpoint and setting (points), unadjusted paired intervals: exploratory."
+    "Every system minus each of `against` on every endpoint and setting (points), unadjusted paired intervals."
     rows = []
     for setting, split in SETTINGS.items():
         for ref in against:
@@ -367,17 +395,20 @@ def held_out_table(out, systems) -> pd.DataFrame:
         info = json.loads((d / "calm_train_config.json").read_text(encoding="utf-8"))
         method = info["config"].get("method")
         ev = log.dropna(subset=["eval_loss"]) if "eval_loss" in log.columns else log.iloc[:0]
-        row = {"system": x, "method": method, "train_rows": info["data"].get("train_rows"), "held_out_rows": info["data"].get("eval_rows"),
+        row = {"system": x, "method": method, "train_rows": info["data"].get("train_rows"),
+               "held_out_rows": info["data"].get("eval_rows"),
                "steps": int(log.step.max()) if "step" in log and len(log) else None}
-        before = {"loss": np.log(2), "pref_acc": 0.0, "margin": 0.0} if method == "dpo" else {}   # step 0: the policy is the reference
+        # step 0: the policy is the reference
+        before = {"loss": np.log(2), "pref_acc": 0.0, "margin": 0.0} if method == "dpo" else {}
         for k, name in HELD_OUT.items():
-            if k in ev.columns and len(ev): row.update({f"{name}_before": before.get(name, np.nan), f"{name}_after": ev[k].iloc[-1]})
+            if k in ev.columns and len(ev):
+                row.update({f"{name}_before": before.get(name, np.nan), f"{name}_after": ev[k].iloc[-1]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/86_testbed.ipynb #bbb13a0a
 def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
-    "Per round: how often the vote on the train questions named the gold option, and how often English's answer did (read after the run)."
+    "Per round: how often the vote on the train questions named the gold option, and how often English's answer did."
     items = split_items(dataset, "train"); gold = gold_canonical(items)
     rows = []
     for rnd, (f, system) in enumerate((("votes.csv", "base"), ("votes_r2.csv", "CALM")), 1):
@@ -386,14 +417,15 @@ def vote_accuracy(out, dataset: dict) -> pd.DataFrame:
         v = pd.read_csv(p, dtype={"qid": str})
         a = option_answers(read_scores(out, system, "train"))
         en = a[a.lang == dataset["languages"][0]]
-        rows.append({"round": rnd, "scores_of": system, "questions": len(v), "vote_acc": float((v.winner == v.qid.map(gold)).mean()),
+        rows.append({"round": rnd, "scores_of": system, "questions": len(v),
+                     "vote_acc": float((v.winner == v.qid.map(gold)).mean()),
                      f"{dataset['languages'][0]}_acc": float((en.canonical == en.qid.map(gold)).mean()),
                      "mean_vote_share": float(v.vote_share.mean())})
     return pd.DataFrame(rows)
 
 # %% ../nbs/86_testbed.ipynb #b99f220d
 def testbed_tables(folder, p) -> dict:
-    "Every table of a testbed run in `folder` of profile `p`: gate, systems, endpoints, exploratory, pairs, training, votes, rounds."
+    "Every table of a testbed run in `folder` of profile `p` (`REPORT_TABLES`), its verdict and its upper-bound note."
     s, d = p.testbed, p.datasets[0]; ds = asdict(d)
     choice = read_choice(folder)
     systems = ["base"] + list(s.systems) + (["CALM-r2"] if s.rounds == 2 else [])
@@ -402,13 +434,15 @@ def testbed_tables(folder, p) -> dict:
     t = {"gate": pd.read_csv(Path(folder) / "gate" / "gate.csv"), "choice": choice}
     t["systems"] = systems_table(folder, ds, systems) if answers else pd.DataFrame()
     t["endpoints"] = endpoint_table(answers, {}, d.languages, best, s) if answers else pd.DataFrame()
-    t["exploratory"] = exploratory_table(answers, d.languages, best, s, ("base", s.control)) if answers else pd.DataFrame()
+    t["exploratory"] = exploratory_table(answers, d.languages, best, s, ("base", s.control)) if answers \
+        else pd.DataFrame()
     counts = sorted((Path(folder) / "data").glob("counts*.csv"))
     t["pairs"] = pd.concat([pd.read_csv(f) for f in counts]) if counts else pd.DataFrame()
     t["training"] = held_out_table(folder, systems[1:])
     t["vote_accuracy"] = vote_accuracy(folder, ds) if answers else pd.DataFrame()
     e = t["exploratory"]
-    t["rounds"] = e[e.system.isin(["CALM", "CALM-r2"]) & (e.against == "base")] if len(e) and s.rounds == 2 else pd.DataFrame()
+    t["rounds"] = e[e.system.isin(["CALM", "CALM-r2"]) & (e.against == "base")] if len(e) and s.rounds == 2 \
+        else pd.DataFrame()
     t["verdict"] = verdict(t["endpoints"], s.control)
     t["upper_bound"] = upper_bound_note(t["exploratory"])
     return t
@@ -424,7 +458,8 @@ def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     for ax, (setting, e) in zip(axes, panels):
         r = ref[(ref.setting == setting) & (ref.endpoint == e)]
         ax.bar(r.system, r["diff"], yerr=[r["diff"] - r.ci_low, r.ci_high - r["diff"]], color="#4c72b0", capsize=3)
-        ax.axhline(0, color="k", lw=0.8); ax.set_title(f"{e}\n({setting})", fontsize=9); ax.tick_params(axis="x", rotation=60, labelsize=8)
+        ax.axhline(0, color="k", lw=0.8); ax.set_title(f"{e}\n({setting})", fontsize=9)
+        ax.tick_params(axis="x", rotation=60, labelsize=8)
     axes[0].set_ylabel("minus base (points, 95% paired)")
     fig.tight_layout()
     for ext in ("png", "pdf"): fig.savefig(f"{path_stem}.{ext}", dpi=110)
@@ -432,43 +467,24 @@ def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     return Path(f"{path_stem}.png")
 
 # %% ../nbs/86_testbed.ipynb #38c25c29
-def _md(t: pd.DataFrame, digits: int = 2) -> str:
-    return t.round(digits).to_markdown(index=False) if len(t) else "(none)"
+REPORT_TABLES = {"gate": 3, "endpoints": 2, "systems": 1, "exploratory": 2, "pairs": 3, "training": 3,
+                 "vote_accuracy": 3, "rounds": 2}
+"The tables of a testbed report, in its order, and the decimals its README shows of each."
 
 def testbed_readme(t: dict, p) -> str:
-    "The README of a testbed report: the verdict first, then the gate, the endpoints and every table, exploratory marked."
-    s, g = p.testbed, t["choice"]
-    chose = (f"{g['model']} ({g['scoring']} scoring), best language {g['best_lang']}, vote error rate {100 * g['vote_error']:.1f}%, "
-             f"pair flip rate {100 * g['pair_flip']:.1f}% (CALM-robust's label smoothing)"
-             if g["passes"] else f"none (the gate asks the best language >= {100 * g['best_min']:.0f}% and the vote >= "
-             f"{100 * g['gain_min']:.0f} points above the mean language): nothing was trained")
-    ends = "; ".join(f"`{e}`: {ENDPOINTS[e]}" for e in s.endpoints)
-    return "\n".join([
-        f"# The testbed: CALM against its controls (profile `{p.name}`)", "", f"**Verdict.** {t['verdict']}", "",
-        t["upper_bound"], "",
-        f"Chosen by the gate on {g['questions']} validation questions: {chose}.", "",
-        "## Gate (validation questions)", "", _md(t["gate"], 3), "",
-        f"## Pre-registered endpoints: CALM minus `{s.control}` (points; Holm over the family of {len(t['endpoints'])})", "",
-        _md(t["endpoints"]), "",
-        f"Endpoints: {ends}. Settings: `held_out` (the test questions), `self` (the train questions CALM voted on; gold is read "
-        f"only to score). Intervals at the family's Bonferroni level; `mde`: the smallest difference detectable with power "
-        f"{s.power}. Everything below is exploratory.", "",
-        "## Systems (percent; `agree_on` says how agreement is counted)", "", _md(t["systems"], 1), "",
-        "## Exploratory: each system minus base and minus the control (points, unadjusted 95% intervals)", "",
-        _md(t["exploratory"]), "",
-        "## Pairs", "", _md(t["pairs"], 3), "", "## Training: held-out rows before and after training (DPO before: the policy is the "
-        "reference, so loss ln 2, preference accuracy 0, margin 0)", "",
-        _md(t["training"], 3), "", "## The vote on the train questions, per round", "", _md(t["vote_accuracy"], 3), "",
-        "## Rounds: CALM and CALM-r2 minus base (exploratory)", "", _md(t["rounds"]), "",
-        "![each system minus base](testbed.png)" if len(t["exploratory"]) else "", "",
-        f"Made by `calm reproduce --profile {p.name}` (or `calm demo --profile {p.name}`); every table is beside this file "
-        "as csv and md."]) + "\n"
+    "The README of a testbed report: the verdict first, then the gate, the endpoints and every table."
+    s = p.testbed
+    tables = {name: t[name].round(digits).to_markdown(index=False) if len(t[name]) else ""
+              for name, digits in REPORT_TABLES.items()}
+    return render_report("testbed_report.md.j2", profile=p.name, verdict=t["verdict"], upper_bound=t["upper_bound"],
+                         gate=t["choice"], control=s.control, family=len(t["endpoints"]), power=s.power,
+                         endpoints=[(e, ENDPOINTS[e]) for e in s.endpoints], tables=tables)
 
 # %% ../nbs/86_testbed.ipynb #6ab5e8bb
 def write_testbed_report(folder, p, out) -> Path:
-    "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns the README."
+    "Write the report of the testbed run in `folder` (profile `p`) into `out`: tables, figure and README; returns it."
     out = make_dir(out); t = testbed_tables(folder, p)
-    for name in ("gate", "systems", "endpoints", "exploratory", "pairs", "training", "vote_accuracy", "rounds"):
+    for name in REPORT_TABLES:
         if len(t[name]): write_table(t[name].round(4), out / name, ("csv", "md"))
     testbed_figure(t["exploratory"], out / "testbed")
     write_atomic(out / "README.md", testbed_readme(t, p))

@@ -44,7 +44,8 @@ RESOURCE_MODULES = ("cli", "data", "loaders", "notebooks", "passages", "profile"
 def test_package_data_covers_every_shipped_file():
     import fnmatch
     tables = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    for package, folder, must in (("calm", ROOT / "calm", {"profiles/demo.yaml", "profiles/paper.yaml"}),
+    for package, folder, must in (("calm", ROOT / "calm", {"profiles/demo.yaml", "profiles/paper.yaml", "templates/main_job.md.j2",
+                                                              "templates/testbed_report.md.j2"}),
                                   ("calm.datasets", ROOT / "data", {"demo/train.jsonl", "demo/test.jsonl",
                                                                     "corpus/questions.jsonl", "testbed/test.jsonl"})):
         tops = {g.split("/")[0] for g in tables[package]}
@@ -79,6 +80,8 @@ from calm.passages import bundled_questions
 from calm.profile import load_profile
 from calm.testbed_data import testbed_items
 assert len(testbed_items("validation", ["en", "es"])) > 0
+from importlib import resources
+assert resources.files("calm").joinpath("templates", "main_job.md.j2").is_file()
 print(calm.__file__)
 print(len(demo_items("test")), len(bundled_questions()) > 0, load_profile("demo").name, load_profile("paper").name)
 with pytest.raises(DataError, match="CALM_RELEASE_DIR"): release_dir()
