@@ -56,7 +56,8 @@ class Labels:
 ANSWER_LABELS = {
     "en": Labels(("Answer", "Correct option"), ("Explanation", "Reasoning", "Reason", "Note")),
     "zh": Labels(("答案", "回答", "正确选项"), ("解释", "理由", "说明", "注意", "注")),
-    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"), ("Explication", "Justification", "Raison", "Remarque", "Note")),
+    "fr": Labels(("Réponse", "Reponse", "Réponse finale", "Réponse correcte"),
+                 ("Explication", "Justification", "Raison", "Remarque", "Note")),
     "de": Labels(("Antwort", "Lösung"), ("Erklärung", "Erläuterung", "Begründung", "Hinweis", "Anmerkung")),
     "it": Labels(("Risposta", "Risposta finale", "Risposta corretta"), ("Spiegazione", "Motivazione", "Nota")),
     "ja": Labels(("答え", "回答", "解答", "正解", "正しい選択肢"), ("説明", "解説", "理由", "注意", "注")),
@@ -83,7 +84,8 @@ class MCItem:
     options: tuple[tuple[str, str], ...]  # ordered (letter, text) pairs
     gold: str | None = None               # the correct letter, None when unknown
     source: str = ""                      # where the item came from
-    option_ids: tuple[str, ...] = ()      # language-independent id of each option, in order; () when options are parallel by letter
+    option_ids: tuple[str, ...] = ()      # language-independent id of each option, in order;
+                                          # () when options are parallel by letter
 
     @property
     def letters(self) -> list[str]:
@@ -103,12 +105,13 @@ class MCItem:
         return self.letters[self.option_ids.index(option_id)] if self.option_ids else option_id
 
     def canonical_letter(self, letter: str) -> str:
-        "Option `letter` renamed by its id's rank among the item's sorted ids: the same option has the same name in every language."
+        "Option `letter` renamed by its id's rank among the item's sorted ids."
         return OPTION_LETTERS[sorted(self.option_ids).index(self.option_id(letter))] if self.option_ids else letter
 
     def shown_letter(self, canonical: str) -> str:
-        "The letter this language shows for the option whose canonical letter is `canonical` (inverse of `canonical_letter`)."
-        return self.letter_of(sorted(self.option_ids)[OPTION_LETTERS.index(canonical)]) if self.option_ids else canonical
+        "The letter this language shows for the option whose canonical letter is `canonical`."
+        return (self.letter_of(sorted(self.option_ids)[OPTION_LETTERS.index(canonical)]) if self.option_ids
+                else canonical)
 
     @property
     def gold_id(self) -> str | None:
@@ -128,7 +131,7 @@ OPTION_LETTERS = "ABCDEFGHIJ"
 
 # %% ../nbs/01_data.ipynb #590cf5d0
 def fold_letter(label) -> str | None:
-    "`label` as an option letter A-J with case and full-width forms folded (`ｂ` -> `B`), or None if it is no letter."
+    "`label` as an option letter A-J with case and full-width forms folded (`ｂ` -> `B`), or None."
     s = unicodedata.normalize("NFKC", label).strip().upper() if isinstance(label, str) else None
     return s if s and len(s) == 1 and s in OPTION_LETTERS else None
 
@@ -137,7 +140,8 @@ def normalize_letter(label, file=None, row=None, field="label") -> str:
     "The option letter for `label` (case and full-width forms folded); `DataError` unless it is one of A-J."
     s = fold_letter(label)
     if s is None:
-        raise DataError(f"{label!r} is not an option letter ({OPTION_LETTERS[0]}-{OPTION_LETTERS[-1]}: what extraction reads and voting counts)",
+        raise DataError(f"{label!r} is not an option letter "
+                        f"({OPTION_LETTERS[0]}-{OPTION_LETTERS[-1]}: what extraction reads and voting counts)",
                         file, row, field)
     return s
 
@@ -146,7 +150,8 @@ def _text(v, err, field) -> str:
     "`v` stripped, if it is non-empty text that UTF-8 can store."
     if not isinstance(v, str) or not v.strip(): raise err("empty text", field)
     try: v.encode("utf-8")
-    except UnicodeEncodeError: raise err("text is not valid Unicode (a lone surrogate such as \\ud800)", field) from None
+    except UnicodeEncodeError:
+        raise err("text is not valid Unicode (a lone surrogate such as \\ud800)", field) from None
     return v.strip()
 
 # %% ../nbs/01_data.ipynb #5827dfc1
@@ -167,7 +172,8 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
     if isinstance(opts, dict): opts = [{"label": k, "text": v} for k, v in opts.items()]
     if not isinstance(opts, list): raise err("expected a list of {label, text}", "options")
     if len(opts) < 2: raise err(f"fewer than two options ({len(opts)})", "options")
-    if len(opts) > len(OPTION_LETTERS): raise err(f"{len(opts)} options; at most {len(OPTION_LETTERS)} (A-J) can be read and voted on", "options")
+    if len(opts) > len(OPTION_LETTERS):
+        raise err(f"{len(opts)} options; at most {len(OPTION_LETTERS)} (A-J) can be read and voted on", "options")
     pairs, ids = [], []
     for k, o in enumerate(opts):
         if isinstance(o, dict): l, t = o.get("label"), o.get("text"); ids.append(o.get("id"))
@@ -178,13 +184,16 @@ def check_item(d: dict, file=None, row=None) -> MCItem:
     dup = [l for l, n in Counter(l for l, _ in pairs).items() if n > 1]
     if dup: raise err(f"duplicate letters {dup}", "options")
     given = [i for i in ids if i not in (None, "")]
-    if given and len(given) < len(pairs): raise err("some options have an id and some not: give every option an id, or none", "options")
-    if given and len(set(map(str, given))) < len(given): raise err(f"duplicate option ids {[str(i) for i in given]}", "options")
+    if given and len(given) < len(pairs):
+        raise err("some options have an id and some not: give every option an id, or none", "options")
+    if given and len(set(map(str, given))) < len(given):
+        raise err(f"duplicate option ids {[str(i) for i in given]}", "options")
     gold = d.get("gold")
     if gold in (None, ""): gold = None
     else:
         gold = unicodedata.normalize("NFKC", str(gold)).strip().upper()
-        if gold not in [l for l, _ in pairs]: raise err(f"gold {gold!r} is not among the options {[l for l, _ in pairs]}", "gold")
+        if gold not in [l for l, _ in pairs]:
+            raise err(f"gold {gold!r} is not among the options {[l for l, _ in pairs]}", "gold")
     return MCItem(qid, lang, q, tuple(pairs), gold, str(d.get("source") or ""), tuple(str(i) for i in given))
 
 # %% ../nbs/01_data.ipynb #4ce4d122
@@ -212,13 +221,17 @@ def read_items(path) -> list[MCItem]:
         for row, raw in enumerate(f):
             try: line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                problems.append(DataError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start})", path, row)); continue
+                problems.append(DataError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start})", path, row))
+                continue
             if not line.strip(): continue
             try: it = check_item(json.loads(line), path, row)
-            except json.JSONDecodeError as e: problems.append(DataError(f"not valid JSON ({e.msg})", path, row)); continue
+            except json.JSONDecodeError as e:
+                problems.append(DataError(f"not valid JSON ({e.msg})", path, row)); continue
             except DataError as e: problems.append(e); continue
             key = (it.qid, it.lang)
-            if key in first_row: problems.append(DataError(f"duplicate item: question {it.qid!r} in {it.lang!r} is also row {first_row[key]}", path, row, "qid"))
+            if key in first_row:
+                problems.append(DataError(f"duplicate item: question {it.qid!r} in {it.lang!r} "
+                                          f"is also row {first_row[key]}", path, row, "qid"))
             else: first_row[key] = row; items.append(it)
     _raise_all(problems, str(path))
     if not items: raise DataError("no items", file=path)
@@ -237,17 +250,24 @@ def check_parallel(items: list[MCItem], languages: Iterable[str] | None = None, 
     groups, problems = by_question(items), []
     langs = [normalize_lang(l) for l in languages] if languages else sorted({it.lang for it in items})
     seen = Counter((it.qid, it.lang) for it in items)
-    problems += [DataError(f"duplicate item for question {q!r} in {l!r}", file, None, "qid") for (q, l), n in seen.items() if n > 1]
+    problems += [DataError(f"duplicate item for question {q!r} in {l!r}", file, None, "qid")
+                 for (q, l), n in seen.items() if n > 1]
     for qid, g in groups.items():
         missing = [l for l in langs if l not in g]
         if missing: problems.append(DataError(f"question {qid!r} missing in {missing}", file, None, "lang"))
         golds = {l: it.gold_id for l, it in g.items()}
         what = "gold options (by option id)" if any(it.option_ids for it in g.values()) else "gold letters"
-        if len(set(golds.values())) > 1: problems.append(DataError(f"question {qid!r} has different {what} across languages: {golds}", file, None, "gold"))
+        if len(set(golds.values())) > 1:
+            problems.append(DataError(f"question {qid!r} has different {what} across languages: {golds}",
+                                      file, None, "gold"))
         ids = {l: tuple(sorted(it.option_ids or it.letters)) for l, it in g.items()}
-        if len(set(ids.values())) > 1: problems.append(DataError(f"question {qid!r} has different option ids across languages: {ids}", file, None, "options"))
+        if len(set(ids.values())) > 1:
+            problems.append(DataError(f"question {qid!r} has different option ids across languages: {ids}",
+                                      file, None, "options"))
         nopt = {l: len(it.options) for l, it in g.items()}
-        if len(set(nopt.values())) > 1: problems.append(DataError(f"question {qid!r} has different option counts across languages: {nopt}", file, None, "options"))
+        if len(set(nopt.values())) > 1:
+            problems.append(DataError(f"question {qid!r} has different option counts across languages: {nopt}",
+                                      file, None, "options"))
     _raise_all(problems, file or "parallel items")
 
 # %% ../nbs/01_data.ipynb #8c1ed452

@@ -37,11 +37,12 @@ def file_sha256(path) -> str:
 
 # %% ../nbs/00_files.ipynb #c19742503
 def make_dir(path) -> Path:
-    "Create folder `path` and its parents; `DataError` naming the file in the way when `path` or a parent is a file."
+    "Create folder `path` and its parents."
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
-            if not p.is_dir(): raise DataError("is a file; expected a folder" + ("" if p == path else f" (to hold {path})"), file=p)
+            if not p.is_dir():
+                raise DataError("is a file; expected a folder" + ("" if p == path else f" (to hold {path})"), file=p)
             break
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -62,7 +63,7 @@ def _sync_dir(folder: Path):
 # %% ../nbs/00_files.ipynb #f1678c38
 @contextmanager
 def atomic_path(path):
-    "A temporary path beside `path` (same suffix) to write to; moved onto `path`, durably, when the block ends without an error, removed when it raises."
+    "A temporary path beside `path` (same suffix) to write to, moved onto `path` when the block ends."
     path = Path(path)
     if path.is_dir(): raise DataError("is a folder; expected a file", file=path)
     make_dir(path.parent)
@@ -76,7 +77,8 @@ def atomic_path(path):
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None: raise OSError(e.errno, e.strerror, str(path)) from e   # name the file (a full disk)
+        if isinstance(e, OSError) and e.filename is None:        # name the file (a full disk)
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     _sync_dir(path.parent)
 

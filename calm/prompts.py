@@ -262,7 +262,7 @@ def prompt_template_hash(prompts) -> str:
 
 # %% ../nbs/10_prompts.ipynb #58cbd0ef
 def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
-    "The prompt for `item` ending in its language's answer label (`...Answer:`): the model is scored on what follows."
+    "The prompt for `item` ending in its language's answer label (`...Answer:`)."
     spec, text = builder.spec(item.lang), builder(item)
     label = builder.answer_prefix(item.lang)              # "\nAnswer:"
     if builder.mode == "chat": return text + label.lstrip("\n")   # the assistant's turn starts with the label
@@ -274,7 +274,7 @@ def likelihood_context(builder: PromptBuilder, item: MCItem) -> str:
 
 # %% ../nbs/10_prompts.ipynb #dec8d5ac
 def option_continuation(builder: PromptBuilder, lang: str, letter: str) -> str:
-    "The text scored for option `letter`: a space and the letter where `lang`'s separator ends with a space (`' A'`), else the letter."
+    "The text scored for option `letter`: the letter, after a space where `lang`'s separator ends with one."
     return (" " if builder.spec(lang).sep.endswith(" ") else "") + letter
 
 # %% ../nbs/10_prompts.ipynb #b3f19d64

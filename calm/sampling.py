@@ -33,12 +33,13 @@ def plan_batches(keys: Sequence, batch_size: int) -> list[list]:
 # %% ../nbs/20_sampling.ipynb #3a4aea06
 def batch_seed(seed: int, b: int) -> int:
     "The seed of batch `b` of a run seeded with `seed`: a 31-bit hash of both."
-    return int.from_bytes(hashlib.sha256(f"calm-batch:{int(seed)}:{int(b)}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+    return int.from_bytes(hashlib.sha256(f"calm-batch:{int(seed)}:{int(b)}".encode()).digest()[:4],
+                          "little") & 0x7FFFFFFF
 
 # %% ../nbs/20_sampling.ipynb #8f8756d6
 @dataclass(frozen=True)
 class SamplingParams:
-    "How to sample, validated once when made (in the spirit of vLLM's `SamplingParams`) and passed whole from the CLI and profiles to the backends."
+    "How to sample, validated once when made and passed whole from the CLI and profiles to the backends."
     m: int = 4                        # samples per question and language (vLLM's n)
     temperature: float = 1.0          # 0 is greedy
     top_p: float = 0.9
@@ -49,28 +50,36 @@ class SamplingParams:
     def __post_init__(self):
         whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not whole(self.m) or self.m < 1: raise ValueError(f"m (samples per question and language) must be an integer >= 1, got {self.m!r}")
-        if not whole(self.max_new_tokens) or self.max_new_tokens < 1: raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not number(self.temperature) or self.temperature < 0: raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r}")
-        if not number(self.top_p) or not 0 < self.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not whole(self.batch_size) or self.batch_size < 1: raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not whole(self.m) or self.m < 1:
+            raise ValueError(f"m (samples per question and language) must be an integer >= 1, got {self.m!r}")
+        if not whole(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not number(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r}")
+        if not number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not whole(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if not whole(self.seed): raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        object.__setattr__(self, "temperature", float(self.temperature)); object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
 
 # %% ../nbs/20_sampling.ipynb #5f11be1b
 def as_params(params=None, **fields) -> SamplingParams:
-    "`params` (a `SamplingParams`; an int is m; None the defaults) with `fields` replaced: the one place loose arguments become `SamplingParams`."
+    "`params` (a `SamplingParams`; an int is m; None the defaults) with `fields` replaced."
     if isinstance(params, SamplingParams): return replace(params, **fields) if fields else params
     return SamplingParams(**({"m": params} if params is not None else {}), **fields)
 
 # %% ../nbs/20_sampling.ipynb #0844d545
-def check_sampling_args(m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 8) -> SamplingParams:
+def check_sampling_args(m: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 0.9,
+                        batch_size: int = 8) -> SamplingParams:
     "The `SamplingParams` of these values (`ValueError` naming the first one out of range)."
-    return SamplingParams(m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return SamplingParams(m=m, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size)
 
 # %% ../nbs/20_sampling.ipynb #73f9bf37
 def prompt_keys(items: Iterable[MCItem], languages: Sequence[str], prompts=None) -> tuple[list[tuple[str, str]], dict]:
-    "The (qid, lang) keys in sampling order (items' qid order x `languages`) and `{key: item}`; `DataError` on bad input."
+    "The (qid, lang) keys in sampling order (items' qid order x `languages`) and `{key: item}`."
     languages = [normalize_lang(l) for l in languages]
     if not languages: raise DataError("no languages given", field="lang")
     if len(set(languages)) < len(languages): raise DataError(f"languages repeat: {languages}", field="lang")
@@ -86,7 +95,8 @@ def prompt_keys(items: Iterable[MCItem], languages: Sequence[str], prompts=None)
     if not qids: raise DataError("no items to sample", field="qid")
     keys = [(q, l) for q in qids for l in languages]
     missing = [k for k in keys if k not in by_key]
-    if missing: raise DataError(f"{len(missing)} (question, language) pairs have no item, first {missing[:3]}", field="lang")
+    if missing:
+        raise DataError(f"{len(missing)} (question, language) pairs have no item, first {missing[:3]}", field="lang")
     for k in keys: check_prompt_item(by_key[k], prompts)
     return keys, {k: by_key[k] for k in keys}
 
@@ -106,10 +116,12 @@ class EchoBackend:
             row = []
             for j in range(n):
                 h = hashlib.sha256(f"{seed}|{i}|{j}|{p}".encode()).digest()
-                words = ["Explanation:"] + [f"w{b:02x}" for b in h[2:4 + h[1] % 6]] + ["Answer:", self.letters[h[0] % len(self.letters)]]
+                words = (["Explanation:"] + [f"w{b:02x}" for b in h[2:4 + h[1] % 6]]
+                         + ["Answer:", self.letters[h[0] % len(self.letters)]])
                 finish = "length" if len(words) > max_new_tokens else "stop"
                 words = words[:max_new_tokens]
-                row.append({"text": " ".join(words), "prompt_tokens": len(p.split()), "completion_tokens": len(words), "finish_reason": finish})
+                row.append({"text": " ".join(words), "prompt_tokens": len(p.split()), "completion_tokens": len(words),
+                            "finish_reason": finish})
             out.append(row)
         return out
 
@@ -120,23 +132,25 @@ def default_prompt_builder(backend, languages=None, mode: str = "auto") -> Promp
 
 # %% ../nbs/20_sampling.ipynb #0fbf4f1b
 def make_backend(spec=None, **kwargs):
-    "A backend from `spec`: a backend object as is, None (the embedded default model), `'echo'`, or a model name/path."
+    "A backend from `spec`: a backend object, None (the embedded default model), `'echo'`, or a model name/path."
     if spec is None or isinstance(spec, str):
         if spec == "echo": return EchoBackend(**kwargs)
         return TransformersBackend.from_name(spec or "smollm2-135m", **kwargs)
-    if not callable(getattr(spec, "generate", None)): raise TypeError(f"a backend needs a generate() method; got {type(spec).__name__}")
+    if not callable(getattr(spec, "generate", None)):
+        raise TypeError(f"a backend needs a generate() method; got {type(spec).__name__}")
     return spec
 
 # %% ../nbs/20_sampling.ipynb #3756514c
 def _check_output(res, prompts: list, n: int, b: int) -> None:
     if len(res) != len(prompts) or any(len(r) != n for r in res):
-        raise RuntimeError(f"batch {b}: the backend returned {[len(r) for r in res]} samples for {len(prompts)} prompts x {n}")
+        raise RuntimeError(f"batch {b}: the backend returned {[len(r) for r in res]} samples "
+                           f"for {len(prompts)} prompts x {n}")
 
-def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingParams | int | None = None, *, backend=None,
-           prompt_builder: Callable[[MCItem], str] | None = None, done: Iterable = frozenset(),
+def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingParams | int | None = None, *,
+           backend=None, prompt_builder: Callable[[MCItem], str] | None = None, done: Iterable = frozenset(),
            on_batch: Callable[[list[dict]], object] | None = None, prompt_mode: str = "auto",
            progress: bool = True, **fields) -> list[dict]:
-    "Sample `params.m` completions per (question, language), in fixed seeded batches; returns the records not already `done` (`fields`: `SamplingParams` fields)."
+    "Sample `params.m` completions per (question, language), in fixed seeded batches; the new records."
     from tqdm.auto import tqdm
     p = as_params(params, **fields)
     m, batch_size = p.m, p.batch_size
@@ -149,16 +163,19 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingPa
     if not todo: return []
     backend = make_backend(backend)
     builder = prompt_builder or default_prompt_builder(backend, langs, prompt_mode)
-    if callable(getattr(builder, "prefetch", None)): builder.prefetch([by_key[k] for k in keys])   # e.g. retrieval: queries embedded in batches
+    if callable(getattr(builder, "prefetch", None)):    # e.g. retrieval: queries embedded in batches
+        builder.prefetch([by_key[k] for k in keys])
     prompts = {k: builder(by_key[k]) for k in keys}
     tok = getattr(backend, "tokenizer", None)
-    if tok is not None:   # a prompt that cannot fit is an error before any generation, naming its question, language and tokens
+    if tok is not None:   # a prompt that cannot fit is an error before any generation, naming its question,
+                          # language and tokens
         text_of = {id(by_key[k]): prompts[k] for k in keys}
         check_context([by_key[k] for k in keys], lambda it: text_of[id(it)], tok, p.max_new_tokens,
                       model_context(getattr(backend, "model", None), tok))
     stops = {l: list(getattr(builder, "stop_strings", lambda l: [])(l)) for l in langs}
     out, n_tokens, t0 = [], 0, time.perf_counter()
-    bar = tqdm(total=sum(len(batches[b]) for b in todo) * m, desc="sampling", unit="sample", disable=not progress or not todo)
+    bar = tqdm(total=sum(len(batches[b]) for b in todo) * m, desc="sampling", unit="sample",
+               disable=not progress or not todo)
     for b in todo:
         batch = batches[b]
         stop = sorted({s for _, l in batch for s in stops[l]}) or None
@@ -185,7 +202,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 def encode_prompts(tokenizer, prompts: Sequence[str], device=None):
-    "Tokenize `prompts` as one left-padded batch; special tokens are added unless the prompts already start with BOS."
+    "Tokenize `prompts` as one left-padded batch, with special tokens unless the prompts start with BOS."
     bos = getattr(tokenizer, "bos_token", None)
     add = not (bos and all(p.startswith(bos) for p in prompts))
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add)
@@ -200,12 +217,13 @@ def _new_cache(model):
 _FORWARD_SPECS = weakref.WeakKeyDictionary()
 
 def forward_spec(model) -> dict:
-    "How `model.forward` takes a KV cache (`cache` in newer transformers, else `past_key_values`) and whether it takes `logits_to_keep`: read once per model."
+    "How `model.forward` takes a KV cache and whether it takes `logits_to_keep`, read once per model."
     spec = _FORWARD_SPECS.get(model)
     if spec is None:
         import inspect
         params = inspect.signature(model.forward).parameters
-        spec = _FORWARD_SPECS[model] = {"cache": "cache" if "cache" in params else "past_key_values", "logits_to_keep": "logits_to_keep" in params}
+        spec = _FORWARD_SPECS[model] = {"cache": "cache" if "cache" in params else "past_key_values",
+                                        "logits_to_keep": "logits_to_keep" in params}
     return spec
 
 def _forward(model, cache, **kw):
@@ -216,7 +234,7 @@ def _forward(model, cache, **kw):
 
 # %% ../nbs/20_sampling.ipynb #ca8dc037
 def shared_prefixes(token_lists: Sequence[Sequence[int]], min_len: int = 8) -> list[int]:
-    "For each prompt, the length of the prefix it shares with its group: groups chosen to save the most encoding (0: no group)."
+    "For each prompt, the length of the prefix it shares with its group (0: no group)."
     order = sorted(range(len(token_lists)), key=lambda i: list(token_lists[i]))
     def lcp(a, b):
         n = min(len(a), len(b)); k = 0
@@ -240,7 +258,7 @@ def shared_prefixes(token_lists: Sequence[Sequence[int]], min_len: int = 8) -> l
 
 # %% ../nbs/20_sampling.ipynb #227febe2
 def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefix: bool = True):
-    "Encode each prompt once (a prefix shared by several prompts once for all), repeat for n samples: cache, mask, positions, last logits."
+    "Encode each prompt once, repeat for n samples: cache, mask, positions, last logits."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
     dev = model.device
     P = shared_prefixes(token_lists) if share_prefix else [0] * len(token_lists)
@@ -249,7 +267,8 @@ def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefi
         if p: groups.setdefault(tuple(t[:p]), None)
     for pre in groups:
         c = _new_cache(model)
-        _forward(model, c, input_ids=torch.tensor([pre], device=dev), position_ids=torch.arange(len(pre), device=dev)[None])
+        _forward(model, c, input_ids=torch.tensor([pre], device=dev),
+                 position_ids=torch.arange(len(pre), device=dev)[None])
         groups[pre] = c
     rows, pmax = len(token_lists), max(P)
     suffixes = [list(t[p:]) for t, p in zip(token_lists, P)]
@@ -266,7 +285,8 @@ def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefi
         some = next(iter(groups.values()))
         for l in range(len(some.layers)):
             k0, v0 = some.layers[l].keys, some.layers[l].values
-            K = k0.new_zeros(rows, k0.shape[1], pmax, k0.shape[3]); V = v0.new_zeros(rows, v0.shape[1], pmax, v0.shape[3])
+            K = k0.new_zeros(rows, k0.shape[1], pmax, k0.shape[3])
+            V = v0.new_zeros(rows, v0.shape[1], pmax, v0.shape[3])
             for i, (t, p) in enumerate(zip(token_lists, P)):
                 if p: g = groups[tuple(t[:p])].layers[l]; K[i, :, :p] = g.keys[0]; V[i, :, :p] = g.values[0]
             cache.update(K, V, l)
@@ -279,7 +299,7 @@ def prefill(model, token_lists: Sequence[Sequence[int]], n: int = 1, share_prefi
 
 # %% ../nbs/20_sampling.ipynb #f25ce0ee
 def next_tokens(logits, temperature: float, top_p: float, generator=None):
-    "One token per row: greedy at temperature 0, else a draw from the top-p nucleus of softmax(logits / temperature)."
+    "One token per row: greedy at temperature 0, else a draw from the top-p nucleus at `temperature`."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
     if temperature == 0: return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, -1)
@@ -297,31 +317,35 @@ def next_tokens(logits, temperature: float, top_p: float, generator=None):
 
 # %% ../nbs/20_sampling.ipynb #75123217
 def can_complete_stop(tokenizer, stop, ids) -> list[bool]:
-    "For each token id in `ids`, whether generating it can make a `stop` string first appear: its text holds a stop string's last character, or part of a character split over byte-level tokens."
+    "For each token id in `ids`, whether generating it can make a `stop` string first appear."
     stop = [s for s in stop or () if s]
     if not stop: return [False] * len(ids)
-    if any(s[-1].isspace() or s[-1] == "'" for s in stop): return [True] * len(ids)   # decoding may move spaces and quotes
+    if any(s[-1].isspace() or s[-1] == "'" for s in stop):     # decoding may move spaces and quotes
+        return [True] * len(ids)
     ends, n = {s[-1] for s in stop}, len(tokenizer)
     texts = tokenizer.batch_decode([[i] if i < n else [] for i in ids], skip_special_tokens=True)
-    return [i >= n or any(c in t for c in ends) or "\ufffd" in t for i, t in zip(ids, texts)]   # ids past the tokenizer: checked
+    # ids past the tokenizer: checked
+    return [i >= n or any(c in t for c in ends) or "\ufffd" in t for i, t in zip(ids, texts)]
 
-# %% ../nbs/20_sampling.ipynb #29448150
+# %% ../nbs/20_sampling.ipynb #c5t0a1b2
 def _cut_at_stop(text: str, stop) -> tuple[str, bool]:
     cuts = [i for i in (text.find(s) for s in stop or ()) if i >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
+# %% ../nbs/20_sampling.ipynb #29448150
 class TransformersBackend:
-    "Batched sampling with a transformers causal LM: each prompt encoded once for its m samples, seeded, finished rows dropped."
+    "Batched sampling with a transformers causal LM: each prompt encoded once for its m samples."
     kind = "transformers"
 
     def __init__(self, model, tokenizer, name: str | None = None, share_prefix: bool = True):
         self.model, self.tokenizer, self.share_prefix = model, tokenizer, share_prefix
         self.model_id = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.eos_ids = _eos_ids(model, tokenizer)
-        self._watch = {}                                  # stop strings -> (ids decided, ids that can complete one), learnt as drawn
+        self._watch = {}       # stop strings -> (ids decided, ids that can complete one), learnt as drawn
 
     @classmethod
-    def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
+    def from_name(cls, name_or_path: str = "smollm2-135m", device=None, dtype=None, trust_remote_code: bool = False,
+                  **kwargs):
         "A backend for an embedded model name, a local folder or `.gguf`, or a hub id (see `calm.models.load_model`)."
         model, tok = load_model(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(model, tok, name=str(name_or_path), **kwargs)
@@ -331,7 +355,8 @@ class TransformersBackend:
         import torch  # heavy: loaded when a model runs, not when `calm` starts
         tok, model = self.tokenizer, self.model
         enc = encode_prompts(tok, prompts)
-        lists = [[t for t, a in zip(row, m) if a] for row, m in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
+        lists = [[t for t, a in zip(row, m) if a]
+                 for row, m in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist())]
         reps = 1 if temperature == 0 else n           # greedy samples are all the same: decode once
         dev, rows = model.device, len(lists) * reps
         gen = torch.Generator(device=dev).manual_seed(int(seed))
@@ -344,7 +369,8 @@ class TransformersBackend:
             known = watch = None
             if stop:
                 key = (tuple(stop), logits.shape[-1], str(dev))
-                if key not in self._watch: self._watch[key] = tuple(torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev) for _ in "kw")
+                if key not in self._watch:
+                    self._watch[key] = tuple(torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev) for _ in "kw")
                 known, watch = self._watch[key]
             alive = torch.arange(rows, device=dev)
             for step in range(max_new_tokens):
@@ -360,7 +386,8 @@ class TransformersBackend:
                             watch[at] = torch.tensor(can_complete_stop(tok, stop, ids), device=dev); known[at] = True
                         for j in (watch[nxt] & ~ended).nonzero()[:, 0].tolist():
                             r = int(alive[j])
-                            if any(s in tok.decode(tokens[r, max(0, step + 1 - tail):step + 1].tolist(), skip_special_tokens=True) for s in stop):
+                            if any(s in tok.decode(tokens[r, max(0, step + 1 - tail):step + 1].tolist(),
+                                                   skip_special_tokens=True) for s in stop):
                                 ended[j] = True
                     if bool(ended.any()):
                         stopped[alive[ended]] = True; length[alive[ended]] = step + 1

@@ -55,10 +55,10 @@ def config_hash(manifest: dict) -> str:
     return hashlib.sha256(_canonical(manifest_identity(manifest)).encode()).hexdigest()[:12]
 
 # %% ../nbs/25_store.ipynb #99ef6deb
-def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[str], params=None, weights_hash: str | None = None,
-                  prompt_hash: str | None = None, backend: str | None = None, extra: dict | None = None, notes: dict | None = None,
-                  **fields) -> dict:
-    "The manifest of a sampling run (`params`: a `calm.sampling.SamplingParams`, or m with `fields`): identity fields, then package versions, command and creation time."
+def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[str], params=None,
+                  weights_hash: str | None = None, prompt_hash: str | None = None, backend: str | None = None,
+                  extra: dict | None = None, notes: dict | None = None, **fields) -> dict:
+    "The manifest of a sampling run: identity fields, then package versions, command and creation time."
     from dataclasses import asdict
     items = list(items)
     langs = [normalize_lang(l) for l in languages]
@@ -86,7 +86,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def manifest_diff(old: dict, new: dict) -> list[str]:
     "Lines `field: old -> new` for every identity field that differs between two manifests."
     a, b = _flat(manifest_identity(old)), _flat(manifest_identity(new))
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 # %% ../nbs/25_store.ipynb #93e33bbb
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
@@ -120,7 +121,7 @@ def weights_sha256(path, cache_file=None) -> str:
 
 # %% ../nbs/25_store.ipynb #9a449bc0
 def model_weights_hash(model) -> str | None:
-    "The weights hash of a loaded transformers model: `weights_sha256` of its local folder, else its hub commit, else None."
+    "The weights hash of a loaded transformers model: its local folder's, else its hub commit, else None."
     src = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
     if src and Path(src).exists():
         try: return weights_sha256(src)
@@ -133,7 +134,7 @@ def _is_key_record(r) -> bool:
     return isinstance(r, dict) and {"qid", "lang", "sample"} <= set(r)
 
 def _scan_samples(path: Path, repair: bool, checksums: bool = False) -> tuple[list[dict], int, list[int]]:
-    "Records of a samples file, the bytes of a partial last line, and the rows of damaged records (`checksums`: every record must carry one); `repair` drops both from the file, otherwise damage is a `DataError`."
+    "Records of a samples file, the bytes of a partial last line, and the rows of damaged records."
     if not path.exists(): return [], 0, []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1                 # everything after the last newline is a partial line
@@ -157,7 +158,8 @@ def _scan_samples(path: Path, repair: bool, checksums: bool = False) -> tuple[li
     if tail: warnings.warn(f"{path}: dropped a partial last line ({tail} bytes) left by an interrupted write")
     if damaged:
         warnings.warn(f"{path}: dropped {len(damaged)} damaged record(s) (rows {', '.join(map(str, damaged[:10]))}"
-                      f"{', ...' if len(damaged) > 10 else ''}): unreadable or not matching their checksum; they are sampled again")
+                      f"{', ...' if len(damaged) > 10 else ''}): unreadable or not matching their checksum; "
+                      "they are sampled again")
         write_atomic(path, b"".join(l + b"\n" for l in keep))
     elif tail and repair:
         with open(path, "r+b") as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
@@ -177,7 +179,8 @@ def read_manifest(run_dir) -> dict:
 class SampleStore:
     "An append-only, resumable store of sample records for one run configuration."
     def __init__(self, run_dir, manifest: dict, on_change: str = "new"):
-        if on_change not in ("new", "raise", "aside"): raise ValueError(f"on_change must be 'new', 'raise' or 'aside', not {on_change!r}")
+        if on_change not in ("new", "raise", "aside"):
+            raise ValueError(f"on_change must be 'new', 'raise' or 'aside', not {on_change!r}")
         if not isinstance(manifest.get("languages"), list) or "m" not in manifest.get("sampling", {}):
             raise ValueError("the manifest needs `languages` and `sampling.m`; build it with `make_manifest`")
         self.requested_dir, self._lock = Path(run_dir), None
@@ -223,7 +226,7 @@ def _differs(self: SampleStore, run_dir: Path) -> list[str]:
 # %% ../nbs/25_store.ipynb #eb5eb206
 @patch
 def _move_aside(self: SampleStore, run_dir: Path, diff: list[str]) -> Path:
-    "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole; this run starts afresh in `run_dir`."
+    "Rename the folder holding another run (locked by us) to `<run_dir>-<its config hash>`, kept whole."
     old = read_manifest(run_dir)
     stem, i = f"{run_dir.name}-{old.get('config_hash') or config_hash(old)}", 1
     aside = run_dir.with_name(stem)
@@ -232,14 +235,16 @@ def _move_aside(self: SampleStore, run_dir: Path, diff: list[str]) -> Path:
     self.close()
     self._lock_dir(run_dir)
     if self._differs(run_dir): self.close(); raise DataError("another run started here meanwhile", file=run_dir)
-    warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff) + f"\nit was moved, whole, to {aside}; this run starts afresh")
+    warnings.warn(f"{run_dir} held a different run:\n  " + "\n  ".join(diff)
+                  + f"\nit was moved, whole, to {aside}; this run starts afresh")
     return run_dir
 
 # %% ../nbs/25_store.ipynb #12450df8
 @patch
 def _claim(self: SampleStore, run_dir: Path, on_change: str) -> Path:
-    "Lock `run_dir` when it is empty or holds this run, checked under the lock; otherwise lock the sibling named by the config hash, or raise."
-    diff = self._differs(run_dir)         # a manifest never changes once written: a different one is seen without the lock
+    "Lock `run_dir` when it is empty or holds this run, else the sibling named by the config hash, or raise."
+    # a manifest never changes once written: a different one is seen without the lock
+    diff = self._differs(run_dir)
     if not diff or on_change == "aside":
         self._lock_dir(run_dir)
         diff = self._differs(run_dir)     # again under the lock: another run may have written its manifest meanwhile
@@ -263,9 +268,11 @@ def _open(self: SampleStore):
     mpath, self.path = self.run_dir / "manifest.json", self.run_dir / "samples.jsonl"
     self.resumed = mpath.exists()
     if self.resumed: self.manifest = read_manifest(self.run_dir)
-    elif self.path.exists(): raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
+    elif self.path.exists():
+        raise DataError("samples.jsonl without manifest.json: refusing to add to it", file=self.run_dir)
     else: write_atomic(mpath, json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str) + "\n")
-    records, self.dropped_bytes, damaged = _scan_samples(self.path, repair=True, checksums=bool(self.manifest.get("record_checksums")))
+    records, self.dropped_bytes, damaged = _scan_samples(self.path, repair=True,
+                                                         checksums=bool(self.manifest.get("record_checksums")))
     self.damaged_records = len(damaged)       # dropped from the file: unreadable, or not matching their checksum
     self.keys: set[tuple[str, str, int]] = {_key(r) for r in records}
     self.duplicates_skipped = 0
@@ -274,13 +281,16 @@ def _open(self: SampleStore):
 @patch
 def _check(self: SampleStore, r: dict) -> tuple[str, str, int]:
     if not _is_key_record(r) or "text" not in r:
-        raise DataError(f"a sample record needs qid, lang, sample and text; got keys {sorted(r) if isinstance(r, dict) else type(r).__name__}")
+        raise DataError("a sample record needs qid, lang, sample and text; "
+                        f"got keys {sorted(r) if isinstance(r, dict) else type(r).__name__}")
     k = _key(r)
     m = self.manifest["sampling"]["m"]
     if k[1] not in self.manifest["languages"]:
-        raise DataError(f"record {k} is in language {k[1]!r}, not one of this run's {self.manifest['languages']}", field="lang")
+        raise DataError(f"record {k} is in language {k[1]!r}, not one of this run's {self.manifest['languages']}",
+                        field="lang")
     if not 0 <= k[2] < m: raise DataError(f"record {k} has sample index {k[2]}, outside 0..{m - 1}", field="sample")
-    if not isinstance(r["text"], str): raise DataError(f"record {k} has non-text text {type(r['text']).__name__}", field="text")
+    if not isinstance(r["text"], str):
+        raise DataError(f"record {k} has non-text text {type(r['text']).__name__}", field="text")
     return k
 
 # %% ../nbs/25_store.ipynb #9f755b45
@@ -308,7 +318,8 @@ def read_samples(run_dir) -> pd.DataFrame:
     p = p / "samples.jsonl" if p.is_dir() else p
     if not p.exists() and not (p.parent / "manifest.json").exists(): raise DataError("no sample store here", file=p)
     m = p.parent / "manifest.json"
-    checksums = m.is_file() and bool(read_manifest(p.parent).get("record_checksums"))   # stores made before checksums have none
+    # stores made before checksums have none
+    checksums = m.is_file() and bool(read_manifest(p.parent).get("record_checksums"))
     records, _, _ = _scan_samples(p, repair=False, checksums=checksums)
     df = pd.DataFrame(records)
     for c in SAMPLE_COLUMNS:
@@ -317,7 +328,8 @@ def read_samples(run_dir) -> pd.DataFrame:
     dup = df.duplicated(["qid", "lang", "sample"])
     if dup.any():
         r = df[dup].iloc[0]
-        raise DataError(f"{int(dup.sum())} duplicate keys, first {(r.qid, r.lang, int(r['sample']))}", p, int(df.index[dup][0]))
+        raise DataError(f"{int(dup.sum())} duplicate keys, first {(r.qid, r.lang, int(r['sample']))}",
+                        p, int(df.index[dup][0]))
     return df.astype({"sample": "int64"}).reset_index(drop=True)
 
 # %% ../nbs/25_store.ipynb #2c31ab7f
@@ -332,14 +344,15 @@ def _backend_identity(backend) -> tuple[str, str | None, dict]:
     lora = getattr(backend, "lora", None)
     extra = {"lora": str(lora), "lora_sha256": weights_sha256(lora)} if lora else {}
     dtype = getattr(model, "dtype", None)             # the same weights read in bfloat16 sample other answers
-    if dtype is not None and str(dtype) != "torch.float32": extra["dtype"] = str(dtype).replace("torch.", "")   # float32 unrecorded: older stores stay valid
+    if dtype is not None and str(dtype) != "torch.float32":     # float32 unrecorded: older stores stay valid
+        extra["dtype"] = str(dtype).replace("torch.", "")
     return str(mid), wh, extra
 
-def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], params=None, backend=None, *, prompt_builder=None,
-                 prompt_mode: str = "auto", model_id: str | None = None, weights_hash: str | None = None,
-                 prompt_hash: str | None = None, on_change: str = "new", extra: dict | None = None,
-                 progress: bool = True, **fields) -> pd.DataFrame:
-    "Sample into the store at `run_dir` with `params` (a `calm.sampling.SamplingParams`, or m with `fields`), skipping keys already there; returns every record of the run."
+def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], params=None, backend=None, *,
+                 prompt_builder=None, prompt_mode: str = "auto", model_id: str | None = None,
+                 weights_hash: str | None = None, prompt_hash: str | None = None, on_change: str = "new",
+                 extra: dict | None = None, progress: bool = True, **fields) -> pd.DataFrame:
+    "Sample into the store at `run_dir`, skipping keys already there; returns every record of the run."
     items, languages = list(items), [normalize_lang(l) for l in languages]
     params = as_params(params, **fields)
     prompt_keys(items, languages, getattr(prompt_builder, "prompts", None))      # bad items fail before any work
@@ -350,19 +363,20 @@ def run_sampling(run_dir, items: Iterable[MCItem], languages: Iterable[str], par
     manifest = make_manifest(model_id or mid, items, languages, params, weights_hash or wh, prompt_hash,
                              backend=getattr(backend, "kind", type(backend).__name__), extra={**ex, **(extra or {})})
     with SampleStore(run_dir, manifest, on_change=on_change) as store:
-        sample(items, languages, params, backend=backend, prompt_builder=builder, done=store.done, on_batch=store.append,
-               progress=progress)
+        sample(items, languages, params, backend=backend, prompt_builder=builder, done=store.done,
+               on_batch=store.append, progress=progress)
         df = read_samples(store.run_dir)
     df.attrs["run_dir"] = str(store.run_dir)
     return df
 
 # %% ../nbs/25_store.ipynb #66019171
 def load_items(spec: str, languages: Iterable[str] | None = None, limit: int | None = None) -> list[MCItem]:
-    "Items from `demo[:train|test]`, `xcsqa[:train|test]` (the release) or a JSONL file; the first `limit` questions."
+    "Items from `demo[:train|test]`, `xcsqa[:train|test]` (the release) or a JSONL file."
     name, _, split = str(spec).partition(":")
     if name == "demo": items = demo_items(split or "train")
     elif name == "xcsqa":
-        items = load_release_xcsqa(languages=[normalize_lang(l) for l in languages or DEMO_LANGUAGES], split=split or "train")
+        items = load_release_xcsqa(languages=[normalize_lang(l) for l in languages or DEMO_LANGUAGES],
+                                   split=split or "train")
     else: items = read_items(spec)
     if limit is not None:
         if limit < 1: raise DataError(f"limit must be at least 1, got {limit}", field="limit")
