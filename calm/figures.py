@@ -26,13 +26,13 @@ OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"
 
 # %% ../nbs/81_figures.ipynb #94f30e56
 def system_color(name: str) -> str:
-    "The colour of system `name`: its own, that of the system it extends, CALM's for a curriculum stage, else one fixed by the name."
+    "The colour of system `name`: its own, that of the system it extends, else one fixed by the name."
     name = str(name)
     keys = {k.lower(): v for k, v in SYSTEM_COLORS.items()}
     if name.lower() in keys: return keys[name.lower()]
     for k in sorted(keys, key=len, reverse=True):
         if name.lower().startswith(k) and not name[len(k):len(k) + 1].isalnum(): return keys[k]
-    if name[:2].isdigit() and name[2:3] == "-": return SYSTEM_COLORS["CALM"]          # curriculum stage folders: 00-en, 01-en-fr
+    if name[:2].isdigit() and name[2:3] == "-": return SYSTEM_COLORS["CALM"]  # curriculum stages: 00-en, 01-en-fr
     return OTHER_COLORS[int(hashlib.sha1(name.encode()).hexdigest(), 16) % len(OTHER_COLORS)]
 
 # %% ../nbs/81_figures.ipynb #19f6b6c2
@@ -68,9 +68,10 @@ def _save(fig, path_stem, formats=("png", "pdf"), dpi: int = 150):
     for ext in formats:
         with atomic_path(Path(path_stem).with_suffix(f".{ext}")) as tmp: fig.savefig(tmp, dpi=dpi)
 
-def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None = None, path_stem=None, title: str | None = None,
-                  system_col: str = "system", avg_col: str | None = "ACC_avg", n_label: str = "questions per language"):
-    "Grouped accuracy bars (percent) per group and system: system colours, 95% Wilson intervals, value labels, chance line, n in the title."
+def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None = None, path_stem=None,
+                  title: str | None = None, system_col: str = "system", avg_col: str | None = "ACC_avg",
+                  n_label: str = "questions per language"):
+    "Grouped accuracy bars (percent) per group and system."
     from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     groups = list(groups) + ([avg_col] if avg_col and avg_col in table.columns and avg_col not in groups else [])
     systems = list(table[system_col])
@@ -84,17 +85,22 @@ def accuracy_bars(table: pd.DataFrame, groups: Sequence[str], n, k: int | None =
         err = [[], []]
         for g, v in zip(groups, vals):
             lo, hi = wilson_interval(v / 100, n_of(g) or 0) if v == v else (float("nan"),) * 2
-            err[0].append(max(0.0, v - 100 * lo) if lo == lo else 0); err[1].append(max(0.0, 100 * hi - v) if hi == hi else 0)
-        ax.bar(xs, vals, width, color=system_color(s), label=s, yerr=err, capsize=2, error_kw={"lw": 0.8, "ecolor": "#333333"})
+            err[0].append(max(0.0, v - 100 * lo) if lo == lo else 0)
+            err[1].append(max(0.0, 100 * hi - v) if hi == hi else 0)
+        ax.bar(xs, vals, width, color=system_color(s), label=s, yerr=err, capsize=2,
+               error_kw={"lw": 0.8, "ecolor": "#333333"})
         for x, v, e in zip(xs, vals, err[1]):
-            if v == v: ax.annotate(f"{v:.1f}", (x, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+            if v == v: ax.annotate(f"{v:.1f}", (x, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                                   textcoords="offset points")
     if k: ax.axhline(100 / k, color="#444444", ls="--", lw=0.9, label=f"chance (1/{k})")
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylim(0, 105); ax.set_ylabel("accuracy (%)")
     nn = n if not isinstance(n, Mapping) else ", ".join(f"{g} {v}" for g, v in n.items())
-    sub = f"n = {nn} {n_label}" + (f" ({avg_col}: n x {len(groups) - 1} answers)" if avg_col in groups else "") + "; bars: 95% Wilson intervals"
+    sub = (f"n = {nn} {n_label}" + (f" ({avg_col}: n x {len(groups) - 1} answers)" if avg_col in groups else "")
+           + "; bars: 95% Wilson intervals")
     _title(ax, title, sub, width_in=fig.get_figwidth())
-    ax.legend(fontsize=7, ncols=min(6, len(systems) + bool(k)), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+    ax.legend(fontsize=7, ncols=min(6, len(systems) + bool(k)), loc="upper center", bbox_to_anchor=(0.5, -0.08),
+              frameon=False)
     _save(fig, path_stem)
     return fig
 
@@ -103,23 +109,28 @@ VOTE_COLOR = "#333333"
 "The colour of a majority vote of the base model's answers (base's grey, darker)."
 
 # %% ../nbs/81_figures.ipynb #207e96f6
-def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = None, path_stem=None, title: str | None = None):
-    "Per-language first-sample accuracy (`base`: lang, accuracy) beside majority-vote accuracy (`votes`: languages, accuracy), percent."
+def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = None, path_stem=None,
+              title: str | None = None):
+    "Per-language first-sample accuracy beside majority-vote accuracy, in percent."
     from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     b = base[base.lang != "avg"]
-    labels = list(b.lang) + ["vote\n" + v.replace("+", " ") if v.count("+") < 3 else f"vote\n{v.count('+') + 1} languages" for v in votes.languages]
+    labels = list(b.lang) + ["vote\n" + v.replace("+", " ") if v.count("+") < 3
+                             else f"vote\n{v.count('+') + 1} languages" for v in votes.languages]
     vals = list(b.accuracy) + list(votes.accuracy)
     colors = [SYSTEM_COLORS["base"]] * len(b) + [VOTE_COLOR] * len(votes)
     fig = Figure(figsize=(max(5.5, 0.75 * len(labels) + 1.5), 3.8), layout="constrained")
     ax = fig.subplots()
     ci = [wilson_interval(v / 100, n) for v in vals]
-    err = [[max(0.0, v - 100 * lo) for v, (lo, _) in zip(vals, ci)], [max(0.0, 100 * hi - v) for v, (_, hi) in zip(vals, ci)]]
+    err = [[max(0.0, v - 100 * lo) for v, (lo, _) in zip(vals, ci)],
+           [max(0.0, 100 * hi - v) for v, (_, hi) in zip(vals, ci)]]
     ax.bar(range(len(labels)), vals, 0.7, color=colors, yerr=err, capsize=2, error_kw={"lw": 0.8, "ecolor": "#333333"})
     for x, v, e in zip(range(len(labels)), vals, err[1]):
-        ax.annotate(f"{v:.1f}", (x, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+        ax.annotate(f"{v:.1f}", (x, v + e), ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                    textcoords="offset points")
     if k: ax.axhline(100 / k, color="#444444", ls="--", lw=0.9, label=f"chance (1/{k})")
     from matplotlib.patches import Patch  # heavy: loaded only when a figure is drawn
-    handles = [Patch(color=SYSTEM_COLORS["base"], label="single language (first sample)"), Patch(color=VOTE_COLOR, label="majority vote (all samples)")]
+    handles = [Patch(color=SYSTEM_COLORS["base"], label="single language (first sample)"),
+               Patch(color=VOTE_COLOR, label="majority vote (all samples)")]
     ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, frameon=False, loc="upper left")
     ax.set_xticks(range(len(labels)), labels, fontsize=8); ax.set_ylim(0, 105); ax.set_ylabel("accuracy (%)")
     _title(ax, title, f"n = {n} questions; bars: 95% Wilson intervals", width_in=fig.get_figwidth())
@@ -129,7 +140,7 @@ def vote_bars(base: pd.DataFrame, votes: pd.DataFrame, n: int, k: int | None = N
 # %% ../nbs/81_figures.ipynb #2e9ddcf8
 def delta_bars(table: pd.DataFrame, x: str, value: str, path_stem=None, title: str | None = None, n=None,
                system_col: str = "system", ylabel: str = "points"):
-    "Bars of a difference (`value`, in points) per `x` and system, in system colours, with a zero line, labels and n."
+    "Bars of a difference (`value`, in points) per `x` and system, with a zero line, labels and n."
     from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     xs, systems = list(dict.fromkeys(table[x])), list(dict.fromkeys(table[system_col]))
     fig = Figure(figsize=(max(5, 1.4 * len(xs) + 2.5), 3.6), layout="constrained")

@@ -19,8 +19,8 @@ from .curriculum import stage_name
 from .files import make_dir, write_atomic
 from .profile import MEDQA_GROUPS, Curriculum, Profile, ProfileError, TestSet, load_profile
 from .reports import write_manifest
-from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
-                         run_slug, run_train, run_vote)
+from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results,
+                         run_sample, run_slug, run_train, run_vote)
 from .testbed import run_gate, run_score, run_testbed_pairs, run_testbed_train
 from .training import TrainConfig
 
@@ -31,12 +31,12 @@ __all__ = ['StageId', 'Stage', 'test_sets', 'curriculum_of', 'run_stages_of', 'r
 # %% ../nbs/87_pipeline.ipynb #c5a1d001
 class StageId(NamedTuple):
     "What a stage does, as fields: step, system, the questions it answers, its branch and its round."
-    step: str                       # sample, vote, pairs, train, evaluate, results; gate, score (testbed); index (Self-RAG)
-    system: str | None = None       # the system it trains or answers with: `CALM`, `base`, a curriculum stage `01-en-fr`
-    on: str | None = None           # the test set (Tables 3 and 9) or split (testbed) it answers, when not the run's own
-    rag: bool = False               # a stage of the Self-RAG generator's run
-    curriculum: bool = False        # a stage of Table 10's language curriculum
-    round: int = 1                  # the testbed's voting round
+    step: str                   # sample, vote, pairs, train, evaluate, results; gate, score (testbed); index (Self-RAG)
+    system: str | None = None   # the system it trains or answers with: `CALM`, `base`, a curriculum stage `01-en-fr`
+    on: str | None = None       # the test set (Tables 3 and 9) or split (testbed) it answers, when not the run's own
+    rag: bool = False           # a stage of the Self-RAG generator's run
+    curriculum: bool = False    # a stage of Table 10's language curriculum
+    round: int = 1              # the testbed's voting round
 
     def __str__(self) -> str:
         parts = ["rag"] * self.rag + [self.step] + ["curriculum"] * self.curriculum + [self.system] * bool(self.system)
@@ -51,9 +51,9 @@ class Stage:
     id: StageId
     fn: object
     kwargs: dict
-    needs: tuple = ()                        # what it requires: a GPU, the network
-    outputs: tuple = ()                      # paths (relative to kwargs["out"]) the stage writes: what "reused" is judged on
-    tables: tuple = ()                       # the notebooks that need it (none: a main stage, run by `calm demo`)
+    needs: tuple = ()                   # what it requires: a GPU, the network
+    outputs: tuple = ()                 # paths (relative to kwargs["out"]) the stage writes: what "reused" is judged on
+    tables: tuple = ()                  # the notebooks that need it (none: a main stage, run by `calm demo`)
 
     def __post_init__(self):
         if isinstance(self.id, str):         # a bare step name; anything more is a StageId
@@ -82,7 +82,8 @@ from fastcore.basics import patch
 def check(self: Stage) -> str:
     "Bind the arguments to the function (and build the training config): a line for the plan, or `ProfileError`."
     try: inspect.signature(self.fn).bind(**self.kwargs)
-    except TypeError as e: raise ProfileError("(stages)", f"{self.model}/{self.dataset}/{self.name}", f"{self.fn.__name__}: {e}") from None
+    except TypeError as e:
+        raise ProfileError("(stages)", f"{self.model}/{self.dataset}/{self.name}", f"{self.fn.__name__}: {e}") from None
     if "training" in self.kwargs:
         TrainConfig(**{**self.kwargs["training"], "method": "dpo", "model": self.model})
     needs = f" (needs {', '.join(self.needs)})" if self.needs else ""
@@ -109,7 +110,7 @@ def test_sets(p: Profile, d) -> list[TestSet]:
 
 # %% ../nbs/87_pipeline.ipynb #6de51ec8
 def curriculum_of(p: Profile, d) -> Curriculum | None:
-    "The curriculum of dataset `d` (None: none): its declared one, or by default one on the profile's first dataset."
+    "The curriculum of dataset `d` (None: none): its declared one, or the default one."
     if d.curriculum is not None: return d.curriculum
     return Curriculum() if d is p.datasets[0] and len(d.languages) > 1 else None
 
@@ -170,7 +171,7 @@ def run_stages_of(p: Profile, model: str, d, out, release=None) -> list[Stage]:
 
 # %% ../nbs/87_pipeline.ipynb #c04608872
 def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
-    "The Self-RAG stages of dataset `d`: the generator answers with retrieved passages, then CALM on its own samples."
+    "The Self-RAG stages of dataset `d`: the generator with retrieved passages, then CALM on its own samples."
     r, g = p.rag, p.rag["generator"]
     gpu = ("GPU (vLLM)",) if p.backend == "vllm" else ()
     o, ds, L = str(Path(out) / "rag" / run_slug(g) / d.name), asdict(d), list(d.languages)
@@ -190,7 +191,8 @@ def rag_stages(p: Profile, d, out, release=None) -> list[Stage]:
     for s in ("base", "CALM"):
         S(StageId("evaluate", s, rag=True), run_evaluate, {"out": o, "model": g, "backend": p.backend, "system": s,
           "dataset": ds, "evaluation": asdict(p.evaluation), "seed": p.sampling.seed,
-          "batch_size": p.evaluation.batch_size, "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net, (f"eval/{s}",))
+          "batch_size": p.evaluation.batch_size, "release": rel, "rag": rag_kw, "dtype": p.dtype}, gpu + net,
+          (f"eval/{s}",))
     S(StageId("results", rag=True), run_results, {"out": o, "dataset": ds, "systems": ["base", "CALM"], "release": rel},
       (), ("results.csv",))
     return stages
@@ -209,8 +211,10 @@ def testbed_stages(p: Profile, out) -> list[Stage]:
     sc = dict(dataset=ds, backend=p.backend, dtype=p.dtype, batch_size=p.evaluation.batch_size)
     stages = []
     def S(id, fn, outputs, **kw): stages.append(Stage(label, d.name, id, fn, {"out": o, **kw}, (), outputs))
-    def score(x):                                       # every system on the test questions; on the train questions (the
-        own = x in ("base", "CALM", s.control, "CALM-r2")   # self setting) those the endpoints and round 2 read
+    # every system on the test questions; on the train questions (the self setting) those the endpoints
+    # and round 2 read
+    def score(x):
+        own = x in ("base", "CALM", s.control, "CALM-r2")
         for split in ("test", "train") if own and "self" in s.settings or x == "base" else ("test",):
             S(StageId("score", x, on=split), run_score, (f"scores/{x}@{split}.csv",), system=x, split=split, **sc)
     S(StageId("gate"), run_gate, ("gate",), models=list(p.models), testbed=tb, **sc)
@@ -233,7 +237,8 @@ def profile_stages(p: Profile, out, release=None) -> list[Stage]:
     "Every stage of profile `p`, in order, writing under `out/<model>/<dataset>/` (Self-RAG runs under `out/rag/`)."
     if p.testbed is not None: return testbed_stages(p, out)
     stages = [st for model in p.models for d in p.datasets for st in run_stages_of(p, model, d, out, release)]
-    return stages + [st for d in p.datasets if d.name in p.rag.get("datasets", []) for st in rag_stages(p, d, out, release)]
+    return stages + [st for d in p.datasets if d.name in p.rag.get("datasets", [])
+                     for st in rag_stages(p, d, out, release)]
 
 # %% ../nbs/87_pipeline.ipynb #c73642260
 def read_stage_log(run_dir) -> dict:
@@ -253,7 +258,8 @@ def run_stages(stages, run_dir) -> dict:
         took[st.key] = round(time.time() - t, 2)
         after = st.fingerprint()
         status = "no output" if after is None else "reused" if after == before else "computed"
-        if status != "computed" and log.get(st.key, {}).get("status") in (status, "reused", "computed"): log[st.key]["status"] = status
+        if status != "computed" and log.get(st.key, {}).get("status") in (status, "reused", "computed"):
+            log[st.key]["status"] = status
         else: log[st.key] = {"seconds": took[st.key], "status": status}
         print(f"stage {st.key}: {log[st.key]['status']} ({took[st.key]:.1f}s)", flush=True)
         write_atomic(run_dir / "stages.json", json.dumps(log, indent=1, sort_keys=True) + "\n")
@@ -261,14 +267,15 @@ def run_stages(stages, run_dir) -> dict:
 
 # %% ../nbs/87_pipeline.ipynb #c73290096
 def write_job_manifest(path, config: dict, inputs: dict, outputs) -> Path:
-    "`calm.reports.write_manifest` (outputs relative to `path`'s folder), unless only the creation time would change."
+    "`calm.reports.write_manifest`, unless only the creation time would change."
     path = Path(path)
     try: old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except json.JSONDecodeError: old = None                      # damaged: written again
     tmp = path.with_name(f".{path.name}.new")                   # hidden, in path's folder: the same relative outputs
     write_manifest(tmp, config, inputs, outputs)                 # written whole (atomically) ...
     new = json.loads(tmp.read_text(encoding="utf-8"))
-    same = old is not None and {k: v for k, v in old.items() if k not in ("created", "command")} == {k: v for k, v in new.items() if k not in ("created", "command")}
+    same = old is not None and ({k: v for k, v in old.items() if k not in ("created", "command")}
+                                == {k: v for k, v in new.items() if k not in ("created", "command")})
     if same: tmp.unlink()                                        # only the time would change: the old file stays
     else: tmp.replace(path)                                      # ... then renamed into place
     return path

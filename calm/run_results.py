@@ -31,7 +31,7 @@ def runs_root(run_dir) -> Path:
 # %% ../nbs/88_run_results.ipynb #c04466445
 @dataclass
 class RunView:
-    "One model x dataset run on disk (`samples/`, `votes.csv`, `data/calm_pairs.jsonl`, `eval/<system>/`, `eval_*/`) with its items."
+    "One model x dataset run on disk, with its items."
     model: str
     dataset: str
     folder: Path
@@ -50,16 +50,18 @@ class RunView:
         return run_state(self.folder, self.train_items)
 
     def systems(self, names=SYSTEMS, store: str = "eval", items=None) -> dict:
-        "`{system: answer records}` in `folder/<store>/` for the systems of `names` that were evaluated (items: the store's, else the test questions)."
+        "`{system: answer records}` in `folder/<store>/` for the systems of `names` that were evaluated."
         d = self.folder / store
         if items is None and (d / "items.jsonl").is_file(): return answers_of(self.folder, store, list(names))[0]
         by_key = {(it.qid, it.lang): it for it in (self.test_items if items is None else items)}
-        return {s: pd.DataFrame(extract_records(read_samples(d / s).to_dict("records"), by_key)) for s in names if (d / s).is_dir()}
+        return {s: pd.DataFrame(extract_records(read_samples(d / s).to_dict("records"), by_key)) for s in names
+                if (d / s).is_dir()}
 
     def tests(self) -> dict:
         "`{store: test info}` of every test set this run answered (`eval`, `eval_<name>`, `eval_curriculum`)."
         import json
-        return {f.parent.name: json.loads(f.read_text(encoding="utf-8")) for f in sorted(self.folder.glob("eval*/test.json"))}
+        return {f.parent.name: json.loads(f.read_text(encoding="utf-8"))
+                for f in sorted(self.folder.glob("eval*/test.json"))}
 
 # %% ../nbs/88_run_results.ipynb #c77162811
 def run_views(profile, run_dir, release=None) -> list[RunView]:
@@ -69,14 +71,16 @@ def run_views(profile, run_dir, release=None) -> list[RunView]:
     for m in p.models:
         for d in p.datasets:
             f = root / run_slug(m) / d.name
-            train = read_items(f / "train_items.jsonl") if (f / "train_items.jsonl").is_file() else profile_items(asdict(d), "train", release)
-            test = read_items(f / "eval" / "items.jsonl") if (f / "eval" / "items.jsonl").is_file() else profile_items(asdict(d), "test", release)
+            train = (read_items(f / "train_items.jsonl") if (f / "train_items.jsonl").is_file()
+                     else profile_items(asdict(d), "train", release))
+            test = (read_items(f / "eval" / "items.jsonl") if (f / "eval" / "items.jsonl").is_file()
+                    else profile_items(asdict(d), "test", release))
             views.append(RunView(m, d.name, f, list(d.languages), train, test, asdict(d)))
     return views
 
 # %% ../nbs/88_run_results.ipynb #208f1433
 def run_adapters(run_dir, systems=SYSTEMS[1:]) -> dict:
-    "`{system: adapter folder}` for the `systems` a run trained, in `systems` order; `run_dir` is one run, or a runs folder (its first run)."
+    "`{system: adapter folder}` for the `systems` a run trained, in `systems` order."
     d = Path(run_dir)
     if not (d / "adapters").is_dir():
         first = sorted(runs_root(d).glob("*/*/adapters"))
@@ -106,16 +110,18 @@ def table9_answers(profile, run_dir, release=None, questions: int | None = None)
             group = info.get("group") or ("en" if info["source"] == "release:medqa" and store == "eval" else None)
             if info["source"] != "release:medqa" or group is None: continue
             recs, items, langs, _ = _store_answers(v, store, ("base", "SFT", "CALM"))
-            out.append(Answers(v.label, items, langs, recs, {"group": group, "model": v.model, "trained_on": v.dataset}))
+            out.append(Answers(v.label, items, langs, recs,
+                               {"group": group, "model": v.model, "trained_on": v.dataset}))
     return sorted(out, key=lambda a: (a.label, a.info["group"] != "en"))
 
 # %% ../nbs/88_run_results.ipynb #2552e033
 def table3_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
-    "Table 3: each run's systems on its own test set (in-domain) and on every other test set it answered (cross-dataset)."
+    "Table 3: each run's systems on its own test set and on every other test set it answered."
     out = []
     for v in run_views(profile, run_dir, release):
         meta = {"model": v.model, "trained_on": v.dataset}
-        out.append(Answers(f"{v.dataset} (in-domain)", v.test_items, v.languages, v.systems(("base", "SFT", "CALM")), meta))
+        out.append(Answers(f"{v.dataset} (in-domain)", v.test_items, v.languages, v.systems(("base", "SFT", "CALM")),
+                           meta))
         for store, info in v.tests().items():
             if store in ("eval", "eval_curriculum") or info.get("group") == "cn": continue
             recs, items, langs, _ = _store_answers(v, store, ("base", "SFT", "CALM"))
@@ -124,20 +130,22 @@ def table3_answers(profile, run_dir, release=None, questions: int | None = None)
 
 # %% ../nbs/88_run_results.ipynb #4bc11b7a
 def table10_answers(profile, run_dir, release=None, questions: int | None = None) -> list[Answers]:
-    "Table 10: base and every curriculum stage, answered in all the languages of the curriculum's test set; `info['trained']` maps each to its languages."
+    "Table 10: base and every curriculum stage, answered in all the languages of the curriculum's test set."
     p, out = profile if isinstance(profile, Profile) else load_profile(profile), []
     for v in run_views(p, run_dir, release):
         if curriculum_of(p, p.dataset(v.dataset)) is None: continue
         stages = {stage_name(i, langs): langs for i, langs in enumerate(curriculum_plan(v.languages))}
         has = (v.folder / "eval_curriculum" / "test.json").is_file()
-        recs, items, langs, _ = _store_answers(v, "eval_curriculum", ("base", *stages)) if has else ({}, None, None, None)
+        recs, items, langs, _ = (_store_answers(v, "eval_curriculum", ("base", *stages)) if has
+                                 else ({}, None, None, None))
         if "base" not in recs:                 # the curriculum asked the run's own test set: base answered it in `eval`
             recs = {**v.systems(("base",)), **recs}; items, langs = v.test_items, v.languages
-        out.append(Answers(v.label, items, langs, recs, {"trained": {"base": [], **{s: l for s, l in stages.items() if s in recs}}}))
+        out.append(Answers(v.label, items, langs, recs,
+                           {"trained": {"base": [], **{s: l for s, l in stages.items() if s in recs}}}))
     return out
 
 # %% ../nbs/88_run_results.ipynb #c71767970
 def gold_systems(run_dir, config=None, systems=("SFT_gold", "CALM_gold"), profile="demo") -> tuple[list, dict]:
-    "`(test_items, {system: records})` of the first run, ground-truth variants included (the stages `train:*_gold` trained them)."
+    "`(test_items, {system: records})` of the first run, with the ground-truth variants (`train:*_gold`)."
     v = run_views(profile, run_dir)[0]
     return v.test_items, v.systems(("base", "SFT", "CALM", *systems))

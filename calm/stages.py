@@ -39,15 +39,16 @@ __all__ = ['XCSQA_HUB', 'MEDQA_TRAIN_HUB', 'medqa_items', 'first_questions', 'de
 
 # %% ../nbs/85_stages.ipynb #c48504681
 XCSQA_HUB = "INK-USC/xcsr"
-"Where a `release:xcsqa` dataset takes its test questions (X-CSQA dev, configs `X-CSQA-<lang>`) when it asks for more than the release holds."
+"Where a `release:xcsqa` dataset takes its test questions (X-CSQA dev) when it asks for more than the release holds."
 
 MEDQA_TRAIN_HUB = "GBaker/MedQA-USMLE-4-options"
 "Where a `release:medqa` dataset takes its (English) train questions; they are translated into the other languages."
 
 # %% ../nbs/85_stages.ipynb #08528a5a
 def medqa_items(release=None, group: str = "en", n: int | None = None, languages=None) -> tuple[list, list]:
-    "The first `n` questions of a release MedQA group present in every language; `(items, languages)`, native language first."
-    if group not in MEDQA_GROUPS: raise ValueError(f"MedQA group must be one of {', '.join(MEDQA_GROUPS)}, not {group!r}")
+    "`(items, languages)`: the first `n` questions of a release MedQA group present in every language."
+    if group not in MEDQA_GROUPS:
+        raise ValueError(f"MedQA group must be one of {', '.join(MEDQA_GROUPS)}, not {group!r}")
     g = load_release_medqa(release_dir(release) / "medqa" / "test" / MEDQA_GROUPS[group].folder)
     langs = [l for l in dict.fromkeys(it.lang for it in g.items) if not languages or l in languages]
     by_q = {}
@@ -69,15 +70,18 @@ def demo_split(split: str, n: int, languages) -> list:
 
 # %% ../nbs/85_stages.ipynb #5ce1d7e3
 def _source_items(d: Dataset, split: str, release=None, translator=None) -> list:
-    "The `split` items of `d` as its source gives them (testbed: train, validation or test; others: train or test)."
+    "The `split` items of `d` as its source gives them."
     n = d.train_questions if split == "train" else d.test_questions
     if d.source == "demo": return demo_split(split, n, d.languages)
     if d.source == "testbed": return first_questions(testbed_items(split, d.languages), n)
     if d.source == "release:xcsqa":
         items = first_questions(load_release_xcsqa(release_dir(release), d.languages, split), n)
-        if split == "test" and len({it.qid for it in items}) < n:   # the release holds 100 of X-CSQA's 1000 dev questions: take them all from the hub
-            print(f"{d.name}: the release has {len({it.qid for it in items})} test questions, {n} asked: X-CSQA dev from the hub ({XCSQA_HUB})")
-            items = first_questions([it for l in d.languages for it in load_hub(XCSQA_HUB, f"X-CSQA-{l}", split="validation")], n)
+        # the release holds 100 of X-CSQA's 1000 dev questions: take them all from the hub
+        if split == "test" and len({it.qid for it in items}) < n:
+            print(f"{d.name}: the release has {len({it.qid for it in items})} test questions, {n} asked: "
+                  f"X-CSQA dev from the hub ({XCSQA_HUB})")
+            items = first_questions([it for l in d.languages
+                                     for it in load_hub(XCSQA_HUB, f"X-CSQA-{l}", split="validation")], n)
         return items
     if split == "test": return medqa_items(release, "en", n, d.languages)[0]
     english = load_hub(MEDQA_TRAIN_HUB, split="train", lang="en")[:n]
@@ -85,31 +89,34 @@ def _source_items(d: Dataset, split: str, release=None, translator=None) -> list
 
 # %% ../nbs/85_stages.ipynb #c17652628
 def profile_items(dataset: dict, split: str, release=None, translator=None) -> list:
-    "The `split` items of a profile dataset (`asdict(Dataset)`): its first questions, in its languages, options shuffled if it asks."
-    d = dataset if isinstance(dataset, Dataset) else Dataset(**{k: v for k, v in dataset.items() if k not in ("tests", "curriculum")})
+    "The `split` items of a profile dataset (`asdict(Dataset)`): its first questions, in its languages."
+    d = (dataset if isinstance(dataset, Dataset)
+         else Dataset(**{k: v for k, v in dataset.items() if k not in ("tests", "curriculum")}))
     items = _source_items(d, split, release, translator)
     return shuffle_options(items) if d.shuffle_options else items
 
 # %% ../nbs/85_stages.ipynb #d27159bf
 def test_set(dataset: dict, release=None, group: str | None = None) -> tuple[list, list]:
-    "`(items, languages)` a stage answers: the dataset's test questions, or a MedQA release `group` (`cn`: MCMLE) in its languages."
+    "`(items, languages)` a stage answers: the dataset's test questions, or a MedQA release `group`."
     if group is None: return profile_items(dataset, "test", release), list(dataset["languages"])
     return medqa_items(release, group, dataset["test_questions"], dataset["languages"])
 
 # %% ../nbs/85_stages.ipynb #c44966632
 def run_slug(model: str) -> str:
-    "A folder name for a model id (`meta-llama/Meta-Llama-3-8B-Instruct` -> `meta-llama--Meta-Llama-3-8B-Instruct`)."
+    "A folder name for a model id (`org/model` -> `org--model`)."
     return re.sub(r"[^\w.-]+", "-", model.replace("/", "--")).strip("-")
 
 # %% ../nbs/85_stages.ipynb #c09518915
 _VLLM_ENGINES: dict = {}
 
 def profile_backend(kind: str, model: str, adapter=None, dtype: str = "auto"):
-    "The sampling backend of a profile: `TransformersBackend` (CPU/GPU) or `VLLMBackend` (GPU, or vLLM's CPU build), with `adapter` if given, in `dtype` (`calm.models.inference_dtype`)."
-    if kind == "vllm":                               # one engine per model for every stage, each adapter served through it
+    "The sampling backend of a profile (`TransformersBackend` or `VLLMBackend`), with `adapter` if given."
+    if kind == "vllm":  # one engine per model for every stage, each adapter served through it
         auto = dtype in (None, "auto")                   # auto: VLLMBackend's own choice for the platform
         key = model if auto else (model, dtype)
-        if key not in _VLLM_ENGINES: _VLLM_ENGINES[key] = VLLMBackend(resolve_model(model), enable_lora=True, **({} if auto else {"dtype": dtype}))
+        if key not in _VLLM_ENGINES:
+            _VLLM_ENGINES[key] = VLLMBackend(resolve_model(model), enable_lora=True,
+                                             **({} if auto else {"dtype": dtype}))
         return _VLLM_ENGINES[key].with_lora(adapter)
     dtype = inference_dtype(dtype)
     if adapter is None: return TransformersBackend.from_name(model, dtype=dtype)
@@ -118,7 +125,7 @@ def profile_backend(kind: str, model: str, adapter=None, dtype: str = "auto"):
 
 # %% ../nbs/85_stages.ipynb #c183ae5a
 def stage_builder(model: str, languages, rag: dict | None = None):
-    "The prompt builder of a stage: by the model's tokenizer (chat or few-shot), with retrieved passages when `rag` is given."
+    "The prompt builder of a stage, with retrieved passages when `rag` is given."
     from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
     base = PromptBuilder.auto(AutoTokenizer.from_pretrained(resolve_model(model)), languages=languages)
     if not rag: return base
@@ -127,13 +134,13 @@ def stage_builder(model: str, languages, rag: dict | None = None):
 
 # %% ../nbs/85_stages.ipynb #12c930b7
 def run_rag_index(corpus, index, embedder=None) -> Path:
-    "Stage `rag:index`: the vector index of a folder of textbooks (reopened when unchanged, rebuilt when the corpus or model changed)."
+    "Stage `rag:index`: the vector index of a folder of textbooks."
     build_index(corpus, index, embedder=Embedder(embedder))
     return Path(index)
 
 # %% ../nbs/85_stages.ipynb #c70730642
 def run_state(out, items=None) -> dict:
-    "Train items, sample records, votes (None before the vote), pairs (empty before them), canonical gold of run `out`."
+    "The state of run `out`: train items, sample records, votes, pairs and canonical gold."
     out = Path(out)
     items = read_items(out / "train_items.jsonl") if items is None else items
     by_key = {(it.qid, it.lang): it for it in items}
@@ -147,8 +154,9 @@ def run_state(out, items=None) -> dict:
     return {"items": items, "by_key": by_key, "records": recs, "votes": votes, "pairs": pairs, "gold": gold}
 
 # %% ../nbs/85_stages.ipynb #c33266208
-def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None, dtype: str = "auto") -> Path:
-    "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`; the items to `out/train_items.jsonl`."
+def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, release=None, rag: dict | None = None,
+               dtype: str = "auto") -> Path:
+    "Stage `sample`: the dataset's train questions, m samples per language, into `out/samples`."
     out = make_dir(out)
     translator = None
     if dataset["source"] == "release:medqa":
@@ -157,23 +165,26 @@ def run_sample(out, model: str, backend: str, dataset: dict, sampling: dict, rel
     write_items(items, out / "train_items.jsonl")
     b = profile_backend(backend, model, dtype=dtype)
     params = SamplingParams(**{f.name: sampling[f.name] for f in fields(SamplingParams)})
-    run_sampling(out / "samples", items, dataset["languages"], params, b, prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model,
-                 on_change="aside")                   # the next stages read out/samples: it holds this configuration's samples
+    run_sampling(out / "samples", items, dataset["languages"], params, b,
+                 prompt_builder=stage_builder(model, dataset["languages"], rag), model_id=model,
+                 on_change="aside")  # the next stages read out/samples: it holds this configuration's samples
     return out / "samples"
 
 # %% ../nbs/85_stages.ipynb #c23798286
 def run_vote(out, languages, tie: str) -> Path:
-    "Stage `vote`: the majority vote over all languages and samples, counting options (canonical letters), to `out/votes.csv`."
+    "Stage `vote`: the majority vote over all languages and samples, to `out/votes.csv`."
     st = run_state(out)
-    votes = vote_table(st["records"], languages, tie=tie, lang_order=languages, items=st["items"])   # options, not letters
+    # options, not letters
+    votes = vote_table(st["records"], languages, tie=tie, lang_order=languages, items=st["items"])
     return write_atomic(Path(out) / "votes.csv", votes.to_csv(index=False))
 
 # %% ../nbs/85_stages.ipynb #a8224341
 def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
-    "Stage `pairs`: DPO pairs and voted SFT rows (prompts as sampled; no translator: options stated), in `out/data`."
+    "Stage `pairs`: DPO pairs and voted SFT rows, in `out/data`."
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
-    prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])   # chat messages, not a template baked into text
+    # chat messages, not a template baked into text
+    prompt_of = lambda q, l: prompt_messages(builder, st["by_key"][(q, l)])
     pairs = build_pairs(st["records"], st["votes"], prompt_of, source_order=languages, gold=st["gold"],
                         items=st["items"], builder=builder)
     sft = sft_from_votes(st["records"], st["votes"], prompt_of, languages, source_order=languages, items=st["items"],
@@ -184,63 +195,69 @@ def run_pairs(out, model: str, languages, rag: dict | None = None) -> Path:
 # %% ../nbs/85_stages.ipynb #c78200139
 def run_train(out, model: str, system: str, training: dict, languages, rag: dict | None = None,
               vote_error_rate: float | None = None) -> Path | None:
-    "Stage `train:<system>`: SFT, CALM (DPO), CALM-robust, DCO or a ground-truth variant with the profile's `TrainConfig`, into `out/adapters/<system>`."
+    "Stage `train:<system>`: one system trained with the profile's `TrainConfig`, into `out/adapters/<system>`."
     if system == "CALM-robust" and vote_error_rate is None:
-        print(f"{out}: CALM-robust needs the vote's error rate (the profile's vote_error_rate): not trained"); return None
+        print(f"{out}: CALM-robust needs the vote's error rate (the profile's vote_error_rate): not trained")
+        return None
     out = Path(out); st = run_state(out)
     builder = stage_builder(model, languages, rag)
-    method, data = variant_data(system.lower(), pairs=st["pairs"], records=st["records"], votes=st["votes"], gold=st["gold"],
-                                prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]), prompt_builder=builder,
-                                items=st["items"])          # DCO: the questions; SFT: options as shown
+    method, data = variant_data(system.lower(), pairs=st["pairs"], records=st["records"], votes=st["votes"],
+                                gold=st["gold"], prompt_of=lambda q, l: prompt_messages(builder, st["by_key"][(q, l)]),
+                                prompt_builder=builder, items=st["items"])  # DCO: the questions; SFT: options as shown
     if len(data) == 0: print(f"{out}: {system} has no training rows: not trained"); return None
     settings = {**training, **variant_settings(system.lower(), vote_error_rate), "method": method, "model": model}
     return train(TrainConfig(**settings), data, out / "adapters" / system).out_dir
 
 # %% ../nbs/85_stages.ipynb #eddfe658
 def curriculum_plan(languages, n: int = 3) -> list[list[str]]:
-    "The curriculum of a run (Table 10): its first `n` languages, one more per stage; the others stay absent from training."
+    "The curriculum of a run (Table 10): its first `n` languages, one more per stage."
     return [list(languages[:i]) for i in range(1, min(n, len(languages)) + 1)]
 
 # %% ../nbs/85_stages.ipynb #8af557f9
 def run_curriculum(out, model: str, training: dict, languages) -> list:
-    "Stage `train:curriculum`: CALM through `curriculum_plan(languages)` on the run's pairs, each stage saved to `out/adapters/<stage>`."
+    "Stage `train:curriculum`: CALM through `curriculum_plan(languages)` on the run's pairs."
     pairs = read_pairs(Path(out) / "data" / "calm_pairs.jsonl")
     plan_ = curriculum_plan(languages)
     if any(not pairs.lang.isin(langs).any() or not (pairs.lang == langs[-1]).any() for langs in plan_):
         print(f"{out}: no pairs in some language of the curriculum {plan_}: not trained"); return []
-    runs = train_curriculum(TrainConfig(**{**training, "method": "dpo", "model": model}), pairs, Path(out) / "adapters", stages=plan_)
+    runs = train_curriculum(TrainConfig(**{**training, "method": "dpo", "model": model}), pairs, Path(out) / "adapters",
+                            stages=plan_)
     return [r.out_dir for r in runs]
 
 # %% ../nbs/85_stages.ipynb #c49562296
 def run_evaluate(out, model: str, backend: str, system: str, dataset: dict, evaluation: dict, seed: int = 0,
-                 batch_size: int = 8, release=None, rag: dict | None = None, group: str | None = None, store: str = "eval",
-                 label: str | None = None, dtype: str = "auto") -> Path | None:
-    "Stage `evaluate:<system>`: answer `test_set(dataset, release, group)` with the base model or `out/adapters/<system>`, into `out/<store>/<system>`."
+                 batch_size: int = 8, release=None, rag: dict | None = None, group: str | None = None,
+                 store: str = "eval", label: str | None = None, dtype: str = "auto") -> Path | None:
+    "Stage `evaluate:<system>`: a test set answered by the base model or an adapter, into `out/<store>/<system>`."
     out = Path(out); adapter = None if system == "base" else out / "adapters" / system
-    if adapter is not None and not (adapter / "adapter_config.json").is_file(): print(f"{out}: {system} was not trained"); return None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        print(f"{out}: {system} was not trained"); return None
     items, langs = test_set(dataset, release, group)
-    gold_codes(items, file=f"dataset {dataset['name']}")    # before the model loads: what cannot be scored is not generated
+    # before the model loads: what cannot be scored is not generated
+    gold_codes(items, file=f"dataset {dataset['name']}")
     make_dir(out / store)
     info = {"label": label or dataset["name"], "source": dataset["source"], "group": group, "languages": langs,
             "questions": len({it.qid for it in items})}
     write_atomic(out / store / "test.json", json.dumps(info, indent=1) + "\n")
     write_items(items, out / store / "items.jsonl")
     b = profile_backend(backend, model, adapter, dtype)
-    trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}   # a retrained adapter is answered again
-    evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"], max_new_tokens=evaluation["max_new_tokens"],
-                   seed=seed, batch_size=batch_size, prompt_builder=stage_builder(model, langs, rag), model_id=model, extra=trained,
-                   on_change="aside")
+    # a retrained adapter is answered again
+    trained = {"adapter": system, "adapter_sha256": weights_sha256(adapter)} if adapter is not None else {}
+    evaluate_model(out / store / system, items, langs, b, m=evaluation["m"], greedy=evaluation["greedy"],
+                   max_new_tokens=evaluation["max_new_tokens"], seed=seed, batch_size=batch_size,
+                   prompt_builder=stage_builder(model, langs, rag), model_id=model, extra=trained, on_change="aside")
     return out / store / system
 
 # %% ../nbs/85_stages.ipynb #c52436129
 def answers_of(out, store: str = "eval", systems=None) -> tuple[dict, list, list, dict]:
-    "`({system: extracted answer records}, items, languages, test info)` of the store `out/<store>` an evaluation stage wrote."
+    "`({system: answer records}, items, languages, test info)` of the store `out/<store>` of an evaluation stage."
     d = Path(out) / store
     info = json.loads((d / "test.json").read_text(encoding="utf-8"))
     items = read_items(d / "items.jsonl")
     by_key = {(it.qid, it.lang): it for it in items}
     names = [s for s in (systems or sorted(p.name for p in d.iterdir() if p.is_dir())) if (d / s).is_dir()]
-    return ({s: pd.DataFrame(extract_records(read_samples(d / s).to_dict("records"), by_key)) for s in names}, items, info["languages"], info)
+    return ({s: pd.DataFrame(extract_records(read_samples(d / s).to_dict("records"), by_key)) for s in names}, items,
+            info["languages"], info)
 
 # %% ../nbs/85_stages.ipynb #d11ec33a
 def run_results(out, dataset: dict, systems, release=None) -> Path:
