@@ -39,19 +39,24 @@ def hub_id(model) -> str | None:
 # %% ../nbs/56_adapters.ipynb #2998edc5
 def _yaml_list(xs) -> str: return "".join(f"\n- {x}" for x in xs)
 
-def adapter_card(adapter_config: dict, info: dict | None = None, base: str | None = None, local: str | None = None) -> str:
-    "A PEFT model card (Markdown with YAML front matter) from an adapter's config and its `calm_train_config.json` record."
+def adapter_card(adapter_config: dict, info: dict | None = None, base: str | None = None,
+                 local: str | None = None) -> str:
+    "A PEFT model card (Markdown with YAML front matter) from an adapter's config and its training record."
     info = info or {}
     cfg, data, res = info.get("config", {}), info.get("data", {}), info.get("result", {})
     method = (cfg.get("method") or "?").upper()
     model = cfg.get("model") or cfg.get("model_name_or_path")          # calm's earlier name, TRL's
     tags = ["peft", "lora", "calm", "trl", method.lower()]
-    lines = ["---", f"base_model: {base}" if base else None, "library_name: peft", f"tags:{_yaml_list(tags)}", "---", "",
+    lines = ["---", f"base_model: {base}" if base else None, "library_name: peft", f"tags:{_yaml_list(tags)}",
+             "---", "",
              f"# CALM {method} adapter" + (f" for {base}" if base else ""), "",
              f"A LoRA adapter trained with `calm` ({method} with TRL) on multilingual multiple-choice QA: "
              "cross-lingual self-alignment (CALM, Wang et al., NAACL Findings 2025).", "", "## Base model", ""]
     lines += [f"- hub id: `{base}`" if base else "- hub id: unknown (pass the base model when loading)"]
-    if model and model != base: lines.append(f"- trained on: `{model}`" + (" (an embedded, quantized GGUF copy of the hub weights, dequantized)" if hub_id(model) and "/" not in str(model) else ""))
+    if model and model != base:
+        gguf = hub_id(model) and "/" not in str(model)
+        lines.append(f"- trained on: `{model}`"
+                     + (" (an embedded, quantized GGUF copy of the hub weights, dequantized)" if gguf else ""))
     if local: lines.append(f"- local folder it was trained on (a hint; valid on the training machine only): `{local}`")
     lines += ["", "## Training data", ""]
     if data:
@@ -61,26 +66,32 @@ def adapter_card(adapter_config: dict, info: dict | None = None, base: str | Non
                   f"- sha256 of the TRL rows: `{data.get('trl_sha256')}`"]
     else: lines.append("- not recorded (no calm_train_config.json beside the adapter)")
     lines += ["", "## Settings", "", "| setting | value |", "| --- | --- |"]
-    lora = {k: adapter_config.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")}
+    lora_keys = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
+    lora = {k: adapter_config.get(k) for k in lora_keys}
+    cfg_keys = ("method", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "beta", "loss_type",
+                "reference", "max_length", "seed")
     shown = {**{f"lora {k}": v for k, v in lora.items() if v is not None},
-             **{k: cfg[k] for k in ("method", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "beta", "loss_type",
-                                    "reference", "max_length", "seed") if cfg.get(k) is not None}}
+             **{k: cfg[k] for k in cfg_keys if cfg.get(k) is not None}}
     if info.get("reference"): shown["reference model"] = info["reference"]
-    if res: shown |= {"steps": res.get("global_step"), "final train loss": res.get("train_loss"), "device": res.get("device")}
-    for k, v in shown.items(): lines.append(f"| {k} | {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v} |")
+    if res:
+        shown |= {"steps": res.get("global_step"), "final train loss": res.get("train_loss"),
+                  "device": res.get("device")}
+    for k, v in shown.items():
+        lines.append(f"| {k} | {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v} |")
     vers = info.get("versions") or {}
     if vers: lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v)]
-    lines += ["", "## Use", "", "```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
+    lines += ["", "## Use", "", "```python", "from peft import PeftModel",
+              "from transformers import AutoModelForCausalLM",
               f"base = AutoModelForCausalLM.from_pretrained({base!r})" if base else "base = ...  # the base model", 
               "model = PeftModel.from_pretrained(base, 'path/to/this/folder')", "```", "",
-              "With calm: `calm.training.load_adapter(BASE, 'path/to/this/folder')`, where BASE is the hub id, a local copy "
-              "of it, or an embedded model name."]
+              "With calm: `calm.training.load_adapter(BASE, 'path/to/this/folder')`, where BASE is the hub id, "
+              "a local copy of it, or an embedded model name."]
     return "\n".join(l for l in lines if l is not None) + "\n"
 
 # %% ../nbs/56_adapters.ipynb #4c637b6a
 def publish_adapter(adapter_dir, model=None) -> dict:
-    "Point `adapter_dir`'s `adapter_config.json` at the base model's hub id and write its model card (`README.md`); returns what it set."
+    "Point `adapter_dir`'s `adapter_config.json` at the base model's hub id and write its model card (`README.md`)."
     d = Path(adapter_dir); cfg_path = d / "adapter_config.json"
     if not cfg_path.is_file(): raise FileNotFoundError(f"no PEFT adapter in {d} (adapter_config.json missing)")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -88,9 +99,11 @@ def publish_adapter(adapter_dir, model=None) -> dict:
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     recorded = cfg.get("base_model_name_or_path")
     local = info.get("local_base_model") or (recorded if recorded and not _is_hub_id(str(recorded)) else None)
-    model = model or info.get("config", {}).get("model") or info.get("config", {}).get("model_name_or_path") or info.get("base_model") or recorded
+    cfg_run = info.get("config", {})
+    model = model or cfg_run.get("model") or cfg_run.get("model_name_or_path") or info.get("base_model") or recorded
     base = hub_id(model) or hub_id(local) or (recorded if recorded and _is_hub_id(str(recorded)) else None)
-    targets = cfg.get("target_modules")                 # PEFT writes a set as a list in the process's hash order: sorted, two runs write the same bytes
+    # PEFT writes a set as a list in the process's hash order: sorted, two runs write the same bytes
+    targets = cfg.get("target_modules")
     if (base and recorded != base) or (isinstance(targets, list) and targets != sorted(targets)):
         if base: cfg["base_model_name_or_path"] = base
         if isinstance(targets, list): cfg["target_modules"] = sorted(targets)
@@ -99,4 +112,5 @@ def publish_adapter(adapter_dir, model=None) -> dict:
         info["local_base_model"] = local
         info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     (d / "README.md").write_text(adapter_card(cfg, info, base, local), encoding="utf-8")
-    return {"base_model_name_or_path": cfg.get("base_model_name_or_path"), "hub_id": base, "local": local, "card": d / "README.md"}
+    return {"base_model_name_or_path": cfg.get("base_model_name_or_path"), "hub_id": base, "local": local,
+            "card": d / "README.md"}

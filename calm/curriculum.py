@@ -13,8 +13,8 @@ import pandas as pd
 
 from .data import DataError, normalize_lang
 from .files import write_atomic
-from .training import (TrainConfig, TrainRun, _skipped_run, data_fingerprint, load_adapter, run_is_done, split_holdout, train,
-                           training_frame)
+from .training import (TrainConfig, TrainRun, _skipped_run, data_fingerprint, load_adapter, run_is_done,
+                           split_holdout, train, training_frame)
 
 # %% auto #0
 __all__ = ['DEFAULT_STAGES', 'stage_name', 'curriculum_stages', 'train_curriculum']
@@ -26,7 +26,8 @@ DEFAULT_STAGES = (("en",), ("en", "fr"), ("en", "fr", "zh"))
 # %% ../nbs/61_curriculum.ipynb #291df0df
 def stage_name(i: int, langs: Sequence[str]) -> str:
     "The folder of curriculum stage `i` (0-based) over `langs`, e.g. `01-en-fr`."
-    return f"{i:02d}-{'-'.join(normalize_lang(l) for l in langs)}"   # language codes only: no path can come from the data
+    # language codes only: no path can come from the data
+    return f"{i:02d}-{'-'.join(normalize_lang(l) for l in langs)}"
 
 # %% ../nbs/61_curriculum.ipynb #870906d9
 def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[list[str], pd.DataFrame]]:
@@ -36,29 +37,35 @@ def curriculum_stages(pairs: pd.DataFrame, stages=DEFAULT_STAGES) -> list[tuple[
     for i, langs in enumerate(stages):
         langs = [langs] if isinstance(langs, str) else list(langs)
         rows = pairs[pairs.lang.isin(langs)].reset_index(drop=True)
-        if len(rows) == 0: raise DataError(f"curriculum stage {i} ({'+'.join(langs)}) has no pairs (languages present: {sorted(set(pairs.lang))})", field="lang")
+        if len(rows) == 0:
+            raise DataError(f"curriculum stage {i} ({'+'.join(langs)}) has no pairs "
+                            f"(languages present: {sorted(set(pairs.lang))})", field="lang")
         out.append((langs, rows))
     return out
 
 # %% ../nbs/61_curriculum.ipynb #2f500067
 def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES, model=None, tokenizer=None,
                      skip_done: bool = True) -> list[TrainRun]:
-    "Train one adapter through `stages` of growing language sets, in order, each stage continuing the previous one; each saved."
+    "Train one adapter through `stages` of growing language sets, each stage continuing the previous one."
     out_dir = Path(out_dir)
     frame = training_frame(pairs, config.method)
     staged = curriculum_stages(frame, stages)
-    held_keys = set(split_holdout(frame, config.val_ratio, config.seed)[1].qid.astype(str)) if "qid" in frame.columns else set()
+    held_keys = (set(split_holdout(frame, config.val_ratio, config.seed)[1].qid.astype(str)) if "qid" in frame.columns
+                 else set())
     runs, record = [], []
-    skipping = skip_done and model is None          # skip finished stages only while every earlier stage was skipped too
+    skipping = skip_done and model is None    # skip finished stages only while every earlier stage was skipped too
     for i, (langs, rows) in enumerate(staged):
         is_held = rows.qid.astype(str).isin(held_keys) if "qid" in rows.columns else pd.Series(False, index=rows.index)
         stage_dir = out_dir / stage_name(i, langs)
-        skipping = skipping and run_is_done(stage_dir, config, data_fingerprint(rows[~is_held].reset_index(drop=True), config.method))
+        skipping = skipping and run_is_done(stage_dir, config,
+                                            data_fingerprint(rows[~is_held].reset_index(drop=True), config.method))
         if skipping: run = _skipped_run(stage_dir)
         else:
             if runs and runs[-1].skipped:            # continue from the adapter of the last finished stage
-                model, tokenizer = load_adapter(runs[-1].info.get("base_model") or config.model, runs[-1].out_dir, device="cpu", is_trainable=True)
-            extra = {"curriculum": {"stage": i, "languages": langs, "previous": str(runs[-1].out_dir) if runs else None}}
+                model, tokenizer = load_adapter(runs[-1].info.get("base_model") or config.model, runs[-1].out_dir,
+                                                device="cpu", is_trainable=True)
+            extra = {"curriculum": {"stage": i, "languages": langs,
+                                    "previous": str(runs[-1].out_dir) if runs else None}}
             run = train(config, rows[~is_held], stage_dir, model=model, tokenizer=tokenizer, eval_data=rows[is_held],
                         skip_done=False, extra_info=extra)
             model, tokenizer = run.model, run.tokenizer
@@ -66,5 +73,6 @@ def train_curriculum(config: TrainConfig, pairs, out_dir, stages=DEFAULT_STAGES,
         record.append({"stage": i, "languages": langs, "dir": stage_dir.name, "train_rows": int((~is_held).sum()),
                        "eval_rows": int(is_held.sum()), "skipped": run.skipped})
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "curriculum.json", json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n")
+    write_atomic(out_dir / "curriculum.json",
+                 json.dumps({"stages": record, "config": config.to_dict()}, indent=2) + "\n")
     return runs

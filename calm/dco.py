@@ -25,7 +25,7 @@ __all__ = ['DCO_COLUMNS', 'DCO_PICKS', 'dco_targets', 'dco_loss', 'DCOConfig', '
 
 # %% ../nbs/58_dco.ipynb #1d11de70
 def dco_targets(beta: float = 1.0, gamma_1: float = 1.0, gamma_2: float | None = None) -> tuple[float, float]:
-    "The scales `(gamma_1 / beta, gamma_2 / beta)` of the other language's reference preference; `gamma_2=None` is `beta**2`."
+    "The scales `(gamma_1 / beta, gamma_2 / beta)` of the other language's reference preference."
     if gamma_2 is None: gamma_2 = beta ** 2
     return gamma_1 / beta, gamma_2 / beta
 
@@ -33,7 +33,7 @@ def dco_targets(beta: float = 1.0, gamma_1: float = 1.0, gamma_2: float | None =
 def dco_loss(chosen_1_logps, rejected_1_logps, chosen_2_logps, rejected_2_logps, ref_chosen_1_logps=0.0,
              ref_rejected_1_logps=0.0, ref_chosen_2_logps=0.0, ref_rejected_2_logps=0.0, beta: float = 1.0,
              gamma_1: float = 1.0, gamma_2: float | None = None):
-    "Per-row DCO loss: each language's log-ratio change regressed onto the other language's reference preference (L1)."
+    "Per-row DCO loss: each language's log-ratio change regressed (L1) onto the other's reference preference."
     scale_1, scale_2 = dco_targets(beta, gamma_1, gamma_2)
     offset_1 = ref_chosen_1_logps - ref_rejected_1_logps         # the reference's preference in language 1
     offset_2 = ref_chosen_2_logps - ref_rejected_2_logps
@@ -45,50 +45,54 @@ def dco_loss(chosen_1_logps, rejected_1_logps, chosen_2_logps, rejected_2_logps,
 @dataclass
 class DCOConfig(DPOConfig):
     "TRL's `DPOConfig` plus DCO's direction hyperparameters (defaults: the authors' released loss)."
-    gamma_1: float = field(default=1.0, metadata={"help": "DCO: weight of language 2's reference preference in language 1's target"})
-    gamma_2: float | None = field(default=None, metadata={"help": "DCO: weight of language 1's preference in language 2's target; None: beta**2"})
+    gamma_1: float = field(default=1.0, metadata={
+        "help": "DCO: weight of language 2's reference preference in language 1's target"})
+    gamma_2: float | None = field(default=None, metadata={
+        "help": "DCO: weight of language 1's preference in language 2's target; None: beta**2"})
 
 # %% ../nbs/58_dco.ipynb #949091f8
 DCO_COLUMNS = ["prompt_1", "chosen_1", "rejected_1", "prompt_2", "chosen_2", "rejected_2"]
-"What a DCO row holds: a prompt and two candidates in language 1 and the same in language 2 (chosen/rejected are only names)."
+"What a DCO row holds: a prompt and two candidates in each of two languages (chosen/rejected are only names)."
 
 # %% ../nbs/58_dco.ipynb #7415e276
 @dataclass
 class DCOCollator:
-    "Batches DCO rows for TRL's preference collator: language 1's rows then language 2's, so one batch of 2B preference rows."
+    "Batches DCO rows for TRL's preference collator: language 1's rows, then language 2's."
     preference: object                         # a trl DataCollatorForPreference
 
     def __call__(self, examples: list[dict]) -> dict:
-        sides = [{"prompt_ids": e[f"prompt_ids_{k}"], "chosen_ids": e[f"chosen_ids_{k}"], "rejected_ids": e[f"rejected_ids_{k}"]}
-                 for k in (1, 2) for e in examples]
+        sides = [{"prompt_ids": e[f"prompt_ids_{k}"], "chosen_ids": e[f"chosen_ids_{k}"],
+                  "rejected_ids": e[f"rejected_ids_{k}"]} for k in (1, 2) for e in examples]
         return self.preference(sides)
 
 # %% ../nbs/58_dco.ipynb #2c007ef5
 class DCOTrainer(DPOTrainer):
-    "TRL's `DPOTrainer` on DCO rows (`DCO_COLUMNS`): policy and reference log-probabilities of four completions, then `dco_loss`."
+    "TRL's `DPOTrainer` on DCO rows (`DCO_COLUMNS`): log-probabilities of four completions, then `dco_loss`."
     _tag_names = ["trl", "dco", "calm"]
 
     def __init__(self, *args, **kwargs):
         a = kwargs.get("args")
         if a is not None and getattr(a, "precompute_ref_log_probs", False):
-            raise ValueError("DCO computes its four reference log-probabilities on the fly: set precompute_ref_log_probs=False")
+            raise ValueError("DCO computes its four reference log-probabilities on the fly: "
+                             "set precompute_ref_log_probs=False")
         super().__init__(*args, **kwargs)
         self.data_collator = DCOCollator(self.data_collator)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        "Each language's half tokenized by DPOTrainer's own preparation, joined back by row (rows either half dropped are dropped)."
+        "Each language's half tokenized by DPOTrainer's own preparation, joined back by row."
         if "prompt_ids_1" in dataset.column_names: return dataset
         missing = [c for c in DCO_COLUMNS if c not in dataset.column_names]
         if missing: raise ValueError(f"DCO rows need the columns {DCO_COLUMNS}; missing {missing}")
         rows = dataset.to_list()
         halves = []
         for k in (1, 2):
-            half = Dataset.from_list([{"prompt": r[f"prompt_{k}"], "chosen": r[f"chosen_{k}"], "rejected": r[f"rejected_{k}"], "dco_row": i}
-                                      for i, r in enumerate(rows)])
+            half = Dataset.from_list([{"prompt": r[f"prompt_{k}"], "chosen": r[f"chosen_{k}"],
+                                       "rejected": r[f"rejected_{k}"], "dco_row": i} for i, r in enumerate(rows)])
             half = super()._prepare_dataset(half, processing_class, args, f"{dataset_name} (language {k})")
             halves.append({r["dco_row"]: r for r in half.to_list()})
         keep = [i for i in range(len(rows)) if i in halves[0] and i in halves[1]]
-        return Dataset.from_list([{f"{n}_{k}": halves[k - 1][i][n] for k in (1, 2) for n in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        return Dataset.from_list([{f"{n}_{k}": halves[k - 1][i][n] for k in (1, 2)
+                                   for n in ("prompt_ids", "chosen_ids", "rejected_ids")}
                                   for i in keep])
 
     def _set_signature_columns_if_needed(self):
@@ -115,7 +119,7 @@ class DCOTrainer(DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _log_dco(self, mode, pref_1, pref_2, ref_1, ref_2):
-        "Logged per step: how often the two languages prefer the same candidate, before and after, and each preference's mean."
+        "Logged per step: how often the two languages agree, before and after, and each preference's mean."
         g = lambda x: self.accelerator.gather_for_metrics(x.detach().float())
         p1, p2, o1, o2 = g(pref_1), g(pref_2), g(ref_1), g(ref_2)
         m = self._metrics[mode]
@@ -127,7 +131,7 @@ class DCOTrainer(DPOTrainer):
 
 # %% ../nbs/58_dco.ipynb #a6454ae0
 def option_id_of(item: MCItem, letter: str) -> str:
-    "The language-independent id of option `letter` of `item` (its letter when the item's options are parallel by letter)."
+    "The language-independent id of option `letter` of `item` (its letter when options are parallel by letter)."
     return item.option_id(letter) if hasattr(item, "option_id") else letter
 
 def letter_of_id(item: MCItem, option_id: str) -> str:
@@ -136,7 +140,7 @@ def letter_of_id(item: MCItem, option_id: str) -> str:
 
 # %% ../nbs/58_dco.ipynb #b994607c
 DCO_PICKS = ("random", "gold", "top")
-"How two candidates are drawn: the paper's uniform draw, gold against a random distractor, or the model's two best options."
+"How two candidates are drawn: the paper's uniform draw, gold against a distractor, or the model's two best."
 
 def _logprob_table(option_logprobs: pd.DataFrame | None) -> dict:
     "{(qid, lang, letter): logprob} from a frame in the format of `calm.likelihood.option_logprobs`."
@@ -147,14 +151,16 @@ def _logprob_table(option_logprobs: pd.DataFrame | None) -> dict:
             zip(option_logprobs.qid, option_logprobs.lang, option_logprobs.option, option_logprobs.logprob)}
 
 # %% ../nbs/58_dco.ipynb #fe10116e
-def dco_candidates(a: MCItem, b: MCItem, pick: str, rng: random.Random, logprobs: dict | None = None) -> tuple[str, str] | None:
+def dco_candidates(a: MCItem, b: MCItem, pick: str, rng: random.Random,
+                   logprobs: dict | None = None) -> tuple[str, str] | None:
     "Two option ids that both `a` and `b` show, drawn by `pick`; None when fewer than two are shared."
     ids_b = {option_id_of(b, l) for l in b.letters}
     shared = [o for o in (option_id_of(a, l) for l in a.letters) if o in ids_b]
     if len(shared) < 2: return None
     if pick == "random": return tuple(rng.sample(shared, 2))
     if pick == "gold":
-        if a.gold is None or b.gold is None: raise DataError(f"pick='gold' needs gold labels; {a.qid!r} has none", field="gold")
+        if a.gold is None or b.gold is None:
+            raise DataError(f"pick='gold' needs gold labels; {a.qid!r} has none", field="gold")
         g = option_id_of(a, a.gold)
         if option_id_of(b, b.gold) != g:
             raise DataError(f"{a.qid!r}: the gold option differs between {a.lang} and {b.lang}", field="gold")
@@ -169,7 +175,7 @@ def dco_candidates(a: MCItem, b: MCItem, pick: str, rng: random.Random, logprobs
 
 # %% ../nbs/58_dco.ipynb #a0bbf3c4
 def dco_prompt(builder, item: MCItem, letter: str, completion: str = "letter") -> tuple[str, str | None, bool, str]:
-    "`(prompt, system, chat, answer)` for candidate `letter` of `item`: the prompt likelihood evaluation scores after, and the answer."
+    "`(prompt, system, chat, answer)` for candidate `letter` of `item`."
     cont = option_continuation(builder, item.lang, letter)
     if completion == "text": cont += f". {item.option_text(letter)}"
     elif completion != "letter": raise ValueError(f"completion must be 'letter' or 'text', not {completion!r}")
@@ -180,16 +186,19 @@ def dco_prompt(builder, item: MCItem, letter: str, completion: str = "letter") -
 
 # %% ../nbs/58_dco.ipynb #9d90f84d
 def dco_rows(items: Iterable[MCItem], prompt_builder=None, languages: Sequence[str] | None = None, lang_pairs=None,
-             pick: str = "random", draws: int = 1, option_logprobs: pd.DataFrame | None = None, completion: str = "letter",
-             seed: int = 0) -> pd.DataFrame:
-    "DCO rows: per question, language pair (default: every pair of `languages`, in order) and draw, two shared options in each language's text."
+             pick: str = "random", draws: int = 1, option_logprobs: pd.DataFrame | None = None,
+             completion: str = "letter", seed: int = 0) -> pd.DataFrame:
+    "DCO rows: per question, language pair and draw, two shared options in each language's text."
     if pick not in DCO_PICKS: raise ValueError(f"pick must be one of {DCO_PICKS}, not {pick!r}")
-    if pick == "top" and option_logprobs is None: raise ValueError("pick='top' needs the model's option log-probabilities (option_logprobs)")
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1: raise ValueError(f"draws must be an integer >= 1, not {draws!r}")
+    if pick == "top" and option_logprobs is None:
+        raise ValueError("pick='top' needs the model's option log-probabilities (option_logprobs)")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an integer >= 1, not {draws!r}")
     builder = prompt_builder or PromptBuilder()
     qs = by_question(items)
     langs = [normalize_lang(l) for l in languages] if languages else sorted({l for q in qs.values() for l in q})
-    pairs = [tuple(normalize_lang(l) for l in p) for p in lang_pairs] if lang_pairs else list(itertools.combinations(langs, 2))
+    pairs = ([tuple(normalize_lang(l) for l in p) for p in lang_pairs] if lang_pairs
+             else list(itertools.combinations(langs, 2)))
     table, rng, rows = _logprob_table(option_logprobs), random.Random(seed), []
     for qid in sorted(qs):
         for l1, l2 in pairs:
@@ -198,19 +207,22 @@ def dco_rows(items: Iterable[MCItem], prompt_builder=None, languages: Sequence[s
             for d in range(draws if pick == "random" else 1):
                 got = dco_candidates(a, b, pick, rng, table)
                 if got is None: continue
-                row = {"qid": qid, "lang_1": l1, "lang_2": l2, "draw": d, "pick": pick, "chosen_option": got[0], "rejected_option": got[1]}
+                row = {"qid": qid, "lang_1": l1, "lang_2": l2, "draw": d, "pick": pick, "chosen_option": got[0],
+                       "rejected_option": got[1]}
                 for k, it in ((1, a), (2, b)):
                     lc, lr = letter_of_id(it, got[0]), letter_of_id(it, got[1])
                     p, s, chat, c = dco_prompt(builder, it, lc, completion)
-                    row.update({f"prompt_{k}": p, f"system_{k}": s, f"chosen_{k}": c, f"rejected_{k}": dco_prompt(builder, it, lr, completion)[3],
+                    row.update({f"prompt_{k}": p, f"system_{k}": s, f"chosen_{k}": c,
+                                f"rejected_{k}": dco_prompt(builder, it, lr, completion)[3],
                                 f"chosen_letter_{k}": lc, f"rejected_letter_{k}": lr})
                 rows.append({**row, "chat": chat})
-    if not rows: raise DataError(f"no DCO rows: no question has two shared options in any of the language pairs {pairs}")
+    if not rows:
+        raise DataError(f"no DCO rows: no question has two shared options in any of the language pairs {pairs}")
     return pd.DataFrame(rows)
 
 # %% ../nbs/58_dco.ipynb #9c67b0ea
 def _chat_dco_row(r: dict) -> dict:
-    "One DCO row with chat prompts as TRL's conversational rows: messages for prompts, one assistant message per candidate."
+    "One DCO row with chat prompts as TRL's conversational row: messages, one assistant message per candidate."
     out = {}
     for k in (1, 2):
         s = r.get(f"system_{k}")
@@ -225,7 +237,8 @@ def dco_trl_rows(frame: pd.DataFrame) -> list[dict]:
     return [_chat_dco_row(r) for r in records] if chat else [{c: r[c] for c in DCO_COLUMNS} for r in records]
 
 # %% ../nbs/58_dco.ipynb #d5a41981
-def dco_data(items: Iterable[MCItem], option_logprobs: pd.DataFrame | None = None, prompt_builder=None, **kwargs) -> tuple[str, pd.DataFrame]:
-    "`(method, rows)` for `calm.training.train` (method `dco`), like `calm.training.variant_data`: `dco_rows` of `items`."
+def dco_data(items: Iterable[MCItem], option_logprobs: pd.DataFrame | None = None, prompt_builder=None,
+             **kwargs) -> tuple[str, pd.DataFrame]:
+    "`(method, rows)` for `calm.training.train` (method `dco`): `dco_rows` of `items`."
     if option_logprobs is not None and "pick" not in kwargs: kwargs["pick"] = "top"
     return "dco", dco_rows(items, prompt_builder, option_logprobs=option_logprobs, **kwargs)

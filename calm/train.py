@@ -20,7 +20,7 @@ __all__ = ['read_run_file', 'run_config', 'run', 'run_from_file', 'main']
 
 # %% ../nbs/62_train.ipynb #5f1e5c7a
 def read_run_file(path) -> dict:
-    "The settings of a YAML/JSON run file; `ValueError` naming the file (and the line of a YAML error) when it cannot be read."
+    "The settings of a YAML/JSON run file; `ValueError` naming the file when it cannot be read."
     import yaml
     path = Path(path)
     if path.is_dir(): raise ValueError(f"{path}: is a folder, not a run file")
@@ -33,12 +33,13 @@ def read_run_file(path) -> dict:
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if d is None: return {}
-    if not isinstance(d, dict): raise ValueError(f"{path}: a run file is a mapping of settings, not a {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a run file is a mapping of settings, not a {type(d).__name__}")
     return d
 
 # %% ../nbs/62_train.ipynb #b75fe63e
 def run_config(argv: Sequence[str]) -> TrainConfig:
-    "The `TrainConfig` of `[--config run.yaml] [--set key=value ...] [--key value ...]`: the file, then `--set`, then TRL's flags."
+    "The `TrainConfig` of `[--config run.yaml] [--set key=value ...] [--key value ...]`."
     import yaml
     files, sets, rest, argv, i = [], [], [], list(argv), 0
     while i < len(argv):
@@ -66,10 +67,11 @@ def run_config(argv: Sequence[str]) -> TrainConfig:
 
 # %% ../nbs/62_train.ipynb #2936cea4
 def run(config: TrainConfig) -> list[TrainRun]:
-    "Run the training `config` describes (its `data` into its `out_dir`): one run, or a curriculum when it has `stages`."
+    "Run the training `config` describes (its `data` into its `out_dir`): one run, or a curriculum."
     missing = [k for k in ("data", "out_dir") if not getattr(config, k)]
     if missing: raise ValueError(f"missing {', '.join(missing)}: a run names its data and its out_dir")
-    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir(): raise ValueError(f"{config.out_dir}: out_dir is a file, not a folder")
+    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
+        raise ValueError(f"{config.out_dir}: out_dir is a file, not a folder")
     if config.stages: return train_curriculum(config, config.data, config.out_dir, config.stages)
     return [train(config, config.data, config.out_dir)]
 
@@ -80,12 +82,12 @@ def run_from_file(path, overrides: Sequence[str] = ()) -> list[TrainRun]:
 
 # %% ../nbs/62_train.ipynb #164aae72
 def main(argv=None) -> int:
-    "Train from a run file: `python -m calm.train --config run.yaml [--set key=value ...] [--key value ...]`; returns the exit status."
+    "Train from a run file, as `python -m calm.train` does; returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print("usage: python -m calm.train --config run.yaml [--set key=value ...] [--key value ...]\n\n"
-              "Train a CALM (DPO) or SFT LoRA adapter. Several GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml "
-              "-m calm.train --config run.yaml\n")
+              "Train a CALM (DPO) or SFT LoRA adapter. Several GPUs: "
+              "accelerate launch --config_file configs/accelerate/ddp.yaml -m calm.train --config run.yaml\n")
         train_parser("sft" if "sft" in argv else "dpo").print_help()
         return 0
     try: runs = run(run_config(argv))

@@ -18,25 +18,28 @@ __all__ = ['METHODS', 'TABLE5', 'METHOD_DEFAULTS', 'CALM_DEFAULTS', 'PRESETS', '
 
 # %% ../nbs/59_training_args.ipynb #72e44c1e
 METHODS = ("dpo", "sft", "dco")
-"Training methods: DPO on preference pairs (CALM), SFT on prompt-completion rows (the baseline), DCO on pairs of languages (`calm.dco`)."
+"Training methods: DPO on pairs (CALM), SFT on prompt-completion rows (the baseline), DCO (`calm.dco`)."
 
-TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_target_modules": ["q_proj", "v_proj"],
-          "num_train_epochs": 3, "lr_scheduler_type": "cosine", "per_device_train_batch_size": 1,
+TABLE5 = {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
+          "lora_target_modules": ["q_proj", "v_proj"], "num_train_epochs": 3, "lr_scheduler_type": "cosine",
+          "per_device_train_batch_size": 1,
           "gradient_accumulation_steps": 1, "val_ratio": 0.06}
 "The paper's Table 5 in TRL's and PEFT's names (what depends on the method: `METHOD_DEFAULTS`)."
 
 METHOD_DEFAULTS = {"dpo": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 0.1, "loss_type": ["sigmoid"]},
                    "sft": {"learning_rate": 5e-5, "warmup_steps": 0.0},
                    "dco": {"learning_rate": 5e-6, "warmup_steps": 0.1, "beta": 1.0}}
-"Table 5's learning rate and warmup (a `warmup_steps` below 1 is a ratio of the steps) for DPO (CALM) and the SFT baseline; DPO's beta and loss; DCO with DPO's rate and warmup (same budget as CALM) and the authors' beta of 1."
+"Table 5's learning rate and warmup for DPO (CALM) and the SFT baseline, DPO's beta and loss; DCO's settings."
 
-CALM_DEFAULTS = {"model_name_or_path": "smollm2-135m", "seed": 42, "max_length": 1024, "logging_steps": 1, "eval_strategy": "epoch",
-                 "save_strategy": "no", "report_to": "none", "activation_checkpointing": False}
-"What calm sets where TRL's defaults do not suit it: the embedded model, a log line per step, no checkpoints, no tracker."
+CALM_DEFAULTS = {"model_name_or_path": "smollm2-135m", "seed": 42, "max_length": 1024, "logging_steps": 1,
+                 "eval_strategy": "epoch", "save_strategy": "no", "report_to": "none",
+                 "activation_checkpointing": False}
+"What calm sets where TRL's defaults do not suit it: the embedded model, a log line per step, no checkpoints."
 
 PRESETS = {"table5": {**CALM_DEFAULTS, **TABLE5},
-           "quick": {**CALM_DEFAULTS, **TABLE5, "max_steps": 4, "max_length": 512, "eval_strategy": "no", "val_ratio": 0.0}}
-"The defaults a run starts from: `table5` (the paper), or `quick` (four steps of prompts up to 512 tokens, nothing held out: a CPU demo)."
+           "quick": {**CALM_DEFAULTS, **TABLE5, "max_steps": 4, "max_length": 512, "eval_strategy": "no",
+                     "val_ratio": 0.0}}
+"The defaults a run starts from: `table5` (the paper), or `quick` (a CPU demo)."
 
 ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules", "warmup_ratio": "warmup_steps",
            "gradient_checkpointing": "activation_checkpointing"}
@@ -45,27 +48,35 @@ ALIASES = {"model": "model_name_or_path", "target_modules": "lora_target_modules
 # %% ../nbs/59_training_args.ipynb #486ae511
 @dataclass
 class CalmArgs:
-    "The settings of a run that are calm's, not TRL's: method, data, run folder, curriculum, DPO reference, held-out share, preset."
-    method: str = field(default="dpo", metadata={"help": "dpo (CALM, on preference pairs), sft (the baseline, on prompt-completion rows) or dco (calm.dco rows)"})
-    data: str | None = field(default=None, metadata={"help": "the pairs (dpo), SFT rows (sft) or DCO rows (dco): a JSONL file"})
+    "The settings of a run that are calm's, not TRL's."
+    method: str = field(default="dpo", metadata={
+        "help": "dpo (CALM, on preference pairs), sft (the baseline, on prompt-completion rows) "
+                "or dco (calm.dco rows)"})
+    data: str | None = field(default=None, metadata={
+        "help": "the pairs (dpo), SFT rows (sft) or DCO rows (dco): a JSONL file"})
     out_dir: str | None = field(default=None, metadata={"help": "the run folder: adapter, record, log and curves"})
-    stages: list[str] | None = field(default=None, metadata={"help": "a language curriculum, one stage per item: en en,fr en,fr,zh"})
-    reference: str = field(default="base", metadata={"help": "DPO on an existing adapter: base (the adapter disabled) or start (a frozen copy)"})
-    val_ratio: float = field(default=0.06, metadata={"help": "share of the rows held out for validation, whole questions at a time"})
+    stages: list[str] | None = field(default=None, metadata={
+        "help": "a language curriculum, one stage per item: en en,fr en,fr,zh"})
+    reference: str = field(default="base", metadata={
+        "help": "DPO on an existing adapter: base (the adapter disabled) or start (a frozen copy)"})
+    val_ratio: float = field(default=0.06, metadata={
+        "help": "share of the rows held out for validation, whole questions at a time"})
     preset: str = field(default="table5", metadata={"help": f"the defaults the run starts from: {', '.join(PRESETS)}"})
 
     def __post_init__(self):
         if self.method not in METHODS: raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.reference not in ("base", "start"): raise ValueError(f"reference must be 'base' or 'start', not {self.reference!r}")
+        if self.reference not in ("base", "start"):
+            raise ValueError(f"reference must be 'base' or 'start', not {self.reference!r}")
         if self.preset not in PRESETS: raise ValueError(f"preset must be one of {tuple(PRESETS)}, not {self.preset!r}")
         v = self.val_ratio
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1: raise ValueError(f"val_ratio must be in [0, 1), not {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"val_ratio must be in [0, 1), not {v!r}")
         if self.stages is not None:                     # YAML [[en], [en, fr]] or the command line's en en,fr
             self.stages = [s.split(",") if isinstance(s, str) else [str(l) for l in s] for s in self.stages]
 
 # %% ../nbs/59_training_args.ipynb #2f974b6c
 def train_parser(method: str = "dpo"):
-    "TRL's `TrlParser` over `CalmArgs`, `DPOConfig` (dpo), `SFTConfig` (sft) or `calm.dco.DCOConfig` (dco), and `ModelConfig`; a bad value raises `ValueError`."
+    "TRL's `TrlParser` over `CalmArgs`, the method's trainer config and `ModelConfig`."
     # heavy: loaded when a model runs, not when `calm` starts
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
     class Parser(TrlParser):
@@ -76,7 +87,7 @@ def train_parser(method: str = "dpo"):
 
 # %% ../nbs/59_training_args.ipynb #7a50faf0
 def canonical_settings(settings: dict) -> dict:
-    "`settings` with calm's earlier names (`ALIASES`) read as TRL's; `ValueError` when a setting is given under both."
+    "`settings` with calm's earlier names (`ALIASES`) read as TRL's."
     out, given_as = {}, {}
     for k, v in settings.items():
         name = ALIASES.get(k, k)
@@ -103,22 +114,26 @@ class SettingError(ValueError):
 
 # %% ../nbs/59_training_args.ipynb #ca61fef3
 def _number(where: str, v, kind=float, low=None, above=None, high_below=None):
-    ok = (isinstance(v, int) if kind is int else isinstance(v, (int, float))) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ((isinstance(v, int) if kind is int else isinstance(v, (int, float))) and not isinstance(v, bool)
+          and math.isfinite(v))
     if ok and low is not None: ok = v >= low
     if ok and above is not None: ok = v > above
     if ok and high_below is not None: ok = v < high_below
     if not ok:
-        rng = " and ".join(s for s in (f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+        rng = " and ".join(s for s in (f">= {low}" if low is not None else "",
+                                       f"> {above}" if above is not None else "",
                                        f"< {high_below}" if high_below is not None else "") if s)
-        raise SettingError(where, f"{where} must be {'an integer' if kind is int else 'a finite number'}{' ' + rng if rng else ''}, not {v!r}")
+        raise SettingError(where, f"{where} must be {'an integer' if kind is int else 'a finite number'}"
+                                  f"{' ' + rng if rng else ''}, not {v!r}")
 
 def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
-    "`ValueError` naming the setting when a number would silently change the run (0 steps, negative epochs, a NaN rate...)."
+    "`ValueError` naming the setting when a number would silently change the run (0 steps, a NaN rate...)."
     if args.max_steps != -1: _number("max_steps", args.max_steps, int, low=1)   # -1: train num_train_epochs
     _number("num_train_epochs", args.num_train_epochs, above=0)
     _number("learning_rate", args.learning_rate, above=0)
     _number("warmup_steps", args.warmup_steps, low=0)
-    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"): _number(k, getattr(args, k), int, low=1)
+    for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        _number(k, getattr(args, k), int, low=1)
     if args.max_length is not None: _number("max_length", args.max_length, int, low=1)
     _number("seed", args.seed, int)
     if hasattr(args, "beta"): _number("beta", args.beta, above=0)
@@ -131,26 +146,28 @@ def check_train_args(calm_args: CalmArgs, args, model_args) -> None:
 
 # %% ../nbs/59_training_args.ipynb #9cfe4708
 def _device_defaults() -> dict:
-    "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU (TRL's default `bf16=True` refuses a machine without one)."
+    "bf16 exactly when a CUDA GPU supports it, and the CPU when there is no GPU."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
     gpu = torch.cuda.is_available()
     return {"bf16": bool(gpu and torch.cuda.is_bf16_supported()), "use_cpu": not gpu}
 
 def parse_train_args(settings: dict | None = None, argv: Sequence[str] = ()) -> tuple:
-    "`(CalmArgs, DPOConfig | SFTConfig, ModelConfig)`: the preset, then `settings` (flat keys, as in a run file), then `argv` (`--key value`), typed and checked by TRL's parser."
+    "`(CalmArgs, DPOConfig | SFTConfig, ModelConfig)`: the preset, then `settings`, then `argv`, parsed by TRL."
     settings = canonical_settings(settings or {})
     method = _argv_value(argv, "method") or settings.get("method", "dpo")
     preset = _argv_value(argv, "preset") or settings.get("preset", "table5")
     if method not in METHODS: raise SettingError("method", f"method must be one of {METHODS}, not {method!r}")
     if preset not in PRESETS: raise SettingError("preset", f"preset must be one of {tuple(PRESETS)}, not {preset!r}")
     defaults = {**PRESETS[preset], **METHOD_DEFAULTS[method], **_device_defaults()}
-    settings = {k: v for k, v in settings.items() if not (v is None and k in defaults)}   # None: calm's default (as in older records)
+    # None: calm's default (as in older records)
+    settings = {k: v for k, v in settings.items() if not (v is None and k in defaults)}
     parser = train_parser(method)
     parser.set_defaults_with_config(**defaults)
     unknown = parser.set_defaults_with_config(**settings)[::2]
     if unknown:
         cls = {"dpo": "trl.DPOConfig", "sft": "trl.SFTConfig"}.get(method, "calm.dco.DCOConfig")
-        raise SettingError(unknown[0][2:], f"unknown training setting(s) {[u[2:] for u in unknown]}: not a TrainConfig field "
+        raise SettingError(unknown[0][2:], f"unknown training setting(s) {[u[2:] for u in unknown]}: "
+                                           "not a TrainConfig field "
                                            f"(a field of CalmArgs, trl.ModelConfig or {cls}, for method {method!r})")
     calm_args, args, model_args = parser.parse_args_into_dataclasses(args=list(argv))
     check_train_args(calm_args, args, model_args)
@@ -171,7 +188,7 @@ def _plain(v):
 
 # %% ../nbs/59_training_args.ipynb #73cab420
 class TrainConfig:
-    "One run's settings as flat keys over a preset: fields of `CalmArgs`, `trl.ModelConfig` and `trl.DPOConfig`/`SFTConfig`, parsed once by TRL's parser."
+    "One run's settings as flat keys over a preset, parsed once by TRL's parser."
     def __init__(self, **settings): self._parse(settings, ())
 
     @classmethod
@@ -183,8 +200,10 @@ class TrainConfig:
 
     def _parse(self, settings, argv):
         self.calm, self.args, self.model_args = parse_train_args(settings, argv)
-        self.given = {k for k, v in canonical_settings(settings).items() if v is not None} | _argv_keys(argv)   # None: the default
-        keys = {*PRESETS[self.calm.preset], *METHOD_DEFAULTS[self.calm.method], *(f.name for f in fields(CalmArgs)), *self.given}
+        # None: the default
+        self.given = {k for k, v in canonical_settings(settings).items() if v is not None} | _argv_keys(argv)
+        keys = {*PRESETS[self.calm.preset], *METHOD_DEFAULTS[self.calm.method], *(f.name for f in fields(CalmArgs)),
+                *self.given}
         self._values = {k: _plain(v) for k in sorted(keys - set(RUN_KEYS)) if (v := self._get(k)) is not _MISSING}
 
     def _get(self, name):
@@ -199,18 +218,19 @@ class TrainConfig:
         return _plain(v)
 
     def to_dict(self) -> dict:
-        "The settings that decide the run (the preset's, the method's and those given) as plain data: what the run record stores and hashes."
+        "The settings that decide the run (the preset's, the method's and those given) as plain data."
         return dict(self._values)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        "A config from plain data (a record's `config`, a profile's `training`); unknown keys are an error that names them."
+        "A config from plain data (a record's `config`, a profile's `training`)."
         return cls(**d)
 
     def __eq__(self, other): return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
-    def __repr__(self): return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items() if k in self.given)})"
+    def __repr__(self):
+        return f"TrainConfig({', '.join(f'{k}={v!r}' for k, v in self._values.items() if k in self.given)})"
 
 # %% ../nbs/59_training_args.ipynb #12fc4936
 def config_sha256(config: TrainConfig) -> str:
-    "SHA-256 of the config's settings (`to_dict`, keys sorted): equal exactly when the runs would be trained the same way."
+    "SHA-256 of the config's settings (`to_dict`, keys sorted)."
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode("utf-8")).hexdigest()
