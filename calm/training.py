@@ -32,7 +32,8 @@ from .training_args import (ALIASES, CALM_DEFAULTS, METHOD_DEFAULTS, METHODS, PR
                                SettingError, TrainConfig, canonical_settings, check_train_args, config_sha256,
                                parse_train_args, train_parser)
 
-# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step: one filter here, not a warning per step
+# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` on every step:
+# one filter here, not a warning per step
 warnings.filterwarnings("ignore", message=r".*`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # %% auto #0
@@ -47,26 +48,33 @@ def _dco_columns() -> list[str]:
     return list(DCO_COLUMNS)
 
 def training_frame(data, method: str) -> pd.DataFrame:
-    "`data` (frame, rows, or JSONL path) as a frame with the columns `method` needs, plain strings; `DataError` otherwise."
+    "`data` (frame, rows, or JSONL path) as a frame with the columns `method` needs, plain strings."
     file = None
     if isinstance(data, (str, Path)):
         file = Path(data)
         if not file.is_file(): raise DataError("training data file not found", file=file)
         data = read_jsonl(file)
     if isinstance(data, list):
-        conv = any(isinstance(r.get(k), list) for r in data[:1] for k in ("prompt", "chosen", "completion")) or any("messages" in r for r in data[:1])
+        conv = (any(isinstance(r.get(k), list) for r in data[:1] for k in ("prompt", "chosen", "completion"))
+                or any("messages" in r for r in data[:1]))
         data = from_trl(data, file) if conv else pd.DataFrame(data)
-    if not isinstance(data, pd.DataFrame): raise TypeError(f"expected a DataFrame, a list of rows or a JSONL path, got {type(data).__name__}")
-    need = ["prompt", "chosen", "rejected"] if method == "dpo" else ["prompt", "completion"] if method == "sft" else _dco_columns()
-    if len(data) == 0: raise DataError(f"the training set is empty: no {'pairs' if method != 'sft' else 'rows'} to train on", file=file)
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame, a list of rows or a JSONL path, got {type(data).__name__}")
+    need = (["prompt", "chosen", "rejected"] if method == "dpo" else ["prompt", "completion"] if method == "sft"
+            else _dco_columns())
+    if len(data) == 0:
+        raise DataError(f"the training set is empty: no {'pairs' if method != 'sft' else 'rows'} to train on",
+                        file=file)
     missing = [c for c in need if c not in data.columns]
     if missing:
         hint = " (an SFT set? use method='sft')" if method == "dpo" and "completion" in data.columns else \
                " (a pair set? use method='dpo')" if method == "sft" and "chosen" in data.columns else ""
-        raise DataError(f"{method} training needs columns {need}, missing {missing}{hint}", file=file, field=",".join(missing))
+        raise DataError(f"{method} training needs columns {need}, missing {missing}{hint}",
+                        file=file, field=",".join(missing))
     for c in need:
         for i, v in enumerate(data[c]):
-            if not isinstance(v, str) or not v.strip(): raise DataError(f"expected non-empty text, got {v!r}", file, i, c)
+            if not isinstance(v, str) or not v.strip():
+                raise DataError(f"expected non-empty text, got {v!r}", file, i, c)
     return data.reset_index(drop=True)
 
 # %% ../nbs/60_training.ipynb #b59c9f46
@@ -77,23 +85,27 @@ def _where(frame: pd.DataFrame, i: int) -> str:
 # %% ../nbs/60_training.ipynb #e25b4452
 def check_training_rows(frame: pd.DataFrame, method: str, tokenizer=None, max_length: int | None = None,
                         context: int | None = None, file=None) -> pd.DataFrame:
-    "`frame` if it can be trained on; `DataError` naming the first row whose chosen equals rejected or whose prompt is too long."
+    "`frame` if it can be trained on; else a `DataError` naming the first row that cannot."
     if len(frame) == 0: raise DataError("the training set is empty", file=file)
     for sfx in ("",) if method == "dpo" else ("_1", "_2") if method == "dco" else ():
-        same = [i for i, (c, r) in enumerate(zip(frame[f"chosen{sfx}"], frame[f"rejected{sfx}"])) if c.strip() == r.strip()]
+        same = [i for i, (c, r) in enumerate(zip(frame[f"chosen{sfx}"], frame[f"rejected{sfx}"]))
+                if c.strip() == r.strip()]
         if same:
             i = same[0]
             raise DataError(f"chosen equals rejected{_where(frame, i)}: a pair with nothing to prefer "
-                            f"({len(same)} such pair{'s' if len(same) > 1 else ''}, rows {same[:10]})", file, i, f"rejected{sfx}")
+                            f"({len(same)} such pair{'s' if len(same) > 1 else ''}, rows {same[:10]})",
+                            file, i, f"rejected{sfx}")
     if tokenizer is not None and (max_length or context):
         cols = ["prompt_1", "prompt_2"] if method == "dco" else ["prompt"]
         counts = {c: [len(ids) for ids in tokenizer(list(frame[c]), add_special_tokens=False).input_ids] for c in cols}
         for i in range(len(frame)):
             n, col = max((counts[c][i], c) for c in cols)
             if context and n > context:
-                raise DataError(f"prompt is {n} tokens, longer than the model's context of {context}{_where(frame, i)}", file, i, col)
+                raise DataError(f"prompt is {n} tokens, longer than the model's context of {context}{_where(frame, i)}",
+                                file, i, col)
             if max_length and n >= max_length:
-                raise DataError(f"prompt is {n} tokens, leaving no room for the completion within max_length={max_length}"
+                raise DataError(f"prompt is {n} tokens, leaving no room for the completion "
+                                f"within max_length={max_length}"
                                 f"{_where(frame, i)}; raise max_length or shorten the prompt", file, i, col)
     return frame
 
@@ -107,7 +119,7 @@ def trl_rows(frame: pd.DataFrame, method: str) -> list[dict]:
 
 # %% ../nbs/60_training.ipynb #78e0a116
 def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
-    "SHA-256 of the TRL JSONL of `frame` (equal to the sha256 of the `trl/*.jsonl` file `write_training_sets` writes)."
+    "SHA-256 of the TRL JSONL of `frame`."
     h = hashlib.sha256()
     for r in trl_rows(frame, method): h.update((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
     return h.hexdigest()
@@ -116,7 +128,8 @@ def data_fingerprint(frame: pd.DataFrame, method: str) -> str:
 def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     "`(train, held_out)`: about `val_ratio` of the rows held out, whole questions (by `qid`) at a time, seeded."
     target = int(round(val_ratio * len(frame)))
-    keys = frame.qid.astype(str) if "qid" in frame.columns else pd.Series(range(len(frame)), index=frame.index).astype(str)
+    keys = (frame.qid.astype(str) if "qid" in frame.columns
+            else pd.Series(range(len(frame)), index=frame.index).astype(str))
     sizes = keys.value_counts()
     order = sorted(sizes.index); random.Random(seed).shuffle(order)
     held, n = set(), 0
@@ -127,13 +140,13 @@ def split_holdout(frame: pd.DataFrame, val_ratio: float = 0.06, seed: int = 42) 
 
 # %% ../nbs/60_training.ipynb #58f4e832
 VARIANTS = {"calm": "dpo", "calm_gold": "dpo", "sft": "sft", "sft_gold": "sft", "calm-robust": "dpo", "dco": "dco"}
-"Training variants (the paper's Table 2, CALM with TRL's noise-robust DPO loss, and DCO) and the method each is trained with."
+"Training variants (Table 2, CALM with TRL's noise-robust DPO loss, DCO) and the method each is trained with."
 
 # %% ../nbs/60_training.ipynb #3dcca7be
 def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.DataFrame | None = None,
                  votes: pd.DataFrame | None = None, gold: dict | None = None, prompt_of=None, items=None,
                  option_logprobs: pd.DataFrame | None = None, prompt_builder=None) -> tuple[str, pd.DataFrame]:
-    "`(method, frame)`: `calm`/`calm_gold`/`calm-robust` from `pairs`; `sft` from `records`+`votes`; `sft_gold` from `records`+`gold`; `dco` from `items`."
+    "`(method, frame)`: the training set of `variant` and the method it is trained with."
     if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     def need(**kw):
         missing = [k for k, v in kw.items() if v is None]
@@ -154,7 +167,7 @@ def variant_data(variant: str, pairs: pd.DataFrame | None = None, records: pd.Da
 
 # %% ../nbs/60_training.ipynb #0c1553c4
 def variant_settings(variant: str, vote_error_rate: float | None = None) -> dict:
-    "The settings a variant adds to its `TrainConfig`: `calm-robust` trains TRL's robust loss with `label_smoothing` = the vote's error rate."
+    "The settings a variant adds to its `TrainConfig`."
     if variant != "calm-robust": return {}
     r = vote_error_rate
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 0.5:
@@ -171,7 +184,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # %% ../nbs/60_training.ipynb #49b22cad
 @dataclass
 class TrainRun:
-    "What `train` returns: the run directory, its record and log, and (unless skipped) the trained model and trainer."
+    "What `train` returns: the run directory, record and log, and (unless skipped) the trained model and trainer."
     out_dir: Path
     info: dict
     log: pd.DataFrame
@@ -184,31 +197,35 @@ class TrainRun:
 def _peak_memory_gb() -> tuple[float, str]:
     "Peak memory of this process so far: CUDA allocations when on a GPU, else the resident set size."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
-    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0: return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 1e9, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process_max_rss"
 
 # %% ../nbs/60_training.ipynb #a32ebe90
 def trainer_args(config: TrainConfig, out_dir, has_eval: bool):
-    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`, evaluating (also before the first step, with `eval_on_start`) only when rows are held out."
+    "The run's `DPOConfig`/`SFTConfig`: the parsed settings, writing into `out_dir`."
     a = config.args
-    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no", eval_on_start=a.eval_on_start and has_eval,
+    return replace(a, output_dir=str(out_dir), eval_strategy=a.eval_strategy if has_eval else "no",
+                   eval_on_start=a.eval_on_start and has_eval,
                    data_seed=a.seed if a.data_seed is None else a.data_seed,
-                   per_device_eval_batch_size=a.per_device_eval_batch_size if "per_device_eval_batch_size" in config.given
-                                              else a.per_device_train_batch_size)
+                   per_device_eval_batch_size=(a.per_device_eval_batch_size
+                                               if "per_device_eval_batch_size" in config.given
+                                               else a.per_device_train_batch_size))
 
 # %% ../nbs/60_training.ipynb #87dfe76e
 def peft_config(config: TrainConfig):
-    "The PEFT `LoraConfig` of a run, by TRL's `get_peft_config` from its `ModelConfig` (rank, alpha, dropout, target modules; no bias)."
+    "The PEFT `LoraConfig` of a run (rank, alpha, dropout, target modules; no bias)."
     from trl import get_peft_config  # heavy: loaded when a model runs, not when `calm` starts
     return get_peft_config(config.model_args)
 
 # %% ../nbs/60_training.ipynb #9eb7bbdd
 def read_run_info(out_dir) -> dict | None:
-    "The `calm_train_config.json` of a run directory, or None when there is none; `DataError` naming the file when it is not JSON."
+    "The `calm_train_config.json` of a run directory, or None when there is none."
     p = Path(out_dir) / CONFIG_FILE
     if not p.is_file(): return None
     try: info = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DataError(f"the run record is not valid JSON ({e})", file=p) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"the run record is not valid JSON ({e})", file=p) from None
     if not isinstance(info, dict): raise DataError("the run record is not a JSON object", file=p)
     return info
 
@@ -219,20 +236,23 @@ def adapter_hashes(folder) -> dict:
 
 # %% ../nbs/60_training.ipynb #29b92447
 def run_is_done(out_dir, config: TrainConfig, data_sha256: str) -> bool:
-    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`, its adapter files the ones it recorded."
+    "Whether `out_dir` holds a finished run of `config` on data with fingerprint `data_sha256`."
     try: info = read_run_info(out_dir)
     except DataError as e:
         warnings.warn(f"{e}: training again"); return False
     if not info: return False
     recorded = (info.get("adapter") or {}).get("files") or {}
-    return (info.get("config_sha256") == config_sha256(config) and (info.get("data") or {}).get("trl_sha256") == data_sha256
+    return (info.get("config_sha256") == config_sha256(config)
+            and (info.get("data") or {}).get("trl_sha256") == data_sha256
             and set(recorded) == set(ADAPTER_FILES) and adapter_hashes(out_dir) == recorded)
 
 # %% ../nbs/60_training.ipynb #58c2f728
 def _skipped_run(out_dir: Path) -> TrainRun:
     "The `TrainRun` of a finished run directory, without a model."
     log_path = out_dir / "train_log.csv"
-    return TrainRun(out_dir, read_run_info(out_dir), pd.read_csv(log_path) if log_path.exists() and log_path.stat().st_size > 1 else pd.DataFrame(), skipped=True)
+    return TrainRun(out_dir, read_run_info(out_dir),
+                    pd.read_csv(log_path) if log_path.exists() and log_path.stat().st_size > 1 else pd.DataFrame(),
+                    skipped=True)
 
 # %% ../nbs/60_training.ipynb #15a635a5
 def log_frame(log_history: list[dict]) -> pd.DataFrame:
@@ -245,7 +265,8 @@ def log_frame(log_history: list[dict]) -> pd.DataFrame:
 # %% ../nbs/60_training.ipynb #58301c05
 CURVES = {"dpo": [("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")],
           "sft": [("loss", "loss"), ("mean_token_accuracy", "token accuracy")],
-          "dco": [("loss", "loss"), ("dco/preference_gap", "preference gap"), ("dco/agreement", "preference agreement")]}
+          "dco": [("loss", "loss"), ("dco/preference_gap", "preference gap"),
+                  ("dco/agreement", "preference agreement")]}
 "The panels of a training-curve figure per method: (log key, title)."
 
 # %% ../nbs/60_training.ipynb #ab1f410c
@@ -257,7 +278,7 @@ def run_title(method: str, name: str | None = None) -> str:
 
 # %% ../nbs/60_training.ipynb #db5005b6
 def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
-    "Training and held-out curves for `method` with integer step axes, accuracies from 0 to 1 and honest loss scales (saved to `path` when given)."
+    "Training and held-out curves for `method` (saved to `path` when given)."
     from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
     from matplotlib.ticker import MaxNLocator
     panels = CURVES[method]
@@ -277,7 +298,8 @@ def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | No
         if "accurac" in key: ax.set_ylim(-0.02, 1.02)
         else:
             ref = math.log(2) if method == "dpo" and key == "loss" else 0.0 if "margin" in key else None
-            if ref is not None: ax.axhline(ref, color="#999999", ls=":", lw=0.9, label="ln 2 (start)" if key == "loss" else "0")
+            if ref is not None:
+                ax.axhline(ref, color="#999999", ls=":", lw=0.9, label="ln 2 (start)" if key == "loss" else "0")
             pts = vals + ([ref] if ref is not None else [])
             lo, hi = min(pts), max(pts)
             span = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 0.05)
@@ -293,7 +315,8 @@ def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | No
 def _save_adapter(model, tokenizer, out_dir: Path) -> None:
     "The trained adapter only (not TRL's `ref` copy) in PEFT format, and the tokenizer."
     names = [n for n in model.peft_config if n != "ref"]
-    for n in names[:1]:                  # PEFT keeps target modules in a set, whose order changes with each process: sort them
+    # PEFT keeps target modules in a set, whose order changes with each process: sort them
+    for n in names[:1]:
         tm = model.peft_config[n].target_modules
         if isinstance(tm, (set, frozenset)): model.peft_config[n].target_modules = sorted(tm)
     model.save_pretrained(str(out_dir), selected_adapters=names[:1])
@@ -319,16 +342,19 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str, n: int) -> None:
-    "Write the run into `partial`: adapter, log, curves, model card and the record with the adapter's hashes; then rename it to `out_dir`."
+def _write_run(partial: Path, out_dir: Path, model, tokenizer, info: dict, log: pd.DataFrame, method: str,
+               n: int) -> None:
+    "Write the run into `partial` (the record last, with the adapter's hashes), then rename it to `out_dir`."
     partial.mkdir(parents=True, exist_ok=True)
     _save_adapter(model, tokenizer, partial)
     log.to_csv(partial / "train_log.csv", index=False)
     plot_train_curves(log, method, partial / "train_curves.png", title=run_title(method, out_dir.name), n=n)
-    record = lambda: write_atomic(partial / CONFIG_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    record = lambda: write_atomic(partial / CONFIG_FILE,
+                                  json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
     record()
     if info["base_model"]:                 # a model built in memory has no base to name
-        publish_adapter(partial, info["base_model"])   # adapter_config.json names the hub id; README.md is its model card
+        # adapter_config.json names the hub id; README.md is its model card
+        publish_adapter(partial, info["base_model"])
         info.update(read_run_info(partial))
     info["adapter"] = {"files": adapter_hashes(partial)}
     record()
@@ -399,7 +425,7 @@ def _result_info(trainer, result, wall: float, cpu: float) -> dict:
 # %% ../nbs/60_training.ipynb #bdecbc9e
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
-    "Train a LoRA adapter with DPO or SFT on `data` (pairs / SFT rows / JSONL path) and save it with its config, log and curves in `out_dir`."
+    "Train a LoRA adapter on `data` and save it with its config, log and curves in `out_dir`."
     from transformers import set_seed
     out_dir = Path(out_dir)
     source = Path(data) if isinstance(data, (str, Path)) else None
@@ -437,37 +463,46 @@ def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_d
     info = {"config": config.to_dict(), "config_sha256": config_sha256(config),
             "base_model": getattr(peft_model.get_base_model().config, "_name_or_path", None) or base_name,
             "data": _data_info(frame, train_frame, eval_frame, source, sha),
-            "reference": ("adapter disabled (base model)" if trainer_reference_is_base(trainer) else "frozen copy of the starting adapter")
-                         if config.method in ("dpo", "dco") else None,
-            **({"robust_label_smoothing": config.args.label_smoothing} if "robust" in (getattr(config.args, "loss_type", None) or []) else {}),
+            "reference": ("adapter disabled (base model)" if trainer_reference_is_base(trainer)
+                          else "frozen copy of the starting adapter") if config.method in ("dpo", "dco") else None,
+            **({"robust_label_smoothing": config.args.label_smoothing}
+               if "robust" in (getattr(config.args, "loss_type", None) or []) else {}),
             "result": _result_info(trainer, result, wall, cpu),
             "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra_info or {})}
     if trainer.accelerator.is_main_process:
-        _write_run(partial, out_dir, trainer.accelerator.unwrap_model(peft_model), tokenizer, info, log, config.method, len(train_frame))
-    return TrainRun(out_dir, read_run_info(out_dir) if trainer.accelerator.is_main_process else info, log, peft_model, tokenizer, trainer)
+        _write_run(partial, out_dir, trainer.accelerator.unwrap_model(peft_model), tokenizer, info, log, config.method,
+                   len(train_frame))
+    return TrainRun(out_dir, read_run_info(out_dir) if trainer.accelerator.is_main_process else info, log, peft_model,
+                    tokenizer, trainer)
 
 # %% ../nbs/60_training.ipynb #7cf64b1d
 def trainer_reference_is_base(trainer) -> bool:
-    "Whether a DPO trainer's reference is its own model with the adapter disabled: no `ref_model`, no `ref` adapter."
+    "Whether a DPO trainer's reference is its own model with the adapter disabled."
     peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {})
     return trainer.ref_model is None and bool(peft_config) and "ref" not in peft_config
 
 # %% ../nbs/60_training.ipynb #0849462c
-def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | None = None, is_trainable: bool = False, dtype=None):
-    "`(PeftModel, tokenizer)`: the adapter in `adapter_dir` on its base model (a name/path for `load_model`, a model, or None: the recorded base)."
+def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | None = None, is_trainable: bool = False,
+                 dtype=None):
+    "`(PeftModel, tokenizer)`: the adapter in `adapter_dir` on its base model."
     from peft import PeftModel  # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoTokenizer
     if adapter_dir is None: raise ValueError("pass adapter_dir")
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists(): raise FileNotFoundError(f"no PEFT adapter in {adapter_dir} (adapter_config.json missing)")
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no PEFT adapter in {adapter_dir} (adapter_config.json missing)")
     base, tok = base_model_name_or_model, None
     if base is None:
         info = read_run_info(adapter_dir) or {}
-        base = info.get("base_model") or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base: raise ValueError(f"{adapter_dir} does not record its base model (trained on a model built in memory): pass the base model")
-        base = {hub: name for name, hub in HUB_IDS.items()}.get(base, base)   # a copied adapter names the hub id: use the embedded copy
+        base = (info.get("base_model")
+                or json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path"))
+        if not base:
+            raise ValueError(f"{adapter_dir} does not record its base model (trained on a model built in memory): "
+                             "pass the base model")
+        # a copied adapter names the hub id: use the embedded copy
+        base = {hub: name for name, hub in HUB_IDS.items()}.get(base, base)
     if isinstance(base, (str, Path)):
         base, tok = load_model(str(base), device=device, dtype=dtype)
     if (adapter_dir / "tokenizer_config.json").exists(): tok = AutoTokenizer.from_pretrained(str(adapter_dir))
