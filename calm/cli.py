@@ -19,6 +19,7 @@ import pandas as pd
 from fastcore.docments import docments
 from fastcore.script import Param
 
+from . import __version__
 from .data import DataError, check_parallel, normalize_lang, read_items, summarize
 from .demo import STAGES, run_demo
 from .evaluation import evaluate_model, gold_codes, results_table, score
@@ -176,7 +177,6 @@ def evaluate_command(
     protocol: Literal[PROTOCOLS] = default_of(run_release, "protocol"),
 ) -> pd.DataFrame:
     "Answer test questions in every language and score them. Returns the answer records."
-    import pandas as pd
     its = load_items(items, languages, limit)
     langs = ([normalize_lang(l, field="--languages") for l in languages] if languages
              else list(dict.fromkeys(it.lang for it in its)))
@@ -311,7 +311,6 @@ COMMANDS = (demo_command, sample_command, evaluate_command, validate_command, dr
 # %% ../nbs/93_cli.ipynb #2ae9b846
 def parser() -> argparse.ArgumentParser:
     "The `calm` argument parser: one subcommand per function of `COMMANDS`, and `train`."
-    from calm import __version__
     p = argparse.ArgumentParser(prog="calm",
                                 description="CALM: cross-lingual self-alignment of LLM question answering.")
     p.add_argument("--version", action="version", version=f"calm {__version__}")

@@ -5,6 +5,8 @@
 # %% ../nbs/91_demo.ipynb #c23882196
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -75,7 +77,6 @@ HELD_OUT = {"eval_loss": "held-out loss", "eval_rewards/margins": "held-out rewa
 # %% ../nbs/91_demo.ipynb #3d0b6bd3
 def training_curves(folder, out, system: str = "CALM") -> pd.DataFrame:
     "`out/train_curves.{png,pdf}` of `system`'s DPO run in run `folder`, and its held-out metrics before and after."
-    import json, math
     d = Path(folder) / "adapters" / system
     if not (d / "train_log.csv").is_file(): return pd.DataFrame()
     try: log = pd.read_csv(d / "train_log.csv")

@@ -6,6 +6,8 @@
 from __future__ import annotations
 import hashlib
 import math
+import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 import pandas as pd
@@ -43,7 +45,6 @@ def palette(names: Sequence[str]) -> dict:
 # %% ../nbs/81_figures.ipynb #12f4603a
 def options_k(items) -> int | None:
     "The usual number of options of `items` (for the chance line 1/k); None without items."
-    from collections import Counter
     c = Counter(len(it.options) for it in items)
     return c.most_common(1)[0][0] if c else None
 
@@ -59,7 +60,6 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 # %% ../nbs/81_figures.ipynb #05773785
 def _title(ax, *parts, width_in: float):
     "A title of `parts` (None skipped), each wrapped to the figure's width so nothing is cut off at the sides."
-    import textwrap
     w = max(40, int(width_in * 12))
     ax.set_title("\n".join(textwrap.fill(p, w) for p in parts if p), fontsize=9)
 

@@ -5,6 +5,7 @@
 # %% ../nbs/72_likelihood.ipynb #b4288530
 from __future__ import annotations
 
+import inspect
 import itertools
 from typing import Iterable, Sequence
 
@@ -88,7 +89,7 @@ class TransformersScorer(ContinuationScorer):
 
     def _run(self, token_rows: list[list[int]], keep: int):
         "Log-softmax (float32) of the last `keep` positions of each left-padded row: (rows, keep, vocab)."
-        import inspect, torch
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         dev, width = self.model.device, max(map(len, token_rows))
         ids = torch.full((len(token_rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

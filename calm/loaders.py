@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .data import DEMO_LANGUAGES, DataError, MCItem, check_item, normalize_lang, LANGUAGES
@@ -28,7 +30,6 @@ RELEASE_DIR = Path("shared") / "calm-release"
 # %% ../nbs/02_loaders.ipynb #5b977677
 def release_dir(path=None) -> Path:
     "The release folder: `path` (must exist), else `$CALM_RELEASE_DIR`, else `shared/calm-release` beside the repo."
-    import os
     if path is not None:
         if not Path(path).is_dir(): raise DataError("release folder not found", file=path)
         return Path(path)
@@ -183,7 +184,6 @@ def signature_score(a: RowSignature, b: RowSignature) -> float:
 # %% ../nbs/02_loaders.ipynb #c2523026
 def align_parallel(ref: list[MCItem], other: list[MCItem], band: int = 20, gap: float = -1.5) -> pd.DataFrame:
     "Align `other` to `ref` row by row: columns `ref_row`, `other_row` (None when unmatched), `score`, `status`."
-    import numpy as np
     A, B = [row_signature(x) for x in ref], [row_signature(x) for x in other]
     n, m = len(A), len(B)
     w = band + abs(n - m)

@@ -141,6 +141,7 @@ CHECK_TEXT = "Question: Where do you keep milk? A. oven B. fridge\nAnswer: B\nç­
 def convert_gguf(gguf_path, out_dir, atol: float = 1e-5, name: str | None = None, source: str | None = None) -> dict:
     "Convert `gguf_path` to safetensors + tokenizer in `out_dir`, check logits; write and return `conversion.json`."
     import torch, transformers  # heavy: loaded when a model runs, not when `calm` starts
+    # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file(): raise FileNotFoundError(f"no GGUF file at {gguf_path}")
@@ -232,7 +233,7 @@ _HUB_REACHABLE: dict = {}   # endpoint -> whether it answered, asked once per pr
 def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
     "Whether the Hugging Face hub at `endpoint` (default: `HF_ENDPOINT`'s) answers one HEAD request."
     from huggingface_hub import constants  # loaded only when the hub is asked
-    from huggingface_hub.utils import get_session
+    from huggingface_hub.utils import get_session  # loaded only when the hub is asked
     endpoint = endpoint or constants.ENDPOINT
     if endpoint not in _HUB_REACHABLE:
         try: get_session().head(endpoint, timeout=timeout); _HUB_REACHABLE[endpoint] = True
@@ -265,6 +266,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
                trust_remote_code: bool = False):
     "`(model, tokenizer)` for an embedded name, a local folder or `.gguf`, or a hub id; left padding, eval mode."
     import torch  # heavy: loaded when a model runs, not when `calm` starts
+    # heavy: loaded when a model runs, not when `calm` starts
     from transformers import AutoModelForCausalLM, AutoTokenizer
     src = resolve_model(name_or_path)
     if src == str(name_or_path) and not Path(src).expanduser().exists(): require_hub_model(src)   # a hub id

@@ -5,6 +5,7 @@
 # %% ../nbs/89_notebooks.ipynb #c34426627
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
@@ -32,7 +33,6 @@ def notebook_path(name: str, notebooks_dir=None) -> Path:
 def notebook_parameter(p: Profile, name: str, key: str):
     "The value notebook `name` runs with for parameter `key`."
     if key in p.parameters.get(name, {}): return p.parameters[name][key]
-    import ast
     import papermill as pm  # heavy: loaded only when a notebook runs
     return ast.literal_eval(pm.inspect_notebook(str(notebook_path(name)))[key]["default"])
 

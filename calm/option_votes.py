@@ -102,7 +102,7 @@ def cloze_logprobs(scorer, requests: list[tuple[str, list[str]]],
         flat = scorer.loglikelihood([(c, x) for c, xs in requests for x in xs])
         it = iter(flat)
         return [[next(it) for _ in xs] for _, xs in requests]
-    import torch
+    import torch  # heavy: loaded when a model runs, not when `calm` starts
     tok, bs = scorer.tokenizer, batch_size or scorer.batch_size
     enc = [[encode_pair(tok, c, x) for x in xs] for c, xs in requests]
     out: list = [None] * len(requests)

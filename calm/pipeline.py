@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+from fastcore.basics import patch
 
 from .curriculum import stage_name
 from .files import make_dir, write_atomic
@@ -76,8 +77,6 @@ class Stage:
         return not self.tables
 
 # %% ../nbs/87_pipeline.ipynb #c24112665
-from fastcore.basics import patch
-
 @patch
 def check(self: Stage) -> str:
     "Bind the arguments to the function (and build the training config): a line for the plan, or `ProfileError`."

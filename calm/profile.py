@@ -11,6 +11,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import yaml
+
 from .data import LANGUAGES, normalize_lang
 from .models import EMBEDDED_MODELS, inference_dtype
 from .testbed_data import TESTBED_LANGUAGES
@@ -440,7 +442,6 @@ def _vote_error_rate(file, value) -> float | None:
 # %% ../nbs/84_profile.ipynb #c93468512
 def load_profile(profile) -> Profile:
     "Read and validate a profile (name or YAML path); `ProfileError` names the file and key of the first problem."
-    import yaml
     file = find_profile(profile)
     try: raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as e: raise ProfileError(file, "(file)", f"not valid YAML: {e}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -316,7 +317,6 @@ def load_release_prompts(root=None, lang: str = "en", split: str = "train") -> P
     if not texts: raise DataError("no instruction text in any row", file=path, field="instruction")
     text, n = texts.most_common(1)[0]
     if n < len(rows):
-        import warnings
         warnings.warn(f"{path}: {len(rows) - n} of {len(rows)} rows have another instruction; "
                       "using the most common one")
     ours = PROMPTS.get(code) or PromptSpec(code, "", "Question", "{option}")

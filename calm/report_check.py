@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from .data import fingerprint
 from .profile import Profile, load_profile
@@ -74,7 +75,6 @@ def named_profile(name: str, profiles=None) -> Profile:
 # %% ../nbs/90_report_check.ipynb #d647e503
 def recorded_profile(config: dict) -> Profile | None:
     "The profile a manifest's `config` records, read back by `load_profile`; None if it no longer reads."
-    import yaml
     keys = ("name", "description", "backend", "models", "sampling", "training", "evaluation", "systems", "estimate",
             "notebooks", "parameters", "rag", "dtype", "vote_error_rate", "testbed")
     def dataset(d):

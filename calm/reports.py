@@ -9,6 +9,8 @@ import hashlib
 import json
 import subprocess
 import sys
+import types
+import typing
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+import calm
 from .files import make_dir, package_versions, write_atomic
 
 # %% auto #0
@@ -85,7 +88,6 @@ def settings_hash(config: dict) -> str:
 # %% ../nbs/80_reports.ipynb #44a22df0
 def code_version() -> dict:
     "The calm checkout's git `commit` (None outside one) and whether it has `uncommitted_changes`: for information."
-    import calm
     here = Path(calm.__file__).resolve().parent
     def git(*args):
         try: r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=20)
@@ -109,12 +111,8 @@ def write_manifest(path, config: dict, inputs: dict | None = None, outputs: list
     return write_atomic(path, json.dumps(m, indent=2, ensure_ascii=False, default=str) + "\n")
 
 # %% ../nbs/80_reports.ipynb #415326f8
-import types
-import typing
-
 def project_root(start=None) -> Path:
     "The folder holding `settings.ini` at or above `start`; by default above the `calm` package, else above the cwd."
-    import calm
     starts = [Path(start)] if start is not None else [Path(calm.__file__).resolve().parent, Path.cwd()]
     for s in starts:
         for d in (s.resolve(), *s.resolve().parents):

@@ -5,6 +5,7 @@
 # %% ../nbs/92_reproduce.ipynb #c56428428
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import time
@@ -137,7 +138,6 @@ def _check_rag(p: Profile) -> list[str]:
 # %% ../nbs/92_reproduce.ipynb #c04900408
 def check_profile(p: Profile, names=None, notebooks_dir=None) -> list[str]:
     "Offline checks of a loaded profile (and its notebooks `names`), as `ok:`/`needs:`/`note:`/`wired:` lines."
-    import importlib.util
     lines = [f"ok: {p.file} parsed and validated ({len(p.models)} models, {len(p.datasets)} datasets, "
              f"{len(p.notebooks)} notebooks)"]
     for m in p.models:

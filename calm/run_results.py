@@ -5,6 +5,7 @@
 # %% ../nbs/88_run_results.ipynb #c56154390
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,6 @@ class RunView:
 
     def tests(self) -> dict:
         "`{store: test info}` of every test set this run answered (`eval`, `eval_<name>`, `eval_curriculum`)."
-        import json
         return {f.parent.name: json.loads(f.read_text(encoding="utf-8"))
                 for f in sorted(self.folder.glob("eval*/test.json"))}
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import time
 import weakref
@@ -13,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from tqdm.auto import tqdm
 
 from .data import DataError, MCItem, normalize_lang
 from .models import load_model
@@ -151,7 +154,6 @@ def sample(items: Iterable[MCItem], languages: Sequence[str], params: SamplingPa
            on_batch: Callable[[list[dict]], object] | None = None, prompt_mode: str = "auto",
            progress: bool = True, **fields) -> list[dict]:
     "Sample `params.m` completions per (question, language), in fixed seeded batches; the new records."
-    from tqdm.auto import tqdm
     p = as_params(params, **fields)
     m, batch_size = p.m, p.batch_size
     table = getattr(prompt_builder, "prompts", None)
@@ -220,7 +222,6 @@ def forward_spec(model) -> dict:
     "How `model.forward` takes a KV cache and whether it takes `logits_to_keep`, read once per model."
     spec = _FORWARD_SPECS.get(model)
     if spec is None:
-        import inspect
         params = inspect.signature(model.forward).parameters
         spec = _FORWARD_SPECS[model] = {"cache": "cache" if "cache" in params else "past_key_values",
                                         "logits_to_keep": "logits_to_keep" in params}

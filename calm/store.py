@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
@@ -59,7 +60,6 @@ def make_manifest(model_id: str, items: Iterable[MCItem], languages: Iterable[st
                   weights_hash: str | None = None, prompt_hash: str | None = None, backend: str | None = None,
                   extra: dict | None = None, notes: dict | None = None, **fields) -> dict:
     "The manifest of a sampling run: identity fields, then package versions, command and creation time."
-    from dataclasses import asdict
     items = list(items)
     langs = [normalize_lang(l) for l in languages]
     return {"format": STORE_FORMAT,

@@ -450,7 +450,7 @@ def testbed_tables(folder, p) -> dict:
 # %% ../nbs/86_testbed.ipynb #eb70bd15
 def testbed_figure(exploratory: pd.DataFrame, path_stem) -> Path | None:
     "Each system minus base on each endpoint and setting, with its paired interval: `path_stem.{png,pdf}`."
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: loaded only when a figure is drawn
     if len(exploratory) == 0: return None
     ref = exploratory[exploratory.against == "base"]
     panels = [(s, e) for s in SETTINGS for e in ENDPOINTS]

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
 from .curriculum import train_curriculum
 from .data import DataError
 from .training import TrainConfig, TrainRun, train, train_parser
@@ -21,7 +23,6 @@ __all__ = ['read_run_file', 'run_config', 'run', 'run_from_file', 'main']
 # %% ../nbs/62_train.ipynb #5f1e5c7a
 def read_run_file(path) -> dict:
     "The settings of a YAML/JSON run file; `ValueError` naming the file when it cannot be read."
-    import yaml
     path = Path(path)
     if path.is_dir(): raise ValueError(f"{path}: is a folder, not a run file")
     if not path.is_file(): raise ValueError(f"{path}: no such run file")
@@ -40,7 +41,6 @@ def read_run_file(path) -> dict:
 # %% ../nbs/62_train.ipynb #b75fe63e
 def run_config(argv: Sequence[str]) -> TrainConfig:
     "The `TrainConfig` of `[--config run.yaml] [--set key=value ...] [--key value ...]`."
-    import yaml
     files, sets, rest, argv, i = [], [], [], list(argv), 0
     while i < len(argv):
         a = argv[i]

@@ -280,7 +280,7 @@ def run_title(method: str, name: str | None = None) -> str:
 def plot_train_curves(log: pd.DataFrame, method: str, path=None, title: str | None = None, n: int | None = None):
     "Training and held-out curves for `method` (saved to `path` when given)."
     from matplotlib.figure import Figure  # heavy: loaded only when a figure is drawn
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # heavy: loaded only when a figure is drawn
     panels = CURVES[method]
     fig = Figure(figsize=(4 * len(panels), 3.3), layout="constrained")
     axes = fig.subplots(1, len(panels))
@@ -384,7 +384,7 @@ def _train_eval_frames(frame: pd.DataFrame, eval_data, config: TrainConfig) -> t
 def _make_trainer(config: TrainConfig, model, tokenizer, args, train_frame: pd.DataFrame, eval_frame: pd.DataFrame):
     "A TRL trainer for `config.method`: DPO, DCO or SFT, with a new LoRA adapter or on a PEFT model's own adapter."
     from datasets import Dataset  # heavy: loaded only when a model trains
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: loaded when a model runs, not when `calm` starts
     train_ds = Dataset.from_list(trl_rows(train_frame, config.method))
     eval_ds = Dataset.from_list(trl_rows(eval_frame, config.method)) if len(eval_frame) else None
     continuing = isinstance(model, PeftModel)
@@ -393,8 +393,8 @@ def _make_trainer(config: TrainConfig, model, tokenizer, args, train_frame: pd.D
     if config.method not in ("dpo", "dco"):
         from trl import SFTTrainer  # heavy: loaded when a model runs, not when `calm` starts
         return SFTTrainer(**kw)
-    if config.method == "dpo": from trl import DPOTrainer as PreferenceTrainer
-    else: from calm.dco import DCOTrainer as PreferenceTrainer
+    if config.method == "dpo": from trl import DPOTrainer as PreferenceTrainer  # heavy: loaded when training starts
+    else: from calm.dco import DCOTrainer as PreferenceTrainer  # imports torch and TRL at its top: loaded only for DCO
     trainer = PreferenceTrainer(ref_model=None, **kw)
     if continuing and config.reference == "base" and "ref" in trainer.model.peft_config:
         trainer.model.delete_adapter("ref")          # reference = adapter disabled = the base model
@@ -426,7 +426,7 @@ def _result_info(trainer, result, wall: float, cpu: float) -> dict:
 def train(config: TrainConfig, data, out_dir, model=None, tokenizer=None, eval_data=None,
           skip_done: bool = True, extra_info: dict | None = None) -> TrainRun:
     "Train a LoRA adapter on `data` and save it with its config, log and curves in `out_dir`."
-    from transformers import set_seed
+    from transformers import set_seed  # heavy: loaded when a model runs, not when `calm` starts
     out_dir = Path(out_dir)
     source = Path(data) if isinstance(data, (str, Path)) else None
     frame = training_frame(data, config.method)
@@ -488,7 +488,7 @@ def load_adapter(base_model_name_or_model=None, adapter_dir=None, device: str | 
                  dtype=None):
     "`(PeftModel, tokenizer)`: the adapter in `adapter_dir` on its base model."
     from peft import PeftModel  # heavy: loaded when a model runs, not when `calm` starts
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: loaded when a model runs, not when `calm` starts
     if adapter_dir is None: raise ValueError("pass adapter_dir")
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").exists():

@@ -62,6 +62,11 @@ def add_long_docstring(root):
         f.write('\n\ndef _documented():\n    """One line.\n\n    And a second paragraph."""\n')
 
 
+def add_unexplained_import(root):
+    with open(root / "calm" / "prompts.py", "a") as f:
+        f.write("\n\ndef _late():\n    import textwrap\n    return textwrap\n")
+
+
 def add_upward_import(root):
     p = root / "calm" / "data.py"
     p.write_text(p.read_text().replace("from __future__ import annotations\n",
@@ -79,6 +84,8 @@ def test_repository_passes(copy):
                                              (add_big_cell, "new export cells over 80: 10_prompts.ipynb added0cell"),
                                              (add_long_line, "new exported lines over 120: 10_prompts.ipynb added1cell"),
                                              (add_long_docstring, "new long docstrings: prompts._documented"),
+                                             (add_unexplained_import, "new imports in functions without a reason: "
+                                                                      "prompts: import textwrap"),
                                              (add_upward_import, "new upward imports: data (01_data.ipynb) -> cli")])
 def test_new_violation_fails(copy, violate, message):
     violate(copy)

@@ -9,8 +9,8 @@ Read from calm/*.py (with `ast`) and the notebooks' export cells. Notebook order
 the dependency order: a module importing one exported by a later notebook is an *upward* import. An import inside a
 function hides the real module graph, so a new in-function import of a calm module fails `--check`, as do a new import
 cycle between calm modules (module-level imports only: those run at import time), a new upward import, a new export
-cell over 80 lines, a new exported line over 120 characters and a new docstring of more than one line (or over 120
-characters). The baseline lists the ones that exist already, so it can only shrink.
+cell over 80 lines, a new exported line over 120 characters, a new docstring of more than one line (or over 120
+characters) and a new import inside a function without a comment saying why it is there. The baseline lists the ones that exist already, so it can only shrink.
 """
 from __future__ import annotations
 
@@ -157,6 +157,21 @@ def long_docstrings(root: Path) -> list[str]:
     return out
 
 
+def unexplained_imports(root: Path) -> list[str]:
+    "`module:line: statement` of every import inside a function with no comment saying why (on it or just above it)."
+    out = []
+    for py in sorted((root / "calm").glob("*.py")):
+        lines = py.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)): continue
+            for child in ast.walk(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    line, above = lines[child.lineno - 1], lines[child.lineno - 2] if child.lineno > 1 else ""
+                    if "#" not in line and not above.strip().startswith("#"):
+                        out.append(f"{py.stem}: {line.strip()}")
+    return sorted(set(out))
+
+
 def collect(root: Path) -> dict:
     "All the counts, and the violations `--check` compares with the baseline."
     notebooks = module_notebooks(root)
@@ -195,6 +210,7 @@ def collect(root: Path) -> dict:
         "exported_lines_over_120": long_lines,
         "long_lines_by_cell": [f"{c['notebook']} {c['cell']}" for c in cells for _ in range(c["long_lines"])],
         "long_docstrings": long_docstrings(root),
+        "unexplained_imports": unexplained_imports(root),
         "readme_lines": len(readme.read_text().splitlines()) if readme.exists() else 0,
         "in_function_calm_imports": sorted(in_function.elements()),
     }
@@ -207,7 +223,8 @@ def violations(stats: dict) -> dict[str, list[str]]:
             "upward_imports": [u.rsplit(" [", 1)[0] for u in stats["upward_imports"]],
             "export_cells_over_80": [c.split(" (", 1)[0] for c in stats["export_cells_over_80"]],
             "exported_lines_over_120": stats["long_lines_by_cell"],
-            "long_docstrings": stats["long_docstrings"]}
+            "long_docstrings": stats["long_docstrings"],
+            "imports_in_functions_without_a_reason": stats["unexplained_imports"]}
 
 
 def _new(current: list[str], baseline: list[str], kind: str) -> list[str]:
@@ -231,6 +248,7 @@ def report(stats: dict) -> str:
         f"imports of calm modules:              {stats['calm_imports_total']}",
         f"  inside functions:                   {stats['calm_imports_in_function']}",
         f"imports inside functions (any module): {stats['imports_in_function_total']}",
+        f"  without a comment saying why:       {len(stats['unexplained_imports'])}",
         f"import cycles between calm modules:   {len(stats['cycles'])}",
         *[f"  {' <-> '.join(c)}" for c in stats["cycles"]],
         f"upward imports (to a later notebook): {len(stats['upward_imports'])}",
@@ -279,7 +297,7 @@ def main(argv=None) -> int:
         if new:
             print(f"\ncode-stats check FAILED ({len(new)} new violations; keep imports at the top of modules in notebook"
                   f" order, no cycles, export cells of at most {MAX_CELL_LINES} lines, lines of at most {MAX_LINE_CHARS}"
-                  " characters, one-line docstrings):\n  " + "\n  ".join(new))
+                  " characters, one-line docstrings, a reason beside each import in a function):\n  " + "\n  ".join(new))
             return 1
         print("\ncode-stats check passed: no violation beyond the baseline")
     return 0
