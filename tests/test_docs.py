@@ -62,7 +62,7 @@ def test_index_links_every_notebook_in_pipeline_order(site):
     assert len(expected) >= 15
     assert links == expected
     hrefs = [h for h, _ in expected]
-    assert hrefs[0] == "data.html" and "experiments/release.html" in hrefs
+    assert hrefs[0] == "files.html" and "experiments/release.html" in hrefs
     assert sorted(hrefs, key=lambda h: "/" in h) == hrefs  # subfolders (the experiments) after the numbered notebooks
     for href, _ in expected: assert (out / href).is_file(), href
     assert [p["href"] for p in json.loads((out / "pages.json").read_text())["notebooks"]] == ["index.html"] + [h for h, _ in expected]

@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--mute-audio"]
-# API pages and the names each must show as headings: one page from the start and one from the middle of the pipeline.
+# API pages and the names each must show as headings: one from the middle of the pipeline (the first: api.png) and the
+# first two.
 DEFAULT_API = {"voting.html": ["majority_vote", "vote_counts", "encode_letters", "VoteResult"],
-               "data.html": ["check_item", "MCItem", "read_items", "DataError"]}
+               "data.html": ["check_item", "MCItem", "read_items"],
+               "files.html": ["DataError", "package_versions"]}
 
 
 def find_chromium() -> str | None:
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--shots", type=Path, default=ROOT / "reports" / "docs", help="folder for index.png and api.png (default: reports/docs)")
     p.add_argument("--page", action="append", metavar="PAGE:NAME,NAME",
                    help="an API page and the names it must show, e.g. voting.html:majority_vote,vote_counts (repeatable; "
-                        "default: voting.html and data.html with their main functions)")
+                        "default: voting.html, data.html and files.html with their main definitions)")
     p.add_argument("--require", action="store_true", help="fail (exit 1) instead of skipping when Chromium is not installed")
     a = p.parse_args(argv)
     binary = find_chromium()
