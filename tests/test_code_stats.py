@@ -28,49 +28,47 @@ def check(root):
                           capture_output=True, text=True)
 
 
-def add_in_function_import(root):
-    with open(root / "calm" / "prompts.py", "a") as f:
-        f.write("\n\ndef _added():\n    from .data import DataError\n    return DataError\n")
+def append_to_module(root, code):
+    with open(root / "calm" / "prompts.py", "a") as f: f.write(code)
 
 
-def add_cycle(root):
+def append_export_cell(root, body, cell_id):
+    p = root / "nbs" / "10_prompts.ipynb"
+    nb = json.loads(p.read_text())
+    nb["cells"].append({"cell_type": "code", "id": cell_id, "metadata": {}, "execution_count": None,
+                        "outputs": [], "source": body.splitlines(keepends=True)})
+    p.write_text(json.dumps(nb))
+
+
+def import_first_in_data(root, line):
     p = root / "calm" / "data.py"
     p.write_text(p.read_text().replace("from __future__ import annotations\n",
-                                       "from __future__ import annotations\nfrom .prompts import PromptTemplate\n", 1))
+                                       f"from __future__ import annotations\n{line}\n", 1))
+
+
+def add_in_function_import(root):
+    append_to_module(root, "\n\ndef _added():\n    from .data import DataError\n    return DataError\n")
+
+
+def add_cycle(root): import_first_in_data(root, "from .prompts import PromptTemplate")
 
 
 def add_big_cell(root):
-    p = root / "nbs" / "10_prompts.ipynb"
-    nb = json.loads(p.read_text())
-    body = "#| export\ndef added():\n" + "".join(f"    x{i} = {i}\n" for i in range(90))
-    nb["cells"].append({"cell_type": "code", "id": "added0cell", "metadata": {}, "execution_count": None,
-                        "outputs": [], "source": body.splitlines(keepends=True)})
-    p.write_text(json.dumps(nb))
+    append_export_cell(root, "#| export\ndef added():\n" + "".join(f"    x{i} = {i}\n" for i in range(90)), "added0cell")
 
 
-def add_long_line(root):
-    p = root / "nbs" / "10_prompts.ipynb"
-    nb = json.loads(p.read_text())
-    body = "#| export\nADDED = " + repr("x" * 130)
-    nb["cells"].append({"cell_type": "code", "id": "added1cell", "metadata": {}, "execution_count": None,
-                        "outputs": [], "source": body.splitlines(keepends=True)})
-    p.write_text(json.dumps(nb))
+def add_long_line(root): append_export_cell(root, "#| export\nADDED = " + repr("x" * 130), "added1cell")
 
 
 def add_long_docstring(root):
-    with open(root / "calm" / "prompts.py", "a") as f:
-        f.write('\n\ndef _documented():\n    """One line.\n\n    And a second paragraph."""\n')
+    append_to_module(root, '\n\ndef _documented():\n    """One line.\n\n    And a second paragraph."""\n')
 
 
 def add_unexplained_import(root):
-    with open(root / "calm" / "prompts.py", "a") as f:
-        f.write("\n\ndef _late():\n    import textwrap\n    return textwrap\n")
+    append_to_module(root, "\n\ndef _late():\n    import textwrap\n    return textwrap\n")
 
 
-def add_upward_import(root):
-    p = root / "calm" / "data.py"
-    p.write_text(p.read_text().replace("from __future__ import annotations\n",
-                                       "from __future__ import annotations\nfrom .cli import main\n", 1))
+def add_upward_import(root): import_first_in_data(root, "from .cli import main")
 
 
 def test_repository_passes(copy):
