@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -45,9 +44,7 @@ def _text(page_html: str) -> str:
 def site(tmp_path_factory):
     "The docs built from nbs/ without execution (and with an empty reports folder) into a temporary folder."
     out = tmp_path_factory.mktemp("docs") / "_docs"
-    with warnings.catch_warnings():  # today 01_release and 82_release are both release.html to nbdev: a warning, not an error
-        warnings.filterwarnings("ignore", message="nbdev names several notebooks")
-        written = build_docs(NBS, out, execute=False, reports=tmp_path_factory.mktemp("no-reports"))
+    written = build_docs(NBS, out, execute=False, reports=tmp_path_factory.mktemp("no-reports"))
     return out, written
 
 
