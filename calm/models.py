@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib
 import importlib.util
 import json
