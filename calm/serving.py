@@ -132,7 +132,7 @@ class VLLMBackend:
             raise RuntimeError(f"tensor_parallel_size x data_parallel_size = {need} GPUs needed, "
                                f"{torch.cuda.device_count()} visible")
         self.model_id, self.lora = str(model_id), (str(lora) if lora else None)
-        if self.lora and not (__import__("pathlib").Path(self.lora) / "adapter_config.json").exists():
+        if self.lora and not (Path(self.lora) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no LoRA adapter (adapter_config.json) in {self.lora}")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_id, trust_remote_code=trust_remote_code)
         engine_kwargs.setdefault("trust_remote_code", trust_remote_code)

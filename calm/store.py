@@ -5,7 +5,6 @@
 # %% ../nbs/25_store.ipynb #9e68cdd3
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
 import json
@@ -20,8 +19,8 @@ from typing import Iterable
 from fastcore.basics import patch
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, DataError, MCItem, demo_items, fingerprint, normalize_lang, read_items
-from .files import (CHECKSUM_FIELD, cache_dir, checksum_ok, file_sha256, make_dir, package_versions,
+from .data import DEMO_LANGUAGES, MCItem, demo_items, fingerprint, normalize_lang, read_items
+from .files import (CHECKSUM_FIELD, DataError, cache_dir, checksum_ok, file_sha256, make_dir, package_versions,
                         with_checksum, write_atomic)
 from .loaders import load_release_xcsqa
 from .sampling import as_params, default_prompt_builder, make_backend, prompt_keys, sample
