@@ -11,8 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from .data import DataError, normalize_lang
-from .files import write_atomic
+from .data import normalize_lang
+from .files import DataError, write_atomic
 from .training import (TrainConfig, TrainRun, _skipped_run, data_fingerprint, load_adapter, run_is_done,
                            split_holdout, train, training_frame)
 

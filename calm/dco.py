@@ -15,7 +15,8 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from .data import DataError, MCItem, by_question, normalize_lang
+from .data import MCItem, by_question, normalize_lang
+from .files import DataError
 from .pairs import prompt_fields, prompt_messages, row_messages
 from .prompts import PromptBuilder, likelihood_context, option_continuation
 

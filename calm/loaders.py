@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, DataError, MCItem, check_item, normalize_lang, LANGUAGES
+from .data import DEMO_LANGUAGES, MCItem, check_item, normalize_lang
+from .files import DataError
 
 # %% auto #0
 __all__ = ['RELEASE_DIR', 'RELEASE_CODES', 'release_dir', 'parse_question', 'parse_gold', 'read_release_rows', 'release_item',

@@ -10,9 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 import pandas as pd
-from .data import DataError, MCItem
+from .data import MCItem
 from .extraction import find_labels
-from .files import read_jsonl, write_atomic, write_jsonl
+from .files import DataError, read_jsonl, write_atomic, write_jsonl
 from .prompts import PromptBuilder, check_prompt_item
 from .voting import canonical_records
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import yaml
 
 from .curriculum import train_curriculum
-from .data import DataError
+from .files import DataError
 from .training import TrainConfig, TrainRun, train, train_parser
 
 # %% auto #0

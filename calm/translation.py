@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from .data import LANGUAGES, DataError, MCItem, check_item, normalize_lang
+from .data import LANGUAGES, MCItem, check_item, normalize_lang
+from .files import DataError
 from .models import DEFAULT_MODEL, load_model
 from .pairs import IdentityTranslator, Translator
 from .store import cache_dir as default_cache

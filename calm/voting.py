@@ -11,7 +11,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import OPTION_LETTERS, DataError, MCItem, fold_letter, normalize_lang
+from .data import OPTION_LETTERS, MCItem, fold_letter, normalize_lang
+from .files import DataError
 
 # %% auto #0
 __all__ = ['TIE_POLICIES', 'RELEASE_TIE_ORDER', 'encode_letters', 'decode_letters', 'vote_counts', 'VoteResult', 'majority_vote',
