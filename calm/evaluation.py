@@ -10,8 +10,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .data import DataError, MCItem, normalize_lang
+from .data import MCItem, normalize_lang
 from .extraction import extract_records
+from .files import DataError
 from .metrics import (ac3, accuracy, consistency_at, correctness, excess_consistency, excess_consistency_ci,
                           metrics_table, paired_bootstrap, paired_bootstrap_stat)
 from .store import run_sampling

@@ -12,8 +12,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import DataError, MCItem, normalize_lang
+from .data import MCItem, normalize_lang
 from .evaluation import answer_matrix, check_agree_on, gold_codes, results_row, score
+from .files import DataError
 from .metrics import bootstrap_ci, consistency_at, correctness, paired_bootstrap
 from .models import load_model, resolve_model
 from .prompts import PromptBuilder, likelihood_context, option_continuation

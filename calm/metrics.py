@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .voting import encode_letters, vote_counts
+from .voting import vote_counts
 
 # %% auto #0
 __all__ = ['correctness', 'accuracy', 'acc_avg', 'consistency_at', 'consistency_curve', 'consistency_by_enumeration',

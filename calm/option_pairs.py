@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import DataError, MCItem, normalize_lang
+from .data import MCItem, normalize_lang
+from .files import DataError
 from .option_votes import cloze_context, cloze_messages, gold_canonical
 from .pairs import PAIR_COLUMNS, SFT_COLUMNS, option_response, prompt_fields, prompt_messages
 from .prompts import PromptBuilder, likelihood_context

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-
-from .data import DataError, MCItem, normalize_lang
 from tqdm.auto import tqdm
 
+from .data import MCItem, normalize_lang
+from .files import DataError
 from .likelihood import as_scorer, encode_pair, option_logprobs
 from .pairs import default_system_message
-from .prompts import PROMPTS, PromptBuilder, likelihood_context
+from .prompts import PROMPTS, PromptBuilder
 from .sampling import forward_spec, prefill
 
 # %% auto #0

@@ -8,21 +8,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
-import logging
 import os
 import re
-import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .data import DataError, MCItem, bundled, normalize_lang, read_items
+from .data import MCItem, bundled, normalize_lang, read_items
 from .extraction import CJK_CHARS
-from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
+from .files import DataError
 
 # %% auto #0
 __all__ = ['DEFAULT_EMBEDDING_MODEL', 'OFFLINE_PACKAGE', 'RAG_EXTRA', 'require', 'default_model_path', 'embedding_model_path',

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DEMO_LANGUAGES, OPTION_LETTERS, DataError, normalize_lang
-from .extraction import extract_answer, extract_records, release_letter, release_reading
+from .data import DEMO_LANGUAGES, OPTION_LETTERS, normalize_lang
+from .extraction import extract_records, release_letter, release_reading
 from .figures import vote_bars
 from .loaders import RELEASE_CODES, read_release_rows, read_release_samples, release_dir
 from .metrics import ac3, accuracy, consistency_at

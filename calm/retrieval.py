@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -21,11 +19,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from fastcore.basics import patch
 
-from .data import DataError, MCItem, normalize_lang, read_items
+from .data import MCItem, normalize_lang
+from .files import DataError, file_sha256
 from .prompts import PromptBuilder, check_prompt_item, format_question, format_worked_example
 from .passages import *   # the corpus names (books, passages, embedders) stay importable from here
-
-from .files import file_sha256
 
 # %% auto #0
 __all__ = ['INDEX_FORMAT', 'MANIFEST_FILE', 'VECTORS_FILE', 'PASSAGES_FILE', 'INDEX_TYPES', 'PASSAGE_FIELDS', 'SCOPES', 'STYLES',
