@@ -20,10 +20,10 @@ from fastcore.docments import docments
 from fastcore.script import Param
 
 from . import __version__
-from .data import DataError, check_parallel, normalize_lang, read_items, summarize
+from .data import check_parallel, normalize_lang, read_items, summarize
 from .demo import STAGES, run_demo
 from .evaluation import evaluate_model, gold_codes, results_table, score
-from .files import make_dir, write_atomic
+from .files import DataError, make_dir, write_atomic
 from .loaders import load_release_medqa
 from .models import DEFAULT_MODEL, ModelNotInstalled, resolve_model
 from .notebooks import execute_notebook

@@ -14,19 +14,19 @@ from pathlib import Path
 import pandas as pd
 
 from .data import fingerprint, summarize
+from .evaluation import compare_systems, results_table
+from .figures import accuracy_bars, options_k
 from .files import make_dir, write_atomic
 from .models import inference_dtype
-from .voting import canonical_records, winning_share_by_language
 from .pairs import pair_quality_table
-from .training import plot_train_curves, run_title
-from .evaluation import compare_systems, results_table
-from .reports import percent_text, render_report, round_table, write_table
-from .figures import accuracy_bars, options_k
+from .pipeline import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
 from .profile import Profile, load_profile, override
+from .reports import percent_text, render_report, round_table, write_table
+from .run_results import run_views
 from .stages import profile_items
 from .testbed import write_testbed_report
-from .pipeline import profile_stages, read_stage_log, run_stages, testbed_folder, write_job_manifest
-from .run_results import run_views
+from .training import plot_train_curves, run_title
+from .voting import canonical_records, winning_share_by_language
 
 # %% auto #0
 __all__ = ['HELD_OUT', 'STAGES', 'figure_results', 'vote_stats', 'stage_times', 'data_summary', 'training_curves',

@@ -9,16 +9,15 @@ import hashlib
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import pandas as pd
 from fastcore.basics import patch
 
 from .curriculum import stage_name
 from .files import make_dir, write_atomic
-from .profile import MEDQA_GROUPS, Curriculum, Profile, ProfileError, TestSet, load_profile
+from .profile import MEDQA_GROUPS, Curriculum, Profile, ProfileError, TestSet
 from .reports import write_manifest
 from .stages import (curriculum_plan, run_curriculum, run_evaluate, run_pairs, run_rag_index, run_results,
                          run_sample, run_slug, run_train, run_vote)

@@ -16,7 +16,7 @@ import yaml
 
 from .data import fingerprint
 from .profile import Profile, load_profile
-from .reports import determining_settings, project_root, settings_hash
+from .reports import determining_settings, settings_hash
 from .stages import profile_items
 
 # %% auto #0

@@ -14,9 +14,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from .data import DataError, fingerprint
+from .data import fingerprint
 from .evaluation import answer_matrix
-from .files import make_dir, write_atomic
+from .files import DataError, make_dir, write_atomic
 from .likelihood import as_scorer, likelihood_row
 from .metrics import excess_consistency, paired_bootstrap, paired_bootstrap_stat
 from .option_pairs import (gold_choice, language_choice, option_pairs, option_sft_rows, permuted_choice,

@@ -10,7 +10,8 @@ the dependency order: a module importing one exported by a later notebook is an 
 function hides the real module graph, so a new in-function import of a calm module fails `--check`, as do a new import
 cycle between calm modules (module-level imports only: those run at import time), a new upward import, a new export
 cell over 80 lines, a new exported line over 120 characters, a new docstring of more than one line (or over 120
-characters) and a new import inside a function without a comment saying why it is there. The baseline lists the ones that exist already, so it can only shrink.
+characters) and a new import inside a function without a comment saying why it is there. The baseline lists the ones
+that exist already, so it can only shrink.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def _calm_targets(node: ast.AST, package_modules: set[str]) -> list[str]:
 
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+    return ((isinstance(t, ast.Name) and t.id == "TYPE_CHECKING")
+            or (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"))
 
 
 def module_imports(path: Path, package_modules: set[str]) -> dict:
@@ -295,9 +297,10 @@ def main(argv=None) -> int:
             print(f"\n{len(gone)} baseline entries are fixed; shrink the baseline: python tools/code_stats.py "
                   "--write-baseline")
         if new:
-            print(f"\ncode-stats check FAILED ({len(new)} new violations; keep imports at the top of modules in notebook"
-                  f" order, no cycles, export cells of at most {MAX_CELL_LINES} lines, lines of at most {MAX_LINE_CHARS}"
-                  " characters, one-line docstrings, a reason beside each import in a function):\n  " + "\n  ".join(new))
+            print(f"\ncode-stats check FAILED ({len(new)} new violations; keep imports at the top of modules in"
+                  f" notebook order, no cycles, export cells of at most {MAX_CELL_LINES} lines, lines of at most"
+                  f" {MAX_LINE_CHARS} characters, one-line docstrings, a reason beside each import in a function):\n  "
+                  + "\n  ".join(new))
             return 1
         print("\ncode-stats check passed: no violation beyond the baseline")
     return 0
