@@ -17,7 +17,6 @@ from typing import Iterable
 
 import pandas as pd
 
-import calm
 from .files import DataError, write_jsonl
 
 # %% auto #0
@@ -295,10 +294,9 @@ def fingerprint(items: Iterable[MCItem]) -> str:
 # %% ../nbs/01_data.ipynb #bc610773
 def bundled(*parts: str) -> Path:
     "A file or folder of calm's own datasets, `data/` (installed as `calm.datasets`); `DataError` if absent."
-    # a checkout on sys.path that was never pip-installed has no calm.datasets: read its top-level data/ folder
-    try: root = files("calm.datasets")
-    except ModuleNotFoundError: root = Path(calm.__file__).parent.parent / "data"
-    p = root.joinpath(*parts)
+    try: p = files("calm.datasets").joinpath(*parts)
+    except ModuleNotFoundError:                     # calm imported from a checkout that was never pip-installed
+        raise DataError(f"calm.datasets is not installed (`pip install -e .` in the checkout): data/{'/'.join(parts)}")
     if not (p.is_file() or p.is_dir()):
         raise DataError(f"not shipped with this calm installation: data/{'/'.join(parts)}")
     return Path(str(p))
